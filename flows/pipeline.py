@@ -1,0 +1,33 @@
+"""The main job: acquire -> clean -> tokenize -> train -> evaluate -> export -> samples -> register."""
+from __future__ import annotations
+
+from prefect import flow
+
+from lmforge.config import load_config
+from lmforge.layout import RunLayout
+from tasks.data import acquire_data, clean_data, tokenize_data
+from tasks.evaluate import evaluate_model
+from tasks.export import export_model, sample_model
+from tasks.tracking import register_model, start_tracking
+from tasks.train import train_model
+
+
+@flow(name="lmforge-pipeline", log_prints=True)
+def pipeline(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
+    cfg = load_config(preset, overrides)
+    where = RunLayout.for_config(cfg)
+    run_id = start_tracking(cfg, where.root.name)
+    corpus = acquire_data(cfg, where.cache)
+    docs = clean_data(corpus, cfg, run_id)
+    meta = tokenize_data(docs, cfg, where.data, run_id)
+    trained = train_model(cfg, meta, where.ckpt, run_id)
+    metrics = evaluate_model(cfg, meta, trained, run_id)
+    exported = export_model(cfg, meta, trained, metrics, where.model, run_id)
+    samples = sample_model(cfg, exported["model_dir"], run_id)
+    version = register_model(cfg, run_id, exported, meta, metrics, samples)
+    return {"run_id": run_id, "model_name": cfg.name, "model_version": version,
+            "model_uri": f"models:/{cfg.name}@candidate", "model_dir": exported["model_dir"],
+            "metrics": {**metrics, "onnx_parity_max_abs": exported["onnx_parity_max_abs"],
+                        "best_val_loss": trained["best_val_loss"], "train_tokens_per_s": trained["tokens_per_s"],
+                        "train_steps": trained["steps"]},
+            "samples": [s["text"] for s in samples]}

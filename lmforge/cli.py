@@ -1,0 +1,180 @@
+"""`lmforge run | prepare | generate | presets | runs`. Heavy imports happen inside each command, so
+`lmforge generate` never imports torch."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+
+from lmforge.errors import LmforgeError
+
+EXAMPLES = {
+    "run": "lmforge run --preset shakespeare-char --set data.source=../shared/corpora/tinyshakespeare.txt --json",
+    "prepare": "lmforge prepare --preset lebanon-gru --set data.source=../shared/corpora/ArSenTD-LEV.tsv",
+    "generate": 'lmforge generate --model models:/jokes-char@candidate --prompt "Why" --max-new-tokens 80',
+    "presets": "lmforge presets",
+    "runs": "lmforge runs --limit 5",
+}
+
+
+def _prefect_env() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _overrides(pairs: list[str]) -> dict:
+    from lmforge.config import _split
+
+    return dict(_split(p) for p in pairs)
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+        elif isinstance(value, list):
+            print(f"{key}:")
+            for v in value:
+                print("  " + textwrap.shorten(str(v), 160))
+        else:
+            print(f"{key}: {value}")
+
+
+def cmd_run(args) -> int:
+    _prefect_env()
+    from lmforge.config import load_config
+
+    overrides = _overrides(args.set)
+    load_config(args.preset, overrides)  # validate before starting Prefect
+    from flows.pipeline import pipeline
+
+    _emit(pipeline(preset=args.preset or "jokes-char", overrides=overrides), args.json)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    _prefect_env()
+    from lmforge.config import load_config
+
+    overrides = _overrides(args.set)
+    load_config(args.preset, overrides)
+    from flows.prepare import prepare
+
+    _emit(prepare(preset=args.preset or "jokes-char", overrides=overrides), args.json)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from lmforge.runtime import Generator
+
+    model = args.model
+    if model.startswith("models:/"):
+        from lmforge.tracking import fetch_model_dir
+
+        model = str(fetch_model_dir(model))
+    gen = Generator(model, variant=args.variant, device=args.device, threads=args.threads)
+    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
+    if args.json:
+        text = gen.generate(args.prompt, **kwargs)
+        print(json.dumps({"prompt": args.prompt, "text": text, "provider": gen.provider, "model": model}))
+        return 0
+    sys.stdout.write(args.prompt)
+    for piece in gen.stream(args.prompt, **kwargs):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(f"[{gen.provider}, {gen.variant}]", file=sys.stderr)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from lmforge.config import list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets), default=0)
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from lmforge.tracking import recent_runs
+
+    rows = recent_runs(args.limit)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()) if k in SHOWN_METRICS)
+        print(f"{r['start']}  {r['run_id'][:12]}  {r['name']:<28} {r['status']:<9} {metrics}")
+    return 0
+
+
+SHOWN_METRICS = ("val_loss", "val_perplexity", "val_accuracy", "val_bpc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmforge", description="Train, export and run small language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, fn) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    for name, help_, fn in (("run", "Run the whole pipeline once (Prefect flow).", cmd_run),
+                            ("prepare", "Acquire, clean, tokenize and shard a corpus only.", cmd_prepare)):
+        sp = add(name, help_, fn)
+        sp.add_argument("--preset", help="preset name (`lmforge presets`) or a .toml path; default jokes-char")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        sp.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
+    g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
+    g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop when this string appears (repeatable)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--variant", default="fp32", help="fp32 | int8 | fp16 (as exported)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--threads", type=int)
+    g.add_argument("--json", action="store_true")
+
+    add("presets", "List the presets, one line each.", cmd_presets)
+    r = add("runs", "List recent runs with their metrics.", cmd_runs)
+    r.add_argument("--limit", type=int, default=10)
+    r.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except LmforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        if args.command != "generate":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Token shards: documents split into train/val by a seeded draw, written as flat uint16/uint32 binary files
+plus meta.json, read back with numpy.memmap. Writing streams: memory does not grow with corpus size."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from lmforge.errors import LmforgeError
+
+META = "meta.json"
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    if vocab_size <= 2**16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 2**32:
+        return np.dtype(np.uint32)
+    raise LmforgeError(f"vocabulary of {vocab_size} ids does not fit a uint32 shard",
+                       hint="lower tokenizer.vocab_size")
+
+
+def split_mask(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
+    """True where a document goes to val. At least one document on each side when there are two or more."""
+    rng = np.random.default_rng(seed)
+    is_val = rng.random(n_docs) < val_fraction
+    if n_docs >= 2:
+        if not is_val.any():
+            is_val[rng.integers(n_docs)] = True
+        if is_val.all():
+            is_val[rng.integers(n_docs)] = False
+    return is_val
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_shards(encoded: Iterable[np.ndarray], is_val: np.ndarray, out_dir: Path, vocab_size: int,
+                 extra_meta: dict | None = None) -> dict:
+    """Stream encoded documents into out_dir/{train,val}.bin; returns the meta written to meta.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = shard_dtype(vocab_size)
+    names = ("train", "val")
+    tmp = {n: out_dir / f".{n}.bin.{os.getpid()}.tmp" for n in names}
+    counts = {n: {"tokens": 0, "documents": 0} for n in names}
+    files = {n: open(tmp[n], "wb") for n in names}
+    try:
+        for i, ids in enumerate(encoded):
+            name = "val" if is_val[i] else "train"
+            files[name].write(ids.astype(dtype, copy=False).tobytes())
+            counts[name]["tokens"] += int(ids.size)
+            counts[name]["documents"] += 1
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        for n in names:
+            files[n].close()
+            tmp[n].unlink(missing_ok=True)
+        raise
+    for n in names:
+        files[n].close()
+        os.replace(tmp[n], out_dir / f"{n}.bin")
+    meta = {"vocab_size": vocab_size, "dtype": dtype.name,
+            **{n: {"path": f"{n}.bin", **counts[n]} for n in names}, **(extra_meta or {})}
+    write_json_atomic(out_dir / META, meta)
+    return meta
+
+
+def read_meta(shard_dir: Path) -> dict:
+    path = Path(shard_dir) / META
+    if not path.is_file():
+        raise LmforgeError(f"no prepared shards in {shard_dir}", hint="run `lmforge prepare` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def open_shard(shard_dir: Path, split: str) -> np.memmap:
+    meta = read_meta(shard_dir)
+    path = Path(shard_dir) / meta[split]["path"]
+    if meta[split]["tokens"] == 0:
+        return np.zeros(0, dtype=meta["dtype"])  # type: ignore[return-value]
+    return np.memmap(path, dtype=meta["dtype"], mode="r")

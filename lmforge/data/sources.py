@@ -1,0 +1,51 @@
+"""Acquire a preset's `data.source` as local files: the embedded pyjokes corpus, an HTTP(S) URL, a file,
+a directory or an archive. Returns the local path that `formats.read_documents` reads."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmforge.data.archive import extract, is_archive
+from lmforge.data.download import download
+from lmforge.errors import LmforgeError
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def pyjokes_corpus(cache_dir: Path) -> Path:
+    """The one-liners shipped by the `pyjokes` package (English, all categories), one joke per line."""
+    from importlib.metadata import version
+
+    import pyjokes
+
+    jokes = [" ".join(j.split()) for j in pyjokes.get_jokes(language="en", category="all")]
+    path = cache_dir / f"pyjokes-{version('pyjokes')}.txt"
+    if not path.exists():
+        write_text_atomic(path, "\n".join(jokes) + "\n")
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def acquire(source: str, cache_dir: Path, sha256: str = "") -> Path:
+    """Return a local file or directory holding the corpus named by `source`."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if source == "pyjokes":
+        return pyjokes_corpus(cache_dir)
+    if is_url(source):
+        path = download(source, cache_dir / "downloads", sha256=sha256 or None)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise LmforgeError(f"data source {source} does not exist",
+                               hint="--set data.source=PATH to a file, directory, archive or http(s) URL")
+    if path.is_file() and is_archive(path):
+        return extract(path, cache_dir / "extracted" / path.name.split(".")[0])
+    return path

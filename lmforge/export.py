@@ -1,0 +1,130 @@
+"""torch -> ONNX with decoding state: export, onnx.checker, parity against torch, int8 quantisation, and the
+exported model directory written atomically (model.onnx, model.int8.onnx, tokenizer.json, lmforge.json)."""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.runtime.modeldir import VARIANT_FILES, write_manifest
+
+
+class GPTStep(torch.nn.Module):
+    """ONNX signature: (input_ids, position_ids, attention_mask, past_key_values.*) -> (logits, present.*)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_mask, *past):
+        state = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        logits, present = self.model(input_ids, state, position_ids, attention_mask)
+        return (logits, *[t for kv in present for t in kv])
+
+
+def kv_names(n_layer: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    return past, present
+
+
+def io_spec(spec: dict) -> dict:
+    past, present = kv_names(spec["n_layer"])
+    return {"inputs": ["input_ids", "position_ids", "attention_mask"], "logits": "logits",
+            "state": [{"input": i, "output": o, "kind": "kv"} for i, o in zip(past, present)]}
+
+
+def export_onnx(model: torch.nn.Module, spec: dict, path: Path, opset: int = 17) -> Path:
+    """Trace with batch 2, sequence 4, past 3 (0 and 1 would be specialised) and mark every axis dynamic."""
+    model = model.to("cpu").eval()
+    B, T, P, H, D = 2, 4, 3, spec["n_head"], spec["head_dim"]
+    ids = torch.randint(0, spec["vocab_size"], (B, T))
+    pos = torch.arange(P, P + T).unsqueeze(0).expand(B, T).contiguous()
+    mask = torch.ones(B, P + T, dtype=torch.int64)
+    past = [torch.zeros(B, H, P, D) for _ in range(2 * spec["n_layer"])]
+    past_names, present_names = kv_names(spec["n_layer"])
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
+            "attention_mask": {0: "batch", 1: "total"}, "logits": {0: "batch", 1: "seq"},
+            **{n: {0: "batch", 2: "past"} for n in past_names}, **{n: {0: "batch", 2: "total"} for n in present_names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(GPTStep(model), (ids, pos, mask, *past), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input_ids", "position_ids", "attention_mask", *past_names],
+                          output_names=["logits", *present_names], dynamic_axes=axes)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int = 8, seed: int = 0) -> float:
+    """Max |logit difference| between torch and onnxruntime over a prefill of 7 tokens (batch 2) and `steps`
+    greedy cached decode steps."""
+    import onnxruntime as ort
+
+    model = model.to("cpu").eval()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    past_names, present_names = kv_names(spec["n_layer"])
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, spec["vocab_size"], (2, 7), generator=g)
+    H, D = spec["n_head"], spec["head_dim"]
+    state_np = [np.zeros((2, H, 0, D), np.float32) for _ in past_names]
+    state_t = None
+    total, worst = 0, 0.0
+    with torch.no_grad():
+        for _ in range(steps + 1):
+            T = ids.shape[1]
+            pos = torch.arange(total, total + T).unsqueeze(0).expand(2, T)
+            mask = torch.ones(2, total + T, dtype=torch.int64)
+            ref, state_t = model(ids, state_t, pos, mask)
+            out = sess.run(None, {"input_ids": ids.numpy(), "position_ids": pos.numpy().copy(),
+                                  "attention_mask": mask.numpy(), **dict(zip(past_names, state_np))})
+            worst = max(worst, float(np.abs(out[0] - ref.numpy()).max()))
+            state_np = out[1:]
+            total += T
+            ids = ref[:, -1:].argmax(-1)
+            if total + 1 > spec["block_size"]:
+                break
+    return worst
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return dst
+
+
+def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
+                     opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3) -> tuple[Path, dict]:
+    """Write the whole model directory into a temp dir, check it, then move it into place. Returns the directory
+    and export metrics (parity error, sizes)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fp32 = export_onnx(model, spec, tmp / VARIANT_FILES["fp32"], opset)
+        err = parity(model, spec, fp32)
+        if not err <= parity_tolerance:
+            raise LmforgeError(f"ONNX export differs from torch by {err:.2e} (> {parity_tolerance:g})",
+                               hint="report this model configuration; raise export.parity_tolerance to inspect")
+        files = {"fp32": VARIANT_FILES["fp32"]}
+        metrics = {"onnx_parity_max_abs": err, "onnx_fp32_bytes": fp32.stat().st_size}
+        if int8:
+            q = quantize_int8(fp32, tmp / VARIANT_FILES["int8"])
+            files["int8"] = VARIANT_FILES["int8"]
+            metrics["onnx_int8_bytes"] = q.stat().st_size
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        write_manifest(tmp, {**manifest, "model": spec, "io": io_spec(spec), "files": files})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir, metrics

@@ -1,0 +1,11 @@
+"""Torch-free decoding runtime: onnxruntime + numpy + tokenizers over an exported lmforge model directory.
+
+    from lmforge.runtime import Generator
+    gen = Generator("artifacts/runs/<run>/model")
+    print(gen.generate("Why", max_new_tokens=60, temperature=0.8, top_k=40, seed=0))
+"""
+from lmforge.runtime.generator import Generator
+from lmforge.runtime.modeldir import ModelDirError, read_model_dir
+from lmforge.runtime.sampling import SamplingParams
+
+__all__ = ["Generator", "ModelDirError", "SamplingParams", "read_model_dir"]

@@ -1,0 +1,44 @@
+"""onnxruntime sessions: pick CUDA when it is available *and* actually loads, else CPU, and report the
+provider that really runs (onnxruntime-gpu lists CUDA even when its libraries are missing)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import onnxruntime as ort
+
+log = logging.getLogger("lmforge.runtime")
+_cuda_loads: bool | None = None  # probed once per process
+_probe_lock = threading.Lock()
+
+
+def _session(path: str, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    return ort.InferenceSession(path, sess_options=opts, providers=providers)
+
+
+def create_session(path: str, device: str = "auto", threads: int | None = None) -> tuple[ort.InferenceSession, str]:
+    """Return (session, provider actually used). device: auto | cpu | cuda."""
+    global _cuda_loads
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    cpu = ["CPUExecutionProvider"]
+    want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+    if want_cuda and _cuda_loads is not False:
+        with _probe_lock:
+            ort.set_default_logger_severity(4)  # a missing CUDA library is reported by us, once, not as an error dump
+            try:
+                session = _session(path, opts, ["CUDAExecutionProvider", *cpu])
+            finally:
+                ort.set_default_logger_severity(2)
+            _cuda_loads = session.get_providers()[0] == "CUDAExecutionProvider"
+        if _cuda_loads:
+            return session, "CUDAExecutionProvider"
+    if device == "cuda":
+        log.warning("CUDA was requested but onnxruntime cannot load it here; running on CPUExecutionProvider")
+    session = _session(path, opts, cpu)
+    return session, session.get_providers()[0]

@@ -1,0 +1,7 @@
+"""Thin Prefect tasks over lmforge/: names, retries, logging. No ML logic lives here."""
+from lmforge.errors import LmforgeError
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry transient failures; a user's mistake (LmforgeError) fails at once."""
+    return not isinstance(state.data, LmforgeError)

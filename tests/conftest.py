@@ -1,0 +1,44 @@
+"""Test session setup: an isolated artifacts directory and MLflow SQLite store, one Prefect test server."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+
+_ARTIFACTS = Path(tempfile.mkdtemp(prefix="lmforge-test-artifacts-"))
+os.environ["LMFORGE_ARTIFACTS"] = str(_ARTIFACTS)
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_ARTIFACTS / 'mlflow.db'}"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("CI", "true")  # plain log lines instead of progress bars
+
+# The tiny model every flow test trains: seconds on a CPU.
+TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "train.max_steps": 30,
+        "train.eval_interval": 15, "train.eval_iters": 2, "train.batch_size": 8, "eval.max_new_tokens": 20,
+        "eval.temperatures": "[1.0]", "eval.prompts": '["Why"]'}
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    return _ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real Prefect server (test harness) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def corpus(name: str) -> Path:
+    """A real corpus from ../shared/corpora, or skip: a user's clone has no ../shared."""
+    path = SHARED_CORPORA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found: real corpora live in ../shared/corpora beside the repo (CI has them)")
+    return path
