@@ -16,4 +16,5 @@ def prepare(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
     meta = tokenize_data(docs, cfg, where.data)
     return {"documents": meta["documents"], "chars": meta["chars"], "vocab_size": meta["vocab_size"],
             "train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
-            "shards": [f"{meta['dir']}/train.bin", f"{meta['dir']}/val.bin"], "dir": meta["dir"]}
+            "shards": [f"{meta['dir']}/train.bin", f"{meta['dir']}/val.bin"], "dir": meta["dir"],
+            "cached": meta.get("cached", False)}

@@ -7,10 +7,9 @@ from prefect import get_run_logger, task
 
 from lmforge import tracking
 from lmforge.config import Config
-from lmforge.data.clean import clean_documents
-from lmforge.data.formats import read_documents
-from lmforge.data.prepare import tokenize_and_shard
+from lmforge.data.prepare import cached_meta, check_fits_context, clean_to_spill, source_fingerprint, tokenize_and_shard
 from lmforge.data.sources import acquire
+from lmforge.layout import RunLayout
 from tasks import retry_unless_user_error
 
 
@@ -22,19 +21,26 @@ def acquire_data(cfg: Config, cache_dir: Path) -> Path:
 
 
 @task(name="clean")
-def clean_data(path: Path, cfg: Config, run_id: str | None = None) -> list[str]:
-    d = cfg.data
-    docs = read_documents(path, d.format, d.column, d.filter, d.separator, d.encoding_errors)
-    if d.max_documents:
-        docs = docs[:d.max_documents]
-    docs, report = clean_documents(docs, cfg.clean)
+def clean_data(path: Path, cfg: Config, run_id: str | None = None) -> dict:
+    """Read and clean into the prepared-data directory's spill file, or find that directory already prepared
+    from this very source (same fingerprint) and skip the work."""
+    out_dir = RunLayout.for_config(cfg).data
+    fingerprint = source_fingerprint(path)
     logger = get_run_logger()
+    meta = cached_meta(out_dir, fingerprint)
+    if meta:
+        logger.info("reusing prepared data in %s (source unchanged)", out_dir)
+        cleaned = {"cached_meta": meta, "clean_report": meta.get("clean_report", []),
+                   "documents": meta["documents"], "chars": meta["chars"]}
+    else:
+        cleaned = {**clean_to_spill(path, cfg, out_dir), "fingerprint": fingerprint}
+    report = cleaned["clean_report"]
     for row in report:
         logger.info("clean %(step)s: -%(docs_removed)d docs, -%(chars_removed)d chars -> %(docs)d docs", row)
     if run_id:
         tracking.log_text(run_id, _report_table(report), "data/clean_report.md")
-        tracking.log_metrics(run_id, {"data_documents": len(docs), "data_chars": sum(map(len, docs))})
-    return docs
+        tracking.log_metrics(run_id, {"data_documents": cleaned["documents"], "data_chars": cleaned["chars"]})
+    return cleaned
 
 
 def _report_table(report: list[dict]) -> str:
@@ -45,8 +51,9 @@ def _report_table(report: list[dict]) -> str:
 
 
 @task(name="tokenize")
-def tokenize_data(docs: list[str], cfg: Config, out_dir: Path, run_id: str | None = None) -> dict:
-    meta = tokenize_and_shard(docs, cfg, out_dir)
+def tokenize_data(cleaned: dict, cfg: Config, out_dir: Path, run_id: str | None = None) -> dict:
+    meta = cleaned.get("cached_meta") or tokenize_and_shard(cleaned, cfg, out_dir, cleaned["fingerprint"])
+    check_fits_context(meta, cfg.model.block_size)
     get_run_logger().info("%d train / %d val tokens, vocabulary %d", meta["train"]["tokens"],
                           meta["val"]["tokens"], meta["vocab_size"])
     if run_id:

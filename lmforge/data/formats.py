@@ -1,24 +1,63 @@
-"""Turn local files into documents: plain text (blank-line paragraphs, one per line, or a separator),
-CSV/TSV through pandas (a text column plus an optional row filter), and the IMDB `aclImdb` tree."""
+"""Turn local files into documents, lazily and in batches (one batch per ~1 MB read), so a corpus is never
+held whole in memory: plain text (blank-line paragraphs, one per line, or a separator such as
+<|endoftext|>), CSV/TSV through pandas (a text column plus an optional row filter), and the IMDB `aclImdb`
+tree. Invalid UTF-8 is an error naming the file and byte offset, or replaced with data.encoding_errors=replace."""
 from __future__ import annotations
 
-import io
+import codecs
+from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
 from lmforge.errors import LmforgeError
 
 ENCODING_HINT = "re-encode the file as UTF-8, or --set data.encoding_errors=replace"
+CHUNK_BYTES = 1 << 20
+TABLE_ROWS = 20_000
+
+
+def first_bad_utf8(path: Path) -> tuple[int, int] | None:
+    """(byte offset, byte value) of the first invalid UTF-8 sequence in path, or None."""
+    try:
+        for _ in iter_text_chunks(path, "strict"):
+            pass
+    except LmforgeError as exc:
+        return exc.offset, exc.byte  # type: ignore[attr-defined]
+    return None
+
+
+def _encoding_error(path: Path, offset: int, byte: int) -> LmforgeError:
+    err = LmforgeError(f"{path} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}", hint=ENCODING_HINT)
+    err.offset, err.byte = offset, byte  # type: ignore[attr-defined]
+    return err
+
+
+def iter_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
+    """Decoded text of path, CHUNK_BYTES at a time; a character split across reads is joined correctly."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(CHUNK_BYTES)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's pending bytes followed by this read
+                at = offset - (len(exc.object) - len(data)) + exc.start
+                raise _encoding_error(path, at, exc.object[exc.start]) from None
+            if offset == 0 and text.startswith("\ufeff"):
+                text = text[1:]
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
 
 
 def read_text(path: Path, errors: str = "strict") -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as exc:
-        raise LmforgeError(f"{path} is not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}",
-                           hint=ENCODING_HINT) from None
+    return "".join(iter_text_chunks(path, errors))
 
 
 def detect_format(path: Path) -> str:
@@ -28,24 +67,55 @@ def detect_format(path: Path) -> str:
     return {".csv": "csv", ".tsv": "tsv"}.get(suffix, "text")
 
 
-def split_text(text: str, fmt: str, separator: str = "") -> list[str]:
-    if separator:
-        parts = text.split(separator)
-    elif fmt == "lines":
-        parts = text.splitlines()
-    else:
-        parts = text.replace("\r\n", "\n").split("\n\n")
-    return [p.strip() for p in parts if p.strip()]
+def split_text(chunks: Iterator[str], fmt: str, separator: str = "") -> Iterator[list[str]]:
+    """Documents from a stream of text: split on `separator`, else one per line (fmt "lines"), else on blank
+    lines. Stripped; empty ones dropped. One list per chunk read."""
+    sep = separator or ("\n" if fmt == "lines" else "\n\n")
+    carry = ""
+    for chunk in chunks:
+        text = carry + chunk
+        if not separator:
+            text = text.replace("\r\n", "\n")
+        parts = text.split(sep)
+        carry = parts.pop()
+        docs = [s for s in (p.strip() for p in parts) if s]
+        if docs:
+            yield docs
+    if carry.strip():
+        yield [carry.strip()]
 
 
-def read_table(path: Path, fmt: str, column: str, row_filter: str = "", errors: str = "strict") -> list[str]:
+def read_table(path: Path, fmt: str, column: str, row_filter: str = "",
+               errors: str = "strict") -> Iterator[list[str]]:
+    """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time."""
     sep = "\t" if fmt == "tsv" else ","
-    text = read_text(path, errors)
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        reader = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=TABLE_ROWS,
+                             encoding="utf-8", encoding_errors=errors)
+        first = True
+        for df in reader:
+            if first:
+                _check_column(path, fmt, column, df)
+                first = False
+            if row_filter:
+                try:
+                    df = df.query(row_filter)
+                except Exception as exc:  # pandas raises many types for a bad expression
+                    raise LmforgeError(f"data.filter {row_filter!r} failed on {path}: {exc}",
+                                       hint='e.g. --set data.filter=\'Country == "lebanon"\'') from None
+            docs = [s for s in (t.strip() for t in df[column].tolist()) if s]
+            if docs:
+                yield docs
+    except UnicodeDecodeError:
+        bad = first_bad_utf8(path)
+        raise _encoding_error(path, *bad) if bad else LmforgeError(f"{path} is not valid UTF-8",
+                                                                   hint=ENCODING_HINT) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise LmforgeError(f"cannot parse {path} as {fmt.upper()}: {str(exc).strip()}",
                            hint="check data.format (csv or tsv) matches the file's delimiter") from None
+
+
+def _check_column(path: Path, fmt: str, column: str, df: pd.DataFrame) -> None:
     if not column:
         raise LmforgeError(f"{path} is a table; name its text column",
                            hint=f"--set data.column=NAME (columns: {', '.join(map(str, df.columns[:12]))})")
@@ -54,32 +124,46 @@ def read_table(path: Path, fmt: str, column: str, row_filter: str = "", errors: 
         hint = (f"the file has one column: it may be {other.upper()}; --set data.format={other}"
                 if len(df.columns) == 1 else f"columns are: {', '.join(map(str, df.columns[:12]))}")
         raise LmforgeError(f"column {column!r} not found in {path}", hint=hint)
-    if row_filter:
-        try:
-            df = df.query(row_filter)
-        except Exception as exc:  # pandas raises many types for a bad expression
-            raise LmforgeError(f"data.filter {row_filter!r} failed on {path}: {exc}",
-                               hint='e.g. --set data.filter=\'Country == "lebanon"\'') from None
-    return [t.strip() for t in df[column].tolist() if t and t.strip()]
 
 
-def read_imdb_tree(root: Path, errors: str = "strict") -> list[str]:
+def read_imdb_tree(root: Path, errors: str = "strict", batch: int = 1000) -> Iterator[list[str]]:
     files = sorted(p for p in root.rglob("*.txt") if p.parent.name in ("pos", "neg", "unsup"))
-    return [read_text(p, errors).strip() for p in files]
+    for i in range(0, len(files), batch):
+        docs = [s for s in (read_text(p, errors).strip() for p in files[i:i + batch]) if s]
+        if docs:
+            yield docs
+
+
+def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "", separator: str = "",
+                 errors: str = "strict") -> Iterator[list[str]]:
+    """Batches of documents (non-empty, stripped strings) from a local file or directory, read lazily."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if column and fmt not in ("csv", "tsv"):
+        raise LmforgeError(f"data.column={column!r} is set but {path} is read as {fmt}, not as a table",
+                           hint="--set data.format=csv (or tsv), or --set data.column= for plain text")
+    if fmt in ("csv", "tsv"):
+        if path.is_dir():
+            raise LmforgeError(f"{path} is a directory, not a {fmt.upper()} file", hint="point data.source at the file")
+        yield from read_table(path, fmt, column, row_filter, errors)
+    elif fmt == "imdb":
+        yield from read_imdb_tree(path, errors)
+    elif path.is_dir():
+        for p in sorted(path.rglob("*.txt")):
+            yield from split_text(iter_text_chunks(p, errors), fmt, separator)
+    else:
+        yield from split_text(iter_text_chunks(path, errors), fmt, separator)
+
+
+def iter_documents(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "", separator: str = "",
+                   errors: str = "strict", limit: int = 0) -> Iterator[str]:
+    docs = (d for batch in iter_batches(path, fmt, column, row_filter, separator, errors) for d in batch)
+    return islice(docs, limit) if limit else docs
 
 
 def read_documents(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "",
                    separator: str = "", errors: str = "strict") -> list[str]:
-    """Documents (non-empty strings) from a local file or directory."""
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt in ("csv", "tsv"):
-        docs = read_table(path, fmt, column, row_filter, errors)
-    elif fmt == "imdb":
-        docs = read_imdb_tree(path, errors)
-    elif path.is_dir():
-        docs = [d for p in sorted(path.rglob("*.txt")) for d in split_text(read_text(p, errors), fmt, separator)]
-    else:
-        docs = split_text(read_text(path, errors), fmt, separator)
+    """All documents as a list (small corpora, tests); raises when there are none."""
+    docs = list(iter_documents(path, fmt, column, row_filter, separator, errors))
     if not docs:
         raise LmforgeError(f"no documents found in {path}", hint="point data.source at a non-empty corpus")
     return docs

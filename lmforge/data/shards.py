@@ -41,21 +41,28 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def write_shards(encoded: Iterable[np.ndarray], is_val: np.ndarray, out_dir: Path, vocab_size: int,
-                 extra_meta: dict | None = None) -> dict:
-    """Stream encoded documents into out_dir/{train,val}.bin; returns the meta written to meta.json."""
+def write_shards(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.ndarray, out_dir: Path,
+                 vocab_size: int, extra_meta: dict | None = None) -> dict:
+    """Stream batches of (token ids, ids per document) into out_dir/{train,val}.bin, routing each document by
+    is_val[document index]; returns the meta written to meta.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dtype = shard_dtype(vocab_size)
     names = ("train", "val")
     tmp = {n: out_dir / f".{n}.bin.{os.getpid()}.tmp" for n in names}
     counts = {n: {"tokens": 0, "documents": 0} for n in names}
     files = {n: open(tmp[n], "wb") for n in names}
+    first_doc = 0
     try:
-        for i, ids in enumerate(encoded):
-            name = "val" if is_val[i] else "train"
-            files[name].write(ids.astype(dtype, copy=False).tobytes())
-            counts[name]["tokens"] += int(ids.size)
-            counts[name]["documents"] += 1
+        for ids, lens in encoded:
+            doc_val = is_val[first_doc:first_doc + lens.size]
+            first_doc += lens.size
+            token_val = np.repeat(doc_val, lens)
+            for name, mask in (("train", ~token_val), ("val", token_val)):
+                part = ids[mask]
+                files[name].write(part.astype(dtype, copy=False).tobytes())
+                counts[name]["tokens"] += int(part.size)
+            counts["val"]["documents"] += int(doc_val.sum())
+            counts["train"]["documents"] += int(doc_val.size - doc_val.sum())
         for f in files.values():
             f.flush()
             os.fsync(f.fileno())

@@ -1,9 +1,16 @@
 """Tokenizers, all stored in Hugging Face `tokenizers` format (tokenizer.json) so the torch-free runtime loads
-them: char (code points), word (words and punctuation with their leading space, <unk> for unseen), byte-level
-BPE trained on the corpus, and a pretrained GPT-2 tokenizer read from a local directory."""
+them: char (code points), word (words, digits and punctuation with their leading space, <unk> for unseen),
+byte-level BPE trained on the corpus, and a pretrained GPT-2 tokenizer read from a local directory.
+Every trained kind reserves ids 0-3 for <pad> <unk> <bos> <eos> (special tokens: skipped when decoding).
+
+What round-trips (decode(encode(s), skip_special_tokens=False) == s):
+  char: s with every character absent from the vocabulary replaced by "<unk>";
+  word: s with every piece (word, digit, punctuation mark, whitespace run) absent from the vocabulary
+        replaced by "<unk>";
+  bpe/gpt2: any string (byte-level: every byte has a token)."""
 from __future__ import annotations
 
-from collections import Counter
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -16,16 +23,14 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = [PAD, UNK, BOS, EOS]
 GPT2_EOT = "<|endoftext|>"
 WORD_PATTERN = r" ?[^\W\d_]+| ?\d| ?[^\w\s]|\s+"
+CHAR_PATTERN = r"[\s\S]"
+MAX_CODE_POINT = 0x10FFFF
 
 
-def _with_specials(vocab: Iterable[str]) -> dict[str, int]:
-    out = {tok: i for i, tok in enumerate(SPECIALS)}
-    for tok in vocab:
-        out.setdefault(tok, len(out))
-    return out
-
-
-def _level_tokenizer(vocab: dict[str, int], pattern: str) -> Tokenizer:
+def _level_tokenizer(tokens: Iterable[str], pattern: str) -> Tokenizer:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for tok in tokens:
+        vocab.setdefault(tok, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -33,18 +38,30 @@ def _level_tokenizer(vocab: dict[str, int], pattern: str) -> Tokenizer:
     return tok
 
 
+def code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
 def train_char(docs: Iterable[str]) -> Tokenizer:
-    chars: set[str] = set()
+    """One token per code point seen in docs, in code point order after the four specials."""
+    seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)
+    batch: list[str] = []
     for d in docs:
-        chars.update(d)
-    return _level_tokenizer(_with_specials(sorted(chars)), r"[\s\S]")
+        batch.append(d)
+        if len(batch) >= 4096:
+            seen[code_points("".join(batch))] = True
+            batch = []
+    seen[code_points("".join(batch))] = True
+    return _level_tokenizer((chr(c) for c in np.flatnonzero(seen)), CHAR_PATTERN)
 
 
 def train_word(docs: Iterable[str], min_frequency: int = 1) -> Tokenizer:
-    split = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")
-    counts = Counter(w for d in docs for w, _ in split.pre_tokenize_str(d))
-    words = sorted(w for w, c in counts.items() if c >= min_frequency)
-    return _level_tokenizer(_with_specials(words), WORD_PATTERN)
+    """Every piece seen at least min_frequency times, most frequent first (Rust trainer, deterministic)."""
+    tok = _level_tokenizer([], WORD_PATTERN)
+    trainer = trainers.WordLevelTrainer(vocab_size=1 << 30, min_frequency=max(min_frequency, 1),
+                                        special_tokens=SPECIALS, show_progress=False)
+    tok.train_from_iterator(docs, trainer=trainer)
+    return tok
 
 
 def train_bpe(docs: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -67,17 +84,21 @@ def load_gpt2(directory: str) -> Tokenizer:
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([GPT2_EOT])
         return tok
-    raise LmforgeError(f"no GPT-2 tokenizer in {directory}",
+    raise LmforgeError(f"no GPT-2 tokenizer in {directory or '(tokenizer.path not set)'}",
                        hint="--set tokenizer.path=DIR holding tokenizer.json or vocab.json + merges.txt")
 
 
-def build_tokenizer(kind: str, docs: list[str], vocab_size: int = 8192, min_frequency: int = 1,
+def build_tokenizer(kind: str, docs: Iterable[str], vocab_size: int = 8192, min_frequency: int = 1,
                     path: str = "") -> Tokenizer:
+    """Train (char, word, bpe) on docs, which may be a lazy iterable, or load (gpt2)."""
     if kind == "char":
         return train_char(docs)
     if kind == "word":
         return train_word(docs, min_frequency)
     if kind == "bpe":
+        if vocab_size < 256 + len(SPECIALS):
+            raise LmforgeError(f"tokenizer.vocab_size {vocab_size} is below the 260 byte-level BPE needs",
+                               hint="--set tokenizer.vocab_size=8192")
         return train_bpe(docs, vocab_size, max(min_frequency, 2))
     if kind == "gpt2":
         return load_gpt2(path)
@@ -104,11 +125,63 @@ def special_ids(tok: Tokenizer) -> dict[str, int | None]:
     }
 
 
-def encode_documents(tok: Tokenizer, docs: list[str], batch: int = 1024) -> Iterator[np.ndarray]:
-    """Yield each document's ids framed as [bos] + ids + [eos], in batches to bound memory."""
+class CharLookup:
+    """Encodes with a char tokenizer through a numpy code point -> id table: the same ids as
+    `tok.encode(text, add_special_tokens=False)` (tested), ~20x faster. Text that contains a special token
+    literally ("<eos>"), which `tokenizers` matches as one token, goes through `tokenizers` instead."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        vocab = {t: i for t, i in tok.get_vocab().items() if len(t) == 1}
+        unk = tok.token_to_id(UNK)
+        self.table = np.full(max(max(map(ord, vocab), default=0) + 2, 128), unk, dtype=np.uint32)
+        for t, i in vocab.items():
+            self.table[ord(t)] = i
+
+    @staticmethod
+    def applies(tok: Tokenizer) -> bool:
+        pre = tok.to_str()
+        return CHAR_PATTERN.replace("\\", "\\\\") in pre and '"WordLevel"' in pre
+
+    def encode(self, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all docs concatenated, ids per doc)."""
+        text = "".join(docs)
+        if "<" in text and any(s in text for s in SPECIALS):
+            return encode_with_tokenizer(self.tok, docs)
+        if text.isascii():
+            ids = self.table[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
+        else:
+            ids = self.table[np.minimum(code_points(text), self.table.size - 1)]
+        return ids, np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+
+
+def encode_with_tokenizer(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    lists = [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+    lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    return np.fromiter(chain.from_iterable(lists), dtype=np.uint32, count=int(lens.sum())), lens
+
+
+def frame(ids: np.ndarray, lens: np.ndarray, bos: int | None, eos: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Wrap every document as [bos] + ids + [eos]; returns (framed ids, framed length per document)."""
+    specials = [i for i in (bos, eos) if i is not None]
+    framed_lens = lens + len(specials)
+    out = np.empty(ids.size + len(specials) * lens.size, dtype=np.uint32)
+    starts = np.cumsum(framed_lens) - framed_lens
+    content = np.ones(out.size, dtype=bool)
+    if bos is not None:
+        out[starts] = bos
+        content[starts] = False
+    if eos is not None:
+        out[starts + framed_lens - 1] = eos
+        content[starts + framed_lens - 1] = False
+    out[content] = ids
+    return out, framed_lens
+
+
+def encode_batches(tok: Tokenizer, batches: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per batch of documents: (framed ids of all documents, framed length per document)."""
     ids = special_ids(tok)
-    frame_start = [ids["bos"]] if ids["bos"] is not None else []
-    frame_end = [ids["eos"]] if ids["eos"] is not None else []
-    for i in range(0, len(docs), batch):
-        for enc in tok.encode_batch(docs[i:i + batch], add_special_tokens=False):
-            yield np.asarray(frame_start + enc.ids + frame_end, dtype=np.int64)
+    fast = CharLookup(tok) if CharLookup.applies(tok) else None
+    for docs in batches:
+        raw, lens = fast.encode(docs) if fast else encode_with_tokenizer(tok, docs)
+        yield frame(raw, lens, ids["bos"], ids["eos"])

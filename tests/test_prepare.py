@@ -1,0 +1,155 @@
+"""`lmforge prepare` through the CLI's code path (real Prefect flow) on every real corpus format, an HTTP source
+serving an aclImdb .tar.gz, reuse of prepared shards, determinism and early errors."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import shutil
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import corpus
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.data import formats
+from lmforge.data.prepare import prepare_corpus
+from lmforge.data.shards import open_shard, read_meta
+
+
+def cli_prepare(overrides: dict) -> dict:
+    """`lmforge prepare --json` in-process; its JSON line. (No capsys: Prefect's log handlers outlive it.)"""
+    args = ["prepare", "--preset", "jokes-char", "--json"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    return json.loads([ln for ln in out.getvalue().splitlines() if ln.startswith("{")][-1])
+
+
+def cli_error(args: list[str]) -> str:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["prepare", *args]) == 2
+    return err.getvalue()
+
+
+def decoded_train_text(result: dict, n: int = 400) -> str:
+    tok = Tokenizer.from_file(str(Path(result["dir"]) / "tokenizer.json"))  # tokenizers alone
+    return tok.decode(open_shard(Path(result["dir"]), "train")[:n].tolist())
+
+
+CASES = {
+    "tinystories-word": ("tinystories-sample.txt", {"data.format": "text", "tokenizer.kind": "word"},
+                         "One day, a little girl named Lily found a needle"),
+    "onelinefun-csv": ("onelinefun.csv", {"data.format": "csv", "data.column": "Joke"},
+                       "I just asked my husband if he remembers what today is"),
+    "imdb-csv-bpe": ("imdb-reviews.csv", {"data.format": "auto", "data.column": "review", "clean.strip_html": "true",
+                                          "tokenizer.kind": "bpe", "tokenizer.vocab_size": 1000, "data.max_documents": 600},
+                     "One of the other reviewers has mentioned"),
+    "arabic-tsv-char": ("ArSenTD-LEV.tsv", {"data.format": "tsv", "data.column": "Tweet",
+                                            "data.filter": 'Country == "lebanon"'}, "أنا أؤمن بأن الانسان"),
+    "shakespeare-char": ("tinyshakespeare.txt", {"data.format": "text"}, "First Citizen:\nBefore we proceed"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_prepare_real_corpus(prefect_server, case):
+    name, overrides, opening = CASES[case]
+    result = cli_prepare({"data.source": str(corpus(name)), **overrides})
+    text = decoded_train_text(result)
+    assert opening in text and "<br" not in text
+    meta = read_meta(Path(result["dir"]))
+    assert meta["train"]["tokens"] == result["train_tokens"] > meta["val"]["tokens"] > 0
+    assert meta["dtype"] == "uint16" and meta["documents"] == result["documents"]
+    assert max(open_shard(Path(result["dir"]), "train")) < result["vocab_size"]
+    if case == "imdb-csv-bpe":
+        assert result["vocab_size"] == 1000
+        assert next(r for r in meta["clean_report"] if r["step"] == "strip_html")["chars_removed"] > 0
+    if case == "arabic-tsv-char":
+        assert result["documents"] == 673
+
+
+def test_prepare_http_imdb_archive(prefect_server, tmp_path):
+    reviews = [f"Review number {i}: a film<br />with {'many ' * (i % 7)}moments, rated {i % 10}/10." for i in range(60)]
+    tree = tmp_path / "tree"
+    for i, text in enumerate(reviews):
+        folder = tree / "aclImdb" / ("train" if i % 3 else "test") / ("pos" if i % 2 else "neg")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}_{i % 10}.txt").write_text(text, encoding="utf-8")
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "aclImdb_v1.tar.gz", "w:gz") as tar:
+        tar.add(tree / "aclImdb", arcname="aclImdb")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/aclImdb_v1.tar.gz"
+        result = cli_prepare({"data.source": url, "data.format": "auto", "clean.strip_html": "true",
+                              "model.block_size": 32})
+    finally:
+        server.shutdown()
+    assert result["documents"] == 60
+    text = decoded_train_text(result, 10_000)
+    assert "Review number" in text and "<br" not in text and "a film with" in text
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_rerun_reuses_shards_and_changed_source_recomputes_identically(prefect_server, tmp_path):
+    source = tmp_path / "shakespeare.txt"
+    shutil.copyfile(corpus("tinyshakespeare.txt"), source)
+    overrides = {"data.source": str(source), "tokenizer.kind": "bpe", "tokenizer.vocab_size": 500,
+                 "data.max_documents": 8000}
+    first = cli_prepare(overrides)
+    train = Path(first["dir"]) / "train.bin"
+    before = train.stat()
+    content = train.read_bytes()
+    tokenizer = (Path(first["dir"]) / "tokenizer.json").read_bytes()
+    assert first["cached"] is False
+
+    second = cli_prepare(overrides)
+    assert second["cached"] is True and second["train_tokens"] == first["train_tokens"]
+    after = train.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+    os.utime(source, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))  # same bytes, new identity
+    third = cli_prepare(overrides)
+    assert third["cached"] is False and train.stat().st_ino != before.st_ino
+    assert train.read_bytes() == content  # deterministic: identical shards and tokenizer across runs
+    assert (Path(first["dir"]) / "tokenizer.json").read_bytes() == tokenizer
+    assert not list(Path(first["dir"]).glob(".*"))  # no spill or temp files left behind
+
+
+def test_shards_do_not_depend_on_read_chunk_size(tmp_path, monkeypatch):
+    cfg = load_config("jokes-char", {"data.source": str(corpus("tinystories-sample.txt")), "tokenizer.kind": "word"})
+    big = prepare_corpus(corpus("tinystories-sample.txt"), cfg, tmp_path / "big")
+    monkeypatch.setattr(formats, "CHUNK_BYTES", 5000)  # many small batches
+    small = prepare_corpus(corpus("tinystories-sample.txt"), cfg, tmp_path / "small")
+    for split in ("train", "val"):
+        assert np.array_equal(open_shard(tmp_path / "big", split), open_shard(tmp_path / "small", split))
+    assert big["corpus_sha256"] == small["corpus_sha256"]
+
+
+def test_prepare_errors_are_one_line_with_hint(prefect_server, tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("just a few words\n\nand another line\n\nthird", encoding="utf-8")
+    err = cli_error(["--set", f"data.source={tiny}", "--set", "data.format=lines"])
+    assert "fewer than one context window" in err and "model.block_size" in err
+    err = cli_error(["--set", f"data.source={corpus('onelinefun.csv')}", "--set", "data.format=csv",
+                     "--set", "data.column=joke"])
+    assert "column 'joke' not found" in err and "ID, Joke" in err
+    err = cli_error(["--set", f"data.source={corpus('onelinefun.csv')}", "--set", "data.column=Joke"])
+    assert "is read as lines, not as a table" in err and "data.format=csv" in err
