@@ -13,11 +13,26 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
 
         return GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
-    raise LmforgeError(f"model family {cfg.family!r} is not available yet", hint="use model.family=gpt")
+    if cfg.family in ("lstm", "gru"):
+        from lmforge.models.gru import GRU
+        from lmforge.models.lstm import LSTM, RNNConfig
+
+        rnn = RNNConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
+                        n_hidden=cfg.n_hidden, dropout=cfg.dropout)
+        return LSTM(rnn) if cfg.family == "lstm" else GRU(rnn)
+    if cfg.family == "hf-gpt2":
+        from lmforge.models.hf_gpt2 import load_pretrained
+
+        return load_pretrained(cfg.pretrained, vocab_size, cfg.block_size, cfg.dropout)
+    raise LmforgeError(f"unknown model family {cfg.family!r}", hint="model.family is one of gpt, lstm, gru, hf-gpt2")
 
 
 def model_spec(model: nn.Module) -> dict:
     """What the exported directory records about the architecture (lmforge.json `model`)."""
     c = model.cfg
-    return {"family": "gpt", "vocab_size": c.vocab_size, "n_layer": c.n_layer, "n_head": c.n_head,
+    family = getattr(model, "family", "gpt")
+    if family in ("lstm", "gru"):
+        return {"family": family, "vocab_size": c.vocab_size, "n_layer": c.n_layer, "n_embd": c.n_embd,
+                "n_hidden": c.n_hidden, "block_size": c.block_size, "state": list(model.state_names)}
+    return {"family": family, "vocab_size": c.vocab_size, "n_layer": c.n_layer, "n_head": c.n_head,
             "n_embd": c.n_embd, "head_dim": c.n_embd // c.n_head, "block_size": c.block_size}

@@ -1,0 +1,199 @@
+"""Model quality of the seed presets, trained here on the real corpora in ../shared/corpora, each beside its
+reference in the same run:
+  shakespeare-char  lmforge's training loop vs a plain PyTorch loop of the same model, batch and schedule:
+                    val loss, wall time, tokens/s for both
+  lebanon-gru       next-character accuracy on the held-out 20% of tweets (target >= 45%)
+  tinystories-lstm  val perplexity vs a unigram model counted on the same train split, and a generation
+                    through the exported directory from a prompt of unseen words
+  imdb-gpt          val loss at every evaluation (the trend) vs the unigram baseline
+
+    python benchmarks/quality.py [--only NAME ...] [--steps N] [--corpora DIR] [--threads N] [--set KEY=VALUE]
+Writes benchmarks/results/quality-<time>.json and .md and prints the table."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.config import load_config
+from lmforge.data.prepare import prepare_corpus
+from lmforge.data.shards import open_shard
+from lmforge.evaluate import evaluate_tokens
+from lmforge.models import build_model, model_spec
+from lmforge.train import get_batch, lr_at, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+LOCAL = {  # preset -> overrides reading the local copy of its corpus
+    "shakespeare-char": {"data.source": "tinyshakespeare.txt"},
+    "lebanon-gru": {"data.source": "ArSenTD-LEV.tsv"},
+    "tinystories-lstm": {"data.source": "tinystories-sample.txt", "data.separator": ""},
+    "imdb-gpt": {"data.source": "imdb-reviews.csv", "data.format": "csv", "data.column": "review",
+                 "data.max_documents": 0},
+}
+UNSEEN_PROMPT = "Zorblax and Quibbit found a"  # two words no story has
+
+
+def prepared(name: str, corpora: Path, steps: int, threads: int, work: Path, extra: list[str]):
+    overrides = {k: str(corpora / v) if k == "data.source" else v for k, v in LOCAL[name].items()}
+    if steps:
+        overrides["train.max_steps"] = steps
+        overrides["train.eval_interval"] = max(1, steps // 4)
+    overrides["train.threads"] = threads
+    overrides.update(kv.split("=", 1) for kv in extra)
+    cfg = load_config(name, overrides)
+    meta = prepare_corpus(Path(overrides["data.source"]), cfg, work / name / "data")
+    data = work / name / "data"
+    return cfg, meta, open_shard(data, "train"), open_shard(data, "val")
+
+
+def unigram_loss(train_ids: np.ndarray, val_ids: np.ndarray, vocab: int) -> float:
+    """Cross-entropy (nats/token) of add-one-smoothed train-split token frequencies on the val split."""
+    counts = np.bincount(np.asarray(train_ids, np.int64), minlength=vocab).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[np.asarray(val_ids, np.int64)].mean())
+
+
+def full_eval(model, cfg, val) -> dict:
+    return evaluate_tokens(model, val, cfg.model.block_size, cfg.train.batch_size, 1_000_000)
+
+
+def train_ours(cfg, meta, tr, va, work: Path):
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, meta["vocab_size"])
+    t0 = time.perf_counter()
+    result = train(model, tr, va, cfg.model.block_size, cfg.train, work / cfg.name / "ckpt", resume=False)
+    return model, result, time.perf_counter() - t0
+
+
+def plain_torch_loop(cfg, meta, tr) -> tuple[torch.nn.Module, float, float]:
+    """The reference: the same model, batch, AdamW and schedule in the shortest loop PyTorch allows
+    (no evaluation, no checkpoints). Returns (model, wall seconds, tokens/s)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, meta["vocab_size"])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.train.lr, betas=(0.9, cfg.train.beta2))
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(cfg.train.max_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.train)
+        x, y = get_batch(tr, cfg.model.block_size, cfg.train.batch_size, gen, "cpu")
+        logits, _ = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    wall = time.perf_counter() - t0
+    model.eval()
+    return model, wall, cfg.train.max_steps * cfg.train.batch_size * cfg.model.block_size / wall
+
+
+def row(preset, metric, reference, ours, wall=None, tps=None) -> dict:
+    return {"preset": preset, "metric": metric, "reference": reference, "ours": ours,
+            "wall_s": None if wall is None else round(wall, 1), "tokens_per_s": None if tps is None else round(tps)}
+
+
+def bench_shakespeare(cfg, meta, tr, va, work) -> list[dict]:
+    model, result, wall = train_ours(cfg, meta, tr, va, work)
+    ours = full_eval(model, cfg, va)
+    ref_model, ref_wall, ref_tps = plain_torch_loop(cfg, meta, tr)
+    ref = full_eval(ref_model, cfg, va)
+    return [row(cfg.name, "val loss (nats/char), plain PyTorch loop", "-", round(ref["loss"], 4), ref_wall, ref_tps),
+            row(cfg.name, "val loss (nats/char), lmforge train()", round(ref["loss"], 4), round(ours["loss"], 4),
+                wall, result.tokens_per_s)]
+
+
+def bench_lebanon(cfg, meta, tr, va, work) -> list[dict]:
+    model, result, wall = train_ours(cfg, meta, tr, va, work)
+    ev = full_eval(model, cfg, va)
+    return [row(cfg.name, "next-char accuracy, held-out 20% of tweets", ">= 0.45", round(ev["accuracy"], 4),
+                wall, result.tokens_per_s),
+            row(cfg.name, "val loss (nats/char)", "-", round(ev["loss"], 4))]
+
+
+def bench_tinystories(cfg, meta, tr, va, work) -> list[dict]:
+    from lmforge.export import export_model_dir
+    from lmforge.runtime import Generator
+
+    model, result, wall = train_ours(cfg, meta, tr, va, work)
+    ev = full_eval(model, cfg, va)
+    uni = unigram_loss(tr, va, meta["vocab_size"])
+    manifest = {"name": cfg.name, "tokenizer": {"kind": "word", "file": "tokenizer.json"},
+                "tokens": meta["special_ids"], "generation": {"temperature": 0.8, "top_k": 40}}
+    out, _ = export_model_dir(model, model_spec(model), work / cfg.name / "data" / "tokenizer.json",
+                              work / cfg.name / "model", manifest, int8=False)
+    text = Generator(out).generate(UNSEEN_PROMPT, max_new_tokens=30, seed=0)
+    return [row(cfg.name, "val perplexity (words), unigram baseline from the train split", "-",
+                round(math.exp(uni), 1)),
+            row(cfg.name, "val perplexity (words), LSTM", round(math.exp(uni), 1), round(ev["perplexity"], 1),
+                wall, result.tokens_per_s),
+            row(cfg.name, f"generation from unseen words {UNSEEN_PROMPT!r}", "-", UNSEEN_PROMPT + text)]
+
+
+def bench_imdb(cfg, meta, tr, va, work) -> list[dict]:
+    model, result, wall = train_ours(cfg, meta, tr, va, work)
+    trend = [round(h["val_loss"], 3) for h in result.history]
+    uni = unigram_loss(tr, va, meta["vocab_size"])
+    falling = all(b <= a for a, b in zip(trend, trend[1:]))
+    return [row(cfg.name, "val loss (nats/token) at each evaluation" + (" (falling)" if falling else ""),
+                f"unigram {uni:.3f}", " > ".join(map(str, trend)), wall, result.tokens_per_s)]
+
+
+BENCHES = {"shakespeare-char": bench_shakespeare, "lebanon-gru": bench_lebanon,
+           "tinystories-lstm": bench_tinystories, "imdb-gpt": bench_imdb}
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| preset | metric | reference | ours | wall time (s) | tokens/s |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [r["preset"], r["metric"], r["reference"], r["ours"], r["wall_s"], r["tokens_per_s"]]
+        lines.append("| " + " | ".join("-" if c is None else str(c).replace("|", "/").replace("\n", " ")
+                                       for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these presets")
+    ap.add_argument("--steps", type=int, default=0, help="train this many steps instead of the preset's")
+    ap.add_argument("--corpora", type=Path, default=CORPORA)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for every contender")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra preset override")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows, started = [], time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="lmforge-quality-") as tmp:
+        for name in args.only or list(BENCHES):
+            cfg, meta, tr, va = prepared(name, args.corpora, args.steps, args.threads, Path(tmp), args.set)
+            print(f"{name}: {meta['train']['tokens']} train / {meta['val']['tokens']} val tokens, "
+                  f"vocabulary {meta['vocab_size']}, {cfg.train.max_steps} steps", file=sys.stderr)
+            rows += BENCHES[name](cfg, meta, tr, va, Path(tmp))
+    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (f"# quality {started}\n\n`{command.strip()}` on {platform.processor() or platform.machine()}, "
+              f"{args.threads} torch threads, torch {torch.__version__}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"quality-{started}"
+    for suffix, text in ((".json", json.dumps({"command": command.strip(), "threads": args.threads, "rows": rows},
+                                               indent=2, ensure_ascii=False)), (".md", markdown(rows, header))):
+        tmp_file = out.with_name(out.name + suffix + ".tmp")
+        tmp_file.write_text(text, encoding="utf-8")
+        tmp_file.replace(out.with_name(out.name + suffix))
+    print(markdown(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
