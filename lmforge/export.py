@@ -35,6 +35,8 @@ def kv_names(n_layer: int) -> tuple[list[str], list[str]]:
 
 
 def io_spec(spec: dict) -> dict:
+    if spec["family"] in RNN_FAMILIES:
+        return rnn_io_spec(spec)
     past, present = kv_names(spec["n_layer"])
     return {"inputs": ["input_ids", "position_ids", "attention_mask"], "logits": "logits",
             "state": [{"input": i, "output": o, "kind": "kv"} for i, o in zip(past, present)]}
@@ -42,6 +44,8 @@ def io_spec(spec: dict) -> dict:
 
 def export_onnx(model: torch.nn.Module, spec: dict, path: Path, opset: int = 17) -> Path:
     """Trace with batch 2, sequence 4, past 3 (0 and 1 would be specialised) and mark every axis dynamic."""
+    if spec["family"] in RNN_FAMILIES:
+        return export_rnn_onnx(model, spec, path, opset)
     model = model.to("cpu").eval()
     B, T, P, H, D = 2, 4, 3, spec["n_head"], spec["head_dim"]
     ids = torch.randint(0, spec["vocab_size"], (B, T))
@@ -64,6 +68,8 @@ def export_onnx(model: torch.nn.Module, spec: dict, path: Path, opset: int = 17)
 def parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int = 8, seed: int = 0) -> float:
     """Max |logit difference| between torch and onnxruntime over a prefill of 7 tokens (batch 2) and `steps`
     greedy cached decode steps."""
+    if spec["family"] in RNN_FAMILIES:
+        return rnn_parity(model, spec, onnx_path, steps, seed)
     import onnxruntime as ort
 
     model = model.to("cpu").eval()
@@ -92,11 +98,95 @@ def parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int = 8, 
     return worst
 
 
+RNN_FAMILIES = ("lstm", "gru")
+
+
+class RNNStep(torch.nn.Module):
+    """ONNX signature: (input_ids, state.h[, state.c]) -> (logits, new_state.h[, new_state.c])."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, *state):
+        logits, new_state = self.model(input_ids, state)
+        return (logits, *new_state)
+
+
+def rnn_names(spec: dict) -> tuple[list[str], list[str]]:
+    return [f"state.{n}" for n in spec["state"]], [f"new_state.{n}" for n in spec["state"]]
+
+
+def rnn_io_spec(spec: dict) -> dict:
+    """Fixed-shape recurrent state [n_layer, batch, n_hidden]: zeros before the prompt, fed back every step."""
+    inputs, outputs = rnn_names(spec)
+    shape = [spec["n_layer"], "batch", spec["n_hidden"]]
+    return {"inputs": ["input_ids"], "logits": "logits",
+            "state": [{"input": i, "output": o, "kind": "rnn", "shape": shape} for i, o in zip(inputs, outputs)]}
+
+
+def export_rnn_onnx(model: torch.nn.Module, spec: dict, path: Path, opset: int = 17) -> Path:
+    model = model.to("cpu").eval()
+    B, T, L, H = 2, 4, spec["n_layer"], spec["n_hidden"]
+    ids = torch.randint(0, spec["vocab_size"], (B, T))
+    state = [torch.zeros(L, B, H) for _ in spec["state"]]
+    inputs, outputs = rnn_names(spec)
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
+            **{n: {1: "batch"} for n in inputs + outputs}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(RNNStep(model), (ids, *state), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input_ids", *inputs], output_names=["logits", *outputs], dynamic_axes=axes)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def rnn_parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int = 8, seed: int = 0) -> float:
+    """Max |logit difference| between torch and onnxruntime: a 7-token prefill (batch 2) from zero state,
+    then `steps` greedy decode steps feeding the state back."""
+    import onnxruntime as ort
+
+    model = model.to("cpu").eval()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    inputs, _ = rnn_names(spec)
+    ids = torch.randint(0, spec["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(seed))
+    state_np = [np.zeros((spec["n_layer"], 2, spec["n_hidden"]), np.float32) for _ in inputs]
+    state_t, worst = None, 0.0
+    with torch.no_grad():
+        for _ in range(steps + 1):
+            ref, state_t = model(ids, state_t)
+            out = sess.run(None, {"input_ids": ids.numpy(), **dict(zip(inputs, state_np))})
+            worst = max(worst, float(np.abs(out[0] - ref.numpy()).max()))
+            state_np = out[1:]
+            ids = ref[:, -1:].argmax(-1)
+    return worst
+
+
 def quantize_int8(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    # DefaultTensorType: shape inference cannot type the outputs of com.microsoft ops (the fast graph's attention)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
+
+
+def export_fast_variants(model, spec: dict, tmp: Path, files: dict, metrics: dict, int8: bool,
+                         parity_tolerance: float) -> dict:
+    """model.fast.onnx (+ model.fast.int8.onnx), parity-checked like model.onnx; returns its I/O spec."""
+    from lmforge.export_fast import build_fast_gpt, fast_io_spec, fast_parity
+
+    fast = build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast"])
+    err, same = fast_parity(model, spec, fast)
+    if not (err <= parity_tolerance and same):
+        raise LmforgeError(f"fast ONNX graph differs from torch by {err:.2e} (greedy tokens identical: {same})",
+                           hint="report this model configuration; raise export.parity_tolerance to inspect")
+    files["fast"] = VARIANT_FILES["fast"]
+    metrics["onnx_fast_parity_max_abs"] = err
+    if int8:
+        quantize_int8(fast, tmp / VARIANT_FILES["fast-int8"])
+        files["fast-int8"] = VARIANT_FILES["fast-int8"]
+    return fast_io_spec(spec)
 
 
 def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
@@ -119,8 +209,11 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
             q = quantize_int8(fp32, tmp / VARIANT_FILES["int8"])
             files["int8"] = VARIANT_FILES["int8"]
             metrics["onnx_int8_bytes"] = q.stat().st_size
+        io = io_spec(spec)
+        if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
+            io["fast"] = export_fast_variants(model, spec, tmp, files, metrics, int8, parity_tolerance)
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        write_manifest(tmp, {**manifest, "model": spec, "io": io_spec(spec), "files": files})
+        write_manifest(tmp, {**manifest, "model": spec, "io": io, "files": files})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

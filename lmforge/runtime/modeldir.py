@@ -11,7 +11,8 @@ MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
 FORMAT_VERSION = 1
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
-                 "optimized": "model.opt.onnx"}
+                 "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx"}
+FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8"}  # variant -> its fast graph (lmforge.export_fast), when present
 
 
 class ModelDirError(ValueError):
@@ -50,17 +51,53 @@ class ModelDir:
         files = self.manifest["files"]
         if variant not in files:
             raise ModelDirError(f"{self.path} has no {variant!r} model; it has: {', '.join(files)}")
-        return self._inside(files[variant])
+        path = self._inside(files[variant])
+        for location in external_data_locations(path):
+            self._inside(location, named_by=path.name)  # external weights must lie in the directory too
+        return path
 
-    def _inside(self, name: str) -> Path:
+    def _inside(self, name: str, named_by: str = MANIFEST) -> Path:
         """Resolve a file named by the manifest, refusing anything outside the directory."""
         root = self.path.resolve()
         target = (root / name).resolve()
         if root not in target.parents:
-            raise ModelDirError(f"{MANIFEST} names {name!r}, which lies outside {self.path}")
+            raise ModelDirError(f"{named_by} names {name!r}, which lies outside {self.path}")
         if not target.is_file():
             raise ModelDirError(f"{self.path} is missing {name}: re-export the model")
         return target
+
+
+def external_data_locations(onnx_file: Path) -> list[str]:
+    """The files an ONNX model's initializers name as external data, read without loading any data. A cheap
+    byte scan skips the parse for the usual self-contained model; without the `onnx` package the check is left
+    to onnxruntime (which also refuses paths escaping the directory, with a longer message)."""
+    import mmap
+
+    if onnx_file.stat().st_size == 0:
+        raise ModelDirError(f"{onnx_file} is empty: re-export the model")
+    with open(onnx_file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm.find(b"location") < 0:
+            return []
+    try:
+        import onnx
+    except ImportError:
+        return []
+    try:
+        proto = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelDirError(f"{onnx_file} is not a valid ONNX model: {str(exc).splitlines()[0][:160]}") from None
+    tensors = [t for g in _graphs(proto.graph) for t in [*g.initializer, *(a.t for n in g.node for a in n.attribute)]]
+    return sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
+
+
+def _graphs(graph) -> list:
+    """A graph and its subgraphs (If / Loop bodies), depth first."""
+    out = [graph]
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                out += _graphs(g)
+    return out
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:

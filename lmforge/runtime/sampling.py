@@ -15,7 +15,9 @@ def _check(name: str, value: object, ok: bool, valid: str) -> None:
 
 
 def _is_finite(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    """Finite once cast to float32, the dtype the logits are scaled in (3.5e38 would become inf there)."""
+    return (isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+            and abs(value) <= float(np.finfo(np.float32).max))
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,11 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     if params.temperature == 0:
         return np.argmax(x, axis=-1).astype(np.int64)
 
-    x = x / np.float32(params.temperature)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scaled = x / np.float32(params.temperature)
+    if np.isnan(scaled).any() or np.isposinf(scaled).any():  # a temperature or penalty extreme enough to overflow
+        return np.argmax(np.nan_to_num(x, nan=-np.inf), axis=-1).astype(np.int64)  # float32: its limit, greedy
+    x = scaled
     vocab = x.shape[-1]
     ids = None  # candidate column -> token id, once candidates are a subset or reordered
     if 0 < params.top_k < vocab:

@@ -1,0 +1,143 @@
+"""The fast decoding graph of a GPT, built node by node with onnx.helper from the trained weights (no tracing):
+embeddings Gather, com.microsoft SkipLayerNormalization (residual add + LayerNorm in one op), MatMul(+Add),
+com.microsoft GroupQueryAttention over a fixed-size KV cache shared between past and present (written in place),
+FastGelu, tied head.
+
+I/O (written to lmforge.json as io["fast"]):
+  input_ids [B,S] int64, position_ids [B,S] int64, seqlens_k [B] int32 (tokens in the cache after this call,
+  minus one), total_sequence_length [] int32 (max over rows of seqlens_k + 1), past_key_values.{i}.key/value
+  [B,H,M,D] float (M = cache capacity) -> logits [B,S,V], present.{i}.key/value [B,H,M,D] (the same buffers).
+Rows of different lengths are right-padded: row b's real tokens are its first seqlens_k[b] + 1 positions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FAST_INPUTS = ["input_ids", "position_ids", "seqlens_k", "total_sequence_length"]
+
+
+def fast_io_spec(spec: dict) -> dict:
+    from lmforge.export import kv_names
+
+    past, present = kv_names(spec["n_layer"])
+    return {"inputs": FAST_INPUTS, "logits": "logits",
+            "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)]}
+
+
+def build_fast_gpt(model, spec: dict, path: Path) -> Path:
+    """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it."""
+    from lmforge.export import kv_names
+
+    sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+    H, D, C, V = spec["n_head"], spec["head_dim"], spec["n_embd"], spec["vocab_size"]
+    nodes, inits = [], []
+
+    def init(name: str, array: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def node(op: str, inputs: list[str], out: str, domain: str = "", **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def linear(x: str, prefix: str, out: str) -> str:  # torch Linear: x @ W.T (+ b)
+        y = node("MatMul", [x, init(prefix + ".weight_t", sd[prefix + ".weight"].T)], out + "_mm")
+        if prefix + ".bias" in sd:
+            return node("Add", [y, init(prefix + ".bias", sd[prefix + ".bias"])], out)
+        return node("Identity", [y], out)
+
+    def layernorm(x: str, prefix: str, out: str) -> str:
+        bias = sd.get(prefix + ".bias", np.zeros(C, np.float32))
+        return node("LayerNormalization", [x, init(prefix + ".weight", sd[prefix + ".weight"]),
+                                           init(prefix + ".bias", bias)], out, axis=-1, epsilon=1e-5)
+
+    def skip_layernorm(x: str, delta: str, prefix: str, out: str) -> tuple[str, str]:
+        """(LayerNorm(x + delta), x + delta) in one com.microsoft SkipLayerNormalization."""
+        bias = sd.get(prefix + ".bias", np.zeros(C, np.float32))
+        nodes.append(helper.make_node("SkipLayerNormalization", [x, delta, init(prefix + ".weight", sd[prefix + ".weight"]),
+                                                                 init(prefix + ".bias", bias)],
+                                      [out, "", "", out + "_sum"], name=out, domain="com.microsoft", epsilon=1e-5))
+        return out, out + "_sum"
+
+    past, present = kv_names(spec["n_layer"])
+    x = node("Add", [node("Gather", [init("wte", sd["wte.weight"]), "input_ids"], "tok_emb"),
+                     node("Gather", [init("wpe", sd["wpe.weight"]), "position_ids"], "pos_emb")], "x0")
+    delta = None  # the last block's MLP output, not yet added to the residual stream x
+    for i in range(spec["n_layer"]):
+        p = f"blocks.{i}"
+        if delta is None:
+            h = layernorm(x, f"{p}.ln_1", f"h{i}_ln1")
+        else:
+            h, x = skip_layernorm(x, delta, f"{p}.ln_1", f"h{i}_ln1")
+        qkv = linear(h, f"{p}.attn.c_attn", f"h{i}_qkv")
+        nodes.append(helper.make_node("GroupQueryAttention", [qkv, "", "", past[2 * i], past[2 * i + 1], "seqlens_k",
+                                                              "total_sequence_length"],
+                                      [f"h{i}_att", present[2 * i], present[2 * i + 1]], name=f"h{i}_gqa",
+                                      domain="com.microsoft", num_heads=H, kv_num_heads=H))
+        h, x = skip_layernorm(x, linear(f"h{i}_att", f"{p}.attn.c_proj", f"h{i}_proj"), f"{p}.ln_2", f"h{i}_ln2")
+        act = node("FastGelu", [linear(h, f"{p}.mlp.c_fc", f"h{i}_fc")], f"h{i}_gelu", domain="com.microsoft")
+        delta = linear(act, f"{p}.mlp.c_proj", f"h{i}_mlp")
+    h = skip_layernorm(x, delta, "ln_f", "hf")[0]
+    nodes.append(helper.make_node("MatMul", [h, init("lm_head_t", sd["lm_head.weight"].T)], ["logits"], name="lm_head"))
+
+    kv_shape = ["batch", H, "capacity", D]
+    graph = helper.make_graph(
+        nodes, "lmforge_gpt_fast",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+         helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+         *[helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in past]],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V]),
+         *[helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in present]],
+        inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                          producer_name="lmforge", ir_version=9)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def fast_parity(model, spec: dict, path: Path, lengths: tuple[int, ...] = (7, 1, 4), steps: int = 20,
+                seed: int = 0) -> tuple[float, bool]:
+    """(max |logit difference|, greedy tokens identical) between torch, each prompt run alone with its own
+    cache, and the fast graph running all prompts as one right-padded batch: prefill, then `steps` greedy
+    decode steps (fewer if the context fills)."""
+    import onnxruntime as ort
+    import torch
+
+    from lmforge.export import kv_names
+
+    model = model.to("cpu").eval()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    past, _ = kv_names(spec["n_layer"])
+    lengths = tuple(max(1, min(n, spec["block_size"] - 1)) for n in lengths)  # tiny contexts
+    B, H, D = len(lengths), spec["n_head"], spec["head_dim"]
+    steps = min(steps, spec["block_size"] - max(lengths))
+    cap = max(lengths) + steps
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, spec["vocab_size"], (n,), generator=g) for n in lengths]
+    lens = np.array(lengths)
+    ids, pos = np.zeros((B, lens.max()), np.int64), np.zeros((B, lens.max()), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)], pos[i, :len(p)] = p.numpy(), np.arange(len(p))
+    kv = [np.zeros((B, H, cap, D), np.float32) for _ in past]
+    worst, same, states = 0.0, True, [None] * B
+    with torch.no_grad():
+        for step in range(steps + 1):
+            out = sess.run(None, {"input_ids": ids, "position_ids": pos, "seqlens_k": (lens - 1).astype(np.int32),
+                                  "total_sequence_length": np.array(lens.max(), np.int32), **dict(zip(past, kv))})
+            kv = out[1:]
+            nxt = np.zeros((B, 1), np.int64)
+            for i in range(B):
+                ref, states[i] = model(torch.as_tensor(ids[i:i + 1, :ids.shape[1] if step else lengths[i]]), states[i])
+                got = out[0][i, :ref.shape[1]]
+                worst = max(worst, float(np.abs(got - ref[0].numpy()).max()))
+                same &= int(got[-1].argmax()) == int(ref[0, -1].argmax())
+                nxt[i, 0] = int(ref[0, -1].argmax())
+            ids, pos = nxt, lens[:, None].astype(np.int64)
+            lens = lens + 1
+    return worst, same

@@ -1,0 +1,162 @@
+"""lmforge.runtime on a tiny GPT exported to a temp dir: fast-graph parity with torch, batches, streaming, stop
+strings, EOS, sliding window, sampling errors, threads, provider."""
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.data.tokenize import train_char
+from lmforge.export import export_model_dir
+from lmforge.export_fast import fast_parity
+from lmforge.models import model_spec
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.runtime import Generator, ModelDirError
+
+TEXT = "why did the chicken cross the road? to get to the other side! café naïve 😀"
+PROMPTS = ["why", "the chicken cross", "t", "to get to the other s"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, model dir) — a random 2-layer GPT with a 32-token context; no EOS so lengths are predictable."""
+    root = tmp_path_factory.mktemp("runtime")
+    tok = train_char([TEXT])
+    tok.save(str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():  # larger weights than GPT's init, so greedy output is varied, not one repeated char
+        for p in model.parameters():
+            p.normal_(0, 0.25)
+    manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
+                "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
+                "generation": {"temperature": 0.0, "max_new_tokens": 20}}
+    out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest)
+    assert metrics["onnx_fast_parity_max_abs"] < 1e-4
+    return model, out
+
+
+def torch_greedy(model, ids: list[int], n: int) -> list[int]:
+    out, state, x = [], None, torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            logits, state = model(x, state)
+            out.append(int(logits[0, -1].argmax()))
+            x = torch.tensor([[out[-1]]])
+    return out
+
+
+@pytest.mark.parametrize("lengths", [(1,), (7,), (1, 7, 4)])
+def test_fast_graph_matches_torch(tiny, lengths):
+    model, out = tiny
+    err, same = fast_parity(model, model_spec(model), out / "model.fast.onnx", lengths=lengths, steps=20)
+    assert err < 1e-4 and same
+
+
+def test_generator_picks_fast_graph_and_matches_torch_and_portable_path(tiny):
+    model, out = tiny
+    fast, plain = Generator(out), Generator(out, fast=False)
+    assert fast.fast and not plain.fast
+    assert fast.provider == plain.provider == "CPUExecutionProvider"
+    ids = fast.encode("why did")
+    expected = fast.tokenizer.decode(torch_greedy(model, ids, 20))
+    assert fast.generate("why did", max_new_tokens=20, temperature=0) == expected
+    assert plain.generate("why did", max_new_tokens=20, temperature=0) == expected
+
+
+def test_int8_variant_runs_fast_graph(tiny):
+    _, out = tiny
+    gen = Generator(out, variant="int8")
+    assert gen.fast and len(gen.generate("why", max_new_tokens=10, temperature=0)) > 0
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_batch_of_different_lengths_equals_each_alone(tiny, fast):
+    gen = Generator(tiny[1], fast=fast)
+    alone = [gen.generate(p, max_new_tokens=12, temperature=0) for p in PROMPTS]
+    assert gen.generate(PROMPTS, max_new_tokens=12, temperature=0) == alone
+
+
+def test_stream_concatenates_to_generate(tiny):
+    gen = Generator(tiny[1])
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "top_k": 5, "seed": 3}):
+        pieces = list(gen.stream("café", max_new_tokens=25, **kw))
+        assert len(pieces) > 1 and "".join(pieces) == gen.generate("café", max_new_tokens=25, **kw)
+
+
+def test_stop_string_cuts_output(tiny):
+    gen = Generator(tiny[1])
+    full = gen.generate("why", max_new_tokens=20, temperature=0)
+    stop = full[5:7]
+    cut = gen.generate("why", max_new_tokens=20, temperature=0, stop=[stop])
+    assert cut == full[:full.find(stop)] and stop not in cut
+    assert "".join(gen.stream("why", max_new_tokens=20, temperature=0, stop=[stop])) == cut
+
+
+def test_eos_ends_generation(tiny, tmp_path):
+    model, out = tiny
+    ids = torch_greedy(model, Generator(out).encode("why"), 20)
+    eos = ids[4]
+    d = tmp_path / "m"
+    shutil.copytree(out, d)
+    manifest = json.loads((d / "lmforge.json").read_text())
+    manifest["tokens"]["eos"] = eos
+    (d / "lmforge.json").write_text(json.dumps(manifest))
+    for fast in (True, False):
+        gen = Generator(d, fast=fast)
+        assert gen.generate("why", max_new_tokens=20, temperature=0) == gen.tokenizer.decode(ids[:ids.index(eos)])
+
+
+def test_sliding_window_past_context(tiny):
+    """Both paths keep going past the 32-token context and agree; the first tokens match torch."""
+    model, out = tiny
+    fast, plain = Generator(out), Generator(out, fast=False)
+    a = fast.generate("why did the", max_new_tokens=70, temperature=0)
+    assert a == plain.generate("why did the", max_new_tokens=70, temperature=0)
+    ids = fast.encode("why did the")
+    assert a.startswith(fast.tokenizer.decode(torch_greedy(model, ids, 32 - len(ids))))
+    seeded = [fast.generate("why", max_new_tokens=70, temperature=1.0, seed=7) for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+@pytest.mark.parametrize("kw,name", [({"temperature": -1}, "temperature"), ({"top_p": 0.0}, "top_p"),
+                                     ({"top_k": -2}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                                     ({"repetition_penalty": 0}, "repetition_penalty")])
+def test_invalid_sampling_params_raise_clear_errors(tiny, kw, name):
+    with pytest.raises(ValueError, match=name):
+        Generator(tiny[1]).generate("why", **kw)
+
+
+def test_threads_share_one_generator(tiny):
+    gen = Generator(tiny[1], threads=1)
+    jobs = [(PROMPTS[i % len(PROMPTS)], {"max_new_tokens": 15, "temperature": 0.9, "top_k": 8, "seed": i})
+            for i in range(8)]
+    expected = [gen.generate(p, **kw) for p, kw in jobs]
+    got = [None] * len(jobs)
+
+    def work(i):
+        got[i] = gen.generate(jobs[i][0], **jobs[i][1])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == expected
+
+
+def test_device_cuda_falls_back_to_reported_cpu(tiny):
+    gen = Generator(tiny[1], device="cuda")
+    assert gen.provider == "CPUExecutionProvider"
+
+
+def test_fast_requested_without_fast_graph_is_a_clear_error(tiny, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny[1], d)
+    (d / "model.fast.onnx").unlink()
+    assert not Generator(d).fast  # falls back to the portable graph
+    with pytest.raises(ModelDirError, match="fast"):
+        Generator(d, fast=True)
