@@ -8,11 +8,11 @@ from lmforge.layout import RunLayout
 from tasks.data import acquire_data, clean_data, tokenize_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
-from tasks.tracking import register_model, start_tracking
+from tasks.tracking import mark_mlflow_run_failed, publish_summary, register_model, start_tracking
 from tasks.train import train_model
 
 
-@flow(name="lmforge-pipeline", log_prints=True)
+@flow(name="lmforge-pipeline", log_prints=True, on_failure=[mark_mlflow_run_failed])
 def pipeline(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
     cfg = load_config(preset, overrides)
     where = RunLayout.for_config(cfg)
@@ -25,9 +25,11 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
     exported = export_model(cfg, meta, trained, metrics, where.model, run_id)
     samples = sample_model(cfg, exported["model_dir"], run_id)
     version = register_model(cfg, run_id, exported, meta, metrics, samples)
-    return {"run_id": run_id, "model_name": cfg.name, "model_version": version,
-            "model_uri": f"models:/{cfg.name}@candidate", "model_dir": exported["model_dir"],
-            "metrics": {**metrics, "onnx_parity_max_abs": exported["onnx_parity_max_abs"],
-                        "best_val_loss": trained["best_val_loss"], "train_tokens_per_s": trained["tokens_per_s"],
-                        "train_steps": trained["steps"]},
-            "samples": [s["text"] for s in samples]}
+    result = {"run_id": run_id, "model_name": cfg.name, "model_version": version,
+              "model_uri": f"models:/{cfg.name}@candidate", "model_dir": exported["model_dir"],
+              "metrics": {**metrics, "onnx_parity_max_abs": exported["onnx_parity_max_abs"],
+                          "best_val_loss": trained["best_val_loss"], "train_tokens_per_s": trained["tokens_per_s"],
+                          "train_steps": trained["steps"], "resumed_from": trained["resumed_from"]},
+              "samples": [s["text"] for s in samples]}
+    publish_summary(cfg, result)
+    return result

@@ -95,6 +95,17 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status)
 
 
+def fail_runs_tagged(tag: str, value: str) -> None:
+    """End every still-running run carrying tag=value as FAILED (best effort: the server may be the failure)."""
+    try:
+        c = client()
+        exps = [e.experiment_id for e in c.search_experiments()]
+        for run in c.search_runs(exps, filter_string=f"tags.{tag} = '{value}' and attributes.status = 'RUNNING'"):
+            c.set_terminated(run.info.run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - never mask the flow's own failure
+        pass
+
+
 def register_model(run_id: str, model_dir: Path, name: str, tags: dict, description: str = "",
                    alias: str = "candidate") -> str:
     """Log the exported directory as an `mlflow.onnx` model of the run (plus tokenizer.json, lmforge.json and
@@ -103,10 +114,12 @@ def register_model(run_id: str, model_dir: Path, name: str, tags: dict, descript
     import onnx
 
     c = client()
+    signature, example = onnx_signature(model_dir)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(onnx.load(str(model_dir / "model.onnx")), name="model",
-                                     save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"])
-        c.log_model_artifacts(info.model_id, str(model_dir))
+                                     save_as_external_data=False, signature=signature, input_example=example,
+                                     onnx_execution_providers=["CPUExecutionProvider"])
+    c.log_model_artifacts(info.model_id, str(model_dir))
     try:
         c.get_registered_model(name)
     except Exception:
@@ -116,6 +129,30 @@ def register_model(run_id: str, model_dir: Path, name: str, tags: dict, descript
                                      model_id=info.model_id)
     c.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+def onnx_signature(model_dir: Path):
+    """The model.onnx signature (symbolic axes as -1) and an input example: 4 tokens after one cached position
+    (an empty cache would lose its trailing axes in MLflow's JSON round trip of the example)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from lmforge.promote import prefill_feeds
+    from lmforge.runtime import Generator
+
+    gen = Generator(model_dir, device="cpu", fast=False)
+    types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+    def schema(args) -> Schema:
+        return Schema([TensorSpec(np.dtype(types.get(a.type, np.float32)),
+                                  tuple(d if isinstance(d, int) else -1 for d in a.shape), a.name) for a in args])
+
+    example = prefill_feeds(gen, np.zeros((1, 4), np.int64))
+    if not gen.rnn:
+        example.update({s["input"]: np.zeros((1, gen.n_head, 1, gen.head_dim), np.float32) for s in gen.state_io},
+                       attention_mask=np.ones((1, 5), np.int64), position_ids=np.arange(1, 5, dtype=np.int64)[None])
+    return ModelSignature(schema(gen.session.get_inputs()), schema(gen.session.get_outputs())), example
 
 
 def fetch_model_dir(uri: str, dest: Path | None = None) -> Path:

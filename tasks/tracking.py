@@ -4,17 +4,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from lmforge import tracking
 from lmforge.config import Config
+from lmforge.data.shards import open_shard
+from lmforge.promote import onnx_val_loss
+from tasks.promote import artifact_key
 
 
 @task(name="start-tracking")
 def start_tracking(cfg: Config, run_name: str) -> str:
     uri = tracking.check_tracking_server()
-    run_id = tracking.start_run(f"lmforge-{cfg.name}", run_name, cfg.flat(), tags={"preset": cfg.name})
+    run_id = tracking.start_run(f"lmforge-{cfg.name}", run_name, cfg.flat(),
+                                tags={"preset": cfg.name, "prefect_flow_run_id": str(flow_run.get_id())})
     get_run_logger().info("MLflow run %s at %s", run_id, uri)
     return run_id
+
+
+def mark_mlflow_run_failed(flow, flow_run_, state) -> None:
+    """Flow on_failure hook: the MLflow run opened by this flow run ends FAILED instead of staying RUNNING."""
+    tracking.fail_runs_tagged("prefect_flow_run_id", str(flow_run_.id))
 
 
 @task(name="register")
@@ -22,12 +33,40 @@ def register_model(cfg: Config, run_id: str, exported: dict, meta: dict, metrics
     tags = {"preset": cfg.name, "data_source": meta["source"], "corpus_sha256": meta["corpus_sha256"],
             "git_commit": tracking.git_commit(), "val_loss": f"{metrics['val_loss']:.4f}",
             "onnx_parity_max_abs": f"{exported['onnx_parity_max_abs']:.3e}",
-            "onnx_fp32_bytes": exported["onnx_fp32_bytes"]}
+            "onnx_fp32_bytes": exported["onnx_fp32_bytes"], "prepared_dir": meta["dir"],
+            **quantisation_delta(exported, meta, run_id)}
+    if "onnx_int8_bytes" in exported:
+        tags["onnx_int8_bytes"] = exported["onnx_int8_bytes"]
     version = tracking.register_model(run_id, Path(exported["model_dir"]), cfg.name, tags,
                                       description=model_card(cfg, metrics, samples))
     tracking.end_run(run_id)
     get_run_logger().info("registered %s version %s (alias candidate)", cfg.name, version)
     return version
+
+
+def quantisation_delta(exported: dict, meta: dict, run_id: str, max_windows: int = 32) -> dict:
+    """int8 minus fp32 mean val loss, both through onnxruntime on the same few val windows."""
+    model_dir = Path(exported["model_dir"])
+    if not (model_dir / "model.int8.onnx").is_file():
+        return {}
+    val = open_shard(Path(meta["dir"]), "val")
+    fp32 = onnx_val_loss(model_dir, val, max_windows=max_windows)
+    delta = onnx_val_loss(model_dir, val, max_windows=max_windows, variant="int8") - fp32
+    tracking.log_metrics(run_id, {"onnx_fp32_val_loss": fp32, "int8_val_loss_delta": delta})
+    return {"int8_val_loss_delta": f"{delta:+.4f}"}
+
+
+@task(name="summary")
+def publish_summary(cfg: Config, result: dict) -> None:
+    """The flow run's Prefect markdown artifact: metrics, samples, MLflow run and model version."""
+    lines = [f"# {cfg.name}: version {result['model_version']}", "",
+             f"MLflow run `{result['run_id']}`, model `{result['model_uri']}` (version {result['model_version']})", "",
+             "| metric | value |", "| --- | --- |",
+             *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+               for k, v in result["metrics"].items()],
+             "", "## Samples", "", *[f"- `{s[:160]!r}`" for s in result["samples"][:6]]]
+    create_markdown_artifact("\n".join(lines), key=f"run-{artifact_key(cfg.name)}",
+                             description=f"lmforge run of {cfg.name}")
 
 
 def model_card(cfg: Config, metrics: dict, samples: list[dict]) -> str:

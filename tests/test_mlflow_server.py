@@ -1,0 +1,64 @@
+"""A real `mlflow server` (SQLite backend, proxied artifact store): the TINY pipeline registers through it, the
+promotion flow names a champion, and the champion is served back by alias. With no server answering, the flow
+fails at its first task with a clear message and trains nothing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+from test_deploy import free_port, stop, wait_http
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                             "--artifacts-destination", str(tmp / "artifacts")],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, 90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        log.close()
+
+
+def test_pipeline_and_promotion_through_the_server(prefect_server, mlflow_server, monkeypatch, tmp_path):
+    from flows.pipeline import pipeline
+    from flows.promote import promote
+    from lmforge.runtime import Generator
+    from lmforge.tracking import client, fetch_model_dir
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    result = pipeline(preset="jokes-char", overrides=TINY)
+    c = client()
+    assert c.get_run(result["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server
+    decision = promote(name="jokes-char")
+    assert decision["decision"] == "promoted" and decision["candidate_version"] == result["model_version"]
+    assert str(c.get_model_version_by_alias("jokes-char", "champion").version) == result["model_version"]
+    model_dir = fetch_model_dir("models:/jokes-char@champion", tmp_path / "champion")
+    assert Generator(model_dir).generate("Why", max_new_tokens=8, temperature=0) != ""
+
+
+def test_server_down_fails_first_with_a_clear_message(prefect_server, monkeypatch):
+    from flows.pipeline import pipeline
+    from lmforge.config import load_config
+    from lmforge.errors import LmforgeError
+    from lmforge.layout import RunLayout
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    overrides = {**TINY, "train.seed": 9091}  # a run directory no other test creates
+    with pytest.raises(LmforgeError, match=f"MLflow tracking server {down} is unreachable"):
+        pipeline(preset="jokes-char", overrides=overrides)
+    where = RunLayout.for_config(load_config("jokes-char", overrides))
+    assert not where.root.exists()  # no checkpoint, no model: training never started
