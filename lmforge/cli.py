@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -16,7 +17,10 @@ EXAMPLES = {
     "prepare": "lmforge prepare --preset lebanon-gru --set data.source=../shared/corpora/ArSenTD-LEV.tsv",
     "generate": 'lmforge generate --model models:/jokes-char@candidate --prompt "Why" --max-new-tokens 80',
     "presets": "lmforge presets",
+    "bench": "lmforge bench decode --quick --json",
     "runs": "lmforge runs --limit 5",
+    "report": "lmforge report 3f2a9c1b7d4e --out report.html",
+    "promote": "lmforge promote jokes-char --margin 0.01",
 }
 
 
@@ -122,6 +126,39 @@ def cmd_runs(args) -> int:
 SHOWN_METRICS = ("val_loss", "val_perplexity", "val_accuracy", "val_bpc")
 
 
+def cmd_promote(args) -> int:
+    _prefect_env()
+    from lmforge.promote import candidate_version
+
+    candidate_version(args.name)  # a missing model fails before Prefect starts
+    from flows.promote import promote
+
+    _emit(promote(name=args.name, margin=args.margin, force=args.force), args.json)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from lmforge.report import write_report
+
+    print(write_report(args.run_id, args.out))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Run benchmarks/<what>.py's main from the source tree (benchmarks are not installed)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.what}.py"
+    if not script.is_file():
+        raise LmforgeError(f"benchmark script {script} not found",
+                           hint="run `lmforge bench` from a source checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location(f"lmforge_bench_{args.what}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmforge", description="Train, export and run small language models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,10 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int)
     g.add_argument("--json", action="store_true")
 
+    b = add("bench", "Run a benchmark side by side and write benchmarks/results/ (JSON + markdown).", cmd_bench)
+    b.add_argument("what", choices=["decode"], help="decode: torch vs transformers vs onnxruntime decoding speed")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark: --quick, --new-tokens N, --json")
     add("presets", "List the presets, one line each.", cmd_presets)
     r = add("runs", "List recent runs with their metrics.", cmd_runs)
     r.add_argument("--limit", type=int, default=10)
     r.add_argument("--json", action="store_true")
+    rep = add("report", "Write a self-contained HTML report of one run (loss plot, metrics, samples).", cmd_report)
+    rep.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (`lmforge runs`)")
+    rep.add_argument("--out", help="output file; default report-<run id>.html")
+    pro = add("promote", "Move alias `champion` to `candidate` when it wins on the same held-out data.", cmd_promote)
+    pro.add_argument("name", metavar="NAME", help="registered model name (the preset's name)")
+    pro.add_argument("--margin", type=float, default=0.01, help="nats/token the candidate must win by")
+    pro.add_argument("--force", action="store_true", help="promote whatever the comparison says")
+    pro.add_argument("--json", action="store_true", help="print the result as one JSON line")
     return p
 
 
@@ -169,7 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if args.command == "generate" and isinstance(exc, FileNotFoundError):
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            raise
+        print(f"error: disk full writing {exc.filename or 'a file'} (hint: free some space, or point "
+              "LMFORGE_ARTIFACTS at a larger disk)", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         if args.command != "generate":
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import tomllib
 import typing
@@ -174,7 +175,7 @@ def _coerce(key: str, value: object, annotation: object) -> object:
                 raise ValueError
             return int(value)
         if annotation is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # nan / inf: never a useful setting
                 raise ValueError
             return float(value)
         if annotation is str:
@@ -219,7 +220,7 @@ def _apply(cfg: Config, key: str, value: object) -> None:
 
 
 def _check(cfg: Config) -> None:
-    positive = ["model.n_layer", "model.n_embd", "model.block_size", "train.max_steps", "train.batch_size",
+    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size", "train.max_steps", "train.batch_size",
                 "train.grad_accum", "train.eval_interval", "train.eval_iters", "eval.max_new_tokens"]
     flat = cfg.flat()
     for key in positive:
@@ -259,6 +260,8 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
     for key, value in items:
         _apply(cfg, key, value)
+    if cfg.tokenizer.kind == "gpt2" and not cfg.tokenizer.path:  # a checkpoint ships its own tokenizer
+        cfg.tokenizer.path = cfg.model.pretrained
     _check(cfg)
     return cfg
 

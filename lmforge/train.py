@@ -15,13 +15,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate_tokens
 
 LogFn = Callable[[dict, int], None]
+ProgressFn = Callable[[int, int, float, float], None]  # (step, max_steps, loss, tokens/s)
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -85,19 +87,24 @@ class Checkpoints:
     def save(self, name: str, model, optimizer, state: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in self.dir.glob(f".{name}.*.tmp"):  # left by a process killed mid-write (or by this one)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(_untie(tensors), str(tmp / "model.safetensors"))
-        if optimizer is not None:
-            rng = {"torch": torch.get_rng_state(), "data": state.pop("data_rng")}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
-            torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        try:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+            (tmp / "model.safetensors").write_bytes(save(_untie(tensors)))  # an OSError (not a Rust one) on a full disk
+            if optimizer is not None:
+                rng = {"torch": torch.get_rng_state(), "data": state.pop("data_rng")}
+                if torch.cuda.is_available():
+                    rng["cuda"] = torch.cuda.get_rng_state_all()
+                torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(state))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        except BaseException:  # e.g. a full disk: leave no half-written directory, keep the previous one
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         target, old = self.dir / name, self.dir / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -119,7 +126,7 @@ class Checkpoints:
             tensors = load_file(str(path / "model.safetensors"))
             model.load_state_dict(_retie(tensors, model), strict=True)
             return json.loads((path / "state.json").read_text())
-        except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
+        except (OSError, RuntimeError, ValueError, SafetensorError, json.JSONDecodeError) as exc:
             raise LmforgeError(f"checkpoint {path} is corrupted: {str(exc).splitlines()[0][:200]}",
                                hint=f"delete {path} to start over") from None
 
@@ -171,7 +178,8 @@ def get_batch(data: np.ndarray, block_size: int, batch_size: int, gen: torch.Gen
 
 
 def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, block_size: int,
-          cfg: TrainConfig, ckpt_dir: Path, log: LogFn | None = None, resume: bool = True) -> TrainResult:
+          cfg: TrainConfig, ckpt_dir: Path, log: LogFn | None = None, resume: bool = True,
+          progress: ProgressFn | None = None) -> TrainResult:
     """Train `model` on token arrays; checkpoints go to ckpt_dir/{last,best}. Returns the best-val model loaded."""
     for name, data in (("train", train_data), ("val", val_data)):
         if len(data) <= block_size + 1:
@@ -220,6 +228,8 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if progress:
+            progress(step, cfg.max_steps, loss.item(), tokens / max(time.perf_counter() - t0, 1e-9))
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             train_loss = loss_sum / max(loss_n, 1)
             loss_sum, loss_n = 0.0, 0

@@ -1,0 +1,339 @@
+"""Bad input: every case ends in one line naming the problem (exit 2 through the CLI) and leaves no partial
+artifact or registered version behind. Real Prefect flows, files, MLflow and onnxruntime."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY
+from lmforge.cli import main
+from lmforge.errors import LmforgeError
+
+
+@pytest.fixture(autouse=True)
+def restore_log_streams():
+    """A log handler set up while capsys captures (Prefect's console handler, logging.basicConfig) keeps capsys's
+    stream, which is closed after the test; point such handlers back at stderr so later tests can still log."""
+    yield
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
+            if hasattr(handler, "console"):  # Prefect's rich console handler writes through its own Console
+                handler.console.file = sys.stderr
+
+
+def tiny_model_dir(path: Path, text: str = "hello world, why not? a joke.", block_size: int = 16) -> Path:
+    """A tiny random GPT exported to `path` (seconds): the runtime's real input, without a training run."""
+    import torch
+
+    from lmforge.config import ModelConfig
+    from lmforge.data.tokenize import special_ids, train_char
+    from lmforge.export import export_model_dir
+    from lmforge.models import build_model, model_spec
+
+    torch.manual_seed(0)
+    tok = train_char([text])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok_file = path.parent / f"{path.name}-tokenizer.json"
+    tok.save(str(tok_file))
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=block_size), tok.get_vocab_size())
+    manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"}, "tokens": special_ids(tok),
+                "generation": {"temperature": 1.0, "top_k": 0, "max_new_tokens": 20}}
+    export_model_dir(model, model_spec(model), tok_file, path, manifest, int8=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def copy_of(model_dir, tmp_path):
+    def copy() -> Path:
+        dst = tmp_path / "model"
+        shutil.copytree(model_dir, dst)
+        return dst
+    return copy
+
+
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def one_line_error(rc: int, err: str, *needles: str) -> None:
+    last = err.splitlines()[-1] if err else ""
+    assert rc == 2, err
+    assert last.startswith("error: "), err
+    for n in needles:
+        assert n in last, (n, last)
+
+
+# -- config: before any flow starts -----------------------------------------------------------------------------
+def test_unknown_preset(capsys):
+    rc, err = cli(capsys, "prepare", "--preset", "jokes-chars")
+    one_line_error(rc, err, "unknown preset 'jokes-chars'", "jokes-char")
+
+
+def test_mistyped_set_key_suggests_the_close_match_and_lists_keys(capsys):
+    rc, err = cli(capsys, "run", "--set", "train.max_step=5")
+    one_line_error(rc, err, "unknown config key 'train.max_step'", "did you mean 'train.max_steps'",
+                   "valid keys:", "model.block_size")
+
+
+def test_wrong_value_type(capsys):
+    rc, err = cli(capsys, "run", "--set", "train.max_steps=many")
+    one_line_error(rc, err, "train.max_steps expects int", "'many'", "--set train.max_steps=")
+
+
+def test_set_without_equals(capsys):
+    rc, err = cli(capsys, "run", "--set", "train.max_steps")
+    one_line_error(rc, err, "--set expects key=value")
+
+
+# -- corpora: through `lmforge prepare` (a real Prefect flow) --------------------------------------------------
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory) -> Path:
+    """A copy of jokes-char under its own name, so nothing it registers collides with other tests."""
+    path = tmp_path_factory.mktemp("presets") / "badinput.toml"
+    path.write_text((REPO / "configs" / "jokes-char.toml").read_text())
+    return path
+
+
+def assert_nothing_left(preset: Path, overrides: dict) -> None:
+    from lmforge.config import load_config
+    from lmforge.layout import RunLayout
+    from lmforge.tracking import client
+
+    cfg = load_config(str(preset), overrides)
+    where = RunLayout.for_config(cfg)
+    assert not (where.data / "meta.json").exists() and not list(where.data.glob("*.bin"))
+    for d in (where.root, where.data, where.cache):
+        assert not list(d.rglob("*.tmp")) if d.exists() else True, d
+    assert not where.ckpt.exists() and not where.model.exists()
+    assert client().search_model_versions(f"name='{cfg.name}'") == []
+
+
+def prepare(capsys, preset: Path, overrides: dict) -> tuple[int, str]:
+    args = ["prepare", "--preset", str(preset)]
+    for k, v in overrides.items():
+        args += ["--set", f"{k}={v}"]
+    return cli(capsys, *args)
+
+
+def test_missing_corpus_file(prefect_server, capsys, preset, tmp_path):
+    o = {"data.source": str(tmp_path / "nope.txt")}
+    rc, err = prepare(capsys, preset, o)
+    one_line_error(rc, err, "nope.txt does not exist", "data.source")
+    assert_nothing_left(preset, o)
+
+
+def test_empty_corpus(prefect_server, capsys, preset, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    o = {"data.source": str(tmp_path / "empty.txt")}
+    rc, err = prepare(capsys, preset, o)
+    one_line_error(rc, err, "no documents", "empty.txt")
+    assert_nothing_left(preset, o)
+
+
+def test_csv_without_the_named_column(prefect_server, capsys, preset, tmp_path):
+    (tmp_path / "t.csv").write_text("title,body\na,b\nc,d\n")
+    o = {"data.source": str(tmp_path / "t.csv"), "data.format": "csv", "data.column": "text"}
+    rc, err = prepare(capsys, preset, o)
+    one_line_error(rc, err, "column 'text' not found", "columns are: title, body")
+    assert_nothing_left(preset, o)
+
+
+def test_tsv_read_as_csv_names_the_delimiter(prefect_server, capsys, preset, tmp_path):
+    (tmp_path / "t.tsv").write_text("text\tlabel\nhello there\t1\ngood bye\t0\n")
+    o = {"data.source": str(tmp_path / "t.tsv"), "data.format": "csv", "data.column": "text"}
+    rc, err = prepare(capsys, preset, o)
+    one_line_error(rc, err, "column 'text' not found", "data.format=tsv")
+    assert_nothing_left(preset, o)
+
+
+def test_non_utf8_names_file_and_offset(prefect_server, capsys, preset, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 au lait\nsecond line\n".encode("latin-1"))
+    o = {"data.source": str(tmp_path / "latin1.txt")}
+    rc, err = prepare(capsys, preset, o)
+    one_line_error(rc, err, "latin1.txt is not valid UTF-8", "byte 0xe9 at offset 3", "encoding_errors=replace")
+    assert_nothing_left(preset, o)
+
+
+def test_corpus_shorter_than_one_context_window(prefect_server, capsys, preset, tmp_path):
+    (tmp_path / "short.txt").write_text("ab\ncd\nef\ngh\n")
+    o = {**TINY, "data.source": str(tmp_path / "short.txt")}
+    rc, err = cli(capsys, "run", "--preset", str(preset), *[a for k, v in o.items() for a in ("--set", f"{k}={v}")])
+    one_line_error(rc, err, "fewer than one context window (33)", "model.block_size")
+    from lmforge.config import load_config
+    from lmforge.layout import RunLayout
+    from lmforge.tracking import client
+
+    where = RunLayout.for_config(load_config(str(preset), o))
+    assert not where.model.exists() and not list(where.root.rglob("*.tmp")) if where.root.exists() else True
+    assert client().search_model_versions("name='badinput'") == []
+    exp = client().get_experiment_by_name("lmforge-badinput")
+    runs = client().search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{where.root.name}'")
+    assert runs and {r.info.status for r in runs} == {"FAILED"}  # the flow's on_failure hook closed it
+
+
+# -- data layer directly -----------------------------------------------------------------------------------------
+def test_vocabulary_too_large_for_the_shard_dtype(tmp_path):
+    from lmforge.data.shards import write_shards
+
+    with pytest.raises(LmforgeError, match="does not fit a uint32 shard") as exc:
+        write_shards(iter([(np.arange(4), np.array([4]))]), np.array([False]), tmp_path / "shards", 2**32 + 1)
+    assert "vocab_size" in exc.value.hint
+    assert not list((tmp_path / "shards").iterdir())
+
+
+# -- runtime ------------------------------------------------------------------------------------------------------
+def test_prompt_with_unseen_characters_generates(model_dir):
+    from lmforge.runtime import Generator
+
+    gen = Generator(model_dir)
+    assert gen.unk in gen.encode("\u4e2d\u6587 zq\U0001f600")  # characters the tokenizer never saw -> <unk>
+    text = gen.generate("\u4e2d\u6587 zq\U0001f600", max_new_tokens=10, seed=0)
+    assert isinstance(text, str)
+
+
+def test_max_new_tokens_past_the_context_slides_the_window(copy_of):
+    """Decided behaviour: generation continues past the context with a sliding window (keeps the last half)."""
+    from lmforge.runtime import Generator
+
+    d = copy_of()
+    manifest = json.loads((d / "lmforge.json").read_text())
+    manifest["tokens"]["eos"] = None  # never stop early, so every requested token is produced
+    (d / "lmforge.json").write_text(json.dumps(manifest))
+    gen = Generator(d)
+    text = gen.generate("why", max_new_tokens=3 * gen.block_size, temperature=0.0)
+    assert len(text) > gen.block_size
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    import torch
+
+    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.models import build_model
+    from lmforge.train import Checkpoints, make_optimizer
+
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
+    opt = make_optimizer(model, TrainConfig(), "cpu")
+    ck = Checkpoints(tmp_path)
+    ck.save("last", model, opt, {"step": 1, "data_rng": torch.Generator().get_state()})
+    weights = tmp_path / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(LmforgeError, match="checkpoint .* is corrupted") as exc:
+        ck.load_model("last", model)
+    assert "delete" in exc.value.hint and "\n" not in str(exc.value)
+    ck.save("last", model, opt, {"step": 1, "data_rng": torch.Generator().get_state()})
+    optim = tmp_path / "last" / "optimizer.pt"
+    optim.write_bytes(optim.read_bytes()[: optim.stat().st_size // 2])
+    with pytest.raises(LmforgeError, match="optimizer.pt is corrupted"):
+        ck.load_training("last", model, opt)
+
+
+def test_truncated_onnx_through_generate(copy_of, capsys):
+    d = copy_of()
+    for f in d.glob("*.onnx"):  # model.onnx and the fast graph the runtime prefers, when exported
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    rc, err = cli(capsys, "generate", "--model", str(d), "--prompt", "why")
+    one_line_error(rc, err, "onnxruntime cannot load", ".onnx", "Protobuf parsing failed")
+    assert len(err.splitlines()) == 1
+
+
+def test_empty_onnx_through_generate(copy_of, capsys):
+    d = copy_of()
+    for f in d.glob("*.onnx"):
+        f.write_bytes(b"")
+    rc, err = cli(capsys, "generate", "--model", str(d))
+    one_line_error(rc, err, ".onnx is empty", "re-export")
+
+
+def test_corrupted_tokenizer_json(copy_of, capsys):
+    d = copy_of()
+    (d / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Wor')
+    rc, err = cli(capsys, "generate", "--model", str(d))
+    one_line_error(rc, err, "cannot read tokenizer", "tokenizer.json")
+
+
+def test_tokenizer_that_does_not_match_the_model(copy_of, capsys):
+    from lmforge.data.tokenize import train_char
+
+    d = copy_of()
+    train_char(["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789"]).save(str(d / "tokenizer.json"))
+    rc, err = cli(capsys, "generate", "--model", str(d))
+    one_line_error(rc, err, "the tokenizer does not belong to this model")
+
+
+def test_missing_model_directory(capsys, tmp_path):
+    rc, err = cli(capsys, "generate", "--model", str(tmp_path / "nothing"))
+    one_line_error(rc, err, "is not an lmforge model directory")
+
+
+# -- a full disk (a 64 KiB tmpfs; needs root) ----------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    except OSError:
+        pytest.skip("no mount command")
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_full_disk_while_writing_shards_leaves_nothing(tiny_disk):
+    import errno
+
+    from lmforge.data.shards import write_shards
+
+    docs = [(np.arange(4096 * 4) % 100, np.full(4, 4096)) for _ in range(10)]  # 40 x 8 KiB of uint16 > 64 KiB
+    with pytest.raises(OSError) as exc:
+        write_shards(iter(docs), np.zeros(40, bool), tiny_disk / "shards", 100)
+    assert exc.value.errno == errno.ENOSPC
+    assert not list((tiny_disk / "shards").iterdir())
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_disk):
+    import errno
+
+    import torch
+
+    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.models import build_model
+    from lmforge.train import Checkpoints, make_optimizer
+
+    small = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8), 10)
+    ck = Checkpoints(tiny_disk / "ckpt")
+    ck.save("last", small, None, {"step": 1})
+    big = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64), 100)  # ~400 KiB of weights
+    with pytest.raises(OSError) as exc:
+        ck.save("last", big, make_optimizer(big, TrainConfig(), "cpu"),
+                {"step": 2, "data_rng": torch.Generator().get_state()})
+    assert exc.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tiny_disk / "ckpt").iterdir()) == ["last"]
+    assert ck.load_model("last", small)["step"] == 1
+
+
+def test_full_disk_is_one_line_through_the_cli(prefect_server, tiny_disk, capsys, preset, monkeypatch, tmp_path):
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("".join(f"line {i} of a corpus larger than the disk\n" for i in range(5000)))  # ~200 KB
+    monkeypatch.setenv("LMFORGE_ARTIFACTS", str(tiny_disk))
+    rc, err = cli(capsys, "prepare", "--preset", str(preset), "--set", f"data.source={corpus}")
+    one_line_error(rc, err, "disk full writing", "LMFORGE_ARTIFACTS")
+    assert not [p for p in tiny_disk.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".bin"]
