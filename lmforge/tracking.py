@@ -96,8 +96,10 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 
 
 def fail_runs_tagged(tag: str, value: str) -> None:
-    """End every still-running run carrying tag=value as FAILED (best effort: the server may be the failure)."""
+    """End every still-running run carrying tag=value as FAILED (best effort: the server may be the failure,
+    and then this returns at once instead of waiting out the client's retries)."""
     try:
+        check_tracking_server(timeout=2.0)
         c = client()
         exps = [e.experiment_id for e in c.search_experiments()]
         for run in c.search_runs(exps, filter_string=f"tags.{tag} = '{value}' and attributes.status = 'RUNNING'"):
