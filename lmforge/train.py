@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from lmforge import distributed
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate_tokens
@@ -180,26 +181,35 @@ def get_batch(data: np.ndarray, block_size: int, batch_size: int, gen: torch.Gen
 def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, block_size: int,
           cfg: TrainConfig, ckpt_dir: Path, log: LogFn | None = None, resume: bool = True,
           progress: ProgressFn | None = None) -> TrainResult:
-    """Train `model` on token arrays; checkpoints go to ckpt_dir/{last,best}. Returns the best-val model loaded."""
+    """Train `model` on token arrays; checkpoints go to ckpt_dir/{last,best}. Returns the best-val model loaded.
+    Under torchrun (more than one process) the model is wrapped in DistributedDataParallel: each rank draws its own
+    batches, gradients are averaged, rank 0 alone evaluates, logs and writes checkpoints, every rank resumes."""
     for name, data in (("train", train_data), ("val", val_data)):
         if len(data) <= block_size + 1:
             raise LmforgeError(f"the {name} split has {len(data)} tokens, fewer than one context window "
                                f"({block_size + 1})", hint="use a larger corpus or --set model.block_size=SMALLER")
     device = pick_device(cfg.device)
+    ddp = distributed.setup(device)  # None in a single process
+    rank = ddp.rank if ddp else 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     autocast, scaler = autocast_for(device, cfg.dtype)
-    step_model = torch.compile(model) if cfg.compile else model
-    data_gen = torch.Generator().manual_seed(cfg.seed)
+    data_gen = torch.Generator().manual_seed(cfg.seed + rank)
     ckpts = Checkpoints(ckpt_dir)
     step, best_val, history, bad_evals = 0, float("inf"), [], 0
     if resume and ckpts.path("last") is not None:
         state, data_rng = ckpts.load_training("last", model, optimizer)
-        data_gen.set_state(data_rng)
+        if data_rng.dim() == 1:  # written by a single process
+            data_rng = data_rng[None]
+        if rank < len(data_rng):  # a rank beyond the saving job's world size keeps its fresh seed + rank stream
+            data_gen.set_state(data_rng[rank])
         step, best_val, history, bad_evals = state["step"], state["best_val"], state["history"], state["bad_evals"]
+    wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ddp.local_rank] if device == "cuda"
+                                                        else None) if ddp else model
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped
     resumed_from = step
     model.train()
     t0, tokens, train_loss, stopped_early = time.perf_counter(), 0, float("nan"), False
@@ -208,15 +218,18 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             x, y = get_batch(train_data, block_size, cfg.batch_size, data_gen, device)
-            with autocast:
-                logits, _ = step_model(x)
-                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            (scaler.scale(loss / cfg.grad_accum) if scaler else loss / cfg.grad_accum).backward()
+            sync = wrapped.no_sync() if ddp and micro < cfg.grad_accum - 1 else nullcontext()  # all-reduce once
+            with sync:
+                with autocast:
+                    logits, _ = step_model(x)
+                    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                                             y.reshape(-1))
+                (scaler.scale(loss / cfg.grad_accum) if scaler else loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
             loss_n += 1
-            tokens += x.numel()
+            tokens += x.numel() * (ddp.world_size if ddp else 1)  # the whole job's tokens
         if scaler:
             scaler.unscale_(optimizer)
         if cfg.grad_clip:
@@ -228,27 +241,31 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if progress:
+        if progress and rank == 0:
             progress(step, cfg.max_steps, loss.item(), tokens / max(time.perf_counter() - t0, 1e-9))
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             train_loss = loss_sum / max(loss_n, 1)
             loss_sum, loss_n = 0.0, 0
-            val = evaluate_tokens(model, val_data, block_size, cfg.batch_size, cfg.eval_iters * cfg.batch_size,
-                                  device, autocast)
-            elapsed = time.perf_counter() - t0
-            row = {"step": step, "train_loss": train_loss, "val_loss": val["loss"], "lr": lr,
-                   "tokens_per_s": tokens / max(elapsed, 1e-9)}
-            history.append(row)
-            improved = val["loss"] < best_val
-            if improved:
-                best_val, bad_evals = val["loss"], 0
-                ckpts.save("best", model, None, {"step": step, "val_loss": val["loss"]})
-            else:
-                bad_evals += 1
-            ckpts.save("last", model, optimizer, {"step": step, "best_val": best_val, "history": history,
-                                                  "bad_evals": bad_evals, "data_rng": data_gen.get_state()})
-            if log:
-                log(row, step)
+            data_rng = torch.stack(distributed.gather(data_gen.get_state())) if ddp else data_gen.get_state()
+            if rank == 0:
+                val = evaluate_tokens(model, val_data, block_size, cfg.batch_size, cfg.eval_iters * cfg.batch_size,
+                                      device, autocast)
+                elapsed = time.perf_counter() - t0
+                row = {"step": step, "train_loss": train_loss, "val_loss": val["loss"], "lr": lr,
+                       "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                history.append(row)
+                improved = val["loss"] < best_val
+                if improved:
+                    best_val, bad_evals = val["loss"], 0
+                    ckpts.save("best", model, None, {"step": step, "val_loss": val["loss"]})
+                else:
+                    bad_evals += 1
+                ckpts.save("last", model, optimizer, {"step": step, "best_val": best_val, "history": history,
+                                                      "bad_evals": bad_evals, "data_rng": data_rng})
+                if log:
+                    log(row, step)
+            if ddp:  # the other ranks wait here for rank 0's checkpoint, then take its bookkeeping
+                best_val, bad_evals, history = distributed.broadcast([best_val, bad_evals, history])
             if cfg.early_stop_patience and bad_evals >= cfg.early_stop_patience:
                 stopped_early = True
                 break
@@ -256,6 +273,8 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
     if ckpts.path("best") is not None:
         ckpts.load_model("best", model)
     model.eval()
+    if ddp:
+        distributed.teardown()
     return TrainResult(steps=step, best_val_loss=best_val, final_train_loss=history[-1]["train_loss"] if history
                        else train_loss, history=history, tokens_per_s=tokens / max(wall, 1e-9), wall_s=wall,
                        device=device, resumed_from=resumed_from, stopped_early=stopped_early)

@@ -8,12 +8,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from lmforge import tracking
+from lmforge import distributed, tracking
 from lmforge.config import Config
 from lmforge.data.shards import open_shard
 from lmforge.models import build_model
 from lmforge.progress import TrainProgress
-from lmforge.train import train
+from lmforge.train import TrainResult, train
 from tasks import retry_unless_user_error
 
 
@@ -33,10 +33,16 @@ def train_model(cfg: Config, meta: dict, ckpt_dir: Path, run_id: str | None = No
         if run_id:
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, step)
 
-    data_dir = Path(meta["dir"])
-    with TrainProgress(f"train {cfg.name}") as progress:
-        result = train(model, open_shard(data_dir, "train"), open_shard(data_dir, "val"), cfg.model.block_size,
-                       cfg.train, ckpt_dir, log, progress=progress)
+    if cfg.train.nproc > 1:  # DDP under torchrun; rank 0's evaluations reach MLflow once the job has finished
+        result = TrainResult(**distributed.launch(cfg, meta, ckpt_dir, cfg.train.nproc))
+        for row in result.history:
+            if row["step"] > result.resumed_from:  # rows up to the resume point were logged by the earlier run
+                log(row, row["step"])
+    else:
+        data_dir = Path(meta["dir"])
+        with TrainProgress(f"train {cfg.name}") as progress:
+            result = train(model, open_shard(data_dir, "train"), open_shard(data_dir, "val"), cfg.model.block_size,
+                           cfg.train, ckpt_dir, log, progress=progress)
     update_progress_artifact(progress_id, 100.0)
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
     if run_id:
