@@ -82,6 +82,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0                 # torch intra-op threads; 0 = torch default
     seed: int = 1337
+    nproc: int = 1                   # > 1: torchrun --standalone with this many DDP processes on this host
 
 
 @dataclass
@@ -97,7 +98,8 @@ class EvalConfig:
 class ExportConfig:
     opset: int = 17
     int8: bool = True
-    fp16: bool = False
+    fp16: bool = False               # model.fp16.onnx, for the CUDA execution provider
+    optimize: bool = True            # model.opt.onnx: onnxruntime's extended graph optimisations, saved offline
     parity_tolerance: float = 1e-3
     temperature: float = 0.8         # generation defaults written to lmforge.json
     top_k: int = 40
@@ -220,7 +222,7 @@ def _apply(cfg: Config, key: str, value: object) -> None:
 
 
 def _check(cfg: Config) -> None:
-    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size", "train.max_steps", "train.batch_size",
+    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size", "train.max_steps", "train.batch_size", "train.nproc",
                 "train.grad_accum", "train.eval_interval", "train.eval_iters", "eval.max_new_tokens"]
     flat = cfg.flat()
     for key in positive:

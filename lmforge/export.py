@@ -1,5 +1,6 @@
 """torch -> ONNX with decoding state: export, onnx.checker, parity against torch, int8 quantisation, and the
-exported model directory written atomically (model.onnx, model.int8.onnx, tokenizer.json, lmforge.json)."""
+exported model directory written atomically (model.onnx, model.int8.onnx, model.opt.onnx, model.fp16.onnx,
+tokenizer.json, lmforge.json)."""
 from __future__ import annotations
 
 import os
@@ -171,6 +172,33 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
+def optimize_graph(src: Path, dst: Path) -> Path:
+    """onnxruntime's extended graph optimisations (constant folding, fusions) run once and saved, so sessions
+    skip them at load. The saved graph is tied to the execution provider it was optimised for (CPU here)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
+    return dst
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """Weights and activations in float16 (for the CUDA execution provider); inputs and outputs, including the
+    KV cache / recurrent state, stay float32 so the runtime feeds the same arrays as for model.onnx."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "values truncated to fp16 range" for masks' large negatives
+        model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
+    model.topological_sort()  # the converter appends the input Casts after their consumers
+    onnx.save(model.model, str(dst))
+    onnx.checker.check_model(str(dst))
+    return dst
+
+
 def export_fast_variants(model, spec: dict, tmp: Path, files: dict, metrics: dict, int8: bool,
                          parity_tolerance: float) -> dict:
     """model.fast.onnx (+ model.fast.int8.onnx), parity-checked like model.onnx; returns its I/O spec."""
@@ -190,7 +218,8 @@ def export_fast_variants(model, spec: dict, tmp: Path, files: dict, metrics: dic
 
 
 def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
-                     opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3) -> tuple[Path, dict]:
+                     opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3, optimize: bool = True,
+                     fp16: bool = False) -> tuple[Path, dict]:
     """Write the whole model directory into a temp dir, check it, then move it into place. Returns the directory
     and export metrics (parity error, sizes)."""
     out_dir = Path(out_dir)
@@ -209,6 +238,12 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
             q = quantize_int8(fp32, tmp / VARIANT_FILES["int8"])
             files["int8"] = VARIANT_FILES["int8"]
             metrics["onnx_int8_bytes"] = q.stat().st_size
+        if optimize:
+            optimize_graph(fp32, tmp / VARIANT_FILES["optimized"])
+            files["optimized"] = VARIANT_FILES["optimized"]
+        if fp16:
+            metrics["onnx_fp16_bytes"] = convert_fp16(fp32, tmp / VARIANT_FILES["fp16"]).stat().st_size
+            files["fp16"] = VARIANT_FILES["fp16"]
         io = io_spec(spec)
         if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
             io["fast"] = export_fast_variants(model, spec, tmp, files, metrics, int8, parity_tolerance)

@@ -32,7 +32,8 @@ def export_model(cfg: Config, meta: dict, trained: dict, metrics: dict, out_dir:
         "mlflow_run_id": run_id,
     }
     model_dir, export_metrics = export_model_dir(model, model_spec(model), Path(meta["dir"]) / "tokenizer.json",
-                                                 out_dir, manifest, e.opset, e.int8, e.parity_tolerance)
+                                                 out_dir, manifest, e.opset, e.int8, e.parity_tolerance,
+                                                 e.optimize, e.fp16)
     get_run_logger().info("exported %s (parity %.2e)", model_dir, export_metrics["onnx_parity_max_abs"])
     if run_id:
         tracking.log_metrics(run_id, export_metrics)

@@ -11,6 +11,7 @@ from lmforge import tracking
 from lmforge.config import Config
 from lmforge.data.shards import open_shard
 from lmforge.promote import onnx_val_loss
+from lmforge.runtime.modeldir import read_model_dir, write_manifest
 from tasks.promote import artifact_key
 
 
@@ -44,16 +45,26 @@ def register_model(cfg: Config, run_id: str, exported: dict, meta: dict, metrics
     return version
 
 
+DELTA_VARIANTS = ("int8", "fp16", "optimized")  # portable graphs onnx_val_loss can score beside fp32
+
+
 def quantisation_delta(exported: dict, meta: dict, run_id: str, max_windows: int = 32) -> dict:
-    """int8 minus fp32 mean val loss, both through onnxruntime on the same few val windows."""
+    """Each exported variant's mean val loss minus fp32's, all through onnxruntime on the same few val windows:
+    logged to MLflow, written into lmforge.json `metrics` (before the directory is registered) and returned as
+    tags."""
     model_dir = Path(exported["model_dir"])
-    if not (model_dir / "model.int8.onnx").is_file():
+    md = read_model_dir(model_dir)
+    variants = [v for v in DELTA_VARIANTS if v in md.variants()]
+    if not variants:
         return {}
     val = open_shard(Path(meta["dir"]), "val")
     fp32 = onnx_val_loss(model_dir, val, max_windows=max_windows)
-    delta = onnx_val_loss(model_dir, val, max_windows=max_windows, variant="int8") - fp32
-    tracking.log_metrics(run_id, {"onnx_fp32_val_loss": fp32, "int8_val_loss_delta": delta})
-    return {"int8_val_loss_delta": f"{delta:+.4f}"}
+    deltas = {f"{v}_val_loss_delta": onnx_val_loss(model_dir, val, max_windows=max_windows, variant=v) - fp32
+              for v in variants}
+    tracking.log_metrics(run_id, {"onnx_fp32_val_loss": fp32, **deltas})
+    write_manifest(model_dir, {**md.manifest, "metrics": {**md.manifest.get("metrics", {}),
+                                                          "onnx_fp32_val_loss": fp32, **deltas}})
+    return {k: f"{d:+.4f}" for k, d in deltas.items()}
 
 
 @task(name="summary")

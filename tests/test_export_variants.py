@@ -1,0 +1,103 @@
+"""Export variants on a tiny GPT: model.opt.onnx (onnxruntime graph optimisation saved offline), model.fp16.onnx,
+each written only when enabled, each loadable by the Generator, and their val-loss cost beside fp32 recorded in
+lmforge.json and MLflow."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lmforge import tracking
+from lmforge.data.shards import write_shards
+from lmforge.data.tokenize import train_char
+from lmforge.export import export_model_dir
+from lmforge.models import model_spec
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.promote import prefill_feeds
+from lmforge.runtime import Generator
+from tasks.tracking import quantisation_delta
+
+TEXT = "why did the chicken cross the road? to get to the other side! " * 4
+MANIFEST = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
+            "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
+            "generation": {"temperature": 0.0, "max_new_tokens": 20}, "metrics": {"val_loss": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(root, model, tokenizer) — a random 2-layer GPT with a 32-token context."""
+    root = tmp_path_factory.mktemp("variants")
+    tok = train_char([TEXT])
+    tok.save(str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():  # larger weights than GPT's init, so greedy output is varied
+        for p in model.parameters():
+            p.normal_(0, 0.25)
+    return root, model, tok
+
+
+@pytest.fixture(scope="module")
+def all_variants(tiny):
+    root, model, _ = tiny
+    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "all", MANIFEST,
+                              optimize=True, fp16=True)
+    return out
+
+
+def test_variant_files_written_only_when_enabled(tiny, all_variants):
+    root, model, _ = tiny
+    files = json.loads((all_variants / "lmforge.json").read_text())["files"]
+    for variant, name in {"int8": "model.int8.onnx", "optimized": "model.opt.onnx", "fp16": "model.fp16.onnx",
+                          "fast": "model.fast.onnx"}.items():
+        assert files[variant] == name and (all_variants / name).is_file()
+    plain, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "plain", MANIFEST,
+                                int8=False, optimize=False, fp16=False)
+    files = json.loads((plain / "lmforge.json").read_text())["files"]
+    assert set(files) == {"fp32", "fast"}
+    for name in ("model.int8.onnx", "model.opt.onnx", "model.fp16.onnx", "model.fast.int8.onnx"):
+        assert not (plain / name).exists(), name
+
+
+def test_optimized_greedy_tokens_equal_fp32(all_variants):
+    ref = Generator(all_variants, variant="fp32", device="cpu", fast=False)
+    opt = Generator(all_variants, variant="optimized", device="cpu")
+    assert not opt.fast and opt.provider == "CPUExecutionProvider"
+    for prompt in ("why", "the chicken cross", "t"):
+        a = ref.generate(prompt, max_new_tokens=20, temperature=0)
+        assert len(a) >= 10 and opt.generate(prompt, max_new_tokens=20, temperature=0) == a
+
+
+def test_fp16_is_valid_keeps_fp32_io_and_runs_close_on_cpu(all_variants):
+    path = all_variants / "model.fp16.onnx"
+    onnx.checker.check_model(str(path))
+    proto = onnx.load(str(path))
+    assert {i.type.tensor_type.elem_type for i in proto.graph.input if i.name.startswith("past")} == {1}  # float
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    ref = Generator(all_variants, variant="fp32", device="cpu", fast=False)
+    half = Generator(all_variants, variant="fp16", device="cpu")  # onnxruntime >= 1.2x runs these ops on CPU
+    ids = np.array([ref.encode("why did the chicken")])
+    a = ref.session.run(["logits"], prefill_feeds(ref, ids))[0]
+    b = half.session.run(["logits"], prefill_feeds(half, ids))[0]
+    assert b.dtype == np.float32 and np.abs(a - b).max() < 0.02 * np.abs(a).max()
+    assert half.generate("why", max_new_tokens=20, temperature=0)[:5] == ref.generate("why", max_new_tokens=20,
+                                                                                     temperature=0)[:5]
+
+
+def test_val_loss_deltas_in_manifest_and_mlflow(tiny, all_variants, tmp_path):
+    _, _, tok = tiny
+    ids = np.array(tok.encode(TEXT * 3).ids)
+    write_shards([(ids, np.array([ids.size]))], np.array([True]), tmp_path / "prepared", tok.get_vocab_size())
+    model_dir = shutil.copytree(all_variants, tmp_path / "model")
+    run_id = tracking.start_run("lmforge-test-variants", "deltas", {})
+    tags = quantisation_delta({"model_dir": str(model_dir)}, {"dir": str(tmp_path / "prepared")}, run_id)
+    metrics = json.loads((model_dir / "lmforge.json").read_text())["metrics"]
+    logged = tracking.client().get_run(run_id).data.metrics
+    assert metrics["val_loss"] == 1.0  # the training metrics are kept
+    for key in ("int8_val_loss_delta", "fp16_val_loss_delta", "optimized_val_loss_delta"):
+        assert key in tags and metrics[key] == pytest.approx(logged[key])
+    assert abs(metrics["optimized_val_loss_delta"]) < 1e-4  # the same arithmetic, rearranged
+    assert abs(metrics["fp16_val_loss_delta"]) < 0.05 and metrics["int8_val_loss_delta"] != 0.0
+    assert metrics["onnx_fp32_val_loss"] > 0
