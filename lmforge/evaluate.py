@@ -45,6 +45,28 @@ def evaluate_tokens(model: torch.nn.Module, data: np.ndarray, block_size: int, b
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / count, "tokens": count}
 
 
+@torch.no_grad()
+def sample_text(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, block_size: int,
+                temperature: float = 1.0, top_k: int = 0, seed: int = 0, eos: int | None = None) -> list[int]:
+    """Sample a continuation with the torch model during training (any family: the last `block_size` tokens are
+    re-read each step, no cache). Uses its own numpy generator, so the training RNG streams are untouched."""
+    from lmforge.runtime.sampling import SamplingParams, sample_next
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    params, rng, ids = SamplingParams(temperature=temperature, top_k=top_k), np.random.default_rng(seed), []
+    for _ in range(max_new_tokens):
+        x = torch.tensor([(prompt_ids + ids)[-block_size:]], device=device)
+        logits, _ = model(x)
+        tok = int(sample_next(logits[:, -1].float().cpu().numpy(), params, rng)[0])
+        if tok == eos:
+            break
+        ids.append(tok)
+    model.train(was_training)
+    return ids
+
+
 def bits_per_char(loss_nats_per_token: float, tokens: int, chars: int) -> float:
     return loss_nats_per_token * tokens / max(chars, 1) / math.log(2)
 

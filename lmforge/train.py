@@ -180,7 +180,8 @@ def get_batch(data: np.ndarray, block_size: int, batch_size: int, gen: torch.Gen
 
 def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, block_size: int,
           cfg: TrainConfig, ckpt_dir: Path, log: LogFn | None = None, resume: bool = True,
-          progress: ProgressFn | None = None) -> TrainResult:
+          progress: ProgressFn | None = None, on_eval: Callable[[torch.nn.Module, int], None] | None = None
+          ) -> TrainResult:
     """Train `model` on token arrays; checkpoints go to ckpt_dir/{last,best}. Returns the best-val model loaded.
     Under torchrun (more than one process) the model is wrapped in DistributedDataParallel: each rank draws its own
     batches, gradients are averaged, rank 0 alone evaluates, logs and writes checkpoints, every rank resumes."""
@@ -264,6 +265,8 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
                                                       "bad_evals": bad_evals, "data_rng": data_rng})
                 if log:
                     log(row, step)
+                if on_eval:  # e.g. samples at every evaluation, as seed 002's callback printed them
+                    on_eval(model, step)
             if ddp:  # the other ranks wait here for rank 0's checkpoint, then take its bookkeeping
                 best_val, bad_evals, history = distributed.broadcast([best_val, bad_evals, history])
             if cfg.early_stop_patience and bad_evals >= cfg.early_stop_patience:

@@ -11,10 +11,30 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from lmforge import distributed, tracking
 from lmforge.config import Config
 from lmforge.data.shards import open_shard
+from lmforge.data.tokenize import load_tokenizer
+from lmforge.evaluate import sample_text
 from lmforge.models import build_model
 from lmforge.progress import TrainProgress
 from lmforge.train import TrainResult, train
 from tasks import retry_unless_user_error
+
+
+def eval_sampler(cfg: Config, meta: dict, run_id: str | None):
+    """Samples from the model at every evaluation (first prompt, top-k, T=1), logged and kept in MLflow."""
+    tok = load_tokenizer(Path(meta["dir"]) / "tokenizer.json")
+    ids = meta["special_ids"]
+    prompt = cfg.eval.prompts[0] if cfg.eval.prompts else ""
+    prompt_ids = ([ids["bos"]] if ids["bos"] is not None else []) + tok.encode(prompt, add_special_tokens=False).ids
+
+    def on_eval(model, step: int) -> None:
+        out = sample_text(model, prompt_ids, min(cfg.eval.max_new_tokens, 60), cfg.model.block_size,
+                          temperature=1.0, top_k=cfg.eval.top_k, seed=step, eos=ids["eos"])
+        text = prompt + tok.decode(out)
+        get_run_logger().info("sample at step %d: %r", step, text)
+        if run_id:
+            tracking.log_text(run_id, text, f"samples/step-{step:06d}.txt")
+
+    return on_eval
 
 
 @task(name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
@@ -42,7 +62,7 @@ def train_model(cfg: Config, meta: dict, ckpt_dir: Path, run_id: str | None = No
         data_dir = Path(meta["dir"])
         with TrainProgress(f"train {cfg.name}") as progress:
             result = train(model, open_shard(data_dir, "train"), open_shard(data_dir, "val"), cfg.model.block_size,
-                           cfg.train, ckpt_dir, log, progress=progress)
+                           cfg.train, ckpt_dir, log, progress=progress, on_eval=eval_sampler(cfg, meta, run_id))
     update_progress_artifact(progress_id, 100.0)
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
     if run_id:

@@ -37,6 +37,10 @@ def test_flow_registers_candidate_with_exported_dir(run_result):
     history = c.get_metric_history(run_result["run_id"], "val_loss")
     assert [m.step for m in history if m.step] == [15, 30]
     assert run.info.status == "FINISHED"
+    logged = {Path(a.path).name for a in c.list_artifacts(run_result["run_id"], "samples")}
+    assert {"step-000015.txt", "step-000030.txt", "samples.json"} <= logged  # a sample at every evaluation
+    text = Path(c.download_artifacts(run_result["run_id"], "samples/step-000030.txt")).read_text()
+    assert text.startswith("Why")
 
 
 def test_flow_metrics_are_sane(run_result):
