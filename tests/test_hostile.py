@@ -57,18 +57,10 @@ def test_malicious_pickle_in_optimizer_pt_is_refused(tmp_path):
     assert not marker.exists()
 
 
-# data/prepare.py pickles cleaned documents into a spill file it writes itself, between the clean and tokenize
-# steps; it never reads a pickle that came from elsewhere (flagged in docs/reliability.md: a plain-text spill
-# format would remove even that).
-OWN_SPILL = {"prepare.py"}
-
-
 def test_library_never_unpickles_untrusted_files():
     """Every torch.load passes weights_only=True; nothing calls pickle.load or numpy with allow_pickle."""
     offenders = []
     for path in sorted((REPO / "lmforge").rglob("*.py")) + sorted((REPO / "tasks").rglob("*.py")):
-        if path.name in OWN_SPILL and path.parent.name == "data":
-            continue
         src = path.read_text()
         for m in re.finditer(r"torch\.load\(([^)]*)\)", src):
             if "weights_only=True" not in m.group(1):

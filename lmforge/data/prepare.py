@@ -1,5 +1,5 @@
 """Corpus -> the prepared-data directory (tokenizer.json, train.bin, val.bin, meta.json), streaming:
-1. read + clean batch by batch into a spill file (.cleaned.<pid>.pkl), hashing documents as they pass;
+1. read + clean batch by batch into a spill file (.cleaned.<pid>.jsonl), hashing documents as they pass;
 2. split documents into train/val by a seeded draw (one bool per document);
 3. train the tokenizer on the train documents read back from the spill file;
 4. encode batch by batch and append to the shards; delete the spill file.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -64,7 +63,7 @@ def limit_documents(batches: Iterable[list[str]], limit: int) -> Iterator[list[s
 
 
 def clean_to_spill(path: Path, cfg: Config, out_dir: Path) -> dict:
-    """Read and clean the corpus into out_dir/.cleaned.pkl; returns its summary (documents, chars, hash, report)."""
+    """Read and clean the corpus into out_dir/.cleaned.<pid>.jsonl (one JSON list of documents per line); returns its summary (documents, chars, hash, report)."""
     d = cfg.data
     out_dir.mkdir(parents=True, exist_ok=True)
     batches = iter_batches(Path(path), d.format, d.column, d.filter, d.separator, d.encoding_errors)
@@ -73,11 +72,11 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path) -> dict:
     report: list[dict] = []
     h = hashlib.sha256()
     n_docs = n_chars = 0
-    spill = out_dir / f".cleaned.{os.getpid()}.pkl"  # per process: two runs of one config never share it
+    spill = out_dir / f".cleaned.{os.getpid()}.jsonl"  # per process: two runs of one config never share it
     try:
-        with open(spill, "wb") as f:
+        with open(spill, "w", encoding="ascii") as f:
             for docs in clean_batches(batches, cfg.clean, report):
-                pickle.dump(docs, f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(json.dumps(docs) + "\n")  # ASCII escapes keep even lone surrogates intact
                 h.update(("\0".join(docs) + "\0").encode("utf-8", "surrogatepass"))
                 n_docs += len(docs)
                 n_chars += sum(map(len, docs))
@@ -93,12 +92,9 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path) -> dict:
 
 
 def read_spill(spill: Path) -> Iterator[list[str]]:
-    with open(spill, "rb") as f:
-        while True:
-            try:
-                yield pickle.load(f)
-            except EOFError:
-                return
+    with open(spill, encoding="ascii") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def split_documents(batches: Iterable[list[str]], is_val: np.ndarray, want_val: bool) -> Iterator[str]:
