@@ -42,3 +42,28 @@ def corpus(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found: real corpora live in ../shared/corpora beside the repo (CI has them)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread is far faster than two fighting a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_random_gpt(vocab_size: int, block_size: int = 32):
+    """A random 2-layer GPT with weights larger than GPT's init, so greedy output is varied, not one repeated token."""
+    import torch
+
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.25)
+    return model

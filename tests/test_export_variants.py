@@ -7,14 +7,13 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-import torch
 
+from conftest import tiny_random_gpt
 from lmforge import tracking
 from lmforge.data.shards import write_shards
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.models import model_spec
-from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.promote import prefill_feeds
 from lmforge.runtime import Generator
 from tasks.tracking import quantisation_delta
@@ -31,11 +30,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("variants")
     tok = train_char([TEXT])
     tok.save(str(root / "tokenizer.json"))
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
-    with torch.no_grad():  # larger weights than GPT's init, so greedy output is varied
-        for p in model.parameters():
-            p.normal_(0, 0.25)
+    model = tiny_random_gpt(tok.get_vocab_size())
     return root, model, tok
 
 

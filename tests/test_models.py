@@ -16,13 +16,7 @@ VOCAB = 61
 TEXT = ["the cat sat on the mat.", "a dog ran far away!", "why did the chicken cross the road?"] * 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is far faster than two fighting a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_tiny_gpt2(d):

@@ -25,12 +25,7 @@ TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.n_hidd
         "train.warmup_steps": 5, "train.threads": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", SEED_PRESETS)

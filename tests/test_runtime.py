@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_random_gpt
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.export_fast import fast_parity
 from lmforge.models import model_spec
-from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator, ModelDirError
 
 TEXT = "why did the chicken cross the road? to get to the other side! café naïve 😀"
@@ -26,11 +26,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("runtime")
     tok = train_char([TEXT])
     tok.save(str(root / "tokenizer.json"))
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
-    with torch.no_grad():  # larger weights than GPT's init, so greedy output is varied, not one repeated char
-        for p in model.parameters():
-            p.normal_(0, 0.25)
+    model = tiny_random_gpt(tok.get_vocab_size())
     manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
                 "generation": {"temperature": 0.0, "max_new_tokens": 20}}
