@@ -34,6 +34,7 @@ class DataConfig:
 @dataclass
 class CleanConfig:
     strip_html: bool = False
+    strip_urls: bool = False         # links and @mentions (tweets)
     unicode_nfc: bool = True
     normalize_whitespace: bool = True
     lowercase: bool = False

@@ -196,3 +196,14 @@ def test_shards_route_documents_and_pick_dtype(tmp_path):
         shard_dtype(2**32 + 1)
     with pytest.raises(LmforgeError, match="no prepared shards"):
         read_meta(Path(tmp_path) / "missing")
+
+
+def test_strip_urls_removes_links_and_mentions_only():
+    from lmforge.config import CleanConfig
+    from lmforge.data.clean import clean_documents
+
+    docs = ["شو حلو https://t.co/AbC123 @user_1 الشعور", "mail a@b.com stays", "www.example.com/x gone"]
+    out, report = clean_documents(docs, CleanConfig(strip_urls=True))
+    assert out == ["شو حلو الشعور", "mail a@b.com stays", "gone"]
+    row = next(r for r in report if r["step"] == "strip_urls")
+    assert row["chars_removed"] == (19 - 1) + (7 - 1) + (17 - 1)  # each link or mention becomes one space

@@ -1,5 +1,5 @@
 """Clean documents batch by batch, step by step, counting what each step removed (the clean report).
-Steps, in order: strip_html, unicode_nfc, normalize_whitespace, lowercase, drop_short, drop_long, dedupe."""
+Steps, in order: strip_html, strip_urls, unicode_nfc, normalize_whitespace, lowercase, drop_short, drop_long, dedupe."""
 from __future__ import annotations
 
 import re
@@ -12,6 +12,7 @@ import pandas as pd
 from lmforge.config import CleanConfig
 
 HTML_TAG = re.compile(r"<[^<>]{1,200}>")
+URL_OR_MENTION = re.compile(r"(?:https?://|www\.)\S+|(?<!\w)@\w+")
 IS_SPACE = np.zeros(0x110000, dtype=bool)
 IS_SPACE[[c for c in range(0x3001) if chr(c).isspace()]] = True  # what str.split() splits on
 IS_SPACE_ASCII = IS_SPACE[:128].copy()
@@ -19,6 +20,11 @@ IS_SPACE_ASCII = IS_SPACE[:128].copy()
 
 def strip_html(docs: list[str]) -> list[str]:
     return [HTML_TAG.sub(" ", d) if "<" in d else d for d in docs]
+
+
+def strip_urls(docs: list[str]) -> list[str]:
+    """Remove links and @mentions (tweets): near-random characters no language model can predict."""
+    return [URL_OR_MENTION.sub(" ", d) if ("/" in d or "@" in d or "www." in d) else d for d in docs]
 
 
 def unicode_nfc(docs: list[str]) -> list[str]:
@@ -67,6 +73,8 @@ def build_steps(cfg: CleanConfig) -> list[tuple[str, Callable[[list[str]], list[
     steps: list[tuple[str, Callable[[list[str]], list[str]]]] = []
     if cfg.strip_html:
         steps.append(("strip_html", strip_html))
+    if cfg.strip_urls:
+        steps.append(("strip_urls", strip_urls))
     if cfg.unicode_nfc:
         steps.append(("unicode_nfc", unicode_nfc))
     if cfg.normalize_whitespace:
