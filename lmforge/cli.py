@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PIPELINE_MODULES = {"torch", "prefect", "mlflow", "onnx", "pandas", "pyjokes", "safetensors", "rich", "matplotlib"}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -216,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a runtime-only install (`pip install lmforge`) asked for pipeline work
+        if exc.name not in PIPELINE_MODULES:
+            raise
+        print(f"error: `lmforge {args.command}` needs {exc.name}, which the runtime-only install leaves out "
+              '(hint: pip install "lmforge[pipeline]")', file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -78,3 +78,26 @@ def test_same_seed_same_text_from_exported_dir(run_result):
     assert a == b
     assert gen.generate(["Why", "A"], max_new_tokens=10, temperature=0)[0] == gen.generate("Why", max_new_tokens=10,
                                                                                             temperature=0)
+
+
+def test_runtime_only_install_generates_and_explains_the_pipeline_extra(run_result):
+    """As after `pip install lmforge` (no [pipeline] extra): pipeline packages cannot be imported at all."""
+    code = f"""
+import importlib.abc, json, sys
+BLOCKED = {{"torch", "prefect", "mlflow", "onnx", "pandas", "pyjokes", "safetensors", "rich", "matplotlib"}}
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name.split(".")[0])
+sys.meta_path.insert(0, NotInstalled())
+from lmforge.cli import main
+assert main(["generate", "--model", {run_result["model_dir"]!r}, "--prompt", "Why", "--max-new-tokens", "5",
+             "--json"]) == 0
+print("RUN", main(["run", "--set", "train.max_steps=1"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert json.loads(lines[0])["prompt"] == "Why"
+    assert lines[-1] == "RUN 2"
+    assert 'pip install "lmforge[pipeline]"' in out.stderr and "needs prefect" in out.stderr
