@@ -29,7 +29,8 @@ def evaluate_model(cfg: Config, meta: dict, trained: dict, run_id: str | None = 
     get_run_logger().info("val loss %.4f  perplexity %.2f  accuracy %.3f", res["loss"], res["perplexity"],
                           res["accuracy"])
     if run_id:
-        tracking.log_metrics(run_id, metrics)
+        # at the last training step, so MLflow's latest val_loss is this full-split figure, not a training estimate
+        tracking.log_metrics(run_id, metrics, trained["steps"])
         if trained["history"]:
             plot = plot_losses(trained["history"], Path(trained["ckpt_dir"]) / "loss.png")
             tracking.log_artifact(run_id, plot, "plots")
