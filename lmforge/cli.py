@@ -214,6 +214,7 @@ PIPELINE_MODULES = {"torch", "prefect", "mlflow", "onnx", "pandas", "pyjokes", "
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lmforge").setLevel(logging.INFO)  # progress lines, downloads, <unk> notices
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
