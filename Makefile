@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmforge-installed
+PYTEST_ARGS ?= -q
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: run test install clean
@@ -20,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/lmforge run $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts/runs artifacts/prepared artifacts/cache artifacts/mlflow.db
