@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lmforge.atomic import write_json_atomic
 from lmforge.config import Config, ModelConfig, TrainConfig
-from lmforge.data.shards import open_shard, write_json_atomic
+from lmforge.data.shards import open_shard
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model
 

@@ -7,11 +7,11 @@ import datetime
 import html
 import io
 import json
-import os
 import tempfile
 from pathlib import Path
 
 from lmforge import tracking
+from lmforge.atomic import write_text_atomic
 from lmforge.errors import LmforgeError
 
 CURVES = ("train_loss", "val_loss")
@@ -99,9 +99,4 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}pre{{white-space:p
 def write_report(run_id: str, out: Path | None = None) -> Path:
     """Write the report atomically to `out` (default report-<run id>.html in the current directory)."""
     out = Path(out or f"report-{run_id[:12]}.html")
-    page = build_report(run_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, build_report(run_id))

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from conftest import corpus
 from lmforge.config import list_presets, load_config

@@ -3,9 +3,7 @@ strings, EOS, sliding window, sampling errors, threads, provider."""
 import json
 import shutil
 import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -9,6 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
+from lmforge.atomic import write_json_atomic
 from lmforge.errors import LmforgeError
 
 META = "meta.json"
@@ -33,12 +34,6 @@ def split_mask(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
         if is_val.all():
             is_val[rng.integers(n_docs)] = False
     return is_val
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_shards(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.ndarray, out_dir: Path,

@@ -2,9 +2,9 @@
 a directory or an archive. Returns the local path that `formats.read_documents` reads."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from lmforge.atomic import write_text_atomic
 from lmforge.data.archive import extract, is_archive
 from lmforge.data.download import download
 from lmforge.errors import LmforgeError
@@ -25,13 +25,6 @@ def pyjokes_corpus(cache_dir: Path) -> Path:
     if not path.exists():
         write_text_atomic(path, "\n".join(jokes) + "\n")
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def acquire(source: str, cache_dir: Path, sha256: str = "") -> Path:

@@ -3,9 +3,10 @@ tokenizer.json and lmforge.json. This module writes and reads lmforge.json and v
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from lmforge.atomic import write_json_atomic
 
 MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
@@ -102,11 +103,7 @@ def _graphs(graph) -> list:
 
 def write_manifest(directory: Path, manifest: dict) -> Path:
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(directory) / MANIFEST, manifest)
 
 
 def read_model_dir(directory: str | Path) -> ModelDir:
