@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.prepare import prepare_data
 from lmforge.config import load_config
 from lmforge.layout import RunLayout
-from tasks.data import acquire_data, clean_data, tokenize_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
 from tasks.tracking import mark_mlflow_run_failed, publish_summary, register_model, start_tracking
@@ -17,9 +17,7 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
     cfg = load_config(preset, overrides)
     where = RunLayout.for_config(cfg)
     run_id = start_tracking(cfg, where.root.name)
-    corpus = acquire_data(cfg, where.cache)
-    docs = clean_data(corpus, cfg, run_id)
-    meta = tokenize_data(docs, cfg, where.data, run_id)
+    meta = prepare_data(cfg, where, run_id)
     trained = train_model(cfg, meta, where.ckpt, run_id)
     metrics = evaluate_model(cfg, meta, trained, run_id)
     exported = export_model(cfg, meta, trained, metrics, where.model, run_id)

@@ -1,20 +1,36 @@
-"""`lmforge prepare`: acquire -> clean -> tokenize + shard only."""
+"""`lmforge prepare`: acquire -> clean -> tokenize + shard only. With data.parts > 1 cleaning and encoding
+fan out as mapped tasks over the flow's task runner (a DaskTaskRunner from `--dask`, else threads)."""
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, unmapped
 
-from lmforge.config import load_config
+from lmforge.config import Config, load_config
 from lmforge.layout import RunLayout
-from tasks.data import acquire_data, clean_data, tokenize_data
+from tasks.data import (acquire_data, clean_data, clean_data_part, encode_data_part, join_data_shards,
+                        merge_cleaned_parts, plan_data_parts, tokenize_data, train_data_tokenizer)
+
+
+def prepare_data(cfg: Config, where: RunLayout, run_id: str | None = None) -> dict:
+    """The data tasks of a flow, in parts when data.parts > 1; returns the prepared data's meta."""
+    corpus = acquire_data(cfg, where.cache)
+    if cfg.data.parts == 1:
+        return tokenize_data(clean_data(corpus, cfg, run_id), cfg, where.data, run_id)
+    plan = plan_data_parts(corpus, cfg, run_id)
+    if "cached_meta" in plan:
+        return tokenize_data(plan, cfg, where.data, run_id)
+    parts = clean_data_part.map(unmapped(corpus), unmapped(cfg), unmapped(where.data), plan["parts"],
+                                range(len(plan["parts"])))
+    cleaned = merge_cleaned_parts(parts, cfg, where.data, corpus, plan["fingerprint"], run_id)
+    runs = train_data_tokenizer(cleaned, cfg, where.data)
+    encoded = encode_data_part.map(unmapped(cleaned), unmapped(cfg), unmapped(where.data), runs, range(len(runs)))
+    return join_data_shards(cleaned, cfg, where.data, encoded, run_id)
 
 
 @flow(name="lmforge-prepare")
 def prepare(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
     cfg = load_config(preset, overrides)
-    where = RunLayout.for_config(cfg)
-    docs = clean_data(acquire_data(cfg, where.cache), cfg)
-    meta = tokenize_data(docs, cfg, where.data)
+    meta = prepare_data(cfg, RunLayout.for_config(cfg))
     return {"documents": meta["documents"], "chars": meta["chars"], "vocab_size": meta["vocab_size"],
             "train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
             "shards": [f"{meta['dir']}/train.bin", f"{meta['dir']}/val.bin"], "dir": meta["dir"],
-            "cached": meta.get("cached", False)}
+            "cached": meta.get("cached", False), "ran_on": meta.get("ran_on", [])}

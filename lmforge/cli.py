@@ -52,27 +52,60 @@ def _emit(result: dict, as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
-def cmd_run(args) -> int:
-    _prefect_env()
+DASK_PARTS = 8  # data.parts under --dask unless set
+
+
+def dask_task_runner(spec: str):
+    """--dask local:N (a local cluster of N worker processes) or tcp://HOST:PORT (a running scheduler)."""
+    from prefect_dask import DaskTaskRunner
+
+    if spec.startswith("local:") and spec[6:].isdigit() and int(spec[6:]) > 0:
+        return DaskTaskRunner(cluster_kwargs={"n_workers": int(spec[6:]), "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    if spec.startswith(("tcp://", "tls://")):
+        return DaskTaskRunner(address=spec)
+    raise LmforgeError(f"--dask {spec!r} is neither local:N nor a scheduler address",
+                       hint="--dask local:2, or --dask tcp://HOST:8786 for a running `dask scheduler`")
+
+
+def _flow_call(flow, args) -> dict:
+    """Validate the config before starting Prefect, then run the flow (on Dask workers with --dask)."""
     from lmforge.config import load_config
 
     overrides = _overrides(args.set)
-    load_config(args.preset, overrides)  # validate before starting Prefect
+    if args.dask:
+        overrides.setdefault("data.parts", str(DASK_PARTS))
+    load_config(args.preset, overrides)
+    if not args.dask:
+        return flow(preset=args.preset or "jokes-char", overrides=overrides)
+    flow = flow.with_options(task_runner=dask_task_runner(args.dask))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return flow(preset=args.preset or "jokes-char", overrides=overrides)
+    # No server configured: start Prefect's temporary one now and name it in the settings the Dask workers
+    # receive, else each worker starts a temporary server of its own and its task runs are lost with it.
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        return flow(preset=args.preset or "jokes-char", overrides=overrides)
+
+
+def cmd_run(args) -> int:
+    _prefect_env()
     from flows.pipeline import pipeline
 
-    _emit(pipeline(preset=args.preset or "jokes-char", overrides=overrides), args.json)
+    _emit(_flow_call(pipeline, args), args.json)
     return 0
 
 
 def cmd_prepare(args) -> int:
     _prefect_env()
-    from lmforge.config import load_config
-
-    overrides = _overrides(args.set)
-    load_config(args.preset, overrides)
     from flows.prepare import prepare
 
-    _emit(prepare(preset=args.preset or "jokes-char", overrides=overrides), args.json)
+    _emit(_flow_call(prepare, args), args.json)
     return 0
 
 
@@ -175,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preset", help="preset name (`lmforge presets`) or a .toml path; default jokes-char")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         sp.add_argument("--json", action="store_true", help="print the result as one JSON line")
+        sp.add_argument("--dask", metavar="local:N|tcp://HOST:PORT",
+                        help=f"clean and encode data in parts on Dask workers (data.parts defaults to {DASK_PARTS})")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
     g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS")
@@ -209,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PIPELINE_MODULES = {"torch", "prefect", "mlflow", "onnx", "pandas", "pyjokes", "safetensors", "rich", "matplotlib"}
+PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes", "safetensors", "rich", "matplotlib"}
 
 
 def main(argv: list[str] | None = None) -> int:

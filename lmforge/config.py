@@ -29,6 +29,7 @@ class DataConfig:
     val_fraction: float = 0.1
     seed: int = 1337
     max_documents: int = 0           # 0 = all
+    parts: int = 1                   # > 1: clean and encode in parts, fanned out over the flow's task runner
 
 
 @dataclass
@@ -223,7 +224,7 @@ def _apply(cfg: Config, key: str, value: object) -> None:
 
 
 def _check(cfg: Config) -> None:
-    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size", "train.max_steps", "train.batch_size", "train.nproc",
+    positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size", "train.max_steps", "train.batch_size", "train.nproc",
                 "train.grad_accum", "train.eval_interval", "train.eval_iters", "eval.max_new_tokens"]
     flat = cfg.flat()
     for key in positive:

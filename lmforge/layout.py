@@ -14,7 +14,9 @@ from lmforge.config import Config
 
 
 def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
+    """Short hash of what the config makes; data.parts only says how preparation is spread, not what it makes."""
     d = cfg.to_dict()
+    d["data"].pop("parts")
     if sections:
         d = {k: d[k] for k in sections}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

@@ -69,6 +69,22 @@ def lowercase(docs: list[str]) -> list[str]:
     return [d.lower() for d in docs]
 
 
+def make_dedupe() -> Callable[[list[str]], list[str]]:
+    """A filter that drops every document seen before by this filter (exact match)."""
+    seen: set[int] = set()  # 64-bit hashes of the documents kept so far: ~70 bytes per unique document
+
+    def dedupe(docs: list[str]) -> list[str]:
+        hashes = pd.util.hash_array(np.array(docs, dtype=object)).tolist() if docs else []
+        keep = []
+        for d, h in zip(docs, hashes):
+            if h not in seen:
+                seen.add(h)
+                keep.append(d)
+        return keep
+
+    return dedupe
+
+
 def build_steps(cfg: CleanConfig) -> list[tuple[str, Callable[[list[str]], list[str]]]]:
     steps: list[tuple[str, Callable[[list[str]], list[str]]]] = []
     if cfg.strip_html:
@@ -86,18 +102,7 @@ def build_steps(cfg: CleanConfig) -> list[tuple[str, Callable[[list[str]], list[
     if cfg.max_chars:
         steps.append(("drop_long", lambda docs: [d for d in docs if len(d) <= cfg.max_chars]))
     if cfg.dedupe:
-        seen: set[int] = set()  # 64-bit hashes of the documents kept so far: ~70 bytes per unique document
-
-        def dedupe(docs: list[str]) -> list[str]:
-            hashes = pd.util.hash_array(np.array(docs, dtype=object)).tolist() if docs else []
-            keep = []
-            for d, h in zip(docs, hashes):
-                if h not in seen:
-                    seen.add(h)
-                    keep.append(d)
-            return keep
-
-        steps.append(("dedupe", dedupe))
+        steps.append(("dedupe", make_dedupe()))
     return steps
 
 

@@ -126,8 +126,17 @@ def _check_column(path: Path, fmt: str, column: str, df: pd.DataFrame) -> None:
         raise LmforgeError(f"column {column!r} not found in {path}", hint=hint)
 
 
-def read_imdb_tree(root: Path, errors: str = "strict", batch: int = 1000) -> Iterator[list[str]]:
-    files = sorted(p for p in root.rglob("*.txt") if p.parent.name in ("pos", "neg", "unsup"))
+def source_files(path: Path, fmt: str = "auto") -> list[Path] | None:
+    """The files a directory source is read from, in reading order; None for a single file or table."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if not path.is_dir() or fmt in ("csv", "tsv"):
+        return None
+    if fmt == "imdb":
+        return sorted(p for p in path.rglob("*.txt") if p.parent.name in ("pos", "neg", "unsup"))
+    return sorted(path.rglob("*.txt"))
+
+
+def read_imdb_files(files: list[Path], errors: str = "strict", batch: int = 1000) -> Iterator[list[str]]:
     for i in range(0, len(files), batch):
         docs = [s for s in (read_text(p, errors).strip() for p in files[i:i + batch]) if s]
         if docs:
@@ -135,8 +144,9 @@ def read_imdb_tree(root: Path, errors: str = "strict", batch: int = 1000) -> Ite
 
 
 def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "", separator: str = "",
-                 errors: str = "strict") -> Iterator[list[str]]:
-    """Batches of documents (non-empty, stripped strings) from a local file or directory, read lazily."""
+                 errors: str = "strict", files: list[Path] | None = None) -> Iterator[list[str]]:
+    """Batches of documents (non-empty, stripped strings) from a local file or directory, read lazily.
+    `files` restricts a directory source to some of its source_files (one part of a fanned-out preparation)."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if column and fmt not in ("csv", "tsv"):
         raise LmforgeError(f"data.column={column!r} is set but {path} is read as {fmt}, not as a table",
@@ -146,9 +156,9 @@ def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: st
             raise LmforgeError(f"{path} is a directory, not a {fmt.upper()} file", hint="point data.source at the file")
         yield from read_table(path, fmt, column, row_filter, errors)
     elif fmt == "imdb":
-        yield from read_imdb_tree(path, errors)
+        yield from read_imdb_files(source_files(path, fmt) if files is None else files, errors)
     elif path.is_dir():
-        for p in sorted(path.rglob("*.txt")):
+        for p in source_files(path, fmt) if files is None else files:
             yield from split_text(iter_text_chunks(p, errors), fmt, separator)
     else:
         yield from split_text(iter_text_chunks(path, errors), fmt, separator)

@@ -4,7 +4,8 @@
 3. train the tokenizer on the train documents read back from the spill file;
 4. encode batch by batch and append to the shards; delete the spill file.
 Memory holds one batch (~1 MB of text) at a time, plus the dedupe hashes and the split mask.
-A directory whose meta.json records the same source fingerprint is reused instead of recomputed."""
+A directory whose meta.json records the same source fingerprint is reused instead of recomputed.
+partition.py runs the same steps in parts (data.parts > 1) and writes the same bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from lmforge.config import Config
 from lmforge.data.clean import clean_batches
@@ -62,38 +64,72 @@ def limit_documents(batches: Iterable[list[str]], limit: int) -> Iterator[list[s
         left -= len(docs)
 
 
-def clean_to_spill(path: Path, cfg: Config, out_dir: Path) -> dict:
-    """Read and clean the corpus into out_dir/.cleaned.<pid>.jsonl (one JSON list of documents per line); returns its summary (documents, chars, hash, report)."""
+class SpillWriter:
+    """Cleaned documents to a spill file, one JSON list per line (ASCII escapes keep even lone surrogates
+    intact), counting documents and characters, hashing them in order, and noting where each line starts."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "w", encoding="ascii")
+        self.hash = hashlib.sha256()
+        self.documents = self.chars = 0
+        self.lines: list[tuple[int, int]] = []  # (byte offset, documents) per line
+        self.offset = 0
+
+    def write(self, docs: list[str]) -> None:
+        line = json.dumps(docs) + "\n"
+        self.lines.append((self.offset, len(docs)))
+        self.offset += self.file.write(line)  # ASCII: characters are bytes
+        self.hash.update(("\0".join(docs) + "\0").encode("utf-8", "surrogatepass"))
+        self.documents += len(docs)
+        self.chars += sum(map(len, docs))
+
+    def close(self, report: list[dict]) -> dict:
+        self.file.close()
+        return {"spill": str(self.path), "documents": self.documents, "chars": self.chars,
+                "corpus_sha256": self.hash.hexdigest(), "lines": self.lines, "clean_report": report}
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | None = None,
+                   spill_name: str = ".cleaned") -> dict:
+    """Read and clean the corpus (or only `files` of a directory source) into out_dir/<spill_name>.<pid>.jsonl;
+    returns the SpillWriter summary (spill, documents, chars, corpus_sha256, lines, clean_report)."""
     d = cfg.data
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = iter_batches(Path(path), d.format, d.column, d.filter, d.separator, d.encoding_errors)
+    batches = iter_batches(Path(path), d.format, d.column, d.filter, d.separator, d.encoding_errors, files)
     if d.max_documents:
         batches = limit_documents(batches, d.max_documents)
     report: list[dict] = []
-    h = hashlib.sha256()
-    n_docs = n_chars = 0
-    spill = out_dir / f".cleaned.{os.getpid()}.jsonl"  # per process: two runs of one config never share it
+    spill = SpillWriter(out_dir / f"{spill_name}.{os.getpid()}.jsonl")  # per process: runs never share it
     try:
-        with open(spill, "w", encoding="ascii") as f:
-            for docs in clean_batches(batches, cfg.clean, report):
-                f.write(json.dumps(docs) + "\n")  # ASCII escapes keep even lone surrogates intact
-                h.update(("\0".join(docs) + "\0").encode("utf-8", "surrogatepass"))
-                n_docs += len(docs)
-                n_chars += sum(map(len, docs))
+        for docs in clean_batches(batches, cfg.clean, report):
+            spill.write(docs)
     except BaseException:
-        spill.unlink(missing_ok=True)
+        spill.discard()
         raise
-    if not n_docs:
-        spill.unlink()
+    return spill.close(report)
+
+
+def require_documents(cleaned: dict, path: Path) -> dict:
+    if not cleaned["documents"]:
+        Path(cleaned["spill"]).unlink(missing_ok=True)
         raise LmforgeError(f"no documents left in {path} after reading and cleaning",
                            hint="check data.format / data.column / data.filter and clean.min_chars")
-    return {"spill": str(spill), "documents": n_docs, "chars": n_chars, "corpus_sha256": h.hexdigest(),
-            "clean_report": report}
+    return cleaned
 
 
-def read_spill(spill: Path) -> Iterator[list[str]]:
+def read_spill(spill: Path, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
+    """The batches of a spill file, or those on the lines starting at byte offsets start..stop-1."""
     with open(spill, encoding="ascii") as f:
-        for line in f:
+        f.seek(start)
+        while stop is None or f.tell() < stop:
+            line = f.readline()
+            if not line:
+                return
             yield json.loads(line)
 
 
@@ -106,33 +142,44 @@ def split_documents(batches: Iterable[list[str]], is_val: np.ndarray, want_val: 
         first += len(docs)
 
 
+def train_tokenizer(cleaned: dict, cfg: Config, out_dir: Path) -> Tokenizer:
+    """Train the configured tokenizer on the train documents of the spill file; write out_dir/tokenizer.json.
+    Removes meta.json first: the directory is incomplete until the new one lands."""
+    (out_dir / META).unlink(missing_ok=True)
+    is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
+    t = cfg.tokenizer
+    tok = build_tokenizer(t.kind, split_documents(read_spill(Path(cleaned["spill"])), is_val, False),
+                          vocab_size=t.vocab_size, min_frequency=t.min_frequency, path=t.path)
+    tmp = out_dir / f".tokenizer.json.{os.getpid()}.tmp"
+    tok.save(str(tmp))
+    os.replace(tmp, out_dir / "tokenizer.json")
+    return tok
+
+
+def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int) -> dict:
+    """What meta.json records beside the shard counts."""
+    return {"tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
+            "special_ids": special_ids(tok), "documents": cleaned["documents"], "chars": cleaned["chars"],
+            "val_chars": val_chars, "corpus_sha256": cleaned["corpus_sha256"], "source": cfg.data.source,
+            "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
+            "clean_report": cleaned["clean_report"]}
+
+
 def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: str = "",
                        timings: dict | None = None) -> dict:
-    """Train the configured tokenizer on the train documents of the spill file, write it and the shards.
+    """Train the tokenizer on the spill file's train documents, write it and the shards; delete the spill.
     `timings`, when given, receives the seconds spent training the tokenizer and encoding + sharding."""
     timings = {} if timings is None else timings
-    start = time.perf_counter()
     spill = Path(cleaned["spill"])
-    (out_dir / META).unlink(missing_ok=True)  # the directory is incomplete until the new meta.json lands
     try:
-        is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
-        t = cfg.tokenizer
-        tok = build_tokenizer(t.kind, split_documents(read_spill(spill), is_val, False), vocab_size=t.vocab_size,
-                              min_frequency=t.min_frequency, path=t.path)
-        tmp = out_dir / f".tokenizer.json.{os.getpid()}.tmp"
-        tok.save(str(tmp))
-        os.replace(tmp, out_dir / "tokenizer.json")
+        start = time.perf_counter()
+        tok = train_tokenizer(cleaned, cfg, out_dir)
         timings["train_tokenizer_s"] = time.perf_counter() - start
         start = time.perf_counter()
+        is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
         val_chars = sum(len(d) for d in split_documents(read_spill(spill), is_val, True))
         meta = write_shards(encode_batches(tok, read_spill(spill)), is_val, out_dir, tok.get_vocab_size(),
-                            extra_meta={
-                                "tokenizer": {"kind": t.kind, "file": "tokenizer.json"},
-                                "special_ids": special_ids(tok), "documents": cleaned["documents"],
-                                "chars": cleaned["chars"], "val_chars": val_chars,
-                                "corpus_sha256": cleaned["corpus_sha256"], "source": cfg.data.source,
-                                "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
-                                "clean_report": cleaned["clean_report"]})
+                            extra_meta=shard_meta(cleaned, cfg, tok, fingerprint, val_chars))
     finally:
         spill.unlink(missing_ok=True)
     timings["encode_shard_s"] = time.perf_counter() - start
@@ -156,7 +203,7 @@ def prepare_corpus(path: Path, cfg: Config, out_dir: Path, timings: dict | None 
     meta = cached_meta(out_dir, fingerprint)
     if meta is None:
         start = time.perf_counter()
-        cleaned = clean_to_spill(path, cfg, out_dir)
+        cleaned = require_documents(clean_to_spill(path, cfg, out_dir), path)
         timings["read_clean_s"] = time.perf_counter() - start
         meta = tokenize_and_shard(cleaned, cfg, out_dir, fingerprint, timings)
     return meta

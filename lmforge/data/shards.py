@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -13,6 +14,7 @@ from lmforge.atomic import write_json_atomic
 from lmforge.errors import LmforgeError
 
 META = "meta.json"
+SPLITS = ("train", "val")
 
 
 def shard_dtype(vocab_size: int) -> np.dtype:
@@ -40,12 +42,18 @@ def write_shards(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.nd
                  vocab_size: int, extra_meta: dict | None = None) -> dict:
     """Stream batches of (token ids, ids per document) into out_dir/{train,val}.bin, routing each document by
     is_val[document index]; returns the meta written to meta.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = shard_dtype(vocab_size)
-    names = ("train", "val")
-    tmp = {n: out_dir / f".{n}.bin.{os.getpid()}.tmp" for n in names}
-    counts = {n: {"tokens": 0, "documents": 0} for n in names}
-    files = {n: open(tmp[n], "wb") for n in names}
+    counts = write_split_files(encoded, is_val, {n: out_dir / f"{n}.bin" for n in SPLITS}, shard_dtype(vocab_size))
+    return write_meta(out_dir, vocab_size, counts, extra_meta)
+
+
+def write_split_files(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.ndarray,
+                      paths: dict[str, Path], dtype: np.dtype) -> dict:
+    """The routing of write_shards into the files paths["train"] and paths["val"] (each written to a temp
+    file, then renamed); returns {split: {"tokens", "documents"}}."""
+    Path(paths["train"]).parent.mkdir(parents=True, exist_ok=True)
+    tmp = {n: Path(paths[n]).with_name(f".{Path(paths[n]).name}.{os.getpid()}.tmp") for n in SPLITS}
+    counts = {n: {"tokens": 0, "documents": 0} for n in SPLITS}
+    files = {n: open(tmp[n], "wb") for n in SPLITS}
     first_doc = 0
     try:
         for ids, lens in encoded:
@@ -62,15 +70,45 @@ def write_shards(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.nd
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        for n in names:
+        for n in SPLITS:
             files[n].close()
             tmp[n].unlink(missing_ok=True)
         raise
-    for n in names:
+    for n in SPLITS:
         files[n].close()
-        os.replace(tmp[n], out_dir / f"{n}.bin")
-    meta = {"vocab_size": vocab_size, "dtype": dtype.name,
-            **{n: {"path": f"{n}.bin", **counts[n]} for n in names}, **(extra_meta or {})}
+        os.replace(tmp[n], paths[n])
+    return counts
+
+
+def concat_split_files(parts: list[dict], out_dir: Path, vocab_size: int,
+                       extra_meta: dict | None = None) -> dict:
+    """Join parts ({"train": path, "val": path, "counts": what write_split_files returned}), in order, into out_dir/{train,val}.bin (the same bytes
+    write_shards writes for the whole stream); deletes the parts; returns the meta written to meta.json."""
+    counts = {n: {"tokens": 0, "documents": 0} for n in SPLITS}
+    for n in SPLITS:
+        tmp = out_dir / f".{n}.bin.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as out:
+                for part in parts:
+                    with open(part[n], "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+                    counts[n]["tokens"] += part["counts"][n]["tokens"]
+                    counts[n]["documents"] += part["counts"][n]["documents"]
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, out_dir / f"{n}.bin")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    for part in parts:
+        for n in SPLITS:
+            Path(part[n]).unlink(missing_ok=True)
+    return write_meta(out_dir, vocab_size, counts, extra_meta)
+
+
+def write_meta(out_dir: Path, vocab_size: int, counts: dict, extra_meta: dict | None = None) -> dict:
+    meta = {"vocab_size": vocab_size, "dtype": shard_dtype(vocab_size).name,
+            **{n: {"path": f"{n}.bin", **counts[n]} for n in SPLITS}, **(extra_meta or {})}
     write_json_atomic(out_dir / META, meta)
     return meta
 
