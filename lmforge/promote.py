@@ -1,6 +1,6 @@
 """Promotion: score the registry's `candidate` and `champion` versions on the SAME held-out tokens (the
 candidate's val shard) through onnxruntime, and move `champion` only when the candidate is better by a margin.
-Also the onnxruntime val loss the register task uses for the int8-vs-fp32 delta."""
+Also the onnxruntime val loss of each exported variant beside fp32's, which the export task records."""
 from __future__ import annotations
 
 import hashlib
@@ -45,6 +45,26 @@ def onnx_val_loss(model_dir: str | Path, data: np.ndarray, block_size: int | Non
         total += float((logsumexp - np.take_along_axis(logits, y[..., None], -1)[..., 0]).sum())
         count += y.size
     return total / count
+
+
+DELTA_VARIANTS = ("int8", "fp16", "optimized")  # portable graphs onnx_val_loss can score beside fp32
+
+
+def variant_val_loss_deltas(model_dir: Path, val: np.ndarray, max_windows: int = 32) -> dict[str, float]:
+    """fp32's val loss and each exported variant's val loss minus it, all through onnxruntime on the same
+    windows of `val`; also written into the directory's lmforge.json `metrics`. {} when there is no variant."""
+    from lmforge.runtime.modeldir import read_model_dir, write_manifest
+
+    md = read_model_dir(model_dir)
+    variants = [v for v in DELTA_VARIANTS if v in md.variants()]
+    if not variants:
+        return {}
+    fp32 = onnx_val_loss(model_dir, val, max_windows=max_windows)
+    scores = {"onnx_fp32_val_loss": fp32,
+              **{f"{v}_val_loss_delta": onnx_val_loss(model_dir, val, max_windows=max_windows, variant=v) - fp32
+                 for v in variants}}
+    write_manifest(model_dir, {**md.manifest, "metrics": {**md.manifest.get("metrics", {}), **scores}})
+    return scores
 
 
 def _sha256(path: Path) -> str:

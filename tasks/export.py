@@ -1,5 +1,5 @@
 """Export task: the best checkpoint -> the exported model directory (ONNX + int8, tokenizer, lmforge.json),
-with the torch/onnxruntime parity error logged; then samples generated through that directory."""
+with the torch/onnxruntime parity error and each variant's val loss beside fp32's logged; then samples generated through that directory."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,9 @@ from prefect import get_run_logger, task
 from lmforge import tracking
 from lmforge.config import Config
 from lmforge.export import export_model_dir
+from lmforge.data.shards import open_shard
 from lmforge.models import build_model, model_spec
+from lmforge.promote import variant_val_loss_deltas
 from lmforge.runtime import Generator
 from lmforge.train import Checkpoints
 
@@ -34,6 +36,7 @@ def export_model(cfg: Config, meta: dict, trained: dict, metrics: dict, out_dir:
     model_dir, export_metrics = export_model_dir(model, model_spec(model), Path(meta["dir"]) / "tokenizer.json",
                                                  out_dir, manifest, e.opset, e.int8, e.parity_tolerance,
                                                  e.optimize, e.fp16)
+    export_metrics.update(variant_val_loss_deltas(model_dir, open_shard(Path(meta["dir"]), "val")))
     get_run_logger().info("exported %s (parity %.2e)", model_dir, export_metrics["onnx_parity_max_abs"])
     if run_id:
         tracking.log_metrics(run_id, export_metrics)

@@ -9,9 +9,6 @@ from prefect.runtime import flow_run
 
 from lmforge import tracking
 from lmforge.config import Config
-from lmforge.data.shards import open_shard
-from lmforge.promote import onnx_val_loss
-from lmforge.runtime.modeldir import read_model_dir, write_manifest
 from tasks.promote import artifact_key
 
 
@@ -35,7 +32,7 @@ def register_model(cfg: Config, run_id: str, exported: dict, meta: dict, metrics
             "git_commit": tracking.git_commit(), "val_loss": f"{metrics['val_loss']:.4f}",
             "onnx_parity_max_abs": f"{exported['onnx_parity_max_abs']:.3e}",
             "onnx_fp32_bytes": exported["onnx_fp32_bytes"], "prepared_dir": meta["dir"],
-            **quantisation_delta(exported, meta, run_id)}
+            **{k: f"{v:+.4f}" for k, v in exported.items() if k.endswith("_val_loss_delta")}}
     if "onnx_int8_bytes" in exported:
         tags["onnx_int8_bytes"] = exported["onnx_int8_bytes"]
     version = tracking.register_model(run_id, Path(exported["model_dir"]), cfg.name, tags,
@@ -43,28 +40,6 @@ def register_model(cfg: Config, run_id: str, exported: dict, meta: dict, metrics
     tracking.end_run(run_id)
     get_run_logger().info("registered %s version %s (alias candidate)", cfg.name, version)
     return version
-
-
-DELTA_VARIANTS = ("int8", "fp16", "optimized")  # portable graphs onnx_val_loss can score beside fp32
-
-
-def quantisation_delta(exported: dict, meta: dict, run_id: str, max_windows: int = 32) -> dict:
-    """Each exported variant's mean val loss minus fp32's, all through onnxruntime on the same few val windows:
-    logged to MLflow, written into lmforge.json `metrics` (before the directory is registered) and returned as
-    tags."""
-    model_dir = Path(exported["model_dir"])
-    md = read_model_dir(model_dir)
-    variants = [v for v in DELTA_VARIANTS if v in md.variants()]
-    if not variants:
-        return {}
-    val = open_shard(Path(meta["dir"]), "val")
-    fp32 = onnx_val_loss(model_dir, val, max_windows=max_windows)
-    deltas = {f"{v}_val_loss_delta": onnx_val_loss(model_dir, val, max_windows=max_windows, variant=v) - fp32
-              for v in variants}
-    tracking.log_metrics(run_id, {"onnx_fp32_val_loss": fp32, **deltas})
-    write_manifest(model_dir, {**md.manifest, "metrics": {**md.manifest.get("metrics", {}),
-                                                          "onnx_fp32_val_loss": fp32, **deltas}})
-    return {k: f"{d:+.4f}" for k, d in deltas.items()}
 
 
 @task(name="summary")

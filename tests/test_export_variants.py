@@ -9,14 +9,12 @@ import onnx
 import pytest
 
 from conftest import tiny_random_gpt
-from lmforge import tracking
-from lmforge.data.shards import write_shards
+from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.models import model_spec
-from lmforge.promote import prefill_feeds
+from lmforge.promote import prefill_feeds, variant_val_loss_deltas
 from lmforge.runtime import Generator
-from tasks.tracking import quantisation_delta
 
 TEXT = "why did the chicken cross the road? to get to the other side! " * 4
 MANIFEST = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
@@ -81,18 +79,16 @@ def test_fp16_is_valid_keeps_fp32_io_and_runs_close_on_cpu(all_variants):
                                                                                      temperature=0)[:5]
 
 
-def test_val_loss_deltas_in_manifest_and_mlflow(tiny, all_variants, tmp_path):
+def test_val_loss_deltas_in_manifest(tiny, all_variants, tmp_path):
     _, _, tok = tiny
     ids = np.array(tok.encode(TEXT * 3).ids)
     write_shards([(ids, np.array([ids.size]))], np.array([True]), tmp_path / "prepared", tok.get_vocab_size())
     model_dir = shutil.copytree(all_variants, tmp_path / "model")
-    run_id = tracking.start_run("lmforge-test-variants", "deltas", {})
-    tags = quantisation_delta({"model_dir": str(model_dir)}, {"dir": str(tmp_path / "prepared")}, run_id)
+    scores = variant_val_loss_deltas(model_dir, open_shard(tmp_path / "prepared", "val"))
     metrics = json.loads((model_dir / "lmforge.json").read_text())["metrics"]
-    logged = tracking.client().get_run(run_id).data.metrics
     assert metrics["val_loss"] == 1.0  # the training metrics are kept
     for key in ("int8_val_loss_delta", "fp16_val_loss_delta", "optimized_val_loss_delta"):
-        assert key in tags and metrics[key] == pytest.approx(logged[key])
+        assert metrics[key] == scores[key]
     assert abs(metrics["optimized_val_loss_delta"]) < 1e-4  # the same arithmetic, rearranged
     assert abs(metrics["fp16_val_loss_delta"]) < 0.05 and metrics["int8_val_loss_delta"] != 0.0
     assert metrics["onnx_fp32_val_loss"] > 0
