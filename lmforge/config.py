@@ -23,6 +23,7 @@ class DataConfig:
     format: str = "auto"             # auto | text | lines | csv | tsv | imdb
     column: str = ""                 # text column for csv/tsv
     filter: str = ""                 # pandas query on csv/tsv rows, e.g. Country == "lebanon"
+    val_filter: str = ""             # pandas query: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
     sha256: str = ""                 # expected digest of a downloaded file
     encoding_errors: str = "strict"  # strict (error names file and offset) | replace

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from lmforge import tracking
 from lmforge.config import Config
 from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_encode, plan_parts
-from lmforge.data.prepare import (cached_meta, check_fits_context, clean_to_spill, require_documents, source_fingerprint,
+from lmforge.data.prepare import (cached_meta, check_fits_context, clean_to_spill, finish_cleaning, source_fingerprint,
                                   tokenize_and_shard, train_tokenizer)
 from lmforge.data.sources import acquire
 from lmforge.layout import RunLayout
@@ -71,7 +71,7 @@ def clean_data(path: Path, cfg: Config, run_id: str | None = None) -> dict:
     cleaned, fingerprint = _reuse_prepared(path, cfg)
     if cleaned is None:
         out_dir = RunLayout.for_config(cfg).data
-        cleaned = {**require_documents(clean_to_spill(path, cfg, out_dir), path), "fingerprint": fingerprint}
+        cleaned = {**finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg), "fingerprint": fingerprint}
     _log_clean(cleaned, run_id)
     return cleaned
 

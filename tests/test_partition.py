@@ -140,3 +140,24 @@ def test_dask_address_that_is_not_one_is_a_one_line_error():
     with contextlib.redirect_stderr(err):
         assert main(["prepare", "--dask", "localhost"]) == 2
     assert err.getvalue().count("\n") == 1 and "--dask local:2" in err.getvalue()
+
+
+def test_a_table_with_val_filter_encoded_in_parts_writes_the_same_bytes(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from lmforge.data import formats
+
+    monkeypatch.setattr(formats, "TABLE_ROWS", 40)  # several spill lines, so several encode runs
+    table = tmp_path / "posts.tsv"
+    jokes = pyjokes.get_jokes(language="en", category="all")
+    pd.DataFrame({"Country": ["A", "B", "C"] * (len(jokes) // 3), "Tweet": jokes[:len(jokes) // 3 * 3]}).to_csv(
+        table, sep="\t", index=False)
+    cfg = load_config("jokes-char", {"data.source": str(table), "data.format": "tsv", "data.column": "Tweet",
+                                     "data.val_filter": 'Country == "B"', "data.val_fraction": "0.3"})
+    whole = prepare_corpus(table, cfg, tmp_path / "whole")
+    parts = prepare_in_parts(table, cfg, tmp_path / "parts", 3)
+    assert parts["groups"] == [None] and len(parts["encoded"]) == 3
+    for name in PREPARED:
+        assert (tmp_path / "parts" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert 0 < whole["val"]["documents"] < len(jokes) // 3
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == sorted(PREPARED)

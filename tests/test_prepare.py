@@ -14,6 +14,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from tokenizers import Tokenizer
 
@@ -23,6 +24,7 @@ from lmforge.config import load_config
 from lmforge.data import formats
 from lmforge.data.prepare import prepare_corpus
 from lmforge.data.shards import open_shard, read_meta
+from lmforge.errors import LmforgeError
 
 
 def cli_prepare(overrides: dict) -> dict:
@@ -153,3 +155,28 @@ def test_prepare_errors_are_one_line_with_hint(prefect_server, tmp_path):
     assert "column 'joke' not found" in err and "ID, Joke" in err
     err = cli_error(["--set", f"data.source={corpus('onelinefun.csv')}", "--set", "data.column=Joke"])
     assert "is read as lines, not as a table" in err and "data.format=csv" in err
+
+
+def test_val_filter_draws_val_only_from_matching_rows(tmp_path):
+    table = tmp_path / "posts.csv"
+    pd.DataFrame({"Country": ["A" if i % 3 == 0 else "B" for i in range(300)],
+                  "Text": [f"{'alpha' if i % 3 == 0 else 'beta'} post number {i}" for i in range(300)]}).to_csv(table, index=False)
+    base = {"data.source": str(table), "data.format": "csv", "data.column": "Text", "data.val_fraction": "0.3"}
+    cfg = load_config("jokes-char", {**base, "data.val_filter": 'Country == "A"'})
+    meta = prepare_corpus(table, cfg, tmp_path / "out")
+    tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    val = tok.decode(open_shard(tmp_path / "out", "val").tolist())
+    train = tok.decode(open_shard(tmp_path / "out", "train").tolist())
+    assert "beta" not in val and val.count("alpha") == meta["val"]["documents"]
+    assert 15 <= meta["val"]["documents"] <= 45  # ~30% of the 100 A rows
+    assert train.count("beta") == 200 and train.count("alpha") == 100 - meta["val"]["documents"]
+    assert meta["val_filter"] == 'Country == "A"' and not list((tmp_path / "out").glob(".*"))
+
+    with pytest.raises(LmforgeError, match="matches data.val_filter"):
+        prepare_corpus(table, load_config("jokes-char", {**base, "data.val_filter": 'Country == "C"'}), tmp_path / "none")
+    text = tmp_path / "plain.txt"
+    text.write_text("one\n\ntwo\n\nthree\n")
+    with pytest.raises(LmforgeError, match="not read as a table"):
+        prepare_corpus(text, load_config("jokes-char", {"data.source": str(text), "data.val_filter": "x == 1"}),
+                       tmp_path / "text")
+    assert not list((tmp_path / "none").glob(".*")) and not list((tmp_path / "text").glob(".*"))

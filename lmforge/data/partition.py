@@ -19,9 +19,9 @@ import numpy as np
 from lmforge.config import Config
 from lmforge.data.clean import make_dedupe
 from lmforge.data.formats import source_files
-from lmforge.data.prepare import (SpillWriter, clean_to_spill, read_spill, require_documents, shard_meta,
-                                  split_documents)
-from lmforge.data.shards import concat_split_files, shard_dtype, split_mask, write_split_files
+from lmforge.data.prepare import (SpillWriter, clean_to_spill, document_split, finish_cleaning, read_spill,
+                                  remove_spill, shard_meta, split_documents)
+from lmforge.data.shards import concat_split_files, shard_dtype, write_split_files
 from lmforge.data.tokenize import encode_batches, load_tokenizer
 
 
@@ -70,7 +70,7 @@ def merge_cleaned(parts: list[dict], cfg: Config, out_dir: Path, path: Path) -> 
               for i, row in enumerate(parts[0]["clean_report"])]
     if dedupe:
         report.append({**dedupe_row, "docs": spill.documents, "chars": spill.chars})
-    return require_documents(spill.close(report), path)
+    return finish_cleaning(spill.close(report), path, cfg)
 
 
 def plan_encode(cleaned: dict, n_parts: int) -> list[dict]:
@@ -90,7 +90,7 @@ def encode_part(cleaned: dict, cfg: Config, out_dir: Path, run: dict, index: int
     """Encode one run of spill lines with out_dir/tokenizer.json into part shards, routing each document by
     its place in the whole corpus's train/val draw; returns the part files, their counts and val characters."""
     tok = load_tokenizer(out_dir / "tokenizer.json")
-    is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)[run["first_doc"]:]
+    is_val = document_split(cleaned, cfg)[run["first_doc"]:]
     batches = lambda: read_spill(Path(cleaned["spill"]), run["start"], run["stop"])  # noqa: E731
     paths = {n: out_dir / f".part-{index:04d}.{n}.bin" for n in ("train", "val")}
     counts = write_split_files(encode_batches(tok, batches()), is_val, paths, shard_dtype(tok.get_vocab_size()))
@@ -105,5 +105,5 @@ def join_shards(cleaned: dict, cfg: Config, out_dir: Path, parts: list[dict], fi
         meta = concat_split_files(parts, out_dir, tok.get_vocab_size(),
                                   shard_meta(cleaned, cfg, tok, fingerprint, sum(p["val_chars"] for p in parts)))
     finally:
-        Path(cleaned["spill"]).unlink(missing_ok=True)
+        remove_spill(cleaned)
     return {**meta, "dir": str(out_dir), "cached": False}

@@ -8,6 +8,7 @@ A directory whose meta.json records the same source fingerprint is reused instea
 partition.py runs the same steps in parts (data.parts > 1) and writes the same bytes."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 from tokenizers import Tokenizer
 
 from lmforge.config import Config
 from lmforge.data.clean import clean_batches
-from lmforge.data.formats import iter_batches
+from lmforge.data.formats import detect_format, iter_batches
 from lmforge.data.shards import META, split_mask, write_shards
 from lmforge.data.tokenize import build_tokenizer, encode_batches, special_ids
 from lmforge.errors import LmforgeError
@@ -114,12 +116,54 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | N
     return spill.close(report)
 
 
-def require_documents(cleaned: dict, path: Path) -> dict:
+def finish_cleaning(cleaned: dict, path: Path, cfg: Config) -> dict:
+    """Check that documents are left; with data.val_filter, mark which of them may be drawn into val (a
+    boolean per document in <spill>.val-ok.npy): those a row matching the filter also cleans to."""
     if not cleaned["documents"]:
-        Path(cleaned["spill"]).unlink(missing_ok=True)
+        remove_spill(cleaned)
         raise LmforgeError(f"no documents left in {path} after reading and cleaning",
                            hint="check data.format / data.column / data.filter and clean.min_chars")
-    return cleaned
+    if not cfg.data.val_filter:
+        return cleaned
+    try:
+        d = cfg.data
+        if (detect_format(Path(path)) if d.format == "auto" else d.format) not in ("csv", "tsv"):
+            raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
+                               hint="--set data.format=csv (or tsv), or --set data.val_filter=")
+        rows = f"({d.filter}) and ({d.val_filter})" if d.filter else d.val_filter
+        no_dedupe = dataclasses.replace(cfg.clean, dedupe=False)
+        eligible = set()
+        for docs in clean_batches(iter_batches(Path(path), d.format, d.column, rows, d.separator,
+                                               d.encoding_errors), no_dedupe, []):
+            eligible.update(pd.util.hash_array(np.array(docs, dtype=object)).tolist())
+        ok = np.concatenate([np.isin(pd.util.hash_array(np.array(docs, dtype=object)),
+                                     np.fromiter(eligible, np.uint64, len(eligible)))
+                             for docs in read_spill(Path(cleaned["spill"]))])
+        if not ok.any():
+            raise LmforgeError(f"no document of {path} matches data.val_filter {d.val_filter!r}",
+                               hint="check the filter against the file's rows, or --set data.val_filter=")
+        mask = Path(cleaned["spill"] + ".val-ok.npy")
+        np.save(mask, ok)
+    except BaseException:
+        remove_spill(cleaned)
+        raise
+    return {**cleaned, "val_ok": str(mask)}
+
+
+def remove_spill(cleaned: dict) -> None:
+    Path(cleaned["spill"]).unlink(missing_ok=True)
+    if cleaned.get("val_ok"):
+        Path(cleaned["val_ok"]).unlink(missing_ok=True)
+
+
+def document_split(cleaned: dict, cfg: Config) -> np.ndarray:
+    """True where a document goes to val: the seeded draw, limited to val-eligible documents (data.val_filter)."""
+    is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
+    if cleaned.get("val_ok"):
+        is_val &= np.load(cleaned["val_ok"])
+        if not is_val.any():
+            is_val[np.flatnonzero(np.load(cleaned["val_ok"]))[0]] = True
+    return is_val
 
 
 def read_spill(spill: Path, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
@@ -146,7 +190,7 @@ def train_tokenizer(cleaned: dict, cfg: Config, out_dir: Path) -> Tokenizer:
     """Train the configured tokenizer on the train documents of the spill file; write out_dir/tokenizer.json.
     Removes meta.json first: the directory is incomplete until the new one lands."""
     (out_dir / META).unlink(missing_ok=True)
-    is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
+    is_val = document_split(cleaned, cfg)
     t = cfg.tokenizer
     tok = build_tokenizer(t.kind, split_documents(read_spill(Path(cleaned["spill"])), is_val, False),
                           vocab_size=t.vocab_size, min_frequency=t.min_frequency, path=t.path)
@@ -160,8 +204,8 @@ def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val
     """What meta.json records beside the shard counts."""
     return {"tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
             "special_ids": special_ids(tok), "documents": cleaned["documents"], "chars": cleaned["chars"],
-            "val_chars": val_chars, "corpus_sha256": cleaned["corpus_sha256"], "source": cfg.data.source,
-            "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
+            "val_chars": val_chars, "val_filter": cfg.data.val_filter, "corpus_sha256": cleaned["corpus_sha256"],
+            "source": cfg.data.source, "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
             "clean_report": cleaned["clean_report"]}
 
 
@@ -176,12 +220,12 @@ def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: s
         tok = train_tokenizer(cleaned, cfg, out_dir)
         timings["train_tokenizer_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
+        is_val = document_split(cleaned, cfg)
         val_chars = sum(len(d) for d in split_documents(read_spill(spill), is_val, True))
         meta = write_shards(encode_batches(tok, read_spill(spill)), is_val, out_dir, tok.get_vocab_size(),
                             extra_meta=shard_meta(cleaned, cfg, tok, fingerprint, val_chars))
     finally:
-        spill.unlink(missing_ok=True)
+        remove_spill(cleaned)
     timings["encode_shard_s"] = time.perf_counter() - start
     return {**meta, "dir": str(out_dir), "cached": False}
 
@@ -203,7 +247,7 @@ def prepare_corpus(path: Path, cfg: Config, out_dir: Path, timings: dict | None 
     meta = cached_meta(out_dir, fingerprint)
     if meta is None:
         start = time.perf_counter()
-        cleaned = require_documents(clean_to_spill(path, cfg, out_dir), path)
+        cleaned = finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg)
         timings["read_clean_s"] = time.perf_counter() - start
         meta = tokenize_and_shard(cleaned, cfg, out_dir, fingerprint, timings)
     return meta
