@@ -73,6 +73,7 @@ numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 
 @FAST
 @example(temperature=3.4028235677973366e38, top_k=0, top_p=0.5, repetition_penalty=1.0, max_new_tokens=1, seed=0)
+@example(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1e-50, max_new_tokens=1, seed=0)  # 0 in float32
 @given(temperature=numbers, top_k=st.integers(-2, 60), top_p=numbers, repetition_penalty=numbers,
        max_new_tokens=st.integers(-1, 24), seed=st.integers(0, 2**32 - 1))
 def test_sampling_params_raise_value_error_or_generate(generator, temperature, top_k, top_p, repetition_penalty,
@@ -81,7 +82,7 @@ def test_sampling_params_raise_value_error_or_generate(generator, temperature, t
         return math.isfinite(x) and abs(x) <= float(np.finfo(np.float32).max)
 
     valid = (finite(temperature) and temperature >= 0 and top_k >= 0 and finite(top_p) and 0 < top_p <= 1
-             and finite(repetition_penalty) and repetition_penalty > 0 and max_new_tokens >= 1)
+             and finite(repetition_penalty) and np.float32(repetition_penalty) > 0 and max_new_tokens >= 1)
     kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                   max_new_tokens=max_new_tokens, seed=seed)
     if not valid:

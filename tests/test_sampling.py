@@ -151,6 +151,7 @@ def test_top_p_on_a_large_vocab_matches_a_full_sort(scale):
     ({"repetition_penalty": 0.0}, "repetition_penalty"),
     ({"repetition_penalty": -2.0}, "repetition_penalty"),
     ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+    ({"repetition_penalty": 1e-50}, "repetition_penalty"),  # > 0, but 0 in float32: would divide by zero
     ({"temperature": "hot"}, "temperature"),
 ])
 def test_invalid_params_raise(kwargs, name):

@@ -33,7 +33,8 @@ class SamplingParams:
         _check("top_k", k, isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0,
                "an int >= 0 (0 = off)")
         _check("top_p", p, _is_finite(p) and 0 < p <= 1, "a number in (0, 1] (1 = off)")
-        _check("repetition_penalty", r, _is_finite(r) and r > 0, "a finite number > 0 (1 = off)")
+        _check("repetition_penalty", r, _is_finite(r) and np.float32(r) > 0,  # > 0 still in float32
+               "a finite number > 0 (1 = off)")
 
 
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
