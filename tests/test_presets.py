@@ -71,7 +71,8 @@ def test_tinystories_lstm_on_real_corpus(tmp_path):
 def test_lebanon_gru_on_real_corpus(tmp_path):
     src = corpus("ArSenTD-LEV.tsv")
     meta, manifest, gen = run_library("lebanon-gru", {"data.source": str(src)}, tmp_path)
-    assert 600 <= meta["documents"] <= 1000  # only the Lebanese tweets: 1000 rows, 673 unique
+    assert 2700 <= meta["documents"] <= 4000  # all four countries' tweets: 4000 rows, 2809 unique
+    assert meta["val_filter"] == 'Country == "lebanon"' and 80 <= meta["val"]["documents"] <= 200  # ~20% of 673
     assert manifest["model"]["family"] == "gru" and [s["kind"] for s in manifest["io"]["state"]] == ["rnn"]
     assert gen.generate(["كان", ""], max_new_tokens=5, seed=0)
 
