@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes", "safetensors", "rich", "matplotlib"}
+PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes",
+                    "safetensors", "rich", "matplotlib"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -225,8 +225,9 @@ def _apply(cfg: Config, key: str, value: object) -> None:
 
 
 def _check(cfg: Config) -> None:
-    positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size", "train.max_steps", "train.batch_size", "train.nproc",
-                "train.grad_accum", "train.eval_interval", "train.eval_iters", "eval.max_new_tokens"]
+    positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
+                "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
+                "train.eval_iters", "eval.max_new_tokens"]
     flat = cfg.flat()
     for key in positive:
         if flat[key] <= 0:  # type: ignore[operator]

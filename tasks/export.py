@@ -1,5 +1,6 @@
 """Export task: the best checkpoint -> the exported model directory (ONNX + int8, tokenizer, lmforge.json),
-with the torch/onnxruntime parity error and each variant's val loss beside fp32's logged; then samples generated through that directory."""
+with the torch/onnxruntime parity error and each variant's val loss beside fp32's logged; then samples
+generated through that directory."""
 from __future__ import annotations
 
 import json

@@ -33,8 +33,8 @@ def plan_parts(path: Path, cfg: Config, n_parts: int) -> list[list[str] | None]:
         return [None]
     ends = np.cumsum([f.stat().st_size for f in files])
     cuts = np.searchsorted(ends, ends[-1] * np.arange(1, n_parts) / n_parts, side="right")
-    groups = np.split(np.array([str(f) for f in files], dtype=object), np.unique(cuts[(cuts > 0) & (cuts < len(files))]))
-    return [g.tolist() for g in groups]
+    cuts = np.unique(cuts[(cuts > 0) & (cuts < len(files))])
+    return [g.tolist() for g in np.split(np.array([str(f) for f in files], dtype=object), cuts)]
 
 
 def clean_part(path: Path, cfg: Config, out_dir: Path, files: list[str] | None, index: int) -> dict:

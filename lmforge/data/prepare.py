@@ -117,8 +117,7 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | N
 
 
 def finish_cleaning(cleaned: dict, path: Path, cfg: Config) -> dict:
-    """Check that documents are left; with data.val_filter, mark which of them may be drawn into val (a
-    boolean per document in <spill>.val-ok.npy): those a row matching the filter also cleans to."""
+    """Check that documents are left, and mark the val-eligible ones when data.val_filter is set."""
     if not cleaned["documents"]:
         remove_spill(cleaned)
         raise LmforgeError(f"no documents left in {path} after reading and cleaning",
@@ -126,28 +125,33 @@ def finish_cleaning(cleaned: dict, path: Path, cfg: Config) -> dict:
     if not cfg.data.val_filter:
         return cleaned
     try:
-        d = cfg.data
-        if (detect_format(Path(path)) if d.format == "auto" else d.format) not in ("csv", "tsv"):
-            raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
-                               hint="--set data.format=csv (or tsv), or --set data.val_filter=")
-        rows = f"({d.filter}) and ({d.val_filter})" if d.filter else d.val_filter
-        no_dedupe = dataclasses.replace(cfg.clean, dedupe=False)
-        eligible = set()
-        for docs in clean_batches(iter_batches(Path(path), d.format, d.column, rows, d.separator,
-                                               d.encoding_errors), no_dedupe, []):
-            eligible.update(pd.util.hash_array(np.array(docs, dtype=object)).tolist())
-        ok = np.concatenate([np.isin(pd.util.hash_array(np.array(docs, dtype=object)),
-                                     np.fromiter(eligible, np.uint64, len(eligible)))
-                             for docs in read_spill(Path(cleaned["spill"]))])
-        if not ok.any():
-            raise LmforgeError(f"no document of {path} matches data.val_filter {d.val_filter!r}",
-                               hint="check the filter against the file's rows, or --set data.val_filter=")
-        mask = Path(cleaned["spill"] + ".val-ok.npy")
-        np.save(mask, ok)
+        return {**cleaned, "val_ok": str(mark_val_eligible(cleaned, path, cfg))}
     except BaseException:
         remove_spill(cleaned)
         raise
-    return {**cleaned, "val_ok": str(mask)}
+
+
+def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
+    """<spill>.val-ok.npy: a boolean per cleaned document, true when a table row matching data.val_filter
+    cleans to the same text (one more streaming pass over the rows; memory is a hash per matching row)."""
+    d = cfg.data
+    if (detect_format(Path(path)) if d.format == "auto" else d.format) not in ("csv", "tsv"):
+        raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
+                           hint="--set data.format=csv (or tsv), or --set data.val_filter=")
+    rows = f"({d.filter}) and ({d.val_filter})" if d.filter else d.val_filter
+    matching = iter_batches(Path(path), d.format, d.column, rows, d.separator, d.encoding_errors)
+    eligible: set[int] = set()
+    for docs in clean_batches(matching, dataclasses.replace(cfg.clean, dedupe=False), []):
+        eligible.update(pd.util.hash_array(np.array(docs, dtype=object)).tolist())
+    eligible_hashes = np.fromiter(eligible, np.uint64, len(eligible))
+    ok = np.concatenate([np.isin(pd.util.hash_array(np.array(docs, dtype=object)), eligible_hashes)
+                         for docs in read_spill(Path(cleaned["spill"]))])
+    if not ok.any():
+        raise LmforgeError(f"no document of {path} matches data.val_filter {d.val_filter!r}",
+                           hint="check the filter against the file's rows, or --set data.val_filter=")
+    mask = Path(cleaned["spill"] + ".val-ok.npy")
+    np.save(mask, ok)
+    return mask
 
 
 def remove_spill(cleaned: dict) -> None:
@@ -160,9 +164,10 @@ def document_split(cleaned: dict, cfg: Config) -> np.ndarray:
     """True where a document goes to val: the seeded draw, limited to val-eligible documents (data.val_filter)."""
     is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
     if cleaned.get("val_ok"):
-        is_val &= np.load(cleaned["val_ok"])
-        if not is_val.any():
-            is_val[np.flatnonzero(np.load(cleaned["val_ok"]))[0]] = True
+        ok = np.load(cleaned["val_ok"])
+        is_val &= ok
+        if not is_val.any():  # the draw missed every eligible document: take the first
+            is_val[np.flatnonzero(ok)[0]] = True
     return is_val
 
 

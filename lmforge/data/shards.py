@@ -82,8 +82,9 @@ def write_split_files(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: 
 
 def concat_split_files(parts: list[dict], out_dir: Path, vocab_size: int,
                        extra_meta: dict | None = None) -> dict:
-    """Join parts ({"train": path, "val": path, "counts": what write_split_files returned}), in order, into out_dir/{train,val}.bin (the same bytes
-    write_shards writes for the whole stream); deletes the parts; returns the meta written to meta.json."""
+    """Join parts ({"train": path, "val": path, "counts": what write_split_files returned}), in order, into
+    out_dir/{train,val}.bin (the same bytes write_shards writes for the whole stream); deletes the parts;
+    returns the meta written to meta.json."""
     counts = {n: {"tokens": 0, "documents": 0} for n in SPLITS}
     for n in SPLITS:
         tmp = out_dir / f".{n}.bin.{os.getpid()}.tmp"
