@@ -31,6 +31,7 @@ import numpy as np, torch
 from safetensors.torch import save_file
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.models import build_model
+from lmforge.distributed import exit_now
 from lmforge.train import train
 
 out, rank = Path(sys.argv[1]), os.environ["RANK"]
@@ -45,6 +46,7 @@ result = train(model, data[:5000], data[5000:], 16, cfg, out / "ckpt")
 assert not torch.distributed.is_initialized()
 save_file({k: v.clone() for k, v in model.state_dict().items()}, out / f"rank{rank}.safetensors")
 (out / f"steps{rank}.txt").write_text(str(result.steps))
+exit_now(0)  # as lmforge.distributed's entry point ends
 """
 
 
