@@ -68,44 +68,44 @@ def dask_task_runner(spec: str):
                        hint="--dask local:2, or --dask tcp://HOST:8786 for a running `dask scheduler`")
 
 
-def _flow_call(flow, args) -> dict:
-    """Validate the config before starting Prefect, then run the flow (on Dask workers with --dask)."""
+def _flow_call(args, module: str, name: str) -> dict:
+    """Validate the config before importing Prefect, then run flow `name` of `module` (on Dask workers with
+    --dask)."""
+    import importlib
+
     from lmforge.config import load_config
 
     overrides = _overrides(args.set)
     if args.dask:
         overrides.setdefault("data.parts", str(DASK_PARTS))
     load_config(args.preset, overrides)
-    if not args.dask:
-        return flow(preset=args.preset or "jokes-char", overrides=overrides)
-    flow = flow.with_options(task_runner=dask_task_runner(args.dask))
+    flow = getattr(importlib.import_module(module), name)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value():
-        return flow(preset=args.preset or "jokes-char", overrides=overrides)
-    # No server configured: start Prefect's temporary one now and name it in the settings the Dask workers
-    # receive, else each worker starts a temporary server of its own and its task runs are lost with it.
-    from prefect.server.api.server import SubprocessASGIServer
+    settings = {}
+    if args.dask:
+        flow = flow.with_options(task_runner=dask_task_runner(args.dask))
+        if not PREFECT_API_URL.value():
+            # No server configured: start Prefect's temporary one now and name it in the settings the Dask
+            # workers receive, else each worker starts a temporary server of its own and keeps its task runs.
+            from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
-    server.start()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
+            server = SubprocessASGIServer()
+            server.start()
+            settings[PREFECT_API_URL] = server.api_url
+    with temporary_settings(settings):
         return flow(preset=args.preset or "jokes-char", overrides=overrides)
 
 
 def cmd_run(args) -> int:
     _prefect_env()
-    from flows.pipeline import pipeline
-
-    _emit(_flow_call(pipeline, args), args.json)
+    _emit(_flow_call(args, "flows.pipeline", "pipeline"), args.json)
     return 0
 
 
 def cmd_prepare(args) -> int:
     _prefect_env()
-    from flows.prepare import prepare
-
-    _emit(_flow_call(prepare, args), args.json)
+    _emit(_flow_call(args, "flows.prepare", "prepare"), args.json)
     return 0
 
 
