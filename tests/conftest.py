@@ -36,6 +36,23 @@ def prefect_server():
         yield
 
 
+def readme_commands(heading: str) -> list[str]:
+    """The command lines of the first ```bash block under README.md's `heading`, comments stripped: the tests
+    that follow the README run exactly these."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split(heading, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    lines = []
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            lines.append(shlex.join(words))
+    return lines
+
+
 def corpus(name: str) -> Path:
     """A real corpus from ../shared/corpora, or skip: a user's clone has no ../shared."""
     path = SHARED_CORPORA / name

@@ -1,10 +1,11 @@
-"""Deployments on real parts: a `prefect server start` subprocess, a process work pool and worker, the
-jokes-char deployment from prefect.yaml run with TINY overrides; and a killed `lmforge run` that resumes from
-its checkpoint when re-run."""
+"""Deployments on real parts, as README.md's "Scheduling with Prefect" block runs them: `prefect server start`,
+both work pools, a process worker, `prefect deploy --all` (all six deployments, exit 0, no traceback) and a
+deployment run through the worker; and a killed `lmforge run` that resumes from its checkpoint when re-run."""
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, readme_commands
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -50,16 +51,94 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+SCHEDULING = readme_commands("## Scheduling with Prefect")
+DEPLOYMENTS = {"jokes-char": "lmforge-cpu", "shakespeare-char": "lmforge-cpu", "lebanon-gru": "lmforge-cpu",
+               "tinystories-lstm": "lmforge-gpu", "imdb-gpt": "lmforge-gpu", "jokes-gpt2": "lmforge-gpu"}
+
+
+def isolated_env(tmp: Path, port: int) -> dict:
+    """What every subprocess here gets: its own PREFECT_HOME (the README's `prefect config set` writes there),
+    artifacts directory and MLflow store, so nothing touches the session's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {**env, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "LMFORGE_ARTIFACTS": str(tmp / "artifacts"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+            "PWD": str(REPO), "CI": "true", "PREFECT_WORKER_QUERY_SECONDS": "1"}
+
+
+def as_run_here(line: str, port: int) -> list[str]:
+    """A README line as this test runs it: `prefect` is the venv's (what `source .venv/bin/activate` gives),
+    the server on a free port instead of 4200."""
+    words = shlex.split(line.replace("127.0.0.1:4200", f"127.0.0.1:{port}"))
+    assert words[0] == "prefect", line
+    if words[1:3] == ["server", "start"]:
+        words += ["--host", "127.0.0.1", "--port", str(port)]
+    return [PREFECT, *words[1:]]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real Prefect server with its own PREFECT_HOME, and the environment every subprocess here gets: its
-    own artifacts directory and MLflow store, so nothing touches the session's."""
+def readme_sequence(tmp_path_factory):
+    """README.md's scheduling block, line by line: the server and the worker start in the background (their own
+    terminals), every other line must exit 0 without a traceback. Yields the environment and the outputs."""
     tmp = tmp_path_factory.mktemp("deploy")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "LMFORGE_ARTIFACTS": str(tmp / "artifacts"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "PWD": str(REPO), "CI": "true",
-           "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env = isolated_env(tmp, port)
+    background, outputs = [], {}
+    try:
+        for line in SCHEDULING:
+            cmd = as_run_here(line, port)
+            if cmd[1:3] in (["server", "start"], ["worker", "start"]):
+                log = open(tmp / f"{cmd[1]}.log", "w")
+                background.append((subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True), log))
+                if cmd[1] == "server":
+                    wait_http(f"http://127.0.0.1:{port}/api/health", background[-1][0], 90)
+                continue
+            out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+            text = out.stdout + out.stderr
+            worker_log = (tmp / "worker.log").read_text()[-4000:] if (tmp / "worker.log").exists() else ""
+            assert out.returncode == 0, f"{line}\n{text[-4000:]}\n{worker_log}"
+            assert "Traceback" not in text and "An exception occurred" not in text, f"{line}\n{text[-4000:]}"
+            outputs[line] = text
+        yield {"env": env, "tmp": tmp, "outputs": outputs}
+    finally:
+        for proc, log in reversed(background):
+            stop(proc)
+            log.close()
+
+
+def test_readme_scheduling_block_creates_all_six_deployments(readme_sequence):
+    env = readme_sequence["env"]
+    assert any(line.endswith("deploy --all") for line in readme_sequence["outputs"])
+    listed = {d["name"] for d in json.loads(prefect(env, "deployment", "ls", "--output", "json").stdout)}
+    assert listed == set(DEPLOYMENTS)
+    for name, pool in DEPLOYMENTS.items():
+        shown = json.loads(prefect(env, "deployment", "inspect", f"lmforge-pipeline/{name}", "--output",
+                                   "json").stdout)
+        assert shown["parameters"] == {"preset": name, "overrides": {}}
+        assert shown["work_pool_name"] == pool
+        assert shown["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+        assert [(s["schedule"]["cron"], s["active"]) for s in shown["schedules"]] == [("0 2 * * *", False)]
+
+
+def test_readme_deployment_run_completes_through_the_worker(readme_sequence, monkeypatch):
+    env = readme_sequence["env"]
+    run_line = next(line for line in readme_sequence["outputs"] if "deployment run" in line)
+    assert "Completed" in readme_sequence["outputs"][run_line]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    from lmforge.tracking import client
+
+    mv = client().get_model_version_by_alias("jokes-char", "candidate")
+    run = client().get_run(mv.run_id)
+    assert mv.tags["preset"] == "jokes-char" and float(mv.tags["val_loss"]) > 0
+    assert run.data.params["train.max_steps"] == "50" and run.info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A bare Prefect server for the tests below."""
+    tmp = tmp_path_factory.mktemp("server")
+    port = free_port()
+    env = {**isolated_env(tmp, port), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -76,38 +155,6 @@ def prefect(env: dict, *args: str, timeout: float = 120) -> subprocess.Completed
                          timeout=timeout)
     assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
-
-
-def test_deployment_runs_on_a_process_worker(server, monkeypatch):
-    env, tmp = server["env"], server["tmp"]
-    prefect(env, "work-pool", "create", "lmforge-cpu", "--type", "process")
-    log = open(tmp / "worker.log", "w")
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "lmforge-cpu"], env=env, cwd=tmp,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "jokes-char"], env=env, cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
-        # prefect 3.8.8's CLI ends `deploy` by asking for the pool's workers with limit=null, which this
-        # server's fastapi answers 422: the deployment is already saved by then (inspected below)
-        assert deploy.returncode == 0 or "workers/filter" in deploy.stdout + deploy.stderr, deploy.stdout[-3000:]
-        shown = json.loads(prefect(env, "deployment", "inspect", "lmforge-pipeline/jokes-char", "--output",
-                                   "json").stdout)
-        assert shown["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
-        assert [s["active"] for s in shown["schedules"]] == [False]  # the nightly schedule ships inactive
-        params = json.dumps({"preset": "jokes-char", "overrides": TINY})
-        run = subprocess.run([PREFECT, "deployment", "run", "lmforge-pipeline/jokes-char", "--params", params,
-                              "--watch", "--watch-timeout", "240"], env=env, cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
-        assert run.returncode == 0, run.stdout[-3000:] + (tmp / "worker.log").read_text()[-5000:]
-        assert "Completed" in run.stdout
-    finally:
-        stop(worker)
-        log.close()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-    from lmforge.tracking import client
-
-    mv = client().get_model_version_by_alias("jokes-char", "candidate")
-    assert mv.tags["preset"] == "jokes-char" and float(mv.tags["val_loss"]) > 0
 
 
 def test_killed_run_resumes_from_its_checkpoint(server):

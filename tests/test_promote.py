@@ -90,21 +90,17 @@ def test_registered_version_is_reviewable(registry):
 
 
 def test_runs_and_promotions_publish_prefect_artifacts(registry):
-    import urllib.request
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from prefect.settings import PREFECT_API_URL
-
-    def artifact(key: str) -> dict:  # the REST API directly: prefect 3.8.8's client sends offset=null, a 422 here
-        body = {"artifacts": {"key": {"any_": [key]}}, "sort": "UPDATED_DESC", "limit": 1, "offset": 0}
-        req = urllib.request.Request(PREFECT_API_URL.value() + "/artifacts/filter", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())[0]
+    def artifact(key: str):
+        with get_client(sync_client=True) as prefect:
+            return prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[0]
 
     summary = artifact("run-jokes-char")
-    assert summary["type"] == "markdown" and "MLflow run" in summary["data"] and "val_loss" in summary["data"]
+    assert summary.type == "markdown" and "MLflow run" in summary.data and "val_loss" in summary.data
     comparison = artifact("promotion-jokes-char")
-    assert comparison["type"] == "markdown" and "| candidate |" in comparison["data"]
+    assert comparison.type == "markdown" and "| candidate |" in comparison.data
 
 
 def test_promote_without_candidate_is_a_clear_error(registry):
