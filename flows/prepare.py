@@ -21,9 +21,10 @@ def prepare_data(cfg: Config, where: RunLayout, run_id: str | None = None) -> di
     parts = clean_data_part.map(unmapped(corpus), unmapped(cfg), unmapped(where.data), plan["parts"],
                                 range(len(plan["parts"])))
     cleaned = merge_cleaned_parts(parts, cfg, where.data, corpus, plan["fingerprint"], run_id)
-    runs = train_data_tokenizer(cleaned, cfg, where.data)
-    encoded = encode_data_part.map(unmapped(cleaned), unmapped(cfg), unmapped(where.data), runs, range(len(runs)))
-    return join_data_shards(cleaned, cfg, where.data, encoded, run_id)
+    split, runs = train_data_tokenizer(cleaned, cfg, where.data)
+    encoded = encode_data_part.map(unmapped(cleaned), unmapped(split), unmapped(where.data), runs,
+                                   range(len(runs)))
+    return join_data_shards(cleaned, cfg, where.data, split, encoded, run_id)
 
 
 @flow(name="lmforge-prepare")

@@ -28,6 +28,8 @@ class DataConfig:
     sha256: str = ""                 # expected digest of a downloaded file
     encoding_errors: str = "strict"  # strict (error names file and offset) | replace
     val_fraction: float = 0.1
+    split: str = "documents"         # documents (each document's side drawn from its content hash) | contiguous
+                                     # (the last val_fraction of the text: continuous text, nanoGPT's split)
     seed: int = 1337
     max_documents: int = 0           # 0 = all
     parts: int = 1                   # > 1: clean and encode in parts, fanned out over the flow's task runner
@@ -85,6 +87,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0                 # torch intra-op threads; 0 = torch default
     seed: int = 1337
+    deterministic: bool = False      # torch.use_deterministic_algorithms: a resumed run repeats the same numbers
     nproc: int = 1                   # > 1: torchrun --standalone with this many DDP processes on this host
 
 
@@ -138,6 +141,7 @@ SECTIONS = ("data", "clean", "tokenizer", "model", "train", "eval", "export")
 CHOICES = {
     "data.format": ("auto", "text", "lines", "csv", "tsv", "imdb"),
     "data.encoding_errors": ("strict", "replace"),
+    "data.split": ("documents", "contiguous"),
     "tokenizer.kind": ("char", "word", "bpe", "gpt2"),
     "model.family": ("gpt", "lstm", "gru", "hf-gpt2"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
@@ -235,6 +239,9 @@ def _check(cfg: Config) -> None:
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise LmforgeError(f"data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}",
                            hint="--set data.val_fraction=0.1")
+    if cfg.data.val_filter and cfg.data.split == "contiguous":
+        raise LmforgeError("data.val_filter picks val documents, but data.split=contiguous splits by position",
+                           hint="--set data.split=documents, or --set data.val_filter=")
     if cfg.model.family == "gpt" and cfg.model.n_embd % cfg.model.n_head:
         raise LmforgeError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})",
                            hint="pick n_embd as a multiple of n_head")

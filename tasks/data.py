@@ -9,9 +9,9 @@ from prefect import get_run_logger, task
 
 from lmforge import tracking
 from lmforge.config import Config
-from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_encode, plan_parts
+from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_parts, plan_tokenize
 from lmforge.data.prepare import (cached_meta, check_fits_context, clean_to_spill, finish_cleaning, source_fingerprint,
-                                  tokenize_and_shard, train_tokenizer)
+                                  tokenize_and_shard)
 from lmforge.data.sources import acquire
 from lmforge.layout import RunLayout
 from tasks import retry_unless_user_error
@@ -54,6 +54,8 @@ def _report_table(report: list[dict]) -> str:
 
 
 def _log_shards(meta: dict, cfg: Config, out_dir: Path, run_id: str | None) -> dict:
+    if meta["split"].get("note"):
+        get_run_logger().info(meta["split"]["note"])
     check_fits_context(meta, cfg.model.block_size)
     get_run_logger().info("%d train / %d val tokens, vocabulary %d", meta["train"]["tokens"],
                           meta["val"]["tokens"], meta["vocab_size"])
@@ -116,23 +118,22 @@ def merge_cleaned_parts(parts: list[dict], cfg: Config, out_dir: Path, path: Pat
 
 
 @task(name="train-tokenizer")
-def train_data_tokenizer(cleaned: dict, cfg: Config, out_dir: Path) -> list[dict]:
-    """Train and write the tokenizer; returns the runs of spill lines to encode as parts."""
-    train_tokenizer(cleaned, cfg, out_dir)
-    return plan_encode(cleaned, cfg.data.parts)
+def train_data_tokenizer(cleaned: dict, cfg: Config, out_dir: Path) -> tuple:
+    """The split and the tokenizer (written); returns (split, the runs of spill lines to encode as parts)."""
+    return plan_tokenize(cleaned, cfg, out_dir, cfg.data.parts)
 
 
 @task(name="encode-part")
-def encode_data_part(cleaned: dict, cfg: Config, out_dir: Path, run: dict, index: int) -> dict:
-    encoded = encode_part(cleaned, cfg, out_dir, run, index)
+def encode_data_part(cleaned: dict, split, out_dir: Path, run: dict, index: int) -> dict:
+    encoded = encode_part(cleaned, split, out_dir, run, index)
     get_run_logger().info("part %d: %d train + %d val tokens encoded on %s", index,
                           encoded["counts"]["train"]["tokens"], encoded["counts"]["val"]["tokens"], _where())
     return {**encoded, "ran_on": _where()}
 
 
 @task(name="join-shards")
-def join_data_shards(cleaned: dict, cfg: Config, out_dir: Path, parts: list[dict],
+def join_data_shards(cleaned: dict, cfg: Config, out_dir: Path, split, parts: list[dict],
                      run_id: str | None = None) -> dict:
-    meta = join_shards(cleaned, cfg, out_dir, parts, cleaned["fingerprint"])
+    meta = join_shards(cleaned, cfg, out_dir, parts, cleaned["fingerprint"], split)
     ran_on = sorted({*cleaned["ran_on"], *(p["ran_on"] for p in parts)})
     return {**_log_shards(meta, cfg, out_dir, run_id), "ran_on": ran_on}

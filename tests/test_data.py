@@ -14,7 +14,7 @@ from lmforge.config import CleanConfig
 from lmforge.data import formats
 from lmforge.data.clean import clean_batches, clean_documents, normalize_whitespace, normalize_whitespace_one
 from lmforge.data.formats import iter_batches, read_documents
-from lmforge.data.shards import open_shard, read_meta, shard_dtype, split_mask, write_shards
+from lmforge.data.shards import content_split, open_shard, read_meta, shard_dtype, write_shards
 from lmforge.errors import LmforgeError
 
 # ---- formats ---------------------------------------------------------------------------------------------
@@ -175,13 +175,23 @@ def test_dedupe_across_batches():
 # ---- shards ----------------------------------------------------------------------------------------------
 
 
-def test_split_mask_deterministic_and_both_sides():
-    a, b = split_mask(1000, 0.1, 7), split_mask(1000, 0.1, 7)
-    assert (a == b).all() and 50 < a.sum() < 150
-    assert not (a == split_mask(1000, 0.1, 8)).all()
+def test_document_split_follows_content_not_position():
+    from lmforge.data.prepare import document_hashes
+
+    docs = [f"document number {i}" for i in range(1000)]
+    a = content_split(document_hashes([docs], 7), 0.1)
+    assert (a == content_split(document_hashes([docs[:500], docs[500:]], 7), 0.1)).all()  # batching is irrelevant
+    assert 50 < a.sum() < 150
+    assert not (a == content_split(document_hashes([docs], 8), 0.1)).all()  # the seed re-draws
+    # the corpus gains documents at the front and loses some: every surviving document keeps its side
+    changed = [f"new {i}" for i in range(300)] + docs[::2]
+    b = content_split(document_hashes([changed], 7), 0.1)
+    assert (b[300:] == a[::2]).all()
     for n in (2, 3):
-        m = split_mask(n, 0.01, 1)
+        m = content_split(document_hashes([docs[:n]], 1), 0.01)
         assert m.any() and not m.all()
+    eligible = np.arange(1000) % 2 == 0  # data.val_filter: only these may be drawn into val
+    assert not (content_split(document_hashes([docs], 7), 0.5, eligible) & ~eligible).any()
 
 
 def test_shards_route_documents_and_pick_dtype(tmp_path):

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.data import partition
-from lmforge.data.prepare import prepare_corpus, source_fingerprint, train_tokenizer
+from lmforge.data.prepare import prepare_corpus, source_fingerprint
 from lmforge.errors import LmforgeError
 
 PREPARED = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
@@ -42,16 +42,16 @@ def prepare_in_parts(path: Path, cfg, out_dir: Path, n_parts: int) -> dict:
     groups = partition.plan_parts(path, cfg, n_parts)
     cleaned = partition.merge_cleaned([partition.clean_part(path, cfg, out_dir, g, i) for i, g in enumerate(groups)],
                                       cfg, out_dir, path)
-    train_tokenizer(cleaned, cfg, out_dir)
-    encoded = [partition.encode_part(cleaned, cfg, out_dir, run, i)
-               for i, run in enumerate(partition.plan_encode(cleaned, n_parts))]
-    return {**partition.join_shards(cleaned, cfg, out_dir, encoded, source_fingerprint(path)),
+    split, runs = partition.plan_tokenize(cleaned, cfg, out_dir, n_parts)
+    encoded = [partition.encode_part(cleaned, split, out_dir, run, i) for i, run in enumerate(runs)]
+    return {**partition.join_shards(cleaned, cfg, out_dir, encoded, source_fingerprint(path), split),
             "groups": groups, "encoded": encoded}
 
 
-@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
-def test_parts_write_the_same_bytes_as_one_pass(joke_files, tmp_path, kind):
-    cfg = load_config("jokes-char", {"data.source": str(joke_files), "data.format": "lines",
+@pytest.mark.parametrize("kind,split", [("char", "documents"), ("word", "documents"), ("bpe", "documents"),
+                                        ("char", "contiguous"), ("bpe", "contiguous")])
+def test_parts_write_the_same_bytes_as_one_pass(joke_files, tmp_path, kind, split):
+    cfg = load_config("jokes-char", {"data.source": str(joke_files), "data.format": "lines", "data.split": split,
                                      "tokenizer.kind": kind, "tokenizer.vocab_size": "300"})
     whole = prepare_corpus(joke_files, cfg, tmp_path / "whole")
     parts = prepare_in_parts(joke_files, cfg, tmp_path / "parts", 3)

@@ -127,12 +127,23 @@ def test_rerun_reuses_shards_and_changed_source_recomputes_identically(prefect_s
     after = train.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
-    os.utime(source, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))  # same bytes, new identity
+    os.utime(source, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))  # touched: the same bytes
+    assert cli_prepare(overrides)["cached"] is True
+
+    (Path(first["dir"]) / "meta.json").unlink()  # an incomplete directory is prepared again, identically
     third = cli_prepare(overrides)
     assert third["cached"] is False and train.stat().st_ino != before.st_ino
     assert train.read_bytes() == content  # deterministic: identical shards and tokenizer across runs
     assert (Path(first["dir"]) / "tokenizer.json").read_bytes() == tokenizer
     assert not list(Path(first["dir"]).glob(".*"))  # no spill or temp files left behind
+
+    stat = source.stat()  # new content of the same size under the same mtime: new data, prepared again
+    text = source.read_bytes()
+    source.write_bytes(text.replace(b"Citizen", b"Senator"))
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source.stat().st_size == stat.st_size
+    fourth = cli_prepare(overrides)
+    assert fourth["cached"] is False and train.read_bytes() != content
 
 
 def test_shards_do_not_depend_on_read_chunk_size(tmp_path, monkeypatch):
@@ -170,7 +181,7 @@ def test_val_filter_draws_val_only_from_matching_rows(tmp_path):
     assert "beta" not in val and val.count("alpha") == meta["val"]["documents"]
     assert 15 <= meta["val"]["documents"] <= 45  # ~30% of the 100 A rows
     assert train.count("beta") == 200 and train.count("alpha") == 100 - meta["val"]["documents"]
-    assert meta["val_filter"] == 'Country == "A"' and not list((tmp_path / "out").glob(".*"))
+    assert meta["split"]["val_filter"] == 'Country == "A"' and not list((tmp_path / "out").glob(".*"))
 
     with pytest.raises(LmforgeError, match="matches data.val_filter"):
         prepare_corpus(table, load_config("jokes-char", {**base, "data.val_filter": 'Country == "C"'}), tmp_path / "none")
@@ -180,3 +191,50 @@ def test_val_filter_draws_val_only_from_matching_rows(tmp_path):
         prepare_corpus(text, load_config("jokes-char", {"data.source": str(text), "data.val_filter": "x == 1"}),
                        tmp_path / "text")
     assert not list((tmp_path / "none").glob(".*")) and not list((tmp_path / "text").glob(".*"))
+
+
+def test_contiguous_split_is_the_last_tenth_of_the_text_as_nanogpt_cuts_it(tmp_path):
+    """shakespeare-char: val is the text after character int(0.9 * n) of the stream (paragraphs joined by the
+    blank line they were split on), train everything before it; one <bos> opens train, one <eos> closes val."""
+    raw = corpus("tinyshakespeare.txt").read_text(encoding="utf-8")
+    cfg = load_config("shakespeare-char", {"data.source": str(corpus("tinyshakespeare.txt"))})
+    meta = prepare_corpus(corpus("tinyshakespeare.txt"), cfg, tmp_path / "out")
+    stream = "\n\n".join(p.strip() for p in raw.split("\n\n") if p.strip())
+    cut = int(len(stream) * 0.9)
+    assert meta["split"] == {"method": "contiguous", "val_fraction": 0.1, "stream_chars": len(stream),
+                             "cut_char": cut, "note": ""}
+    tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    train, val = (open_shard(tmp_path / "out", s).tolist() for s in ("train", "val"))
+    ids = meta["special_ids"]
+    assert train[0] == ids["bos"] and val[-1] == ids["eos"]
+    assert tok.decode(train[1:]) == stream[:cut] and tok.decode(val[:-1]) == stream[cut:]
+    assert stream[cut:].endswith("Whiles thou art waking.") and meta["val_chars"] == len(stream) - cut
+    # the stream is the file as written, but for 3 characters: 2 triple newlines and the final newline
+    assert len(raw) - len(stream) == 3
+
+
+def test_a_file_without_the_separator_falls_back_to_a_contiguous_split(tmp_path):
+    """One story per line, handed to tinystories-lstm (separator <|endoftext|>): one document, so val is the
+    last 10% of the text, with a note saying why, instead of 'val split has 0 tokens'."""
+    stories = [" ".join(s.split()) for s in corpus("tinystories-sample.txt").read_text().split("\n\n") if s.strip()]
+    source = tmp_path / "one-per-line.txt"
+    source.write_text("\n".join(stories[:60]) + "\n", encoding="utf-8")
+    cfg = load_config("tinystories-lstm", {"data.source": str(source)})
+    meta = prepare_corpus(source, cfg, tmp_path / "out")
+    assert meta["documents"] == 1 and meta["split"]["method"] == "contiguous"
+    assert "never occurs" in meta["split"]["note"] and "<|endoftext|>" in meta["split"]["note"]
+    assert meta["val"]["tokens"] > cfg.model.block_size + 1
+    assert 0.07 < meta["val"]["tokens"] / (meta["train"]["tokens"] + meta["val"]["tokens"]) < 0.13
+
+
+def test_val_filter_and_contiguous_split_do_not_mix(tmp_path):
+    table = tmp_path / "rows.csv"
+    pd.DataFrame({"C": ["a", "b"] * 30, "T": [f"row {i}" for i in range(60)]}).to_csv(table, index=False)
+    overrides = {"data.source": str(table), "data.format": "csv", "data.column": "T", "data.val_filter": 'C == "a"'}
+    with pytest.raises(LmforgeError, match="splits by position"):  # refused with the config, before any work
+        load_config("jokes-char", {**overrides, "data.split": "contiguous"})
+    cfg = load_config("jokes-char", overrides)
+    cfg.data.split = "contiguous"  # and by the library itself, for a config built in code
+    with pytest.raises(LmforgeError, match="splits by position"):
+        prepare_corpus(table, cfg, tmp_path / "out")
+    assert not list((tmp_path / "out").glob(".*"))

@@ -4,8 +4,8 @@ on threads, or one after another), giving the same bytes as prepare_corpus:
    single file or table);
 2. clean_part: each group read and cleaned by every step but dedupe, into its own spill file;
 3. merge_cleaned: the part spills, in order, through dedupe into one spill file, as clean_to_spill writes;
-4. prepare.train_tokenizer, once;
-5. plan_encode + encode_part: each run of spill lines encoded into its own pair of part shards;
+4. plan_tokenize: the split (prepare.plan_split) and the tokenizer, once, and the runs of spill lines to encode;
+5. encode_part: each run of spill lines encoded into its own pair of part shards;
 6. join_shards: the part shards, in order, into train.bin and val.bin with meta.json.
 Parts read and write the prepared-data directory, so workers on other machines need it on a shared disk."""
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 from lmforge.config import Config
 from lmforge.data.clean import make_dedupe
 from lmforge.data.formats import source_files
-from lmforge.data.prepare import (SpillWriter, clean_to_spill, document_split, finish_cleaning, read_spill,
-                                  remove_spill, shard_meta, split_documents)
+from lmforge.data.prepare import (Split, SpillWriter, clean_to_spill, finish_cleaning, plan_split, read_spill,
+                                  remove_spill, routed_batches, shard_meta, split_documents, train_tokenizer,
+                                  write_prepared_meta)
 from lmforge.data.shards import concat_split_files, shard_dtype, write_split_files
-from lmforge.data.tokenize import encode_batches, load_tokenizer
+from lmforge.data.tokenize import load_tokenizer
 
 
 def plan_parts(path: Path, cfg: Config, n_parts: int) -> list[list[str] | None]:
@@ -73,6 +74,14 @@ def merge_cleaned(parts: list[dict], cfg: Config, out_dir: Path, path: Path) -> 
     return finish_cleaning(spill.close(report), path, cfg)
 
 
+def plan_tokenize(cleaned: dict, cfg: Config, out_dir: Path, n_parts: int) -> tuple[Split, list[dict]]:
+    """The split, the tokenizer (trained once, on the train side, written to out_dir/tokenizer.json), and the
+    runs of spill lines to encode as parts."""
+    split = plan_split(cleaned, cfg)
+    train_tokenizer(cleaned, cfg, out_dir, split)
+    return split, plan_encode(cleaned, n_parts)
+
+
 def plan_encode(cleaned: dict, n_parts: int) -> list[dict]:
     """Runs of spill lines of about equal document counts: [{"start", "stop" (byte offsets), "first_doc"}]."""
     lines = cleaned["lines"]
@@ -86,24 +95,29 @@ def plan_encode(cleaned: dict, n_parts: int) -> list[dict]:
     return runs
 
 
-def encode_part(cleaned: dict, cfg: Config, out_dir: Path, run: dict, index: int) -> dict:
-    """Encode one run of spill lines with out_dir/tokenizer.json into part shards, routing each document by
-    its place in the whole corpus's train/val draw; returns the part files, their counts and val characters."""
+def encode_part(cleaned: dict, split: Split, out_dir: Path, run: dict, index: int) -> dict:
+    """Encode one run of spill lines with out_dir/tokenizer.json into part shards, each piece routed by its
+    place in the whole corpus's split; returns the part files, their counts and val characters."""
     tok = load_tokenizer(out_dir / "tokenizer.json")
-    is_val = document_split(cleaned, cfg)[run["first_doc"]:]
     batches = lambda: read_spill(Path(cleaned["spill"]), run["start"], run["stop"])  # noqa: E731
     paths = {n: out_dir / f".part-{index:04d}.{n}.bin" for n in ("train", "val")}
-    counts = write_split_files(encode_batches(tok, batches()), is_val, paths, shard_dtype(tok.get_vocab_size()))
-    val_chars = sum(len(d) for d in split_documents(batches(), is_val, True))
+    routed = routed_batches(tok, batches(), split, run["first_doc"], last=run["stop"] is None)
+    counts = write_split_files(routed, paths, shard_dtype(tok.get_vocab_size()))
+    val_chars = (sum(len(d) for d in split_documents(batches(), split.is_val[run["first_doc"]:], True))
+                 if split.method == "documents" else 0)
     return {**{n: str(p) for n, p in paths.items()}, "counts": counts, "val_chars": val_chars}
 
 
-def join_shards(cleaned: dict, cfg: Config, out_dir: Path, parts: list[dict], fingerprint: str) -> dict:
+def join_shards(cleaned: dict, cfg: Config, out_dir: Path, parts: list[dict], fingerprint: str,
+                split: Split) -> dict:
     """train.bin, val.bin and meta.json from the encoded parts, in order; deletes the parts and the spill."""
     try:
         tok = load_tokenizer(out_dir / "tokenizer.json")
-        meta = concat_split_files(parts, out_dir, tok.get_vocab_size(),
-                                  shard_meta(cleaned, cfg, tok, fingerprint, sum(p["val_chars"] for p in parts)))
+        counts = concat_split_files(parts, out_dir)
+        val_chars = (sum(p["val_chars"] for p in parts) if split.method == "documents"
+                     else split.stream_chars - split.cut_char)
+        meta = write_prepared_meta(out_dir, tok.get_vocab_size(), counts,
+                                   shard_meta(cleaned, cfg, tok, fingerprint, val_chars, split, out_dir))
     finally:
         remove_spill(cleaned)
     return {**meta, "dir": str(out_dir), "cached": False}

@@ -1,18 +1,25 @@
 """Corpus -> the prepared-data directory (tokenizer.json, train.bin, val.bin, meta.json), streaming:
 1. read + clean batch by batch into a spill file (.cleaned.<pid>.jsonl), hashing documents as they pass;
-2. split documents into train/val by a seeded draw (one bool per document);
-3. train the tokenizer on the train documents read back from the spill file;
+2. split into train/val (plan_split): by document, each document's side drawn from its own content hash
+   (data.split = "documents"), or by position, the last data.val_fraction of the text (data.split =
+   "contiguous", nanoGPT's way, for continuous text; also the fallback when a source yields too few
+   documents for a document split);
+3. train the tokenizer on the train side read back from the spill file;
 4. encode batch by batch and append to the shards; delete the spill file.
-Memory holds one batch (~1 MB of text) at a time, plus the dedupe hashes and the split mask.
-A directory whose meta.json records the same source fingerprint is reused instead of recomputed.
+Memory holds one batch (~1 MB of text) at a time, plus the dedupe hashes and one number per document.
+meta.json records the split and a data fingerprint (corpus, tokenizer, split and shard hashes): what a model
+trained on this directory was trained on. A directory whose meta.json records the same source fingerprint (a
+hash of the source files' bytes) is reused instead of recomputed.
 partition.py runs the same steps in parts (data.parts > 1) and writes the same bytes."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -23,21 +30,26 @@ from tokenizers import Tokenizer
 from lmforge.config import Config
 from lmforge.data.clean import clean_batches
 from lmforge.data.formats import detect_format, iter_batches
-from lmforge.data.shards import META, split_mask, write_shards
-from lmforge.data.tokenize import build_tokenizer, encode_batches, special_ids
+from lmforge.data.shards import META, content_split, meta_for, shard_dtype, write_meta, write_split_files
+from lmforge.data.tokenize import build_tokenizer, frame, plain_encoder, special_ids
 from lmforge.errors import LmforgeError
 
-PREPARED_FORMAT = 2  # bump when the shard layout or the pipeline's output changes
+PREPARED_FORMAT = 3  # bump when the shard layout or the pipeline's output changes (3: content-hash splits)
+MIN_DOCUMENT_SPLIT = 20  # fewer documents than this: a document split is too coarse, split the text instead
+log = logging.getLogger("lmforge.data")
 
 
 def source_fingerprint(path: Path) -> str:
-    """Identity of the corpus files: relative path, size and mtime of each (cheap; no content read)."""
+    """Identity of the corpus files: the relative path and the bytes of each. Content, not size and mtime: a
+    file replaced by another of the same size (a copy that keeps times, a clock reset) is new data."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256(f"format={PREPARED_FORMAT}".encode())
     for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}\0{p.stat().st_size}\0".encode())
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -122,6 +134,7 @@ def finish_cleaning(cleaned: dict, path: Path, cfg: Config) -> dict:
         remove_spill(cleaned)
         raise LmforgeError(f"no documents left in {path} after reading and cleaning",
                            hint="check data.format / data.column / data.filter and clean.min_chars")
+    cleaned = {**cleaned, "path": str(path)}
     if not cfg.data.val_filter:
         return cleaned
     try:
@@ -160,15 +173,94 @@ def remove_spill(cleaned: dict) -> None:
         Path(cleaned["val_ok"]).unlink(missing_ok=True)
 
 
+def _hash_key(seed: int) -> str:
+    return hashlib.sha256(f"lmforge-split-{seed}".encode()).hexdigest()[:16]  # pandas wants 16 characters
+
+
+def document_hashes(batches: Iterable[list[str]], seed: int) -> np.ndarray:
+    """A uint64 per document, keyed by the split seed (what content_split compares against the fraction)."""
+    key = _hash_key(seed)
+    parts = [pd.util.hash_array(np.array(docs, dtype=object), hash_key=key) for docs in batches if docs]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
 def document_split(cleaned: dict, cfg: Config) -> np.ndarray:
-    """True where a document goes to val: the seeded draw, limited to val-eligible documents (data.val_filter)."""
-    is_val = split_mask(cleaned["documents"], cfg.data.val_fraction, cfg.data.seed)
-    if cleaned.get("val_ok"):
-        ok = np.load(cleaned["val_ok"])
-        is_val &= ok
-        if not is_val.any():  # the draw missed every eligible document: take the first
-            is_val[np.flatnonzero(ok)[0]] = True
-    return is_val
+    """True where a document goes to val: its content-hash draw, limited to val-eligible documents
+    (data.val_filter)."""
+    hashes = document_hashes(read_spill(Path(cleaned["spill"])), cfg.data.seed)
+    eligible = np.load(cleaned["val_ok"]) if cleaned.get("val_ok") else None
+    return content_split(hashes, cfg.data.val_fraction, eligible)
+
+
+def joiner(cfg: Config) -> str:
+    """The text between documents when the corpus is read as one stream: what it was split on."""
+    fmt = cfg.data.format
+    return cfg.data.separator or ("\n" if fmt in ("lines", "csv", "tsv") else "\n\n")
+
+
+@dataclass(frozen=True)
+class Split:
+    """How the documents of a spill file divide into train and val.
+    documents: is_val holds a flag per document; each is framed <bos> ... <eos>.
+    contiguous: the documents joined by `joiner` are one text, cut at character cut_char of stream_chars; the
+    train side starts with <bos>, the val side ends with <eos>. Document i's piece of the stream is
+    joiner + document (no joiner before the first); the cut falls in piece cut_doc at offset cut_offset."""
+    method: str
+    val_fraction: float
+    seed: int = 0
+    val_filter: str = ""
+    is_val: np.ndarray | None = None
+    joiner: str = ""
+    stream_chars: int = 0
+    cut_char: int = 0
+    cut_doc: int = 0
+    cut_offset: int = 0
+    note: str = ""
+
+    def describe(self) -> dict:
+        """What meta.json, lmforge.json and the registry record about the split."""
+        if self.method == "documents":
+            return {"method": "documents", "val_fraction": self.val_fraction, "seed": self.seed,
+                    "val_filter": self.val_filter, "note": self.note}
+        return {"method": "contiguous", "val_fraction": self.val_fraction, "stream_chars": self.stream_chars,
+                "cut_char": self.cut_char, "note": self.note}
+
+    def val_chars(self, batches: Iterable[list[str]]) -> int:
+        if self.method == "contiguous":
+            return self.stream_chars - self.cut_char
+        return sum(len(d) for d in split_documents(batches, self.is_val, True))
+
+
+def plan_split(cleaned: dict, cfg: Config) -> Split:
+    """The split data.split asks for, or a contiguous one (with a note saying why) when a document split cannot
+    work: a source that yields fewer than MIN_DOCUMENT_SPLIT documents (one file without the preset's
+    separator is one document)."""
+    d, n, path = cfg.data, cleaned["documents"], cleaned.get("path", "the source")
+    method, note = d.split, ""
+    if method == "contiguous" and cleaned.get("val_ok"):
+        raise LmforgeError("data.val_filter picks val documents, but data.split=contiguous splits by position",
+                           hint="--set data.split=documents, or --set data.val_filter=")
+    if method == "documents" and n < MIN_DOCUMENT_SPLIT and not cleaned.get("val_ok"):
+        method = "contiguous"
+        why = (f"data.separator {d.separator!r} never occurs in {path}, so it is one document" if d.separator
+               and n == 1 else f"{path} yields {n} document{'s' * (n != 1)}, too few for a document split")
+        note = f"{why}: val is the last {d.val_fraction:.0%} of its text instead (data.split=contiguous)"
+        log.info(note)
+    if method == "documents":
+        return Split("documents", d.val_fraction, d.seed, d.val_filter, is_val=document_split(cleaned, cfg))
+    sep = joiner(cfg)
+    lengths = np.fromiter((len(doc) for docs in read_spill(Path(cleaned["spill"])) for doc in docs), np.int64, n)
+    pieces = lengths + len(sep)
+    pieces[0] -= len(sep)
+    ends = np.cumsum(pieces)
+    total = int(ends[-1])
+    cut = int(total * (1.0 - d.val_fraction))  # as nanoGPT: train = text[:int(n * 0.9)]
+    cut_doc = int(np.searchsorted(ends, cut, side="right"))
+    if cut_doc >= n:  # val_fraction rounds to nothing: the last character is val
+        cut, cut_doc = total - 1, n - 1
+    offset = cut - int(ends[cut_doc] - pieces[cut_doc])
+    return Split("contiguous", d.val_fraction, joiner=sep, stream_chars=total, cut_char=cut, cut_doc=cut_doc,
+                 cut_offset=offset, note=note)
 
 
 def read_spill(spill: Path, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
@@ -191,13 +283,63 @@ def split_documents(batches: Iterable[list[str]], is_val: np.ndarray, want_val: 
         first += len(docs)
 
 
-def train_tokenizer(cleaned: dict, cfg: Config, out_dir: Path) -> Tokenizer:
-    """Train the configured tokenizer on the train documents of the spill file; write out_dir/tokenizer.json.
+def stream_pieces(batches: Iterable[list[str]], split: Split, first_doc: int = 0
+                  ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Per batch: the pieces of text it contributes to the shards and a val flag per piece. Documents: the
+    documents themselves. Contiguous: joiner + document, the piece holding the cut in two."""
+    index = first_doc
+    for docs in batches:
+        if split.method == "documents":
+            yield docs, split.is_val[index:index + len(docs)]
+            index += len(docs)
+            continue
+        pieces, flags = [], []
+        for doc in docs:
+            piece = doc if index == 0 else split.joiner + doc
+            if index == split.cut_doc:
+                head, tail = piece[:split.cut_offset], piece[split.cut_offset:]
+                pieces += [p for p in (head, tail) if p]
+                flags += [False] * bool(head) + [True] * bool(tail)
+            else:
+                pieces.append(piece)
+                flags.append(index > split.cut_doc)
+            index += 1
+        yield pieces, np.array(flags, bool)
+
+
+def train_side(batches: Iterable[list[str]], split: Split) -> Iterator[str]:
+    """The train pieces of the corpus, in order: what the tokenizer is trained on."""
+    for pieces, flags in stream_pieces(batches, split):
+        yield from (p for p, v in zip(pieces, flags.tolist()) if not v)
+
+
+def routed_batches(tok: Tokenizer, batches: Iterable[list[str]], split: Split, first_doc: int = 0,
+                   last: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(token ids, ids per piece, val flag per piece) batches for shards.write_split_files. Documents are framed
+    <bos> ... <eos> each. A contiguous stream is one text: <bos> before its first piece (when this run of
+    batches starts at document 0) and <eos> after its last (when `last`: the run ends the corpus)."""
+    ids, encode = special_ids(tok), plain_encoder(tok)
+    if split.method == "documents":
+        for pieces, flags in stream_pieces(batches, split, first_doc):
+            if pieces:
+                yield *frame(*encode(pieces), ids["bos"], ids["eos"]), flags
+        return
+    if first_doc == 0 and ids["bos"] is not None:
+        yield np.array([ids["bos"]], np.uint32), np.array([1]), np.array([False])
+    for pieces, flags in stream_pieces(batches, split, first_doc):
+        if pieces:
+            yield *encode(pieces), flags
+    if last and ids["eos"] is not None:
+        yield np.array([ids["eos"]], np.uint32), np.array([1]), np.array([True])
+
+
+def train_tokenizer(cleaned: dict, cfg: Config, out_dir: Path, split: Split | None = None) -> Tokenizer:
+    """Train the configured tokenizer on the train side of the spill file; write out_dir/tokenizer.json.
     Removes meta.json first: the directory is incomplete until the new one lands."""
     (out_dir / META).unlink(missing_ok=True)
-    is_val = document_split(cleaned, cfg)
+    split = split or plan_split(cleaned, cfg)
     t = cfg.tokenizer
-    tok = build_tokenizer(t.kind, split_documents(read_spill(Path(cleaned["spill"])), is_val, False),
+    tok = build_tokenizer(t.kind, train_side(read_spill(Path(cleaned["spill"])), split),
                           vocab_size=t.vocab_size, min_frequency=t.min_frequency, path=t.path)
     tmp = out_dir / f".tokenizer.json.{os.getpid()}.tmp"
     tok.save(str(tmp))
@@ -205,30 +347,50 @@ def train_tokenizer(cleaned: dict, cfg: Config, out_dir: Path) -> Tokenizer:
     return tok
 
 
-def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int) -> dict:
+def data_fingerprint(meta: dict) -> str:
+    """What a model trained on a prepared directory was trained on, as one hash: the cleaned corpus, the
+    tokenizer, the split, and the bytes of both shards."""
+    parts = {"format": PREPARED_FORMAT, "corpus_sha256": meta["corpus_sha256"],
+             "tokenizer_sha256": meta["tokenizer_sha256"], "split": {k: v for k, v in meta["split"].items()
+                                                                       if k != "note"},
+             "train_sha256": meta["train"]["sha256"], "val_sha256": meta["val"]["sha256"]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int,
+               split: Split, out_dir: Path) -> dict:
     """What meta.json records beside the shard counts."""
     return {"tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
+            "tokenizer_sha256": hashlib.sha256((out_dir / "tokenizer.json").read_bytes()).hexdigest(),
             "special_ids": special_ids(tok), "documents": cleaned["documents"], "chars": cleaned["chars"],
-            "val_chars": val_chars, "val_filter": cfg.data.val_filter, "corpus_sha256": cleaned["corpus_sha256"],
+            "val_chars": val_chars, "split": split.describe(), "corpus_sha256": cleaned["corpus_sha256"],
             "source": cfg.data.source, "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
             "clean_report": cleaned["clean_report"]}
 
 
+def write_prepared_meta(out_dir: Path, vocab_size: int, counts: dict, extra: dict) -> dict:
+    """meta.json with the data fingerprint."""
+    meta = meta_for(vocab_size, counts, extra)
+    return write_meta(out_dir, {**meta, "data_fingerprint": data_fingerprint(meta)})
+
+
 def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: str = "",
                        timings: dict | None = None) -> dict:
-    """Train the tokenizer on the spill file's train documents, write it and the shards; delete the spill.
+    """Train the tokenizer on the spill file's train side, write it and the shards; delete the spill.
     `timings`, when given, receives the seconds spent training the tokenizer and encoding + sharding."""
     timings = {} if timings is None else timings
     spill = Path(cleaned["spill"])
     try:
+        split = plan_split(cleaned, cfg)
         start = time.perf_counter()
-        tok = train_tokenizer(cleaned, cfg, out_dir)
+        tok = train_tokenizer(cleaned, cfg, out_dir, split)
         timings["train_tokenizer_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        is_val = document_split(cleaned, cfg)
-        val_chars = sum(len(d) for d in split_documents(read_spill(spill), is_val, True))
-        meta = write_shards(encode_batches(tok, read_spill(spill)), is_val, out_dir, tok.get_vocab_size(),
-                            extra_meta=shard_meta(cleaned, cfg, tok, fingerprint, val_chars))
+        paths = {n: out_dir / f"{n}.bin" for n in ("train", "val")}
+        counts = write_split_files(routed_batches(tok, read_spill(spill), split), paths,
+                                   shard_dtype(tok.get_vocab_size()))
+        meta = write_prepared_meta(out_dir, tok.get_vocab_size(), counts, shard_meta(
+            cleaned, cfg, tok, fingerprint, split.val_chars(read_spill(spill)), split, out_dir))
     finally:
         remove_spill(cleaned)
     timings["encode_shard_s"] = time.perf_counter() - start
@@ -236,12 +398,27 @@ def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: s
 
 
 def check_fits_context(meta: dict, block_size: int) -> None:
-    """Training needs more than one context window (block_size + 1 tokens) in each split."""
-    for split in ("train", "val"):
-        if meta[split]["tokens"] <= block_size + 1:
-            raise LmforgeError(f"the prepared {split} split has {meta[split]['tokens']} tokens, fewer than one "
-                               f"context window ({block_size + 1})",
-                               hint="use a larger corpus or --set model.block_size=SMALLER")
+    """Training needs more than one context window (block_size + 1 tokens) in each split; say which numbers
+    fall short and what would fix them."""
+    window = block_size + 1
+    split = meta.get("split", {})
+    for side in ("train", "val"):
+        tokens = meta[side]["tokens"]
+        if tokens > window:
+            continue
+        total = meta["train"]["tokens"] + meta["val"]["tokens"]
+        if split.get("method") == "documents":
+            cause = (f"the {side} side of the document split has {tokens} tokens in {meta[side]['documents']} "
+                     f"document(s) of {meta['documents']}, fewer than one context window ({window})")
+            hint = ("--set data.split=contiguous (val = the last part of the text), raise data.val_fraction, "
+                    "or --set model.block_size=SMALLER")
+        else:
+            cause = (f"the corpus has {total} tokens after cleaning, so its {side} side has {tokens}, fewer than "
+                     f"one context window ({window})")
+            need = int(window / max(min(split.get("val_fraction", 0.1), 1 - split.get("val_fraction", 0.1)),
+                                    1e-9)) + 1
+            hint = f"use a corpus of at least ~{need} tokens, raise data.val_fraction, or lower model.block_size"
+        raise LmforgeError(cause, hint=hint)
 
 
 def prepare_corpus(path: Path, cfg: Config, out_dir: Path, timings: dict | None = None) -> dict:

@@ -1,12 +1,13 @@
-"""Token shards: documents split into train/val by a seeded draw, written as flat uint16/uint32 binary files
-plus meta.json, read back with numpy.memmap. Writing streams: memory does not grow with corpus size."""
+"""Token shards: pieces of the corpus (documents, or the two sides of a contiguous cut) routed to train/val and
+written as flat uint16/uint32 binary files plus meta.json (token counts and each file's sha256), read back with
+numpy.memmap. Writing streams: memory does not grow with corpus size."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -26,44 +27,60 @@ def shard_dtype(vocab_size: int) -> np.dtype:
                        hint="lower tokenizer.vocab_size")
 
 
-def split_mask(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
-    """True where a document goes to val. At least one document on each side when there are two or more."""
-    rng = np.random.default_rng(seed)
-    is_val = rng.random(n_docs) < val_fraction
-    if n_docs >= 2:
-        if not is_val.any():
-            is_val[rng.integers(n_docs)] = True
+def content_split(hashes: np.ndarray, val_fraction: float, eligible: np.ndarray | None = None) -> np.ndarray:
+    """True where a document goes to val, decided by the document's own content hash (uint64, keyed by the
+    split seed): a document keeps its side whatever else the corpus gains or loses, so a model trained on one
+    version of a corpus never saw the val documents of the next. `eligible` limits val to some documents
+    (data.val_filter). At least one document on each side when there are two or more (the lowest hash goes to
+    val, the highest to train)."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    ok = np.ones(hashes.size, bool) if eligible is None else np.asarray(eligible, bool)
+    is_val = ok & (hashes.astype(np.float64) < val_fraction * 2.0**64)
+    if hashes.size >= 2:
+        if not is_val.any() and ok.any():
+            candidates = np.flatnonzero(ok)
+            is_val[candidates[np.argmin(hashes[candidates])]] = True
         if is_val.all():
-            is_val[rng.integers(n_docs)] = False
+            is_val[np.argmax(hashes)] = False
     return is_val
+
+
+def with_flags(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.ndarray
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, ids per document) batches paired with each document's val flag, taken in order from is_val."""
+    first = 0
+    for ids, lens in encoded:
+        yield ids, lens, is_val[first:first + lens.size]
+        first += lens.size
 
 
 def write_shards(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.ndarray, out_dir: Path,
                  vocab_size: int, extra_meta: dict | None = None) -> dict:
     """Stream batches of (token ids, ids per document) into out_dir/{train,val}.bin, routing each document by
     is_val[document index]; returns the meta written to meta.json."""
-    counts = write_split_files(encoded, is_val, {n: out_dir / f"{n}.bin" for n in SPLITS}, shard_dtype(vocab_size))
-    return write_meta(out_dir, vocab_size, counts, extra_meta)
+    counts = write_split_files(with_flags(encoded, is_val), {n: out_dir / f"{n}.bin" for n in SPLITS},
+                               shard_dtype(vocab_size))
+    return write_meta(out_dir, meta_for(vocab_size, counts, extra_meta))
 
 
-def write_split_files(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: np.ndarray,
-                      paths: dict[str, Path], dtype: np.dtype) -> dict:
-    """The routing of write_shards into the files paths["train"] and paths["val"] (each written to a temp
-    file, then renamed); returns {split: {"tokens", "documents"}}."""
+def write_split_files(routed: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: dict[str, Path],
+                      dtype: np.dtype) -> dict:
+    """Route each piece (a document, or part of the text stream) of each batch to paths["train"] or
+    paths["val"] by its flag (each file written to a temp file, then renamed); returns
+    {split: {"tokens", "documents", "sha256"}} (sha256 of the file's bytes)."""
     Path(paths["train"]).parent.mkdir(parents=True, exist_ok=True)
     tmp = {n: Path(paths[n]).with_name(f".{Path(paths[n]).name}.{os.getpid()}.tmp") for n in SPLITS}
     counts = {n: {"tokens": 0, "documents": 0} for n in SPLITS}
+    digests = {n: hashlib.sha256() for n in SPLITS}
     files = {n: open(tmp[n], "wb") for n in SPLITS}
-    first_doc = 0
     try:
-        for ids, lens in encoded:
-            doc_val = is_val[first_doc:first_doc + lens.size]
-            first_doc += lens.size
+        for ids, lens, doc_val in routed:
             token_val = np.repeat(doc_val, lens)
             for name, mask in (("train", ~token_val), ("val", token_val)):
-                part = ids[mask]
-                files[name].write(part.astype(dtype, copy=False).tobytes())
-                counts[name]["tokens"] += int(part.size)
+                data = ids[mask].astype(dtype, copy=False).tobytes()
+                files[name].write(data)
+                digests[name].update(data)
+                counts[name]["tokens"] += len(data) // dtype.itemsize
             counts["val"]["documents"] += int(doc_val.sum())
             counts["train"]["documents"] += int(doc_val.size - doc_val.sum())
         for f in files.values():
@@ -77,39 +94,48 @@ def write_split_files(encoded: Iterable[tuple[np.ndarray, np.ndarray]], is_val: 
     for n in SPLITS:
         files[n].close()
         os.replace(tmp[n], paths[n])
+        counts[n]["sha256"] = digests[n].hexdigest()
     return counts
 
 
-def concat_split_files(parts: list[dict], out_dir: Path, vocab_size: int,
-                       extra_meta: dict | None = None) -> dict:
+def concat_split_files(parts: list[dict], out_dir: Path) -> dict:
     """Join parts ({"train": path, "val": path, "counts": what write_split_files returned}), in order, into
-    out_dir/{train,val}.bin (the same bytes write_shards writes for the whole stream); deletes the parts;
-    returns the meta written to meta.json."""
+    out_dir/{train,val}.bin (the same bytes write_split_files writes for the whole stream); deletes the parts;
+    returns the joined counts, as write_split_files does."""
     counts = {n: {"tokens": 0, "documents": 0} for n in SPLITS}
     for n in SPLITS:
         tmp = out_dir / f".{n}.bin.{os.getpid()}.tmp"
+        digest = hashlib.sha256()
         try:
             with open(tmp, "wb") as out:
                 for part in parts:
                     with open(part[n], "rb") as f:
-                        shutil.copyfileobj(f, out, 1 << 22)
+                        while block := f.read(1 << 22):
+                            out.write(block)
+                            digest.update(block)
                     counts[n]["tokens"] += part["counts"][n]["tokens"]
                     counts[n]["documents"] += part["counts"][n]["documents"]
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, out_dir / f"{n}.bin")
+            counts[n]["sha256"] = digest.hexdigest()
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
     for part in parts:
         for n in SPLITS:
             Path(part[n]).unlink(missing_ok=True)
-    return write_meta(out_dir, vocab_size, counts, extra_meta)
+    return counts
 
 
-def write_meta(out_dir: Path, vocab_size: int, counts: dict, extra_meta: dict | None = None) -> dict:
-    meta = {"vocab_size": vocab_size, "dtype": shard_dtype(vocab_size).name,
+def meta_for(vocab_size: int, counts: dict, extra_meta: dict | None = None) -> dict:
+    """meta.json's content: vocabulary, dtype, each split's file and counts, plus extra_meta."""
+    return {"vocab_size": vocab_size, "dtype": shard_dtype(vocab_size).name,
             **{n: {"path": f"{n}.bin", **counts[n]} for n in SPLITS}, **(extra_meta or {})}
+
+
+def write_meta(out_dir: Path, meta: dict) -> dict:
+    """Write meta.json last and atomically: its presence marks the directory complete."""
     write_json_atomic(out_dir / META, meta)
     return meta
 

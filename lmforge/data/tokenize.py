@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -178,10 +178,17 @@ def frame(ids: np.ndarray, lens: np.ndarray, bos: int | None, eos: int | None) -
     return out, framed_lens
 
 
+def plain_encoder(tok: Tokenizer) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+    """texts -> (ids of all texts concatenated, ids per text), unframed: the numpy lookup for a char tokenizer,
+    `tokenizers` otherwise. Build it once per stream (the char table is built here)."""
+    if CharLookup.applies(tok):
+        return CharLookup(tok).encode
+    return lambda texts: encode_with_tokenizer(tok, texts)
+
+
 def encode_batches(tok: Tokenizer, batches: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per batch of documents: (framed ids of all documents, framed length per document)."""
     ids = special_ids(tok)
-    fast = CharLookup(tok) if CharLookup.applies(tok) else None
+    encode = plain_encoder(tok)
     for docs in batches:
-        raw, lens = fast.encode(docs) if fast else encode_with_tokenizer(tok, docs)
-        yield frame(raw, lens, ids["bos"], ids["eos"])
+        yield frame(*encode(docs), ids["bos"], ids["eos"])
