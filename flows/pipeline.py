@@ -1,33 +1,49 @@
-"""The main job: acquire -> clean -> tokenize -> train -> evaluate -> export -> samples -> register."""
+"""The main job: acquire -> clean -> tokenize -> (the run's data) -> train -> evaluate -> export -> samples ->
+register. The prepared-data directory and the run directory are each held by one process at a time."""
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.states import Cancelled
 
 from flows.prepare import prepare_data
 from lmforge.config import load_config
+from lmforge.interrupt import Interrupted
 from lmforge.layout import RunLayout
+from lmforge.locks import hold
+from tasks.data import snapshot_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
-from tasks.tracking import mark_mlflow_run_failed, publish_summary, register_model, start_tracking
+from tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
 from tasks.train import train_model
 
 
 @flow(name="lmforge-pipeline", log_prints=True, on_failure=[mark_mlflow_run_failed])
-def pipeline(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
+def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bool = True) -> dict:
+    """`wait`: when another process holds this config's data or run directory, wait for it (else stop)."""
     cfg = load_config(preset, overrides)
-    where = RunLayout.for_config(cfg)
-    run_id = start_tracking(cfg, where.root.name)
-    meta = prepare_data(cfg, where, run_id)
-    trained = train_model(cfg, meta, where.ckpt, run_id)
-    metrics = evaluate_model(cfg, meta, trained, run_id)
-    exported = export_model(cfg, meta, trained, metrics, where.model, run_id)
-    samples = sample_model(cfg, exported["model_dir"], run_id)
-    version = register_model(cfg, run_id, exported, meta, metrics, samples)
-    result = {"run_id": run_id, "model_name": cfg.name, "model_version": version,
-              "model_uri": f"models:/{cfg.name}@candidate", "model_dir": exported["model_dir"],
+    layout = RunLayout.for_config(cfg)
+    logger = get_run_logger()
+    run_id = start_tracking(cfg, f"{cfg.name}-{layout.weights}")
+    try:
+        with hold(layout.prepared_lock, f"the prepared data of {cfg.name}", wait, logger):
+            data = snapshot_data(prepare_data(cfg, layout, run_id), layout, run_id)
+        run = layout.run_dir(data["data_fingerprint"])
+        with hold(run.lock, f"the run directory {run.root.name}", wait, logger):
+            trained = train_model(cfg, data, layout, run_id)
+            metrics = evaluate_model(cfg, data, trained, run_id)
+            exported = export_model(cfg, data, trained, metrics, run.model, run_id)
+            samples = sample_model(cfg, exported["model_dir"], run_id)
+            registered = register_model(cfg, run_id, exported, data, trained, metrics, samples)
+    except Interrupted as stop:
+        end_tracking(run_id, "KILLED")
+        return Cancelled(message=stop.message)
+    result = {"run_id": run_id, "model_name": cfg.name, "model_version": registered["version"],
+              "reused": registered["reused"], "model_uri": f"models:/{cfg.name}@candidate",
+              "model_dir": exported["model_dir"], "run_dir": str(run.root), "data_fingerprint": data["data_fingerprint"],
               "metrics": {**metrics, "onnx_parity_max_abs": exported["onnx_parity_max_abs"],
-                          "best_val_loss": trained["best_val_loss"], "train_tokens_per_s": trained["tokens_per_s"],
-                          "train_steps": trained["steps"], "resumed_from": trained["resumed_from"]},
+                          "best_val_loss": trained["best_val_loss"], "final_train_loss": trained["final_train_loss"],
+                          "train_tokens_per_s": trained["tokens_per_s"], "train_steps": trained["steps"],
+                          "resumed_from": trained["resumed_from"]},
               "samples": [s["text"] for s in samples]}
     publish_summary(cfg, result)
     return result

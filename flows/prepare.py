@@ -2,35 +2,40 @@
 fan out as mapped tasks over the flow's task runner (a DaskTaskRunner from `--dask`, else threads)."""
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
 
 from lmforge.config import Config, load_config
 from lmforge.layout import RunLayout
+from lmforge.locks import hold
 from tasks.data import (acquire_data, clean_data, clean_data_part, encode_data_part, join_data_shards,
                         merge_cleaned_parts, plan_data_parts, tokenize_data, train_data_tokenizer)
 
 
-def prepare_data(cfg: Config, where: RunLayout, run_id: str | None = None) -> dict:
-    """The data tasks of a flow, in parts when data.parts > 1; returns the prepared data's meta."""
-    corpus = acquire_data(cfg, where.cache)
+def prepare_data(cfg: Config, layout: RunLayout, run_id: str | None = None) -> dict:
+    """The data tasks of a flow, in parts when data.parts > 1; returns the prepared data's meta. The caller holds
+    the prepared directory's lock."""
+    out = layout.prepared
+    corpus = acquire_data(cfg, layout.cache)
     if cfg.data.parts == 1:
-        return tokenize_data(clean_data(corpus, cfg, run_id), cfg, where.data, run_id)
+        return tokenize_data(clean_data(corpus, cfg, run_id), cfg, out, run_id)
     plan = plan_data_parts(corpus, cfg, run_id)
     if "cached_meta" in plan:
-        return tokenize_data(plan, cfg, where.data, run_id)
-    parts = clean_data_part.map(unmapped(corpus), unmapped(cfg), unmapped(where.data), plan["parts"],
+        return tokenize_data(plan, cfg, out, run_id)
+    parts = clean_data_part.map(unmapped(corpus), unmapped(cfg), unmapped(out), plan["parts"],
                                 range(len(plan["parts"])))
-    cleaned = merge_cleaned_parts(parts, cfg, where.data, corpus, plan["fingerprint"], run_id)
-    split, runs = train_data_tokenizer(cleaned, cfg, where.data)
-    encoded = encode_data_part.map(unmapped(cleaned), unmapped(split), unmapped(where.data), runs,
-                                   range(len(runs)))
-    return join_data_shards(cleaned, cfg, where.data, split, encoded, run_id)
+    cleaned = merge_cleaned_parts(parts, cfg, out, corpus, plan["fingerprint"], run_id)
+    split, runs = train_data_tokenizer(cleaned, cfg, out)
+    encoded = encode_data_part.map(unmapped(cleaned), unmapped(split), unmapped(out), runs, range(len(runs)))
+    return join_data_shards(cleaned, cfg, out, split, encoded, run_id)
 
 
 @flow(name="lmforge-prepare")
-def prepare(preset: str = "jokes-char", overrides: dict | None = None) -> dict:
+def prepare(preset: str = "jokes-char", overrides: dict | None = None, wait: bool = True) -> dict:
     cfg = load_config(preset, overrides)
-    meta = prepare_data(cfg, RunLayout.for_config(cfg))
+    layout = RunLayout.for_config(cfg)
+    with hold(layout.prepared_lock, f"the prepared data of {cfg.name} ({layout.prepared})", wait,
+              get_run_logger()):
+        meta = prepare_data(cfg, layout)
     return {"documents": meta["documents"], "chars": meta["chars"], "vocab_size": meta["vocab_size"],
             "train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
             "shards": [f"{meta['dir']}/train.bin", f"{meta['dir']}/val.bin"], "dir": meta["dir"],

@@ -1,11 +1,17 @@
-"""`lmforge promote NAME`: move the registry's `champion` alias to `candidate` when it wins on held-out data."""
+"""`lmforge promote NAME` / `lmforge rollback NAME`: move the registry's `champion` alias on evidence, or back."""
 from __future__ import annotations
 
 from prefect import flow
 
-from tasks.promote import promote_candidate
+from tasks.promote import promote_candidate, rollback_champion
 
 
 @flow(name="lmforge-promote")
-def promote(name: str = "jokes-char", margin: float = 0.01, force: bool = False) -> dict:
-    return promote_candidate(name, margin, force)
+def promote(name: str = "jokes-char", margin: float = 0.01, force: bool = False, version: str | None = None,
+            gate: float = 0.75, by: str | None = None) -> dict:
+    return promote_candidate(name, margin, force, version, gate, by)
+
+
+@flow(name="lmforge-rollback")
+def rollback(name: str = "jokes-char", by: str | None = None) -> dict:
+    return rollback_champion(name, by)

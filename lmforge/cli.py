@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 from lmforge.errors import LmforgeError
+from lmforge.interrupt import Interrupted
 
 EXAMPLES = {
     "run": "lmforge run --preset shakespeare-char --set data.source=../shared/corpora/tinyshakespeare.txt --json",
@@ -19,14 +20,10 @@ EXAMPLES = {
     "presets": "lmforge presets",
     "bench": "lmforge bench decode --quick --json",
     "runs": "lmforge runs --limit 5",
-    "report": "lmforge report 3f2a9c1b7d4e --out report.html",
+    "report": "lmforge report 3f2a9c1b --out report.html",
     "promote": "lmforge promote jokes-char --margin 0.01",
+    "rollback": "lmforge rollback jokes-char",
 }
-
-
-def _prefect_env() -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -55,56 +52,29 @@ def _emit(result: dict, as_json: bool) -> None:
 DASK_PARTS = 8  # data.parts under --dask unless set
 
 
-def dask_task_runner(spec: str):
-    """--dask local:N (a local cluster of N worker processes) or tcp://HOST:PORT (a running scheduler)."""
-    from prefect_dask import DaskTaskRunner
-
-    if spec.startswith("local:") and spec[6:].isdigit() and int(spec[6:]) > 0:
-        return DaskTaskRunner(cluster_kwargs={"n_workers": int(spec[6:]), "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
-    if spec.startswith(("tcp://", "tls://")):
-        return DaskTaskRunner(address=spec)
-    raise LmforgeError(f"--dask {spec!r} is neither local:N nor a scheduler address",
-                       hint="--dask local:2, or --dask tcp://HOST:8786 for a running `dask scheduler`")
-
-
 def _flow_call(args, module: str, name: str) -> dict:
-    """Validate the config before importing Prefect, then run flow `name` of `module` (on Dask workers with
-    --dask)."""
+    """Validate the config before importing Prefect, then run flow `name` of `module` (lmforge.orchestration:
+    the API checked or a temporary server, Ctrl-C handled, on Dask workers with --dask)."""
     import importlib
 
     from lmforge.config import load_config
+    from lmforge.orchestration import prefect_env, run_flow
 
+    prefect_env()
     overrides = _overrides(args.set)
     if args.dask:
         overrides.setdefault("data.parts", str(DASK_PARTS))
     load_config(args.preset, overrides)
     flow = getattr(importlib.import_module(module), name)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    settings = {}
-    if args.dask:
-        flow = flow.with_options(task_runner=dask_task_runner(args.dask))
-        if not PREFECT_API_URL.value():
-            # No server configured: start Prefect's temporary one now and name it in the settings the Dask
-            # workers receive, else each worker starts a temporary server of its own and keeps its task runs.
-            from prefect.server.api.server import SubprocessASGIServer
-
-            server = SubprocessASGIServer()
-            server.start()
-            settings[PREFECT_API_URL] = server.api_url
-    with temporary_settings(settings):
-        return flow(preset=args.preset or "jokes-char", overrides=overrides)
+    return run_flow(flow, args.dask, preset=args.preset or "jokes-char", overrides=overrides, wait=not args.no_wait)
 
 
 def cmd_run(args) -> int:
-    _prefect_env()
     _emit(_flow_call(args, "flows.pipeline", "pipeline"), args.json)
     return 0
 
 
 def cmd_prepare(args) -> int:
-    _prefect_env()
     _emit(_flow_call(args, "flows.prepare", "prepare"), args.json)
     return 0
 
@@ -150,30 +120,46 @@ def cmd_runs(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
+    print(f"{'started':<16}  {'run id':<12}  {'run':<28} {'status':<9} {'version':<8} {'aliases':<18} val_loss")
     for r in rows:
-        metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()) if k in SHOWN_METRICS)
-        print(f"{r['start']}  {r['run_id'][:12]}  {r['name']:<28} {r['status']:<9} {metrics}")
+        version = f"v{r['version']}" if r["version"] else "-"
+        val = r["metrics"].get("val_loss")
+        print(f"{r['start']:<16}  {r['run_id'][:12]}  {r['name']:<28} {r['status']:<9} {version:<8} "
+              f"{','.join(r['aliases']) or '-':<18} {'-' if val is None else f'{val:.4f}'}")
     return 0
 
 
-SHOWN_METRICS = ("val_loss", "val_perplexity", "val_accuracy", "val_bpc")
+def _promotion_call(flow_name: str, **parameters) -> dict:
+    from lmforge.orchestration import prefect_env, run_flow
+
+    prefect_env()
+    import flows.promote
+
+    return run_flow(getattr(flows.promote, flow_name), **parameters)
 
 
 def cmd_promote(args) -> int:
-    _prefect_env()
     from lmforge.promote import candidate_version
 
-    candidate_version(args.name)  # a missing model fails before Prefect starts
-    from flows.promote import promote
+    candidate_version(args.name, args.version)  # a missing model or version fails before Prefect starts
+    _emit(_promotion_call("promote", name=args.name, margin=args.margin, force=args.force, version=args.version,
+                          gate=args.gate, by=args.by), args.json)
+    return 0
 
-    _emit(promote(name=args.name, margin=args.margin, force=args.force), args.json)
+
+def cmd_rollback(args) -> int:
+    from lmforge.promote import rollback_target
+
+    rollback_target(args.name)  # nothing to roll back to: one line, before Prefect starts
+    _emit(_promotion_call("rollback", name=args.name, by=args.by), args.json)
     return 0
 
 
 def cmd_report(args) -> int:
     from lmforge.report import write_report
+    from lmforge.tracking import resolve_run_id
 
-    print(write_report(args.run_id, args.out))
+    print(write_report(resolve_run_id(args.run_id), args.out))
     return 0
 
 
@@ -210,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print the result as one JSON line")
         sp.add_argument("--dask", metavar="local:N|tcp://HOST:PORT",
                         help=f"clean and encode data in parts on Dask workers (data.parts defaults to {DASK_PARTS})")
+        sp.add_argument("--no-wait", action="store_true",
+                        help="stop at once when another process holds this config's data or run directory")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
     g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS")
@@ -234,13 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=10)
     r.add_argument("--json", action="store_true")
     rep = add("report", "Write a self-contained HTML report of one run (loss plot, metrics, samples).", cmd_report)
-    rep.add_argument("run_id", metavar="RUN_ID", help="MLflow run id (`lmforge runs`)")
+    rep.add_argument("run_id", metavar="RUN_ID", help="MLflow run id or any unique prefix of it (`lmforge runs`)")
     rep.add_argument("--out", help="output file; default report-<run id>.html")
-    pro = add("promote", "Move alias `champion` to `candidate` when it wins on the same held-out data.", cmd_promote)
+    pro = add("promote", "Move alias `champion` to `candidate` (or --version N) when it wins on held-out data "
+              "neither was trained on.", cmd_promote)
     pro.add_argument("name", metavar="NAME", help="registered model name (the preset's name)")
+    pro.add_argument("--version", help="promote this version instead of `candidate`")
     pro.add_argument("--margin", type=float, default=0.01, help="nats/token the candidate must win by")
+    pro.add_argument("--gate", type=float, default=0.75,
+                     help="with no champion yet: nats/token it must beat the val windows' unigram entropy by")
     pro.add_argument("--force", action="store_true", help="promote whatever the comparison says")
+    pro.add_argument("--by", help="who decides (recorded on the version; default: your user name)")
     pro.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    rb = add("rollback", "Put back the champion the current one replaced (recorded on both versions).", cmd_rollback)
+    rb.add_argument("name", metavar="NAME", help="registered model name")
+    rb.add_argument("--by", help="who decides (default: your user name)")
+    rb.add_argument("--json", action="store_true", help="print the result as one JSON line")
     return p
 
 
@@ -249,7 +246,8 @@ PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow",
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     logging.getLogger("lmforge").setLevel(logging.INFO)  # progress lines, downloads, <unk> notices
     args = build_parser().parse_args(argv)
     try:
@@ -257,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # Ctrl-C / SIGTERM: the work up to here is saved
+        print(exc.message, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a loop that saves its work
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lmforge presets | head -2`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ModuleNotFoundError as exc:  # a runtime-only install (`pip install lmforge`) asked for pipeline work
         if exc.name not in PIPELINE_MODULES:
             raise

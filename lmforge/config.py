@@ -114,6 +114,14 @@ class ExportConfig:
 
 
 @dataclass
+class PromoteConfig:
+    margin: float = 0.01             # nats/token the candidate must beat the champion by
+    gate: float = 0.75               # a first champion must beat the unigram entropy of its val windows by this
+    windows: int = 128               # evenly spaced val windows both versions are scored on
+    auto: bool = False               # the pipeline ends with the promotion step (scheduled runs)
+
+
+@dataclass
 class Config:
     name: str = DEFAULT_PRESET
     description: str = ""
@@ -124,6 +132,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,7 +146,7 @@ class Config:
         return out
 
 
-SECTIONS = ("data", "clean", "tokenizer", "model", "train", "eval", "export")
+SECTIONS = ("data", "clean", "tokenizer", "model", "train", "eval", "export", "promote")
 CHOICES = {
     "data.format": ("auto", "text", "lines", "csv", "tsv", "imdb"),
     "data.encoding_errors": ("strict", "replace"),

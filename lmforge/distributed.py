@@ -1,6 +1,6 @@
-"""Multi-process training: process-group setup for `lmforge.train.train` under torchrun, the torchrun entry
-point (`python -m lmforge.distributed JOB.json`), and `launch`, which runs that entry point with
-`torchrun --standalone --nproc_per_node N` and returns rank 0's training summary."""
+"""Multi-process training on one host: the torchrun entry point (`python -m lmforge.distributed JOB.json`) and
+`launch`, which runs it with `torchrun --standalone --nproc_per_node N` and returns rank 0's training summary.
+The process-group primitives the training loop itself uses are in lmforge.ddp."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,70 +9,29 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from lmforge.atomic import write_json_atomic
+from lmforge.checkpoint import Identity
 from lmforge.config import Config, ModelConfig, TrainConfig
 from lmforge.data.shards import open_shard
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model
-
-
-@dataclass(frozen=True)
-class Rank:
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def setup(device: str) -> Rank | None:
-    """Join the process group when started by torchrun with more than one process (nccl on CUDA, gloo
-    elsewhere); None in a plain single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if "RANK" not in os.environ or world_size <= 1:
-        return None
-    me = Rank(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if device == "cuda":
-        torch.cuda.set_device(me.local_rank)  # "cuda" below means this rank's GPU
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    return me
-
-
-def gather(obj: object) -> list:
-    """Every rank's `obj`, in rank order, on every rank."""
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast(obj: object) -> object:
-    """Rank 0's `obj` on every rank."""
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+from lmforge.train import train
 
 
 def main(job_path: str) -> None:
     """torchrun entry point: every rank builds the model, trains, and rank 0 writes the summary atomically."""
-    from lmforge.train import train  # here, not at the top: lmforge.train imports this module
-
     job = json.loads(Path(job_path).read_text())
     model_cfg, train_cfg = ModelConfig(**job["model"]), TrainConfig(**job["train"])
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(model_cfg, job["vocab_size"])
     data_dir = Path(job["data_dir"])
+    identity = Identity(**job["identity"]) if job.get("identity") else None
     result = train(model, open_shard(data_dir, "train"), open_shard(data_dir, "val"), model_cfg.block_size,
-                   train_cfg, Path(job["ckpt_dir"]))
+                   train_cfg, Path(job["ckpt_dir"]), identity=identity)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json_atomic(Path(job["result"]), dataclasses.asdict(result))
 
@@ -86,7 +45,8 @@ def exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def launch(cfg: Config, meta: dict, ckpt_dir: Path, nproc: int, timeout_s: float | None = None) -> dict:
+def launch(cfg: Config, meta: dict, ckpt_dir: Path, nproc: int, identity: Identity | None = None,
+           timeout_s: float | None = None) -> dict:
     """Train cfg's model on `nproc` local processes; returns TrainResult as a dict (history included)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +54,7 @@ def launch(cfg: Config, meta: dict, ckpt_dir: Path, nproc: int, timeout_s: float
     result_path.unlink(missing_ok=True)
     job = {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
            "vocab_size": meta["vocab_size"], "data_dir": str(meta["dir"]), "ckpt_dir": str(ckpt_dir),
-           "result": str(result_path)}
+           "result": str(result_path), "identity": dataclasses.asdict(identity) if identity else None}
     write_json_atomic(job_path, job)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m", "lmforge.distributed",

@@ -5,26 +5,20 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def windows(data: np.ndarray, block_size: int, max_windows: int) -> np.ndarray:
-    """Start offsets of up to max_windows evenly spaced windows (deterministic, so runs compare)."""
-    last = len(data) - block_size - 1
-    if last < 0:
-        return np.zeros(0, dtype=np.int64)
-    n = min(max_windows, last // block_size + 1)
-    return np.linspace(0, last, n).astype(np.int64)
+from lmforge.runtime.scoring import windows
 
 
 @torch.no_grad()
 def evaluate_tokens(model: torch.nn.Module, data: np.ndarray, block_size: int, batch_size: int,
                     max_windows: int, device: str = "cpu", autocast=None) -> dict[str, float]:
     """Mean next-token loss and accuracy over evenly spaced windows of `data`."""
-    starts = windows(data, block_size, max_windows)
+    starts = windows(len(data), block_size, max_windows)
     if not len(starts):
         return {"loss": float("nan"), "perplexity": float("nan"), "accuracy": float("nan"), "tokens": 0}
     was_training = model.training
@@ -67,8 +61,37 @@ def sample_text(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: i
     return ids
 
 
+def eval_sampler(cfg, data: dict, emit: Callable[[int, str], None]) -> Callable[[torch.nn.Module, int], None]:
+    """A training hook: at every evaluation, a continuation of the first eval prompt (top-k, T=1, at most 60
+    tokens), decoded and handed to emit(step, text) -- what seed 002's per-epoch sampling showed."""
+    from lmforge.data.tokenize import load_tokenizer
+
+    tok = load_tokenizer(Path(data["dir"]) / "tokenizer.json")
+    ids = data["special_ids"]
+    prompt = cfg.eval.prompts[0] if cfg.eval.prompts else ""
+    prompt_ids = ([ids["bos"]] if ids["bos"] is not None else []) + tok.encode(prompt, add_special_tokens=False).ids
+
+    def sample(model: torch.nn.Module, step: int) -> None:
+        out = sample_text(model, prompt_ids, min(cfg.eval.max_new_tokens, 60), cfg.model.block_size,
+                          temperature=1.0, top_k=cfg.eval.top_k, seed=step, eos=ids["eos"])
+        emit(step, prompt + tok.decode(out))
+
+    return sample
+
+
 def bits_per_char(loss_nats_per_token: float, tokens: int, chars: int) -> float:
     return loss_nats_per_token * tokens / max(chars, 1) / math.log(2)
+
+
+def split_metrics(result: dict, tokenizer_kind: str, val_tokens: int, val_chars: int) -> dict[str, float]:
+    """The metrics logged for a model's val split: loss, perplexity, accuracy, and bits per character (for a char
+    tokenizer the loss itself in bits; otherwise converted with the split's tokens-per-character ratio)."""
+    metrics = {"val_loss": result["loss"], "val_perplexity": result["perplexity"], "val_accuracy": result["accuracy"]}
+    if tokenizer_kind == "char":
+        metrics["val_bpc"] = result["loss"] / math.log(2)
+    elif val_chars:
+        metrics["val_bpc"] = bits_per_char(result["loss"], val_tokens, val_chars)
+    return metrics
 
 
 def plot_losses(history: list[dict], path: Path) -> Path:

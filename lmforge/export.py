@@ -217,6 +217,24 @@ def export_fast_variants(model, spec: dict, tmp: Path, files: dict, metrics: dic
     return fast_io_spec(spec)
 
 
+def data_record(data: dict) -> dict:
+    """What a model records about the data it was trained on (lmforge.json `data`, the registry's tags)."""
+    return {"source": data["source"], "corpus_sha256": data["corpus_sha256"], "documents": data["documents"],
+            "fingerprint": data["data_fingerprint"], "tokenizer_sha256": data["tokenizer_sha256"],
+            "split": data["split"], "val_sha256": data["val"]["sha256"]}
+
+
+def provenance(cfg, data: dict, metrics: dict, run_id: str | None) -> dict:
+    """The parts of lmforge.json that say where a model comes from and how to sample it by default (the
+    architecture, I/O and files are added by export_model_dir)."""
+    e = cfg.export
+    return {"name": cfg.name, "tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
+            "tokens": data["special_ids"],
+            "generation": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
+                           "max_new_tokens": e.max_new_tokens},
+            "data": data_record(data), "metrics": metrics, "mlflow_run_id": run_id}
+
+
 def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
                      opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3, optimize: bool = True,
                      fp16: bool = False) -> tuple[Path, dict]:

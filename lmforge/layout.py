@@ -1,7 +1,17 @@
-"""Where a run's files live: artifacts/runs/<preset>-<config hash>/{ckpt,model}, its prepared data in
-artifacts/prepared/<preset>-<data config hash>/ (shared by runs that differ only in training), and the
-download/extraction cache artifacts/cache. The same config maps to the same directory, so re-running a
-killed command resumes from its checkpoint."""
+"""Where a run's files live, and what makes two runs the same run.
+
+    artifacts/cache/                                downloads, extracted archives, the pyjokes corpus
+    artifacts/prepared/<preset>-<data config hash>/ the prepared data of one data config (re-made in place
+                                                    when its source changes)
+    artifacts/runs/<preset>-<weights hash>-<data fingerprint>/
+        data/   the prepared files this run trains on (hard links: a later re-preparation leaves them alone)
+        ckpt/   last/ and best/ checkpoints          model/  the exported model directory
+
+A run is identified by what its weights depend on: the model and training config (the weights hash) and the
+data it is trained on (the data fingerprint: corpus, tokenizer, split and shard hashes: lmforge.data.prepare). So a
+re-run of the same command on the same data resumes from its checkpoint; the same config on changed data
+trains from step 0 in a directory of its own; and changes that do not touch the weights (export.*, eval.*,
+promote.*, train.threads/device/compile, data.parts) re-use the trained checkpoint and redo only what they change."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +22,15 @@ from pathlib import Path
 
 from lmforge.config import Config
 
+DATA_SECTIONS = ("data", "clean", "tokenizer")
+# config keys that change how a run is computed or what is done with its weights, never the weights themselves
+NOT_WEIGHTS = {"export": None, "eval": None, "promote": None, "train": ("threads", "device", "compile"),
+               "data": ("parts",)}
+
+
+def _hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
 
 def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
     """Short hash of what the config makes; data.parts only says how preparation is spread, not what it makes."""
@@ -19,7 +38,15 @@ def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
     d["data"].pop("parts")
     if sections:
         d = {k: d[k] for k in sections}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    return _hash(d)
+
+
+def weights_hash(cfg: Config) -> str:
+    """Hash of the config keys the trained weights depend on, beside the data (model.*, train.* but threads,
+    device and compile). The data sections are left out: the data fingerprint stands for what they make."""
+    d = cfg.to_dict()
+    out = {"model": d["model"], "train": {k: v for k, v in d["train"].items() if k not in NOT_WEIGHTS["train"]}}
+    return _hash(out)
 
 
 def artifacts_root() -> Path:
@@ -27,19 +54,14 @@ def artifacts_root() -> Path:
     return Path(os.environ.get("LMFORGE_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
 
 
-DATA_SECTIONS = ("data", "clean", "tokenizer")
-
-
 @dataclass(frozen=True)
-class RunLayout:
+class RunDir:
+    """One run's directory: the data it trains on, its checkpoints and its exported model."""
     root: Path
-    data: Path
 
-    @classmethod
-    def for_config(cls, cfg: Config, artifacts: Path | None = None) -> "RunLayout":
-        base = artifacts or artifacts_root()
-        return cls(base / "runs" / f"{cfg.name}-{config_hash(cfg)}",
-                   base / "prepared" / f"{cfg.name}-{config_hash(cfg, DATA_SECTIONS)}")
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
 
     @property
     def ckpt(self) -> Path:
@@ -50,5 +72,49 @@ class RunLayout:
         return self.root / "model"
 
     @property
+    def lock(self) -> Path:
+        return self.root.with_name(self.root.name + ".lock")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one config: its cache and prepared-data directory now, its run directory once the data's
+    fingerprint is known (run_dir)."""
+    artifacts: Path
+    name: str
+    weights: str
+    data_config: str
+
+    @classmethod
+    def for_config(cls, cfg: Config, artifacts: Path | None = None) -> "RunLayout":
+        return cls(Path(artifacts or artifacts_root()), cfg.name, weights_hash(cfg), config_hash(cfg, DATA_SECTIONS))
+
+    @property
+    def prepared(self) -> Path:
+        return self.artifacts / "prepared" / f"{self.name}-{self.data_config}"
+
+    @property
+    def prepared_lock(self) -> Path:
+        return self.prepared.with_name(self.prepared.name + ".lock")
+
+    @property
     def cache(self) -> Path:
-        return self.root.parent.parent / "cache"
+        return self.artifacts / "cache"
+
+    @property
+    def run_prefix(self) -> str:
+        return f"{self.name}-{self.weights}-"
+
+    def run_dir(self, data_fingerprint: str) -> RunDir:
+        return RunDir(self.artifacts / "runs" / f"{self.run_prefix}{data_fingerprint[:10]}")
+
+    def run_dirs(self) -> list[RunDir]:
+        """The run directories of this config (on any data), newest first."""
+        runs = self.artifacts / "runs"
+        found = [p for p in runs.glob(f"{self.run_prefix}*") if p.is_dir()] if runs.is_dir() else []
+        return [RunDir(p) for p in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)]
+
+    def earlier_runs(self, data_fingerprint: str) -> list[Path]:
+        """Run directories of this config on other data, newest first."""
+        mine = self.run_dir(data_fingerprint).root
+        return [r.root for r in self.run_dirs() if r.root != mine]

@@ -1,149 +1,218 @@
-"""Promotion: score the registry's `candidate` and `champion` versions on the SAME held-out tokens (the
-candidate's val shard) through onnxruntime, and move `champion` only when the candidate is better by a margin.
-Also the onnxruntime val loss of each exported variant beside fp32's, which the export task records."""
+"""Promotion: decide whether a registered version (the `candidate`, or one picked by number) becomes the
+`champion`, on evidence a reviewer can check.
+
+- Both versions are scored through onnxruntime on the SAME windows of one val split, identified by its data
+  fingerprint, that neither was trained on: the same data, or two document splits with the same seed and
+  fraction (a document's side depends only on its text, so one version's val documents are never the other's
+  training documents). Anything else (different corpora split by position, versions from before fingerprints)
+  is refused unless --force, with the reason.
+- A first champion must beat the unigram entropy of its val windows by promote.gate nats/token, so a smoke run
+  cannot become champion by being first.
+- The alias moves only if `champion` still points where it pointed when the comparison began.
+- The decision is recorded on the version (previous champion, both scores, margin, when, who) and in its
+  description; `rollback` puts the previous champion back, recorded the same way."""
 from __future__ import annotations
 
-import hashlib
+import getpass
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from lmforge import tracking
 from lmforge.errors import LmforgeError
-from lmforge.runtime import Generator
+from lmforge.runtime.generator import Generator
+from lmforge.runtime.scoring import unigram_entropy, val_loss
 
 
-def prefill_feeds(gen: Generator, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """The inputs that run whole windows `ids` [batch, seq] from an empty state (an empty KV cache or a zero
-    recurrent state), named as the exported graph names them."""
-    B, T = ids.shape
-    feeds = {"input_ids": ids.astype(np.int64), "position_ids": np.tile(np.arange(T, dtype=np.int64), (B, 1)),
-             "attention_mask": np.ones((B, T), np.int64), **gen._empty_state(B)}
-    wanted = {i.name for i in gen.session.get_inputs()}
-    return {k: v for k, v in feeds.items() if k in wanted}
-
-
-def onnx_val_loss(model_dir: str | Path, data: np.ndarray, block_size: int | None = None, max_windows: int = 128,
-                  variant: str = "fp32", batch_size: int = 8) -> float:
-    """Mean next-token loss (nats) of the exported model over evenly spaced windows of `data`."""
-    from lmforge.evaluate import windows
-
-    gen = Generator(model_dir, variant=variant, device="cpu", fast=False)
-    T = int(block_size or gen.dir.model["block_size"])
-    starts = windows(data, T, max_windows)
-    if not len(starts):
-        raise LmforgeError(f"the val shard has {len(data)} tokens, fewer than one window of {T + 1}",
-                           hint="prepare more data or lower model.block_size")
-    total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        xy = np.stack([data[s:s + T + 1].astype(np.int64) for s in starts[i:i + batch_size]])
-        x, y = xy[:, :-1], xy[:, 1:]
-        logits = gen.session.run([gen.dir.io["logits"]], prefill_feeds(gen, x))[0].astype(np.float64)
-        top = logits.max(-1, keepdims=True)
-        logsumexp = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
-        total += float((logsumexp - np.take_along_axis(logits, y[..., None], -1)[..., 0]).sum())
-        count += y.size
-    return total / count
-
-
-DELTA_VARIANTS = ("int8", "fp16", "optimized")  # portable graphs onnx_val_loss can score beside fp32
-
-
-def variant_val_loss_deltas(model_dir: Path, val: np.ndarray, max_windows: int = 32) -> dict[str, float]:
-    """fp32's val loss and each exported variant's val loss minus it, all through onnxruntime on the same
-    windows of `val`; also written into the directory's lmforge.json `metrics`. {} when there is no variant."""
-    from lmforge.runtime.modeldir import read_model_dir, write_manifest
-
-    md = read_model_dir(model_dir)
-    variants = [v for v in DELTA_VARIANTS if v in md.variants()]
-    if not variants:
-        return {}
-    fp32 = onnx_val_loss(model_dir, val, max_windows=max_windows)
-    scores = {"onnx_fp32_val_loss": fp32,
-              **{f"{v}_val_loss_delta": onnx_val_loss(model_dir, val, max_windows=max_windows, variant=v) - fp32
-                 for v in variants}}
-    write_manifest(model_dir, {**md.manifest, "metrics": {**md.manifest.get("metrics", {}), **scores}})
-    return scores
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _val_shard(version) -> np.ndarray:
-    from lmforge.data.shards import open_shard
-
-    where = version.tags.get("prepared_dir")
-    if not where or not (Path(where) / "val.bin").is_file():
-        raise LmforgeError(f"the candidate's val shard ({where or 'no prepared_dir tag'}) is not on this machine",
-                           hint="promote where the candidate was trained, or re-run `lmforge prepare` with its preset")
-    return open_shard(Path(where), "val")
-
-
-def candidate_version(name: str):
-    """The registry's `candidate` version of `name`, or a clear error."""
+def _version(name: str, version: str | None, alias: str = "candidate"):
+    c = tracking.client()
     try:
-        return tracking.client().get_model_version_by_alias(name, "candidate")
+        if version is not None:
+            return c.get_model_version(name, str(version))
+        return c.get_model_version_by_alias(name, alias)
     except Exception:
-        raise LmforgeError(f"registered model {name!r} has no `candidate` version",
+        if version is not None:
+            raise LmforgeError(f"registered model {name!r} has no version {version}",
+                               hint=f"`lmforge runs` shows the versions of {name}") from None
+        raise LmforgeError(f"registered model {name!r} has no `{alias}` version",
                            hint="run the pipeline first: `lmforge run --preset NAME`") from None
 
 
-def promote(name: str, margin: float = 0.01, force: bool = False, max_windows: int = 128) -> dict:
-    """Compare `candidate` with `champion` of registered model `name`; point `champion` at the candidate when it
-    wins by more than `margin` nats per token (or `force`, or when there is no champion yet). The comparison is
-    written to the candidate version's tags and description. Returns the comparison."""
-    c = tracking.client()
-    cand = candidate_version(name)
+def candidate_version(name: str, version: str | None = None):
+    """The version to promote: `version`, or the registry's `candidate`; a clear error when there is none."""
+    return _version(name, version)
+
+
+def champion_version(name: str):
     try:
-        champ = c.get_model_version_by_alias(name, "champion")
+        return tracking.client().get_model_version_by_alias(name, "champion")
+    except Exception:  # no champion yet
+        return None
+
+
+def val_data(version, dest: Path) -> np.ndarray:
+    """The val shard `version` was scored and registered with: its run's data directory when it is on this
+    machine and still holds that data, else the copy logged with its MLflow run (data/val.bin)."""
+    from lmforge.data.shards import open_shard, read_meta
+
+    fingerprint = version.tags.get("data_fingerprint")
+    local = version.tags.get("data_dir")
+    if local and (Path(local) / "meta.json").is_file() and read_meta(Path(local)).get("data_fingerprint") == fingerprint:
+        return open_shard(Path(local), "val")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="data",
+                                                      dst_path=str(dest)))
     except Exception:
-        champ = None
-    result = {"model": name, "candidate_version": str(cand.version), "margin": margin, "forced": force,
-              "champion_version": str(champ.version) if champ else None, "candidate_loss": None,
-              "champion_loss": None}
+        raise LmforgeError(f"the val shard of version {version.version} is neither in {local or 'a local run'} nor "
+                           "logged with its MLflow run", hint="promote on the machine that trained it") from None
+    if read_meta(got).get("data_fingerprint") != fingerprint:
+        raise LmforgeError(f"the val shard logged with version {version.version} does not match its data "
+                           "fingerprint", hint="re-run the version's pipeline")
+    return open_shard(got, "val")
+
+
+def held_out_for_both(cand, champ) -> tuple[bool, str]:
+    """Whether the candidate's val split is held out for the champion too, and why (or why not)."""
+    a, b = cand.tags, champ.tags
+    if not a.get("data_fingerprint") or not b.get("data_fingerprint"):
+        return False, (f"v{champ.version if not b.get('data_fingerprint') else cand.version} was registered "
+                       "without a data fingerprint, so its training data cannot be checked against the val split")
+    if a["data_fingerprint"] == b["data_fingerprint"]:
+        return True, f"both were trained on the same data (fingerprint {a['data_fingerprint'][:12]})"
+    same_rule = all(a.get(k) == b.get(k) for k in ("split", "split_seed", "split_val_fraction", "split_val_filter"))
+    if same_rule and a.get("split") == "documents":
+        return True, (f"v{cand.version}'s val split of corpus {a['corpus_sha256'][:12]} (v{champ.version} was trained "
+                      f"on corpus {b['corpus_sha256'][:12]}): both use the document split with seed "
+                      f"{a.get('split_seed')}, where a document's side depends only on its text, so neither "
+                      "trained on these documents")
+    return False, (f"v{cand.version} and v{champ.version} were trained on different data ({a.get('split')} split of "
+                   f"corpus {a.get('corpus_sha256', '?')[:12]} vs {b.get('split')} split of corpus "
+                   f"{b.get('corpus_sha256', '?')[:12]}): v{cand.version}'s val text may be in v{champ.version}'s "
+                   "training data")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def promote(name: str, margin: float = 0.01, force: bool = False, max_windows: int = 128, version: str | None = None,
+            gate: float = 0.75, by: str | None = None) -> dict:
+    """Compare the candidate (or `version`) with the champion of registered model `name` and point `champion`
+    at it when it wins by more than `margin` nats/token; with no champion, when it beats the unigram entropy of
+    the val windows by `gate`; always with `force`. Returns the comparison, also written to the version's tags
+    and description."""
+    c = tracking.client()
+    cand = candidate_version(name, version)
+    champ = champion_version(name)
+    by = by or getpass.getuser()
+    result = {"model": name, "candidate_version": str(cand.version), "margin": margin, "gate": gate, "forced": force,
+              "by": by, "champion_version": str(champ.version) if champ else None, "candidate_loss": None,
+              "champion_loss": None, "unigram_entropy": None, "scored_on": None}
     if champ is not None and champ.version == cand.version:
         return {**result, "decision": "unchanged", "reason": f"version {cand.version} is already the champion"}
     with tempfile.TemporaryDirectory(prefix="lmforge-promote-") as tmp:
         cand_dir = tracking.fetch_model_dir(f"models:/{name}/{cand.version}", Path(tmp) / "candidate")
-        data = _val_shard(cand)
-        if _sha256(Path(cand.tags["prepared_dir"]) / "tokenizer.json") != _sha256(cand_dir / "tokenizer.json"):
-            raise LmforgeError(f"the val shard at {cand.tags['prepared_dir']} was made with another tokenizer than "
-                               f"{name} version {cand.version}", hint="re-run the candidate's pipeline")
-        cand_spec = Generator(cand_dir, device="cpu", fast=False).dir.model
-        block = int(cand_spec["block_size"])
+        data = val_data(cand, Path(tmp) / "val")
+        block = int(Generator(cand_dir, device="cpu", fast=False).dir.model["block_size"])
+        fair, why = (True, f"v{cand.version}'s own val split") if champ is None else held_out_for_both(cand, champ)
         if champ is not None:
             champ_dir = tracking.fetch_model_dir(f"models:/{name}/{champ.version}", Path(tmp) / "champion")
-            same_tokenizer = _sha256(champ_dir / "tokenizer.json") == _sha256(cand_dir / "tokenizer.json")
-            if not same_tokenizer and not force:
-                raise LmforgeError(f"{name} candidate v{cand.version} and champion v{champ.version} use different "
-                                   "tokenizers, so their losses are not comparable",
-                                   hint="retrain the candidate with the champion's tokenizer settings, or --force")
-            if same_tokenizer:
+            if _sha256(champ_dir / "tokenizer.json") != _sha256(cand_dir / "tokenizer.json"):
+                fair, why = False, (f"v{cand.version} and v{champ.version} use different tokenizers, so their "
+                                    "losses are in different units")
+            if not fair and not force:
+                raise LmforgeError(f"{name}: cannot compare v{cand.version} with champion v{champ.version} fairly: "
+                                   f"{why}", hint="retrain the candidate on the champion's data and settings, "
+                                   "or --force to promote it anyway")
+            if fair:
                 block = min(block, int(Generator(champ_dir, device="cpu", fast=False).dir.model["block_size"]))
-                result["champion_loss"] = onnx_val_loss(champ_dir, data, block, max_windows)
-        result["candidate_loss"] = onnx_val_loss(cand_dir, data, block, max_windows)
-    result["windows"], result["block_size"] = max_windows, block
-    if champ is None:
-        decision, reason = "promoted", "no champion yet: first promotion"
-    elif force:
-        decision, reason = "promoted", "forced by --force"
-    elif result["champion_loss"] - result["candidate_loss"] > margin:
-        decision, reason = "promoted", f"candidate beats champion by more than {margin:g} nats/token"
-    else:
-        decision, reason = "kept", f"candidate does not beat champion by more than {margin:g} nats/token"
+                result["champion_loss"] = val_loss(champ_dir, data, block, max_windows)
+        result["candidate_loss"] = val_loss(cand_dir, data, block, max_windows)
+        result["unigram_entropy"] = unigram_entropy(data, block, max_windows)
+    result.update(windows=max_windows, block_size=block, scored_on=why)
+    decision, reason = decide(result, champ is not None, force, margin, gate)
     result.update(decision=decision, reason=reason)
     if decision == "promoted":
-        c.set_registered_model_alias(name, "champion", cand.version)
-    for key, value in (("promotion_decision", decision), ("promotion_reason", reason),
-                       ("promotion_champion_version", result["champion_version"] or "none"),
-                       ("promotion_candidate_loss", _fmt(result["candidate_loss"])),
-                       ("promotion_champion_loss", _fmt(result["champion_loss"]))):
-        c.set_model_version_tag(name, cand.version, key, value)
-    c.update_model_version(name, cand.version, description=(cand.description or "") + "\n\n" +
-                           comparison_markdown(result))
+        move_champion(name, expected=champ.version if champ else None, to=cand.version)
+    record(name, cand.version, result)
     return result
+
+
+def decide(r: dict, has_champion: bool, force: bool, margin: float, gate: float) -> tuple[str, str]:
+    if force:
+        return "promoted", f"forced by {r['by']}"
+    if not has_champion:
+        bar = r["unigram_entropy"] - gate
+        if r["candidate_loss"] < bar:
+            return "promoted", (f"first champion: its val loss {r['candidate_loss']:.4f} beats the unigram entropy "
+                                f"{r['unigram_entropy']:.4f} by more than the gate {gate:g}")
+        return "kept", (f"no champion yet, and its val loss {r['candidate_loss']:.4f} does not beat the unigram "
+                        f"entropy {r['unigram_entropy']:.4f} by the gate {gate:g} (a smoke run?); --force to "
+                        "promote it anyway")
+    if r["champion_loss"] - r["candidate_loss"] > margin:
+        return "promoted", f"candidate beats champion by more than {margin:g} nats/token"
+    return "kept", f"candidate does not beat champion by more than {margin:g} nats/token"
+
+
+def move_champion(name: str, expected: str | None, to: str) -> None:
+    """Point `champion` at version `to`, but only if it still points at `expected` (None: no champion): two
+    promotions decided at once cannot both win, the later one is refused."""
+    now = champion_version(name)
+    current = str(now.version) if now else None
+    if current != (str(expected) if expected is not None else None):
+        raise LmforgeError(f"{name}: champion moved to v{current} while v{to} was being compared with "
+                           f"v{expected or 'none'}", hint=f"run `lmforge promote {name}` again to compare with v{current}")
+    tracking.with_retries(tracking.client().set_registered_model_alias, name, "champion", str(to))
+
+
+def record(name: str, version: str, r: dict) -> None:
+    """The decision on the version's tags (promotion_*) and at the end of its description."""
+    c = tracking.client()
+    tags = {"promotion_decision": r["decision"], "promotion_reason": r["reason"],
+            "promotion_previous_champion": r["champion_version"] or "none",
+            "promotion_candidate_loss": _fmt(r["candidate_loss"]), "promotion_champion_loss": _fmt(r["champion_loss"]),
+            "promotion_unigram_entropy": _fmt(r["unigram_entropy"]), "promotion_margin": f"{r['margin']:g}",
+            "promotion_scored_on": r["scored_on"] or "", "promotion_by": r["by"],
+            "promotion_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for key, value in tags.items():
+        tracking.with_retries(c.set_model_version_tag, name, version, key, value[:5000])
+    mv = c.get_model_version(name, version)
+    tracking.with_retries(c.update_model_version, name, version,
+                          description=(mv.description or "") + "\n\n" + comparison_markdown(r))
+
+
+def rollback_target(name: str) -> tuple:
+    """(the champion, the version it replaced), or a clear error when there is nothing to roll back to."""
+    champ = champion_version(name)
+    if champ is None:
+        raise LmforgeError(f"registered model {name!r} has no champion to roll back", hint="`lmforge runs`")
+    previous = champ.tags.get("promotion_previous_champion", "none")
+    if previous in ("", "none"):
+        raise LmforgeError(f"{name} v{champ.version} was the first champion: there is no earlier one to put back",
+                           hint=f"promote another version: `lmforge promote {name} --version N`")
+    return champ, previous
+
+
+def rollback(name: str, by: str | None = None) -> dict:
+    """Put back the champion the current one replaced (its promotion_previous_champion tag), recorded on both."""
+    c = tracking.client()
+    by = by or getpass.getuser()
+    champ, previous = rollback_target(name)
+    move_champion(name, expected=champ.version, to=previous)
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for version, tags in ((previous, {"rollback_from": str(champ.version), "rollback_by": by, "rollback_at": when}),
+                          (champ.version, {"rolled_back_to": previous, "rollback_by": by, "rollback_at": when})):
+        for key, value in tags.items():
+            tracking.with_retries(c.set_model_version_tag, name, str(version), key, value)
+    return {"model": name, "decision": "rolled back", "champion_version": previous,
+            "replaced_version": str(champ.version), "by": by, "at": when}
 
 
 def _fmt(x: float | None) -> str:
@@ -153,8 +222,10 @@ def _fmt(x: float | None) -> str:
 def comparison_markdown(r: dict) -> str:
     champ = f"v{r['champion_version']}" if r["champion_version"] else "none"
     return "\n".join([f"## Promotion of {r['model']} v{r['candidate_version']}: {r['decision']}", "",
-                      f"{r['reason']}.", "",
+                      f"{r['reason']}.", "", f"Scored on {r['scored_on']}.", "",
                       "| version | role | val loss (onnxruntime, same windows) |", "| --- | --- | --- |",
                       f"| v{r['candidate_version']} | candidate | {_fmt(r['candidate_loss'])} |",
-                      f"| {champ} | champion before | {_fmt(r['champion_loss'])} |", "",
-                      f"margin {r['margin']:g} nats/token, forced: {r['forced']}"])
+                      f"| {champ} | champion before | {_fmt(r['champion_loss'])} |",
+                      f"| - | unigram entropy of the windows | {_fmt(r['unigram_entropy'])} |", "",
+                      f"margin {r['margin']:g} nats/token, gate {r['gate']:g}, forced: {r['forced']}, by {r['by']}"])
+

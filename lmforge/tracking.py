@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
 from lmforge.layout import artifacts_root
-
 
 
 def tracking_uri() -> str:
@@ -72,8 +72,6 @@ def log_params(run_id: str, params: dict) -> None:
 
 
 def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -108,29 +106,89 @@ def fail_runs_tagged(tag: str, value: str) -> None:
         pass
 
 
+TRANSIENT = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED",
+             "database is locked", "Connection", "timed out", "502", "503", "504")
+
+
+def with_retries(fn, *args, attempts: int = 5, backoff: float = 0.5, **kwargs):
+    """Call a registry/tracking function, retrying transient failures (a busy SQLite store, a server restarting,
+    a dropped connection) with exponential backoff; other errors pass through at once."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - MlflowException, requests' and sqlite's errors
+            text = f"{getattr(exc, 'error_code', '')} {exc}"
+            if attempt == attempts - 1 or not any(t in text for t in TRANSIENT):
+                raise
+            time.sleep(backoff * 2 ** attempt)
+
+
+def ensure_registered_model(name: str, description: str = "") -> None:
+    """Create registered model `name` unless it exists: two first registrations at once both succeed (the
+    loser of the race gets RESOURCE_ALREADY_EXISTS, which is the state it wanted)."""
+    c = client()
+    try:
+        with_retries(c.create_registered_model, name, description=description)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc):
+            raise
+
+
+def identical_version(name: str, weights_sha256: str, data_fingerprint: str):
+    """A registered version of `name` with these very weights trained on this very data, or None."""
+    c = client()
+    try:
+        found = with_retries(c.search_model_versions,
+                             f"name = '{name}' and tags.weights_sha256 = '{weights_sha256}'")
+    except Exception as exc:  # noqa: BLE001 - no such registered model yet
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    same = [v for v in found if v.tags.get("data_fingerprint") == data_fingerprint]
+    return min(same, key=lambda v: int(v.version)) if same else None
+
+
 def register_model(run_id: str, model_dir: Path, name: str, tags: dict, description: str = "",
-                   alias: str = "candidate") -> str:
+                   alias: str = "candidate", val_dir: Path | None = None) -> tuple[str, bool]:
     """Log the exported directory as an `mlflow.onnx` model of the run (plus tokenizer.json, lmforge.json and
-    variants beside model.onnx), register it under `name`, tag it and point `alias` at it. Returns the version."""
+    variants beside model.onnx), register it under `name`, tag it and point `alias` at it. A version with the
+    same weights and data fingerprint (tags weights_sha256, data_fingerprint) is reused instead: alias moves
+    to it, nothing new is registered. Returns (version, reused). `val_dir`: a directory whose val.bin and
+    meta.json are logged with the run (data/), so promotion can score the version on another machine."""
     import mlflow
     import onnx
 
     c = client()
+    same = identical_version(name, tags["weights_sha256"], tags["data_fingerprint"])
+    if same is not None:
+        with_retries(c.set_registered_model_alias, name, alias, same.version)
+        with_retries(c.set_tag, run_id, "model_version", str(same.version))
+        return str(same.version), True
+    if val_dir is not None and (Path(val_dir) / "val.bin").stat().st_size <= VAL_ARTIFACT_MAX_BYTES:
+        for f in ("val.bin", "meta.json"):
+            with_retries(c.log_artifact, run_id, str(Path(val_dir) / f), "data")
     signature, example = onnx_signature(model_dir)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(onnx.load(str(model_dir / "model.onnx")), name="model",
-                                     save_as_external_data=False, signature=signature, input_example=example,
-                                     onnx_execution_providers=["CPUExecutionProvider"])
-    c.log_model_artifacts(info.model_id, str(model_dir))
-    try:
-        c.get_registered_model(name)
-    except Exception:
-        c.create_registered_model(name, description=f"lmforge preset {name}")
-    version = c.create_model_version(name, source=info.model_uri, run_id=run_id,
-                                     tags={k: str(v) for k, v in tags.items()}, description=description,
-                                     model_id=info.model_id)
-    c.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+        info = with_retries(mlflow.onnx.log_model, onnx.load(str(model_dir / "model.onnx")), name="model",
+                            save_as_external_data=False, signature=signature, input_example=example,
+                            onnx_execution_providers=["CPUExecutionProvider"])
+    with_retries(c.log_model_artifacts, info.model_id, str(model_dir))
+    ensure_registered_model(name, f"lmforge preset {name}")
+    version = with_retries(c.create_model_version, name, source=info.model_uri, run_id=run_id,
+                           tags={k: str(v) for k, v in tags.items()}, description=description,
+                           model_id=info.model_id)
+    with_retries(c.set_registered_model_alias, name, alias, version.version)
+    with_retries(c.set_tag, run_id, "model_version", str(version.version))
+    return str(version.version), False
+
+
+VAL_ARTIFACT_MAX_BYTES = 64 << 20  # val shards up to this size travel with the run (promotion elsewhere)
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    c = client()
+    for k, v in tags.items():
+        with_retries(c.set_tag, run_id, k, str(v))
 
 
 def onnx_signature(model_dir: Path):
@@ -140,8 +198,8 @@ def onnx_signature(model_dir: Path):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from lmforge.promote import prefill_feeds
     from lmforge.runtime import Generator
+    from lmforge.runtime.scoring import prefill_feeds
 
     gen = Generator(model_dir, device="cpu", fast=False)
     types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -170,15 +228,57 @@ def fetch_model_dir(uri: str, dest: Path | None = None) -> Path:
                            hint="check the name and alias (`lmforge runs`), and MLFLOW_TRACKING_URI") from None
 
 
+def _lmforge_experiments(c) -> list[str]:
+    return [e.experiment_id for e in c.search_experiments() if e.name.startswith("lmforge-")]
+
+
 def recent_runs(limit: int = 10) -> list[dict]:
-    """The newest runs across lmforge experiments, with their latest metrics."""
+    """The newest runs across lmforge experiments: metrics, and the registered version each made with the
+    aliases that point at it now."""
     import datetime
 
     c = client()
-    exps = [e.experiment_id for e in c.search_experiments() if e.name.startswith("lmforge-")]
+    exps = _lmforge_experiments(c)
     if not exps:
         return []
     runs = c.search_runs(exps, order_by=["attributes.start_time DESC"], max_results=limit)
-    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-             "start": datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
-             "metrics": dict(r.data.metrics)} for r in runs]
+    aliases: dict[str, dict[str, list[str]]] = {}
+    for name in {r.data.tags.get("preset") for r in runs if r.data.tags.get("model_version")}:
+        try:
+            got = c.get_registered_model(name).aliases
+        except Exception:  # noqa: BLE001 - deleted since
+            got = {}
+        for alias, version in got.items():
+            aliases.setdefault(name, {}).setdefault(str(version), []).append(alias)
+    out = []
+    for r in runs:
+        name, version = r.data.tags.get("preset"), r.data.tags.get("model_version")
+        out.append({"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                    "start": datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
+                    "model": name, "version": version,
+                    "aliases": sorted(aliases.get(name, {}).get(version, [])) if version else [],
+                    "metrics": dict(r.data.metrics)})
+    return out
+
+
+def resolve_run_id(prefix: str) -> str:
+    """The full id of the one lmforge run whose id starts with `prefix` (what `lmforge runs` shows)."""
+    c = client()
+    prefix = prefix.strip().lower()
+    if len(prefix) == 32:
+        return prefix
+    exps = _lmforge_experiments(c)
+    matches, token = [], None
+    while exps:
+        page = c.search_runs(exps, max_results=1000, page_token=token)
+        matches += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+        token = page.token
+        if not token:
+            break
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise LmforgeError(f"no lmforge run id starts with {prefix!r} at {tracking_uri()}",
+                           hint="`lmforge runs` lists run ids (any unique prefix works)")
+    raise LmforgeError(f"{len(matches)} runs start with {prefix!r}: {', '.join(m[:16] for m in matches[:5])}",
+                       hint="give a few more characters of the id")

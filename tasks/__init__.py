@@ -1,7 +1,8 @@
 """Thin Prefect tasks over lmforge/: names, retries, logging. No ML logic lives here."""
 from lmforge.errors import LmforgeError
+from lmforge.interrupt import Interrupted
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
-    """Retry transient failures; a user's mistake (LmforgeError) fails at once."""
-    return not isinstance(state.data, LmforgeError)
+    """Retry transient failures; a user's mistake (LmforgeError) or an interrupt (Ctrl-C) fails at once."""
+    return not isinstance(state.data, (LmforgeError, Interrupted))

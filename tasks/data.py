@@ -12,6 +12,7 @@ from lmforge.config import Config
 from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_parts, plan_tokenize
 from lmforge.data.prepare import (cached_meta, check_fits_context, clean_to_spill, finish_cleaning, source_fingerprint,
                                   tokenize_and_shard)
+from lmforge.data.snapshot import snapshot
 from lmforge.data.sources import acquire
 from lmforge.layout import RunLayout
 from tasks import retry_unless_user_error
@@ -27,7 +28,7 @@ def acquire_data(cfg: Config, cache_dir: Path) -> Path:
 def _reuse_prepared(path: Path, cfg: Config) -> tuple[dict | None, str]:
     """(what clean returns when the prepared-data directory already holds this very source, or None; the
     source fingerprint)."""
-    out_dir = RunLayout.for_config(cfg).data
+    out_dir = RunLayout.for_config(cfg).prepared
     fingerprint = source_fingerprint(path)
     meta = cached_meta(out_dir, fingerprint)
     if not meta:
@@ -72,7 +73,7 @@ def clean_data(path: Path, cfg: Config, run_id: str | None = None) -> dict:
     from this very source (same fingerprint) and skip the work."""
     cleaned, fingerprint = _reuse_prepared(path, cfg)
     if cleaned is None:
-        out_dir = RunLayout.for_config(cfg).data
+        out_dir = RunLayout.for_config(cfg).prepared
         cleaned = {**finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg), "fingerprint": fingerprint}
     _log_clean(cleaned, run_id)
     return cleaned
@@ -137,3 +138,15 @@ def join_data_shards(cleaned: dict, cfg: Config, out_dir: Path, split, parts: li
     meta = join_shards(cleaned, cfg, out_dir, parts, cleaned["fingerprint"], split)
     ran_on = sorted({*cleaned["ran_on"], *(p["ran_on"] for p in parts)})
     return {**_log_shards(meta, cfg, out_dir, run_id), "ran_on": ran_on}
+
+
+@task(name="snapshot-data")
+def snapshot_data(meta: dict, layout: RunLayout, run_id: str | None = None) -> dict:
+    """The run's own links to the prepared files it trains on (lmforge.data.snapshot): its data from here on."""
+    run = layout.run_dir(meta["data_fingerprint"])
+    data = snapshot(meta, run.data)
+    get_run_logger().info("data %s (fingerprint %s) in %s", data["corpus_sha256"][:12], data["data_fingerprint"][:12],
+                          run.data)
+    if run_id:
+        tracking.set_tags(run_id, {"data_fingerprint": data["data_fingerprint"], "run_dir": str(run.root)})
+    return data

@@ -9,6 +9,8 @@ from prefect.runtime import flow_run
 
 from lmforge import tracking
 from lmforge.config import Config
+from lmforge.review import model_card, run_summary, version_tags
+from tasks import retry_unless_user_error
 from tasks.promote import artifact_key
 
 
@@ -21,46 +23,37 @@ def start_tracking(cfg: Config, run_name: str) -> str:
     return run_id
 
 
+@task(name="end-tracking")
+def end_tracking(run_id: str, status: str) -> None:
+    """End the MLflow run with `status` (KILLED after an interrupt)."""
+    tracking.end_run(run_id, status)
+
+
 def mark_mlflow_run_failed(flow, flow_run_, state) -> None:
     """Flow on_failure hook: the MLflow run opened by this flow run ends FAILED instead of staying RUNNING."""
     tracking.fail_runs_tagged("prefect_flow_run_id", str(flow_run_.id))
 
 
-@task(name="register")
-def register_model(cfg: Config, run_id: str, exported: dict, meta: dict, metrics: dict, samples: list[dict]) -> str:
-    tags = {"preset": cfg.name, "data_source": meta["source"], "corpus_sha256": meta["corpus_sha256"],
-            "git_commit": tracking.git_commit(), "val_loss": f"{metrics['val_loss']:.4f}",
-            "onnx_parity_max_abs": f"{exported['onnx_parity_max_abs']:.3e}",
-            "onnx_fp32_bytes": exported["onnx_fp32_bytes"], "prepared_dir": meta["dir"],
-            **{k: f"{v:+.4f}" for k, v in exported.items() if k.endswith("_val_loss_delta")}}
-    if "onnx_int8_bytes" in exported:
-        tags["onnx_int8_bytes"] = exported["onnx_int8_bytes"]
-    version = tracking.register_model(run_id, Path(exported["model_dir"]), cfg.name, tags,
-                                      description=model_card(cfg, metrics, samples))
+@task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)
+def register_model(cfg: Config, run_id: str, exported: dict, data: dict, trained: dict, metrics: dict,
+                   samples: list[dict]) -> dict:
+    """Register the exported model (or re-use an identical version: a retry after a partial failure, or a re-run
+    of a finished, unchanged config) and end the MLflow run."""
+    tags = version_tags(cfg, data, trained, exported, metrics, tracking.git_commit())
+    version, reused = tracking.register_model(run_id, Path(exported["model_dir"]), cfg.name, tags,
+                                              description=model_card(cfg, data, metrics, samples),
+                                              val_dir=Path(data["dir"]))
     tracking.end_run(run_id)
-    get_run_logger().info("registered %s version %s (alias candidate)", cfg.name, version)
-    return version
+    if reused:
+        get_run_logger().info("unchanged: %s version %s already holds these weights, trained on this data; "
+                              "nothing new registered (alias candidate -> %s)", cfg.name, version, version)
+    else:
+        get_run_logger().info("registered %s version %s (alias candidate)", cfg.name, version)
+    return {"version": version, "reused": reused}
 
 
 @task(name="summary")
 def publish_summary(cfg: Config, result: dict) -> None:
-    """The flow run's Prefect markdown artifact: metrics, samples, MLflow run and model version."""
-    lines = [f"# {cfg.name}: version {result['model_version']}", "",
-             f"MLflow run `{result['run_id']}`, model `{result['model_uri']}` (version {result['model_version']})", "",
-             "| metric | value |", "| --- | --- |",
-             *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-               for k, v in result["metrics"].items()],
-             "", "## Samples", "", *[f"- `{s[:160]!r}`" for s in result["samples"][:6]]]
-    create_markdown_artifact("\n".join(lines), key=f"run-{artifact_key(cfg.name)}",
+    """The flow run's Prefect markdown artifact."""
+    create_markdown_artifact(run_summary(cfg.name, result), key=f"run-{artifact_key(cfg.name)}",
                              description=f"lmforge run of {cfg.name}")
-
-
-def model_card(cfg: Config, metrics: dict, samples: list[dict]) -> str:
-    m = cfg.model
-    lines = [f"# {cfg.name}", "", cfg.description, "",
-             f"**Data**: {cfg.data.source} ({cfg.tokenizer.kind} tokenizer)",
-             f"**Architecture**: {m.family}, {m.n_layer} layers, {m.n_embd} wide, context {m.block_size}", "",
-             "| metric | value |", "| --- | --- |", *[f"| {k} | {v:.4f} |" for k, v in metrics.items()], "",
-             "**Samples**", *[f"- T={s['temperature']}: {s['text'][:160]!r}" for s in samples[:6]], "",
-             "Intended use: experimentation with small language models; not for production text."]
-    return "\n".join(lines)

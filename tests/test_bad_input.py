@@ -117,11 +117,11 @@ def assert_nothing_left(preset: Path, overrides: dict) -> None:
     from lmforge.tracking import client
 
     cfg = load_config(str(preset), overrides)
-    where = RunLayout.for_config(cfg)
-    assert not (where.data / "meta.json").exists() and not list(where.data.glob("*.bin"))
-    for d in (where.root, where.data, where.cache):
+    layout = RunLayout.for_config(cfg)
+    assert not (layout.prepared / "meta.json").exists() and not list(layout.prepared.glob("*.bin"))
+    for d in (layout.prepared, layout.cache):
         assert not list(d.rglob("*.tmp")) if d.exists() else True, d
-    assert not where.ckpt.exists() and not where.model.exists()
+    assert layout.run_dirs() == []  # no run directory: nothing trained, nothing exported
     assert client().search_model_versions(f"name='{cfg.name}'") == []
 
 
@@ -180,11 +180,12 @@ def test_corpus_shorter_than_one_context_window(prefect_server, capsys, preset, 
     from lmforge.layout import RunLayout
     from lmforge.tracking import client
 
-    where = RunLayout.for_config(load_config(str(preset), o))
-    assert not where.model.exists() and not list(where.root.rglob("*.tmp")) if where.root.exists() else True
+    layout = RunLayout.for_config(load_config(str(preset), o))
+    assert layout.run_dirs() == []  # the data did not fit: no run directory was made
     assert client().search_model_versions("name='badinput'") == []
     exp = client().get_experiment_by_name("lmforge-badinput")
-    runs = client().search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{where.root.name}'")
+    run_name = f"badinput-{layout.weights}"
+    runs = client().search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
     assert runs and {r.info.status for r in runs} == {"FAILED"}  # the flow's on_failure hook closed it
 
 
@@ -226,7 +227,8 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
     from lmforge.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.train import Checkpoints, make_optimizer
+    from lmforge.checkpoint import Checkpoints
+    from lmforge.train import make_optimizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
     opt = make_optimizer(model, TrainConfig(), "cpu")
@@ -316,7 +318,8 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_disk):
 
     from lmforge.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.train import Checkpoints, make_optimizer
+    from lmforge.checkpoint import Checkpoints
+    from lmforge.train import make_optimizer
 
     small = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8), 10)
     ck = Checkpoints(tiny_disk / "ckpt")

@@ -82,5 +82,5 @@ def test_report_of_an_unknown_run_is_one_line(prefect_server, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", "0123456789abcdef", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no MLflow run '0123456789abcdef'") and len(err.splitlines()) == 1
+    assert err.startswith("error: no lmforge run id starts with '0123456789abcdef'") and len(err.splitlines()) == 1
     assert not out.exists()

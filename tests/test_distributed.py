@@ -19,7 +19,8 @@ from lmforge import distributed
 from lmforge.config import load_config
 from lmforge.data.shards import write_shards
 from lmforge.models import build_model
-from lmforge.train import Checkpoints, TrainResult
+from lmforge.checkpoint import Checkpoints
+from lmforge.train import TrainResult
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -13,7 +13,7 @@ from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.models import model_spec
-from lmforge.promote import prefill_feeds, variant_val_loss_deltas
+from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
 from lmforge.runtime import Generator
 
 TEXT = "why did the chicken cross the road? to get to the other side! " * 4

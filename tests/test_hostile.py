@@ -44,7 +44,8 @@ def test_malicious_pickle_in_optimizer_pt_is_refused(tmp_path):
 
     from lmforge.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.train import Checkpoints, make_optimizer
+    from lmforge.checkpoint import Checkpoints
+    from lmforge.train import make_optimizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
     opt = make_optimizer(model, TrainConfig(), "cpu")

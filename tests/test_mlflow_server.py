@@ -42,7 +42,7 @@ def test_pipeline_and_promotion_through_the_server(prefect_server, mlflow_server
     result = pipeline(preset="jokes-char", overrides=TINY)
     c = client()
     assert c.get_run(result["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server
-    decision = promote(name="jokes-char")
+    decision = promote(name="jokes-char", force=True)  # a 30-step model: past the first-champion gate by force
     assert decision["decision"] == "promoted" and decision["candidate_version"] == result["model_version"]
     assert str(c.get_model_version_by_alias("jokes-char", "champion").version) == result["model_version"]
     model_dir = fetch_model_dir("models:/jokes-char@champion", tmp_path / "champion")
@@ -57,8 +57,8 @@ def test_server_down_fails_first_with_a_clear_message(prefect_server, monkeypatc
 
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
-    overrides = {**TINY, "train.seed": 9091}  # a run directory no other test creates
+    overrides = {**TINY, "train.seed": 9091, "data.seed": 9091}  # data and run directories of its own
     with pytest.raises(LmforgeError, match=f"MLflow tracking server {down} is unreachable"):
         pipeline(preset="jokes-char", overrides=overrides)
-    where = RunLayout.for_config(load_config("jokes-char", overrides))
-    assert not where.root.exists()  # no checkpoint, no model: training never started
+    layout = RunLayout.for_config(load_config("jokes-char", overrides))
+    assert layout.run_dirs() == [] and not layout.prepared.exists()  # it stopped before any work

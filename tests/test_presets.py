@@ -72,7 +72,7 @@ def test_lebanon_gru_on_real_corpus(tmp_path):
     src = corpus("ArSenTD-LEV.tsv")
     meta, manifest, gen = run_library("lebanon-gru", {"data.source": str(src)}, tmp_path)
     assert 2700 <= meta["documents"] <= 4000  # all four countries' tweets: 4000 rows, 2809 unique
-    assert meta["val_filter"] == 'Country == "lebanon"' and 80 <= meta["val"]["documents"] <= 200  # ~20% of 673
+    assert meta["split"]["val_filter"] == 'Country == "lebanon"' and 80 <= meta["val"]["documents"] <= 200  # ~20% of 673
     assert manifest["model"]["family"] == "gru" and [s["kind"] for s in manifest["io"]["state"]] == ["rnn"]
     assert gen.generate(["كان", ""], max_new_tokens=5, seed=0)
 

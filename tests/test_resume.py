@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np, torch
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.models import build_model
-from lmforge.train import train
+from lmforge.train import Hooks, train
 
 ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
 torch.manual_seed(0)
@@ -35,7 +35,7 @@ model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 
 cfg = TrainConfig(max_steps=100, batch_size=4, eval_interval=10, eval_iters=2, warmup_steps=10, device="cpu",
                   threads=1, lr=3e-3)
 pace = lambda step, total, loss, tps: time.sleep(0.02)
-r = train(model, data[:5000], data[5000:], 16, cfg, ckpt, progress=pace)
+r = train(model, data[:5000], data[5000:], 16, cfg, ckpt, Hooks(progress=pace))
 hist = [{k: h[k] for k in ("step", "train_loss", "val_loss", "lr")} for h in r.history]
 out.write_text(json.dumps({"best_val_loss": r.best_val_loss, "final_train_loss": r.final_train_loss,
                            "history": hist, "resumed_from": r.resumed_from}))
@@ -93,7 +93,8 @@ def saved(tmp_path):
 
     from lmforge.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.train import Checkpoints, make_optimizer
+    from lmforge.checkpoint import Checkpoints
+    from lmforge.train import make_optimizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
     opt = make_optimizer(model, TrainConfig(), "cpu")
@@ -138,7 +139,7 @@ def test_failed_export_leaves_no_directory_and_no_registered_version(prefect_ser
     overrides = {**TINY, "train.max_steps": 4, "train.eval_interval": 2, "export.parity_tolerance": -1.0}  # every export "fails" its parity check
     with pytest.raises(LmforgeError, match="ONNX export differs from torch"):
         pipeline(preset=str(preset), overrides=overrides)
-    where = RunLayout.for_config(load_config(str(preset), overrides))
+    (where,) = RunLayout.for_config(load_config(str(preset), overrides)).run_dirs()
     assert (where.ckpt / "best").is_dir()  # training finished; only the export failed
     assert not where.model.exists()
     assert not [p for p in where.root.iterdir() if p.name.endswith(".tmp")]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tokenizers import Tokenizer
 
+from lmforge import interrupt
 from lmforge.config import Config
 from lmforge.data.clean import clean_batches
 from lmforge.data.formats import detect_format, iter_batches
@@ -36,7 +36,6 @@ from lmforge.errors import LmforgeError
 
 PREPARED_FORMAT = 3  # bump when the shard layout or the pipeline's output changes (3: content-hash splits)
 MIN_DOCUMENT_SPLIT = 20  # fewer documents than this: a document split is too coarse, split the text instead
-log = logging.getLogger("lmforge.data")
 
 
 def source_fingerprint(path: Path) -> str:
@@ -121,6 +120,7 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | N
     spill = SpillWriter(out_dir / f"{spill_name}.{os.getpid()}.jsonl")  # per process: runs never share it
     try:
         for docs in clean_batches(batches, cfg.clean, report):
+            interrupt.check("data preparation")
             spill.write(docs)
     except BaseException:
         spill.discard()
@@ -245,7 +245,6 @@ def plan_split(cleaned: dict, cfg: Config) -> Split:
         why = (f"data.separator {d.separator!r} never occurs in {path}, so it is one document" if d.separator
                and n == 1 else f"{path} yields {n} document{'s' * (n != 1)}, too few for a document split")
         note = f"{why}: val is the last {d.val_fraction:.0%} of its text instead (data.split=contiguous)"
-        log.info(note)
     if method == "documents":
         return Split("documents", d.val_fraction, d.seed, d.val_filter, is_val=document_split(cleaned, cfg))
     sep = joiner(cfg)

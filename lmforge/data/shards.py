@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from lmforge import interrupt
 from lmforge.atomic import write_json_atomic
 from lmforge.errors import LmforgeError
 
@@ -75,6 +76,7 @@ def write_split_files(routed: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
     files = {n: open(tmp[n], "wb") for n in SPLITS}
     try:
         for ids, lens, doc_val in routed:
+            interrupt.check("data preparation")
             token_val = np.repeat(doc_val, lens)
             for name, mask in (("train", ~token_val), ("val", token_val)):
                 data = ids[mask].astype(dtype, copy=False).tobytes()

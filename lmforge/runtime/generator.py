@@ -104,7 +104,9 @@ class Generator:
                                 repetition_penalty=float(repetition_penalty))
         return Request(n, params, tuple(s for s in (stop or []) if s), seed)
 
-    def _empty_state(self, batch: int) -> dict[str, np.ndarray]:
+    def empty_state(self, batch: int) -> dict[str, np.ndarray]:
+        """The state inputs of the portable graph before any token: an empty KV cache [batch, heads, 0, head_dim]
+        per layer, or a zero recurrent state [n_layer, batch, n_hidden]."""
         if self.rnn:  # fixed shape [n_layer, batch, n_hidden], zeros before the prompt
             return {s["input"]: np.zeros((s["shape"][0], batch, s["shape"][2]), np.float32) for s in self.state_io}
         return {s["input"]: np.zeros((batch, self.n_head, 0, self.head_dim), np.float32) for s in self.state_io}
@@ -131,7 +133,7 @@ class Generator:
         for i, r in enumerate(rows):
             ids[i, width - len(r):] = r
             mask[i, width - len(r):] = 1
-        logits, state = self._forward(ids, mask, self._empty_state(len(rows)))
+        logits, state = self._forward(ids, mask, self.empty_state(len(rows)))
         return logits, state, mask
 
     def _pieces(self, prompts: list[str], req: Request) -> Iterator[tuple[int, str]]:

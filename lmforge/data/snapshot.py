@@ -1,0 +1,52 @@
+"""A run's own copy of its prepared data: run/data/ holds hard links to the prepared directory's tokenizer.json,
+train.bin, val.bin and meta.json. The prepared directory is re-made in place when its source changes (each
+file replaced by rename, so a new inode); the links keep pointing at the bytes this run trained on, so
+evaluation, export and promotion never pair old weights with a new tokenizer or val set."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from lmforge.data.shards import META
+
+FILES = ("tokenizer.json", "train.bin", "val.bin", META)  # meta.json last: its presence marks the copy complete
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed: a copy holds the same bytes
+        shutil.copy2(src, dst)
+
+
+def snapshot(meta: dict, dest: Path) -> dict:
+    """Give `dest` the files of the prepared directory meta["dir"] (once: a complete copy of the same data
+    fingerprint is kept as it is); returns the meta with "dir" = dest and "prepared_dir" = the source."""
+    src, dest = Path(meta["dir"]), Path(dest)
+    current = dest / META
+    if current.is_file():
+        try:
+            have = json.loads(current.read_text(encoding="utf-8"))
+        except ValueError:
+            have = {}
+        if have.get("data_fingerprint") == meta["data_fingerprint"]:
+            return {**have, "dir": str(dest), "prepared_dir": str(src), "cached": meta.get("cached", False)}
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in FILES:
+            _link_or_copy(src / name, tmp / name)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**meta, "dir": str(dest), "prepared_dir": str(src)}
