@@ -9,10 +9,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from lmforge import interrupt
 from lmforge.atomic import write_json_atomic
 from lmforge.checkpoint import Identity
 from lmforge.config import Config, ModelConfig, TrainConfig
@@ -30,10 +32,15 @@ def main(job_path: str) -> None:
     model = build_model(model_cfg, job["vocab_size"])
     data_dir = Path(job["data_dir"])
     identity = Identity(**job["identity"]) if job.get("identity") else None
-    result = train(model, open_shard(data_dir, "train"), open_shard(data_dir, "val"), model_cfg.block_size,
-                   train_cfg, Path(job["ckpt_dir"]), identity=identity)
+    try:
+        with interrupt.graceful():  # Ctrl-C reaches every rank: they stop together at an evaluation step
+            result = dataclasses.asdict(train(model, open_shard(data_dir, "train"), open_shard(data_dir, "val"),
+                                              model_cfg.block_size, train_cfg, Path(job["ckpt_dir"]),
+                                              identity=identity))
+    except interrupt.Interrupted as stop:
+        result = {"interrupted_at": stop.step}
     if int(os.environ.get("RANK", "0")) == 0:
-        write_json_atomic(Path(job["result"]), dataclasses.asdict(result))
+        write_json_atomic(Path(job["result"]), result)
 
 
 def exit_now(code: int = 0) -> None:
@@ -43,6 +50,19 @@ def exit_now(code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def communicate_until_done(proc: subprocess.Popen, stop_file: Path, timeout_s: float | None) -> tuple[str, str]:
+    """Wait for torchrun, turning this process's interrupt request into the ranks' stop file."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            return proc.communicate(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if interrupt.requested() and not stop_file.exists():
+                stop_file.touch()
+            if deadline is not None and time.monotonic() > deadline:
+                raise
 
 
 def launch(cfg: Config, meta: dict, ckpt_dir: Path, nproc: int, identity: Identity | None = None,
@@ -59,18 +79,29 @@ def launch(cfg: Config, meta: dict, ckpt_dir: Path, nproc: int, identity: Identi
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m", "lmforge.distributed",
            str(job_path)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise LmforgeError(f"torchrun training with {nproc} processes ran past {timeout_s:.0f} s",
-                           hint="lower train.max_steps or --set train.nproc=1") from None
+    stop_file = ckpt_dir / "stop-requested"
+    stop_file.unlink(missing_ok=True)
+    env = {**os.environ, interrupt.STOP_FILE: str(stop_file)}
+    # its own session: the terminal's Ctrl-C reaches this process, which asks the ranks to stop (stop_file)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        try:
+            out, err = communicate_until_done(proc, stop_file, timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise LmforgeError(f"torchrun training with {nproc} processes ran past {timeout_s:.0f} s",
+                               hint="lower train.max_steps or --set train.nproc=1") from None
+    stop_file.unlink(missing_ok=True)
     if proc.returncode != 0 or not result_path.is_file():
-        lines = (proc.stderr + proc.stdout).splitlines()
+        lines = (err + out).splitlines()
         cause = next((ln for ln in lines if re.match(r"[\w.]+(Error|Exception): ", ln)),  # a rank's own error
                      lines[-1] if lines else "no output")
         raise LmforgeError(f"torchrun training with {nproc} processes failed (exit {proc.returncode}): "
                            f"{cause.strip()[:300]}", hint="re-run with --set train.nproc=1 to see the error in-process")
-    return json.loads(result_path.read_text())
+    result = json.loads(result_path.read_text())
+    if "interrupted_at" in result:
+        raise interrupt.Interrupted(result["interrupted_at"])
+    return result
 
 
 if __name__ == "__main__":  # torchrun -m lmforge.distributed JOB.json

@@ -1,8 +1,11 @@
 """Ctrl-C and SIGTERM as a request, not an exception: the first signal sets a flag that long-running loops
 (training) poll at a safe point, where they write a checkpoint and stop; a second signal stops at once.
+Child processes started in a session of their own (DDP ranks under torchrun, which would otherwise kill them
+on the terminal's Ctrl-C before they save) are asked through the file named by LMFORGE_STOP_FILE instead.
 Standard library only."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -32,8 +35,14 @@ _requested = threading.Event()
 _signal_name: list[str] = []
 
 
+STOP_FILE = "LMFORGE_STOP_FILE"  # a process started in a session of its own (a DDP rank) is asked to stop by a file
+
+
 def requested() -> bool:
-    return _requested.is_set()
+    if _requested.is_set():
+        return True
+    stop_file = os.environ.get(STOP_FILE)
+    return bool(stop_file) and os.path.exists(stop_file)
 
 
 def signal_name() -> str:

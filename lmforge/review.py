@@ -4,6 +4,7 @@ model card, and the run's summary in markdown."""
 from __future__ import annotations
 
 from lmforge.config import Config
+from lmforge.layout import config_hash
 
 
 def version_tags(cfg: Config, data: dict, trained: dict, exported: dict, metrics: dict, git_commit: str) -> dict:
@@ -11,7 +12,8 @@ def version_tags(cfg: Config, data: dict, trained: dict, exported: dict, metrics
     tags = {"preset": cfg.name, "data_source": data["source"], "corpus_sha256": data["corpus_sha256"],
             "data_fingerprint": data["data_fingerprint"], "tokenizer_sha256": data["tokenizer_sha256"],
             "split": split["method"], "split_val_fraction": split["val_fraction"], "val_sha256": data["val"]["sha256"],
-            "weights_sha256": trained["weights_sha256"], "train_steps": trained["steps"], "git_commit": git_commit,
+            "weights_sha256": trained["weights_sha256"], "export_config": config_hash(cfg, ("export",)),
+            "train_steps": trained["steps"], "git_commit": git_commit,
             "val_loss": f"{metrics['val_loss']:.4f}", "onnx_parity_max_abs": f"{exported['onnx_parity_max_abs']:.3e}",
             "onnx_fp32_bytes": exported["onnx_fp32_bytes"], "data_dir": data["dir"],
             **{k: f"{v:+.4f}" for k, v in exported.items() if k.endswith("_val_loss_delta")}}

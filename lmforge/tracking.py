@@ -51,14 +51,19 @@ def git_commit() -> str:
 
 def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = None) -> str:
     c = client()
-    exp = c.get_experiment_by_name(experiment)
+    exp = with_retries(c.get_experiment_by_name, experiment)
     if exp is None:
         local = tracking_uri().startswith("sqlite:")  # a server chooses its own artifact root
         location = (artifacts_root() / "mlruns" / experiment).resolve().as_uri() if local else None
-        exp_id = c.create_experiment(experiment, artifact_location=location)
+        try:
+            exp_id = with_retries(c.create_experiment, experiment, artifact_location=location)
+        except Exception as exc:  # noqa: BLE001 - another process created it first
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc):
+                raise
+            exp_id = with_retries(c.get_experiment_by_name, experiment).experiment_id
     else:
         exp_id = exp.experiment_id
-    run = c.create_run(exp_id, run_name=run_name, tags={"git_commit": git_commit(), **(tags or {})})
+    run = with_retries(c.create_run, exp_id, run_name=run_name, tags={"git_commit": git_commit(), **(tags or {})})
     log_params(run.info.run_id, params)
     return run.info.run_id
 
@@ -68,7 +73,7 @@ def log_params(run_id: str, params: dict) -> None:
 
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client().log_batch(run_id, params=items[i:i + 100])
+        with_retries(client().log_batch, run_id, params=items[i:i + 100])
 
 
 def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
@@ -77,20 +82,20 @@ def log_metrics(run_id: str, metrics: dict, step: int | None = None) -> None:
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
     if items:
-        client().log_batch(run_id, metrics=items)
+        with_retries(client().log_batch, run_id, metrics=items)
 
 
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     c = client()
-    (c.log_artifacts if Path(path).is_dir() else c.log_artifact)(run_id, str(path), artifact_path)
+    with_retries(c.log_artifacts if Path(path).is_dir() else c.log_artifact, run_id, str(path), artifact_path)
 
 
 def log_text(run_id: str, text: str, name: str) -> None:
-    client().log_text(run_id, text, name)
+    with_retries(client().log_text, run_id, text, name)
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
-    client().set_terminated(run_id, status)
+    with_retries(client().set_terminated, run_id, status)
 
 
 def fail_runs_tagged(tag: str, value: str) -> None:
@@ -134,8 +139,9 @@ def ensure_registered_model(name: str, description: str = "") -> None:
             raise
 
 
-def identical_version(name: str, weights_sha256: str, data_fingerprint: str):
-    """A registered version of `name` with these very weights trained on this very data, or None."""
+def identical_version(name: str, weights_sha256: str, data_fingerprint: str, export_config: str):
+    """A registered version of `name` with these very weights, trained on this very data, exported with these
+    export settings, or None."""
     c = client()
     try:
         found = with_retries(c.search_model_versions,
@@ -144,7 +150,8 @@ def identical_version(name: str, weights_sha256: str, data_fingerprint: str):
         if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    same = [v for v in found if v.tags.get("data_fingerprint") == data_fingerprint]
+    same = [v for v in found if v.tags.get("data_fingerprint") == data_fingerprint
+            and v.tags.get("export_config") == export_config]
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
@@ -152,14 +159,14 @@ def register_model(run_id: str, model_dir: Path, name: str, tags: dict, descript
                    alias: str = "candidate", val_dir: Path | None = None) -> tuple[str, bool]:
     """Log the exported directory as an `mlflow.onnx` model of the run (plus tokenizer.json, lmforge.json and
     variants beside model.onnx), register it under `name`, tag it and point `alias` at it. A version with the
-    same weights and data fingerprint (tags weights_sha256, data_fingerprint) is reused instead: alias moves
-    to it, nothing new is registered. Returns (version, reused). `val_dir`: a directory whose val.bin and
+    same weights, data fingerprint and export settings (tags weights_sha256, data_fingerprint, export_config)
+    is reused instead: alias moves to it, nothing new is registered. Returns (version, reused). `val_dir`: a directory whose val.bin and
     meta.json are logged with the run (data/), so promotion can score the version on another machine."""
     import mlflow
     import onnx
 
     c = client()
-    same = identical_version(name, tags["weights_sha256"], tags["data_fingerprint"])
+    same = identical_version(name, tags["weights_sha256"], tags["data_fingerprint"], tags["export_config"])
     if same is not None:
         with_retries(c.set_registered_model_alias, name, alias, same.version)
         with_retries(c.set_tag, run_id, "model_version", str(same.version))
