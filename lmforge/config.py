@@ -22,8 +22,8 @@ class DataConfig:
     source: str = "pyjokes"          # pyjokes | http(s) URL | file | directory | .tar.gz/.zip archive
     format: str = "auto"             # auto | text | lines | csv | tsv | imdb
     column: str = ""                 # text column for csv/tsv
-    filter: str = ""                 # pandas query on csv/tsv rows, e.g. Country == "lebanon"
-    val_filter: str = ""             # pandas query: only matching rows can be drawn into val; other rows all train
+    filter: str = ""                 # csv/tsv rows to keep, e.g. Country == "lebanon" (lmforge/data/rowfilter.py)
+    val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
     sha256: str = ""                 # expected digest of a downloaded file
     encoding_errors: str = "strict"  # strict (error names file and offset) | replace
@@ -225,6 +225,9 @@ def _apply(cfg: Config, key: str, value: object) -> None:
 
 
 def _check(cfg: Config) -> None:
+    from lmforge.config_safety import check_untrusted_keys
+
+    check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
                 "train.eval_iters", "eval.max_new_tokens"]

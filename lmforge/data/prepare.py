@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from lmforge.config import Config
 from lmforge.data.clean import clean_batches
 from lmforge.data.formats import detect_format, iter_batches
+from lmforge.data.rowfilter import all_of
 from lmforge.data.shards import META, split_mask, write_shards
 from lmforge.data.tokenize import build_tokenizer, encode_batches, special_ids
 from lmforge.errors import LmforgeError
@@ -138,7 +139,7 @@ def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
     if (detect_format(Path(path)) if d.format == "auto" else d.format) not in ("csv", "tsv"):
         raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
                            hint="--set data.format=csv (or tsv), or --set data.val_filter=")
-    rows = f"({d.filter}) and ({d.val_filter})" if d.filter else d.val_filter
+    rows = all_of(("data.filter", d.filter), ("data.val_filter", d.val_filter))  # two trees, never one string
     matching = iter_batches(Path(path), d.format, d.column, rows, d.separator, d.encoding_errors)
     eligible: set[int] = set()
     for docs in clean_batches(matching, dataclasses.replace(cfg.clean, dedupe=False), []):
