@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.config import Config
+from lmforge.safepath import confined
 
 
 def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
@@ -38,8 +39,11 @@ class RunLayout:
     @classmethod
     def for_config(cls, cfg: Config, artifacts: Path | None = None) -> "RunLayout":
         base = artifacts or artifacts_root()
-        return cls(base / "runs" / f"{cfg.name}-{config_hash(cfg)}",
-                   base / "prepared" / f"{cfg.name}-{config_hash(cfg, DATA_SECTIONS)}")
+        layout = cls(base / "runs" / f"{cfg.name}-{config_hash(cfg)}",
+                     base / "prepared" / f"{cfg.name}-{config_hash(cfg, DATA_SECTIONS)}")
+        for parent, path in ((base / "runs", layout.root), (base / "prepared", layout.data)):
+            confined(parent, path, "run directory")  # cfg.name is a slug (config_safety); this holds whatever built it
+        return layout
 
     @property
     def ckpt(self) -> Path:

@@ -8,6 +8,7 @@ from lmforge.atomic import write_text_atomic
 from lmforge.data.archive import extract, is_archive
 from lmforge.data.download import download
 from lmforge.errors import LmforgeError
+from lmforge.safepath import safe_component
 
 
 def is_url(source: str) -> bool:
@@ -40,5 +41,6 @@ def acquire(source: str, cache_dir: Path, sha256: str = "") -> Path:
             raise LmforgeError(f"data source {source} does not exist",
                                hint="--set data.source=PATH to a file, directory, archive or http(s) URL")
     if path.is_file() and is_archive(path):
-        return extract(path, cache_dir / "extracted" / path.name.split(".")[0])
+        name = safe_component(path.name.split(".")[0], fallback="archive")  # a local archive's name is anything
+        return extract(path, cache_dir / "extracted" / name)
     return path
