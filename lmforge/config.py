@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.data.archive import ArchiveLimits
 from lmforge.errors import LmforgeError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,9 @@ class DataConfig:
     val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
     sha256: str = ""                 # expected digest of a downloaded file
+    archive_max_bytes: int = ArchiveLimits.max_bytes      # total uncompressed bytes of an archive; 0 = no limit
+    archive_max_members: int = ArchiveLimits.max_members  # members in an archive; 0 = no limit
+    archive_max_ratio: float = ArchiveLimits.max_ratio    # uncompressed/compressed (whole, and per zip member)
     encoding_errors: str = "strict"  # strict (error names file and offset) | replace
     val_fraction: float = 0.1
     seed: int = 1337

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lmforge.data.rowfilter import parse as parse_filter
+from lmforge.errors import LmforgeError
 from lmforge.safepath import check_slug
 
 if TYPE_CHECKING:
     from lmforge.config import Config
+
+LIMIT_KEYS = ("data.archive_max_bytes", "data.archive_max_members", "data.archive_max_ratio")
 
 
 def check_untrusted_keys(cfg: "Config") -> None:
@@ -17,3 +20,7 @@ def check_untrusted_keys(cfg: "Config") -> None:
     for key in ("data.filter", "data.val_filter"):
         if flat[key]:
             parse_filter(flat[key], key)  # syntax and allow-list now; column names when the table is read
+    for key in LIMIT_KEYS:
+        if flat[key] < 0:  # type: ignore[operator]
+            raise LmforgeError(f"config key {key} must be >= 0 (0 = no limit), got {flat[key]}",
+                               hint=f"--set {key}=0 to lift it")

@@ -12,14 +12,14 @@ from lmforge.config import Config
 from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_encode, plan_parts
 from lmforge.data.prepare import (cached_meta, check_fits_context, clean_to_spill, finish_cleaning, source_fingerprint,
                                   tokenize_and_shard, train_tokenizer)
-from lmforge.data.sources import acquire
+from lmforge.data.sources import acquire_for
 from lmforge.layout import RunLayout
 from tasks import retry_unless_user_error
 
 
 @task(name="acquire", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)
 def acquire_data(cfg: Config, cache_dir: Path) -> Path:
-    path = acquire(cfg.data.source, cache_dir, cfg.data.sha256)
+    path = acquire_for(cfg.data, cache_dir)  # data.archive_max_* bound what an archive expands to
     get_run_logger().info("corpus at %s", path)
     return path
 

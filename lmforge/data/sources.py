@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmforge.atomic import write_text_atomic
-from lmforge.data.archive import extract, is_archive
+from lmforge.config import DataConfig
+from lmforge.data.archive import ArchiveLimits, extract, is_archive
 from lmforge.data.download import download
 from lmforge.errors import LmforgeError
 from lmforge.safepath import safe_component
@@ -28,8 +29,9 @@ def pyjokes_corpus(cache_dir: Path) -> Path:
     return path
 
 
-def acquire(source: str, cache_dir: Path, sha256: str = "") -> Path:
-    """Return a local file or directory holding the corpus named by `source`."""
+def acquire(source: str, cache_dir: Path, sha256: str = "", *, archive_limits: ArchiveLimits | None = None) -> Path:
+    """Return a local file or directory holding the corpus named by `source`; `archive_limits` bound what an
+    archive may extract to (default: ArchiveLimits())."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     if source == "pyjokes":
         return pyjokes_corpus(cache_dir)
@@ -42,5 +44,12 @@ def acquire(source: str, cache_dir: Path, sha256: str = "") -> Path:
                                hint="--set data.source=PATH to a file, directory, archive or http(s) URL")
     if path.is_file() and is_archive(path):
         name = safe_component(path.name.split(".")[0], fallback="archive")  # a local archive's name is anything
-        return extract(path, cache_dir / "extracted" / name)
+        return extract(path, cache_dir / "extracted" / name, archive_limits or ArchiveLimits())
     return path
+
+
+def acquire_for(data: DataConfig, cache_dir: Path) -> Path:
+    """acquire() with the limits of the data config (data.archive_max_*)."""
+    return acquire(data.source, cache_dir, data.sha256,
+                   archive_limits=ArchiveLimits(data.archive_max_bytes, data.archive_max_members,
+                                                data.archive_max_ratio))
