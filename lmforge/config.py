@@ -27,6 +27,7 @@ class DataConfig:
     val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
     sha256: str = ""                 # expected digest of a downloaded file
+    max_bytes: int = 4 << 30         # largest download accepted; 0 = no limit (docs/security.md says why 4 GiB)
     archive_max_bytes: int = ArchiveLimits.max_bytes      # total uncompressed bytes of an archive; 0 = no limit
     archive_max_members: int = ArchiveLimits.max_members  # members in an archive; 0 = no limit
     archive_max_ratio: float = ArchiveLimits.max_ratio    # uncompressed/compressed (whole, and per zip member)

@@ -2,6 +2,7 @@
 is loaded, so a hostile or mistaken value fails in one line before Prefect starts (docs/security.md)."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from lmforge.data.rowfilter import parse as parse_filter
@@ -11,7 +12,7 @@ from lmforge.safepath import check_slug
 if TYPE_CHECKING:
     from lmforge.config import Config
 
-LIMIT_KEYS = ("data.archive_max_bytes", "data.archive_max_members", "data.archive_max_ratio")
+LIMIT_KEYS = ("data.max_bytes", "data.archive_max_bytes", "data.archive_max_members", "data.archive_max_ratio")
 
 
 def check_untrusted_keys(cfg: "Config") -> None:
@@ -24,3 +25,6 @@ def check_untrusted_keys(cfg: "Config") -> None:
         if flat[key] < 0:  # type: ignore[operator]
             raise LmforgeError(f"config key {key} must be >= 0 (0 = no limit), got {flat[key]}",
                                hint=f"--set {key}=0 to lift it")
+    if cfg.data.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", cfg.data.sha256):
+        raise LmforgeError(f"data.sha256 must be 64 hex digits, got {cfg.data.sha256!r}",
+                           hint="`sha256sum FILE` prints it")

@@ -19,7 +19,7 @@ from tasks import retry_unless_user_error
 
 @task(name="acquire", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)
 def acquire_data(cfg: Config, cache_dir: Path) -> Path:
-    path = acquire_for(cfg.data, cache_dir)  # data.archive_max_* bound what an archive expands to
+    path = acquire_for(cfg.data, cache_dir)  # data.max_bytes and data.archive_max_* bound what arrives
     get_run_logger().info("corpus at %s", path)
     return path
 
