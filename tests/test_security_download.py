@@ -4,6 +4,7 @@ logged, and ${NAME} read from the environment at download time."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -310,3 +312,20 @@ def test_validator_file_is_written_before_the_body(server, tmp_path):
     assert Path(str(part) + ".part").stat().st_size == 1000
     assert json.loads(Path(str(part) + ".part.validator").read_text())["etag"] == '"v1"'
 
+
+def test_shakespeare_preset_pins_the_hash_of_char_rnns_input_txt(server, tmp_path):
+    """The one preset whose bytes are known here: ../shared/corpora/tinyshakespeare.txt is char-rnn's input.txt
+    (1,115,394 bytes). Served at the preset's URL path, the preset's sha256 accepts it; one changed byte is refused."""
+    from conftest import corpus
+    from lmforge.config import load_config
+
+    text = corpus("tinyshakespeare.txt").read_bytes()
+    cfg = load_config("shakespeare-char")
+    assert len(text) == 1_115_394 and cfg.data.sha256 == hashlib.sha256(text).hexdigest()
+    path = urlparse(cfg.data.source).path
+    server.routes[path] = lambda h: send(h, text)
+    local = DataConfig(source=server.url(path), sha256=cfg.data.sha256)
+    assert acquire_for(local, tmp_path).read_bytes() == text
+    server.routes["/changed" + path] = lambda h: send(h, text[:-1] + b"?")
+    with pytest.raises(DownloadError, match="is corrupt: sha256"):
+        acquire_for(DataConfig(source=server.url("/changed" + path), sha256=cfg.data.sha256), tmp_path)
