@@ -14,6 +14,7 @@ from lmforge.export import export_model_dir
 from lmforge.data.shards import open_shard
 from lmforge.models import build_model, model_spec
 from lmforge.promote import variant_val_loss_deltas
+from lmforge.redact import redact_text
 from lmforge.runtime import Generator
 from lmforge.train import Checkpoints
 
@@ -30,7 +31,8 @@ def export_model(cfg: Config, meta: dict, trained: dict, metrics: dict, out_dir:
         "tokens": meta["special_ids"],
         "generation": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
                        "max_new_tokens": e.max_new_tokens},
-        "data": {"source": meta["source"], "corpus_sha256": meta["corpus_sha256"], "documents": meta["documents"]},
+        "data": {"source": redact_text(meta["source"]), "corpus_sha256": meta["corpus_sha256"],
+                 "documents": meta["documents"]},
         "metrics": metrics,
         "mlflow_run_id": run_id,
     }

@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 
 from lmforge import tracking
 from lmforge.config import Config
+from lmforge.redact import redact_text
 from tasks.promote import artifact_key
 
 
@@ -17,7 +18,7 @@ def start_tracking(cfg: Config, run_name: str) -> str:
     uri = tracking.check_tracking_server()
     run_id = tracking.start_run(f"lmforge-{cfg.name}", run_name, cfg.flat(),
                                 tags={"preset": cfg.name, "prefect_flow_run_id": str(flow_run.get_id())})
-    get_run_logger().info("MLflow run %s at %s", run_id, uri)
+    get_run_logger().info("MLflow run %s at %s", run_id, redact_text(uri))
     return run_id
 
 

@@ -27,6 +27,7 @@ from lmforge.data.rowfilter import all_of
 from lmforge.data.shards import META, split_mask, write_shards
 from lmforge.data.tokenize import build_tokenizer, encode_batches, special_ids
 from lmforge.errors import LmforgeError
+from lmforge.redact import redact_text
 
 PREPARED_FORMAT = 2  # bump when the shard layout or the pipeline's output changes
 
@@ -211,8 +212,8 @@ def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val
     return {"tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
             "special_ids": special_ids(tok), "documents": cleaned["documents"], "chars": cleaned["chars"],
             "val_chars": val_chars, "val_filter": cfg.data.val_filter, "corpus_sha256": cleaned["corpus_sha256"],
-            "source": cfg.data.source, "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
-            "clean_report": cleaned["clean_report"]}
+            "source": redact_text(cfg.data.source), "source_fingerprint": fingerprint,  # redacted: no credentials
+            "prepared_format": PREPARED_FORMAT, "clean_report": cleaned["clean_report"]}
 
 
 def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: str = "",
