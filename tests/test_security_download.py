@@ -277,11 +277,13 @@ def test_userinfo_is_sent_as_basic_auth_and_no_log_line_or_error_shows_a_secret(
             assert secret not in text, (secret, text)
 
 
-def test_source_reads_secrets_from_the_environment_at_download_time(server, tmp_path, monkeypatch):
+def test_source_reads_secrets_from_the_environment_at_download_time(server, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG, logger="lmforge")
     body = b"one two three\n" * 100
-    server.routes["/c.txt"] = guarded(body, "reader", "pw", TOKEN)
-    template = f"http://reader:${{LMFORGE_TEST_PW}}@127.0.0.1:{server.httpd.server_address[1]}/c.txt" \
-               "?token=${LMFORGE_TEST_TOKEN}"
+    path_secret = "p" + os.urandom(8).hex()  # a secret in the path, where no redaction rule can see it
+    server.routes[f"/{path_secret}/c.txt"] = guarded(body, "reader", "pw", TOKEN)
+    template = f"http://reader:${{LMFORGE_TEST_PW}}@127.0.0.1:{server.httpd.server_address[1]}" \
+               "/${LMFORGE_TEST_DIR}/c.txt?token=${LMFORGE_TEST_TOKEN}"
     with pytest.raises(LmforgeError) as info:
         acquire(template, tmp_path)
     assert info.value.message == "data.source refers to ${LMFORGE_TEST_PW}, which is not set in this worker's " \
@@ -289,10 +291,13 @@ def test_source_reads_secrets_from_the_environment_at_download_time(server, tmp_
     assert server.requests == []
     monkeypatch.setenv("LMFORGE_TEST_PW", "pw")
     monkeypatch.setenv("LMFORGE_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("LMFORGE_TEST_DIR", path_secret)
     path = acquire(template, tmp_path)
     assert path.read_bytes() == body
     assert path == cache_path(template, tmp_path / "downloads")  # named after the template, not the secrets
-    assert TOKEN not in path.name
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/${LMFORGE_TEST_DIR}/c.txt?token=***" in logged  # the template is what the log lines show
+    assert not [s for s in (TOKEN, path_secret) if s in logged or s in str(path)]
 
 
 @pytest.mark.parametrize("source,why", [("http://h/x?t=${}", "which is not an environment variable name"),

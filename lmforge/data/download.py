@@ -40,9 +40,8 @@ class _Transient(Exception):
 
 def cache_path(url: str, cache_dir: Path) -> Path:
     """Where `url` is cached: a hash of the whole URL (unique) plus its sanitised basename (readable), which can
-    neither climb out of cache_dir nor hide. download() names the file after its cache_key, which
-    lmforge.data.sources sets to the URL as configured, before ${NAME} expansion: no expanded secret reaches
-    the file name."""
+    neither climb out of cache_dir nor hide. download() names the file after `configured`, the URL before
+    ${NAME} expansion, so no expanded secret reaches the file name."""
     name = unquote(Path(urlparse(url).path).name)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:100] or "download"
     return Path(cache_dir) / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
@@ -50,19 +49,20 @@ def cache_path(url: str, cache_dir: Path) -> Path:
 
 def download(url: str, cache_dir: Path, *, sha256: str | None = None, max_bytes: int | None = None,
              retries: int = 4, backoff: float = 0.5, timeout: float = 30.0, progress: bool = True,
-             cache_key: str | None = None) -> Path:
+             configured: str | None = None) -> Path:
     """Return a local path holding the body of `url`, downloading it unless it is already cached.
 
     Transient failures are retried `retries` times with exponential backoff, resuming from the bytes
-    already received; the file appears at its cache path only once complete and verified. `cache_key`
-    (default: `url`) names the cache file: lmforge.data.sources passes the URL before ${NAME} expansion.
+    already received; the file appears at its cache path only once complete and verified. `configured`
+    (default: `url`) is the URL as configured, before lmforge.data.sources expanded its ${NAME} references: it
+    names the cache file, and it (redacted) is what log lines and errors show, so no expanded value appears.
     """
-    shown = redact_url(url)
+    shown = redact_url(configured or url)
     if urlparse(url).scheme not in ("http", "https"):
         raise DownloadError(f"cannot download {shown!r}: only http:// and https:// URLs are supported",
                             hint="use an http(s) URL, or point data.source at a local file")
     sha256 = sha256.lower() if sha256 else None
-    target = cache_path(cache_key or url, cache_dir)
+    target = cache_path(configured or url, cache_dir)
     if target.is_file():
         if sha256 is None or _sha256_file(target) == sha256:
             log.debug("cache hit for %s: %s", shown, target)
@@ -71,7 +71,7 @@ def download(url: str, cache_dir: Path, *, sha256: str | None = None, max_bytes:
         target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.parent / (target.name + ".part")  # a leftover from an interrupted run is resumed
-    fetch = _Fetch(url, part, sha256=sha256, max_bytes=max_bytes, timeout=timeout)
+    fetch = _Fetch(url, shown, part, sha256=sha256, max_bytes=max_bytes, timeout=timeout)
 
     bar = _Progress(shown, progress)
     try:
@@ -113,8 +113,9 @@ class _Fetch:
     ignores If-Range) also restarts from zero. Without any validator the resume trusts the server: pin
     data.sha256 for such sources."""
 
-    def __init__(self, url: str, part: Path, *, sha256: str | None, max_bytes: int | None, timeout: float):
-        self.shown = redact_url(url)
+    def __init__(self, url: str, shown: str, part: Path, *, sha256: str | None, max_bytes: int | None,
+                 timeout: float):
+        self.shown = shown
         self.url, self.auth = split_credentials(url)
         self.part, self.sha256, self.max_bytes, self.timeout = part, sha256, max_bytes, timeout
         self.validator_file = part.with_name(part.name + ".validator")
@@ -187,11 +188,11 @@ class _Fetch:
             with open(self.part, mode) as f:
                 try:
                     while chunk := resp.read(CHUNK):
-                        f.write(chunk)
-                        have += len(chunk)
-                        if self.max_bytes is not None and have > self.max_bytes:
+                        if self.max_bytes is not None and have + len(chunk) > self.max_bytes:  # before it lands
                             raise DownloadError(f"download of {self.shown} exceeded the limit of {self.max_bytes} "
                                                 "bytes", hint=_SIZE_HINT)
+                        f.write(chunk)
+                        have += len(chunk)
                         bar.update(have, expected)
                 except (OSError, http.client.HTTPException) as e:
                     raise _Transient(f"connection lost after {have} bytes: {type(e).__name__}: {e}") from None

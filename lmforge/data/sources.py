@@ -2,8 +2,9 @@
 a directory or an archive. Returns the local path that `formats.read_documents` reads.
 
 `${NAME}` in data.source is read from the environment here, at download time, and only the URL as configured
-(with the names, not the values) is used for the cache file name: a deployment's credential lives in the
-worker's environment, never in Prefect's stored parameters or lmforge's logs (docs/security.md)."""
+(with the names, not the values) names the cache file and appears in log lines and errors: a deployment's
+credential lives in the worker's environment, never in Prefect's stored parameters or lmforge's logs
+(docs/security.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,7 @@ def acquire(source: str, cache_dir: Path, sha256: str = "", *, max_bytes: int = 
     location = expand(source, "data.source")
     if is_url(location):
         path = download(location, cache_dir / "downloads", sha256=sha256 or None, max_bytes=max_bytes or None,
-                        cache_key=source)
+                        configured=source)
     else:
         path = Path(location).expanduser()
         if not path.exists():
