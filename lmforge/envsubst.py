@@ -34,6 +34,6 @@ def expand(text: str, key: str, environ: dict | None = None) -> str:
     missing = [n for n in references(text, key) if n not in environ]
     if missing:
         raise LmforgeError(f"{key} refers to ${{{missing[0]}}}, which is not set in this worker's environment",
-                           hint=f"export {missing[0]}=... where the flow runs (for a deployment: the work pool's "
-                                "or the worker's environment)")
+                           hint=f"export {missing[0]}=... in the environment of the process that runs the flow "
+                                "(for a deployment: the worker's)")
     return _REFERENCE.sub(lambda m: environ[m.group(1)], text)

@@ -226,8 +226,8 @@ def test_unset_environment_variable_is_one_line(prefect_server, capsys, preset, 
                  "data.source=http://127.0.0.1:9/x?token=${LMFORGE_TEST_UNSET}")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1] == ("error: data.source refers to ${LMFORGE_TEST_UNSET}, which is not set in this "
-                                   "worker's environment (hint: export LMFORGE_TEST_UNSET=... where the flow runs "
-                                   "(for a deployment: the work pool's or the worker's environment))")
+                                   "worker's environment (hint: export LMFORGE_TEST_UNSET=... in the environment of "
+                                   "the process that runs the flow (for a deployment: the worker's))")
 
 
 # -- the tracking URI ------------------------------------------------------------------------------------------------
