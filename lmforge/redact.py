@@ -15,11 +15,10 @@ from urllib.parse import unquote
 
 MASK = "***"
 
-# A query/fragment parameter is secret when its name contains one of these (case-insensitive, so
-# X-Amz-Signature, X-Amz-Credential, private_token and apiKey all count). Hiding a harmless parameter
-# whose name merely contains one of them ("author") costs a little readability; showing a secret costs more.
-SECRET_PARAM_WORDS = ("token", "key", "secret", "password", "passwd", "sig", "signature", "access_token",
-                      "api_key", "apikey", "auth", "credential")
+# A query/fragment parameter is secret when its name contains one of these, in any case: so access_token,
+# api_key, apiKey, signature, X-Amz-Signature, X-Amz-Credential and private_token all count. Hiding a harmless
+# parameter whose name merely contains one of them ("author") costs a little readability; showing a secret more.
+SECRET_PARAM_WORDS = ("token", "key", "secret", "password", "passwd", "sig", "auth", "credential")
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")

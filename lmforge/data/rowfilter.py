@@ -64,9 +64,6 @@ class RowFilter:
     def __and__(self, other: "RowFilter") -> "RowFilter":
         return RowFilter(self.parts + other.parts)
 
-    def columns(self) -> set[str]:
-        return {_column_name(n.id, p.quoted) for p in self.parts for n in ast.walk(p.tree) if isinstance(n, ast.Name)}
-
     def mask(self, df, where: str = "the table"):
         """A boolean Series over df's rows: True where every expression holds."""
         import pandas as pd
