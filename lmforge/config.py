@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.data.archive import ArchiveLimits
 from lmforge.errors import LmforgeError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -22,10 +23,14 @@ class DataConfig:
     source: str = "pyjokes"          # pyjokes | http(s) URL | file | directory | .tar.gz/.zip archive
     format: str = "auto"             # auto | text | lines | csv | tsv | imdb
     column: str = ""                 # text column for csv/tsv
-    filter: str = ""                 # pandas query on csv/tsv rows, e.g. Country == "lebanon"
-    val_filter: str = ""             # pandas query: only matching rows can be drawn into val; other rows all train
+    filter: str = ""                 # csv/tsv rows to keep, e.g. Country == "lebanon" (lmforge/data/rowfilter.py)
+    val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
     sha256: str = ""                 # expected digest of a downloaded file
+    max_bytes: int = 4 << 30         # largest download accepted; 0 = no limit (docs/security.md says why 4 GiB)
+    archive_max_bytes: int = ArchiveLimits.max_bytes      # total uncompressed bytes of an archive; 0 = no limit
+    archive_max_members: int = ArchiveLimits.max_members  # members in an archive; 0 = no limit
+    archive_max_ratio: float = ArchiveLimits.max_ratio    # uncompressed/compressed (whole, and per zip member)
     encoding_errors: str = "strict"  # strict (error names file and offset) | replace
     val_fraction: float = 0.1
     split: str = "documents"         # documents (each document's side drawn from its content hash) | contiguous
@@ -238,6 +243,9 @@ def _apply(cfg: Config, key: str, value: object) -> None:
 
 
 def _check(cfg: Config) -> None:
+    from lmforge.config_safety import check_untrusted_keys
+
+    check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
                 "train.eval_iters", "eval.max_new_tokens"]

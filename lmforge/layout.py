@@ -21,21 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.config import Config
+from lmforge.safepath import confined
 
 DATA_SECTIONS = ("data", "clean", "tokenizer")
 # config keys that change how a run is computed or what is done with its weights, never the weights themselves
-NOT_WEIGHTS = {"export": None, "eval": None, "promote": None, "train": ("threads", "device", "compile"),
-               "data": ("parts",)}
+NOT_WEIGHTS = {"export": None, "eval": None, "promote": None, "train": ("threads", "device", "compile")}
 
 
 def _hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
+# data keys that say how preparation runs or what it refuses, not what it makes
+NOT_CONTENT = ("parts", "sha256", "max_bytes", "archive_max_bytes", "archive_max_members", "archive_max_ratio")
+
+
 def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
-    """Short hash of what the config makes; data.parts only says how preparation is spread, not what it makes."""
+    """Short hash of what the config makes (NOT_CONTENT left out: how preparation is spread, what it checks)."""
     d = cfg.to_dict()
-    d["data"].pop("parts")
+    for key in NOT_CONTENT:
+        d["data"].pop(key, None)
     if sections:
         d = {k: d[k] for k in sections}
     return _hash(d)
@@ -87,7 +92,10 @@ class RunLayout:
 
     @classmethod
     def for_config(cls, cfg: Config, artifacts: Path | None = None) -> "RunLayout":
-        return cls(Path(artifacts or artifacts_root()), cfg.name, weights_hash(cfg), config_hash(cfg, DATA_SECTIONS))
+        layout = cls(Path(artifacts or artifacts_root()), cfg.name, weights_hash(cfg), config_hash(cfg, DATA_SECTIONS))
+        confined(layout.artifacts / "prepared", layout.prepared, "prepared-data directory")  # cfg.name is a slug
+        confined(layout.artifacts / "runs", layout.artifacts / "runs" / layout.run_prefix, "run directory")  # anyway
+        return layout
 
     @property
     def prepared(self) -> Path:
@@ -106,7 +114,8 @@ class RunLayout:
         return f"{self.name}-{self.weights}-"
 
     def run_dir(self, data_fingerprint: str) -> RunDir:
-        return RunDir(self.artifacts / "runs" / f"{self.run_prefix}{data_fingerprint[:10]}")
+        root = self.artifacts / "runs" / f"{self.run_prefix}{data_fingerprint[:10]}"
+        return RunDir(confined(self.artifacts / "runs", root, "run directory"))
 
     def run_dirs(self) -> list[RunDir]:
         """The run directories of this config (on any data), newest first."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from lmforge import tracking
 from lmforge.atomic import write_text_atomic
 from lmforge.errors import LmforgeError
+from lmforge.redact import redact_text
 
 CURVES = ("train_loss", "val_loss")
 
@@ -22,7 +23,7 @@ def get_run(run_id: str):
     try:
         return c.get_run(run_id)
     except Exception as exc:  # mlflow raises MlflowException for an unknown id
-        raise LmforgeError(f"no MLflow run {run_id!r} at {tracking.tracking_uri()}: "
+        raise LmforgeError(f"no MLflow run {run_id!r} at {redact_text(tracking.tracking_uri())}: "
                            f"{str(exc).splitlines()[0][:160]}", hint="`lmforge runs` lists run ids") from None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmforge.errors import LmforgeError
 from lmforge.layout import artifacts_root
+from lmforge.redact import redact_text, redact_values, split_credentials
 
 
 def tracking_uri() -> str:
@@ -30,11 +31,14 @@ def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> str:
     """Fail fast (before any training) when an HTTP tracking server does not answer."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
+        url, auth = split_credentials(uri.rstrip("/") + "/health")  # user:pass@ in the URI: Basic auth
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": auth} if auth else {}),
+                                        timeout=timeout) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError) as exc:
-            raise LmforgeError(f"MLflow tracking server {uri} is unreachable: {getattr(exc, 'reason', exc)}",
+            raise LmforgeError(f"MLflow tracking server {redact_text(uri)} is unreachable: "
+                               f"{redact_text(str(getattr(exc, 'reason', exc)))}",
                                hint="start it (`mlflow server ...`) or unset MLFLOW_TRACKING_URI") from None
     elif uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +67,7 @@ def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = 
             exp_id = with_retries(c.get_experiment_by_name, experiment).experiment_id
     else:
         exp_id = exp.experiment_id
-    run = with_retries(c.create_run, exp_id, run_name=run_name, tags={"git_commit": git_commit(), **(tags or {})})
+    run = with_retries(c.create_run, exp_id, run_name=run_name, tags=redact_values({"git_commit": git_commit(), **(tags or {})}))
     log_params(run.info.run_id, params)
     return run.info.run_id
 
@@ -71,7 +75,7 @@ def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = 
 def log_params(run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [Param(k, redact_text(str(v))[:6000]) for k, v in params.items()]  # data.source may hold a token
     for i in range(0, len(items), 100):
         with_retries(client().log_batch, run_id, params=items[i:i + 100])
 
@@ -182,7 +186,8 @@ def register_model(run_id: str, model_dir: Path, name: str, tags: dict, descript
     with_retries(c.log_model_artifacts, info.model_id, str(model_dir))
     ensure_registered_model(name, f"lmforge preset {name}")
     version = with_retries(c.create_model_version, name, source=info.model_uri, run_id=run_id,
-                           tags={k: str(v) for k, v in tags.items()}, description=description,
+                           tags={k: redact_text(str(v)) for k, v in tags.items()},
+                           description=redact_text(description),
                            model_id=info.model_id)
     with_retries(c.set_registered_model_alias, name, alias, version.version)
     with_retries(c.set_tag, run_id, "model_version", str(version.version))
@@ -195,7 +200,7 @@ VAL_ARTIFACT_MAX_BYTES = 64 << 20  # val shards up to this size travel with the 
 def set_tags(run_id: str, tags: dict) -> None:
     c = client()
     for k, v in tags.items():
-        with_retries(c.set_tag, run_id, k, str(v))
+        with_retries(c.set_tag, run_id, k, redact_text(str(v)))
 
 
 def onnx_signature(model_dir: Path):
@@ -231,7 +236,8 @@ def fetch_model_dir(uri: str, dest: Path | None = None) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as exc:  # mlflow raises MlflowException / RestException with long bodies
-        raise LmforgeError(f"cannot fetch {uri} from {tracking_uri()}: {str(exc).splitlines()[0][:200]}",
+        raise LmforgeError(f"cannot fetch {uri} from {redact_text(tracking_uri())}: "
+                           f"{redact_text(str(exc).splitlines()[0][:200])}",
                            hint="check the name and alias (`lmforge runs`), and MLFLOW_TRACKING_URI") from None
 
 

@@ -11,6 +11,7 @@ from lmforge import tracking
 from lmforge.config import Config
 from lmforge.review import model_card, run_summary, version_tags
 from tasks import retry_unless_user_error
+from lmforge.redact import redact_text
 from tasks.promote import artifact_key
 
 
@@ -19,7 +20,7 @@ def start_tracking(cfg: Config, run_name: str) -> str:
     uri = tracking.check_tracking_server()
     run_id = tracking.start_run(f"lmforge-{cfg.name}", run_name, cfg.flat(),
                                 tags={"preset": cfg.name, "prefect_flow_run_id": str(flow_run.get_id())})
-    get_run_logger().info("MLflow run %s at %s", run_id, uri)
+    get_run_logger().info("MLflow run %s at %s", run_id, redact_text(uri))
     return run_id
 
 

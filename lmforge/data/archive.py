@@ -1,4 +1,6 @@
-"""Extract a .tar/.tar.gz/.tgz/.zip safely: refuse members that would land outside the destination, all-or-nothing."""
+"""Extract a .tar/.tar.gz/.tgz/.zip safely: refuse members that would land outside the destination, and archives
+that would expand past their limits (total uncompressed bytes, member count, compression ratio: zip and tar
+bombs); all-or-nothing."""
 
 from __future__ import annotations
 
@@ -9,12 +11,28 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
 MARKER = ".lmforge-extracted"
 _SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What one archive may expand to; 0 lifts a limit. The config keys data.archive_max_* set them.
+
+    The defaults accept IMDB's aclImdb_v1.tar.gz, the largest archive a preset uses (84 MB compressed, about
+    100,000 members, about 480 MB uncompressed: a ratio near 6) with a wide margin, and refuse what a bomb needs:
+    8 GiB uncompressed, one million members, and a ratio of 100 (gzip/deflate shrink text 3-10 times; a run of
+    zeros shrinks about 1000 times)."""
+    max_bytes: int = 8 << 30
+    max_members: int = 1_000_000
+    max_ratio: float = 100.0
 
 
 def is_archive(path: Path) -> bool:
@@ -22,11 +40,13 @@ def is_archive(path: Path) -> bool:
     return Path(path).name.lower().endswith(_SUFFIXES)
 
 
-def extract(archive: Path, dest: Path) -> Path:
+def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
     """Extract `archive` into `dest` and return `dest`; a no-op when `dest` already holds this archive.
 
-    Everything is extracted into a temporary directory beside `dest` and renamed into place, so a
-    refused or failed archive leaves nothing behind.
+    The limits are checked twice: from the archive's headers before anything is written, and again while
+    extracting, on the bytes actually written (zip: its headers can lie; tar: tarfile writes exactly the size
+    its header gives). Everything is extracted into a temporary directory beside `dest` and renamed into place,
+    so a refused or failed archive leaves nothing behind.
     """
     archive, dest = Path(archive), Path(dest)
     st = archive.stat()
@@ -41,9 +61,9 @@ def extract(archive: Path, dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         if archive.name.lower().endswith(".zip"):
-            _extract_zip(archive, tmp)
+            _extract_zip(archive, tmp, limits)
         else:
-            _extract_tar(archive, tmp)
+            _extract_tar(archive, tmp, limits)
         _check_links(archive, tmp)
         (tmp / MARKER).write_text(stamp)
         if dest.exists():  # an empty dir, or an extraction of a different archive: swap it out
@@ -81,45 +101,144 @@ def _check_link_target(archive: Path, name: str, base: str, target: str) -> None
         raise _refuse(archive, name, f"links to {target!r}, outside the destination")
 
 
-def _extract_tar(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive, "r:*") as tf:
-        members = tf.getmembers()
+class _Budget:
+    """Counts members and uncompressed bytes against ArchiveLimits; the first excess is a one-line error."""
+
+    def __init__(self, archive: Path, limits: ArchiveLimits):
+        self.archive, self.limits = archive, limits
+        self.size = archive.stat().st_size  # compressed bytes
+        self.members = self.bytes = 0
+
+    def member(self) -> None:
+        self.members += 1
+        if self.limits.max_members and self.members > self.limits.max_members:
+            raise _over(self.archive, f"it has more than {self.limits.max_members} members",
+                        "data.archive_max_members", self.limits.max_members)
+
+    def add(self, n: int) -> None:
+        """n more uncompressed bytes: checked against the total and against the whole archive's ratio."""
+        self.bytes += n
+        if self.limits.max_bytes and self.bytes > self.limits.max_bytes:
+            raise _over(self.archive, f"its members hold more than {self.limits.max_bytes} bytes uncompressed",
+                        "data.archive_max_bytes", self.limits.max_bytes)
+        if self.limits.max_ratio and self.bytes > self.limits.max_ratio * max(self.size, 1):
+            raise _over(self.archive, f"it expands more than {self.limits.max_ratio:g}:1 ({self.bytes} bytes "
+                        f"from {self.size})", "data.archive_max_ratio", self.limits.max_ratio)
+
+    def member_ratio(self, name: str, uncompressed: int, compressed: int) -> None:
+        """One zip member's own ratio (its data is compressed on its own, so a bomb member shows here)."""
+        if self.limits.max_ratio and uncompressed > self.limits.max_ratio * max(compressed, 1):
+            raise _over(self.archive, f"member {name!r} expands more than {self.limits.max_ratio:g}:1 "
+                        f"({uncompressed} bytes from {compressed})", "data.archive_max_ratio", self.limits.max_ratio)
+
+
+def _over(archive: Path, what: str, key: str, value: float) -> LmforgeError:
+    return LmforgeError(f"refusing to extract {archive.name}: {what}, over the limit {key}={value:g}",
+                        hint=f"an archive bomb looks like this; if the archive is expected, raise the limit "
+                             f"(--set {key}=N; 0 = no limit)")
+
+
+def _extract_tar(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
+    budget = _Budget(archive, limits)
+    try:
+        tf = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise _unreadable(archive, e) from None
+    with tf:
+        members: list[tarfile.TarInfo] = []
         links: set[str] = set()
-        for m in members:
-            name = _check_name(archive, m.name)
-            parents = Path(name).parents
-            if any(p.as_posix() in links for p in parents):
-                raise _refuse(archive, m.name, "lies beneath a symlink in the archive")
-            if m.issym():
-                _check_link_target(archive, m.name, posixpath.dirname(name), m.linkname)
-                links.add(name)
-            elif m.islnk():
-                _check_link_target(archive, m.name, "", m.linkname)
-            elif m.ischr() or m.isblk() or m.isfifo():
-                raise _refuse(archive, m.name, "is a device file or FIFO")
-            elif not (m.isfile() or m.isdir()):
-                raise _refuse(archive, m.name, "has an unsupported type")
+        try:
+            for m in tf:  # headers one by one: the limits stop the walk before a bomb's data is decompressed
+                budget.member()
+                budget.add(m.size)
+                members.append(m)
+                name = _check_name(archive, m.name)
+                parents = Path(name).parents
+                if any(p.as_posix() in links for p in parents):
+                    raise _refuse(archive, m.name, "lies beneath a symlink in the archive")
+                if m.issym():
+                    _check_link_target(archive, m.name, posixpath.dirname(name), m.linkname)
+                    links.add(name)
+                elif m.islnk():
+                    _check_link_target(archive, m.name, "", m.linkname)
+                elif m.ischr() or m.isblk() or m.isfifo():
+                    raise _refuse(archive, m.name, "is a device file or FIFO")
+                elif not (m.isfile() or m.isdir()):
+                    raise _refuse(archive, m.name, "has an unsupported type")
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise _unreadable(archive, e) from None
+        extracting = _Budget(archive, limits)
+
+        def counted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+            """Per member, as it is extracted: the data filter, then the limits again on its size."""
+            if hasattr(tarfile, "data_filter"):
+                member = tarfile.data_filter(member, path)
+            extracting.member()
+            extracting.add(member.size)
+            return member
+
         try:
             if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter="data")
-            else:  # Python without extraction filters: the checks above stand alone
-                tf.extractall(dest, members=members)
-        except tarfile.TarError as e:  # includes the data filter's refusals
-            raise LmforgeError(f"cannot extract {archive.name}: {e}",
-                               hint="the archive is malformed or malicious; get it from a trusted source") from None
+                tf.extractall(dest, members=members, filter=counted)
+            else:  # Python without extraction filters: the checks above stand alone, counted per member
+                for m in members:
+                    tf.extract(counted(m, str(dest)), dest)
+        except (tarfile.TarError, EOFError, zlib.error) as e:  # includes the data filter's refusals
+            raise _unreadable(archive, e) from None
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+def _unreadable(archive: Path, e: Exception) -> LmforgeError:
+    return LmforgeError(f"cannot extract {archive.name}: {e}",
+                        hint="the archive is malformed or malicious; get it from a trusted source")
+
+
+def _extract_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
+    budget = _Budget(archive, limits)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise _unreadable(archive, e) from None
+    with zf:
+        infos = zf.infolist()
+        names = []
+        for info in infos:  # the central directory's word, before anything is written
+            budget.member()
+            budget.member_ratio(info.filename, info.file_size, info.compress_size)
+            budget.add(info.file_size)
             name = _check_name(archive, info.filename)
             kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip was not made on Unix
             if kind == stat.S_IFLNK:
-                target = zf.read(info).decode("utf-8", "replace")
+                with zf.open(info) as link:
+                    target = link.read(4096).decode("utf-8", "replace")  # a link target, not a member's worth
                 _check_link_target(archive, info.filename, posixpath.dirname(name), target)
             elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise _refuse(archive, info.filename, "is a device file or FIFO")
-        zf.extractall(dest)  # zipfile writes symlink entries as small regular files, never as links
+            names.append(name)
+        written = _Budget(archive, limits)
+        try:
+            for info, name in zip(infos, names):
+                written.member()
+                _write_zip_member(zf, info, dest / name, written)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as e:
+            raise _unreadable(archive, e) from None  # bad CRC (a header that lied), encrypted, unknown method
+        except (NotADirectoryError, IsADirectoryError, FileExistsError):
+            raise _refuse(archive, info.filename, "collides with another member") from None
+
+
+def _write_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> None:
+    """One member, counting the bytes as they are decompressed and checking them before each write. Symlink
+    entries become small regular files, as zipfile.extractall writes them."""
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = 0
+    with zf.open(info) as src, open(target, "wb") as out:
+        while chunk := src.read(CHUNK):
+            done += len(chunk)
+            budget.member_ratio(info.filename, done, info.compress_size)
+            budget.add(len(chunk))
+            out.write(chunk)
 
 
 def _check_links(archive: Path, root: Path) -> None:

@@ -1,9 +1,13 @@
-"""Fetch one URL into a local cache: resumable (HTTP Range), retried, size-capped, sha256-verified, landed atomically."""
+"""Fetch one URL into a local cache: resumable (HTTP Range, guarded by If-Range), retried, size-capped,
+sha256-verified, landed atomically. Redirects are followed to http(s) only; credentials in the URL's userinfo are
+sent as HTTP Basic auth (to the URL's own origin only) and the URL is redacted (lmforge.redact) in every log line
+and error message."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -13,14 +17,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
+from lmforge.atomic import write_json_atomic
 from lmforge.errors import LmforgeError
+from lmforge.redact import redact_text, redact_url, split_credentials
 
 log = logging.getLogger("lmforge.download")
 
 CHUNK = 1 << 20
 _HINT = "check the URL or point data.source at a local copy"
+_SIZE_HINT = "raise data.max_bytes (--set data.max_bytes=BYTES; 0 = no limit) if this file is expected"
 
 
 class DownloadError(LmforgeError):
@@ -32,117 +39,215 @@ class _Transient(Exception):
 
 
 def cache_path(url: str, cache_dir: Path) -> Path:
-    """Where `url` is cached: a hash of the whole URL (unique) plus its sanitised basename (readable)."""
+    """Where `url` is cached: a hash of the whole URL (unique) plus its sanitised basename (readable), which can
+    neither climb out of cache_dir nor hide. download() names the file after `configured`, the URL before
+    ${NAME} expansion, so no expanded secret reaches the file name."""
     name = unquote(Path(urlparse(url).path).name)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:100] or "download"
     return Path(cache_dir) / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
 
 
 def download(url: str, cache_dir: Path, *, sha256: str | None = None, max_bytes: int | None = None,
-             retries: int = 4, backoff: float = 0.5, timeout: float = 30.0, progress: bool = True) -> Path:
+             retries: int = 4, backoff: float = 0.5, timeout: float = 30.0, progress: bool = True,
+             configured: str | None = None) -> Path:
     """Return a local path holding the body of `url`, downloading it unless it is already cached.
 
     Transient failures are retried `retries` times with exponential backoff, resuming from the bytes
-    already received; the file appears at its cache path only once complete and verified.
+    already received; the file appears at its cache path only once complete and verified. `configured`
+    (default: `url`) is the URL as configured, before lmforge.data.sources expanded its ${NAME} references: it
+    names the cache file, and it (redacted) is what log lines and errors show, so no expanded value appears.
     """
+    shown = redact_url(configured or url)
     if urlparse(url).scheme not in ("http", "https"):
-        raise DownloadError(f"cannot download {url!r}: only http:// and https:// URLs are supported",
+        raise DownloadError(f"cannot download {shown!r}: only http:// and https:// URLs are supported",
                             hint="use an http(s) URL, or point data.source at a local file")
     sha256 = sha256.lower() if sha256 else None
-    target = cache_path(url, cache_dir)
+    target = cache_path(configured or url, cache_dir)
     if target.is_file():
         if sha256 is None or _sha256_file(target) == sha256:
-            log.debug("cache hit for %s: %s", url, target)
+            log.debug("cache hit for %s: %s", shown, target)
             return target
         log.warning("cached %s does not match its sha256; downloading again", target)
         target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.parent / (target.name + ".part")  # a leftover from an interrupted run is resumed
+    fetch = _Fetch(url, shown, part, sha256=sha256, max_bytes=max_bytes, timeout=timeout)
 
-    bar = _Progress(url, progress)
+    bar = _Progress(shown, progress)
     try:
         for attempt in range(max(retries, 0) + 1):
             if attempt:
                 time.sleep(backoff * 2 ** (attempt - 1))
             try:
-                _fetch(url, part, sha256=sha256, max_bytes=max_bytes, timeout=timeout, bar=bar)
+                fetch.attempt(bar)
                 break
             except _Transient as e:
                 error = e
-                log.warning("download of %s, attempt %d of %d: %s", url, attempt + 1, retries + 1, e)
-            except DownloadError:  # a definite answer (4xx, too big): the partial file is worthless
-                part.unlink(missing_ok=True)
+                log.warning("download of %s, attempt %d of %d: %s", shown, attempt + 1, retries + 1, e)
+            except DownloadError:  # a definite answer (4xx, too big, bad redirect): the partial file is worthless
+                fetch.discard()
                 raise
         else:  # the .part stays, so the next run resumes where this one stopped
-            raise DownloadError(f"download of {url} failed after {retries + 1} attempts: {error}",
+            raise DownloadError(f"download of {shown} failed after {retries + 1} attempts: {error}",
                                 hint="check the network, or point data.source at a local copy")
     finally:
         bar.close()
     if sha256 is not None and (actual := _sha256_file(part)) != sha256:
-        part.unlink()
-        raise DownloadError(f"download of {url} is corrupt: sha256 {actual}, expected {sha256}",
+        fetch.discard()
+        raise DownloadError(f"download of {shown} is corrupt: sha256 {actual}, expected {sha256}",
                             hint="the file changed upstream or the expected sha256 is wrong")
     os.replace(part, target)
-    log.info("downloaded %s -> %s (%d bytes)", url, target, target.stat().st_size)
+    fetch.validator_file.unlink(missing_ok=True)
+    log.info("downloaded %s -> %s (%d bytes)", shown, target, target.stat().st_size)
     return target
 
 
-def _fetch(url: str, part: Path, *, sha256: str | None, max_bytes: int | None, timeout: float,
-           bar: _Progress) -> None:
-    """One attempt: request the rest of `url` after the bytes already in `part` and append it, fsynced."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "lmforge", "Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        e.close()
-        if e.code == 416 and have:  # we asked for bytes past the end: complete already, or stale
-            m = re.fullmatch(r"bytes \*/(\d+)", e.headers.get("Content-Range", ""))
-            if (int(m.group(1)) == have) if m else (sha256 is not None and _sha256_file(part) == sha256):
-                return
-            part.unlink()
-            return _fetch(url, part, sha256=sha256, max_bytes=max_bytes, timeout=timeout, bar=bar)
-        if e.code == 429 or e.code >= 500:
-            raise _Transient(f"HTTP {e.code} {e.reason}") from None
-        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}", hint=_HINT) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            raise DownloadError(f"download of {url} failed: {reason}", hint=_HINT) from None
-        raise _Transient(f"{type(reason).__name__}: {reason}") from None
+class _Fetch:
+    """The attempts at one URL into one `.part` file.
 
-    with resp:
-        if resp.status == 206:
-            if not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                part.unlink(missing_ok=True)
-                raise _Transient(f"server sent range {resp.headers.get('Content-Range')!r}, not bytes {have}-")
-            mode = "ab"
-        else:  # 200: the server ignored Range (or none was asked) -> the whole body, from zero
-            have, mode = 0, "wb"
-        length = resp.headers.get("Content-Length")
-        expected = have + int(length) if length and length.isdigit() else None
-        if max_bytes is not None and expected is not None and expected > max_bytes:
-            raise DownloadError(f"download of {url} is {expected} bytes, over the limit of {max_bytes}",
-                                hint="raise max_bytes if this file is expected")
-        bar.update(have, expected)
-        with open(part, mode) as f:
-            try:
-                while chunk := resp.read(CHUNK):
-                    f.write(chunk)
-                    have += len(chunk)
-                    if max_bytes is not None and have > max_bytes:
-                        raise DownloadError(f"download of {url} exceeded the limit of {max_bytes} bytes",
-                                            hint="raise max_bytes if this file is expected")
-                    bar.update(have, expected)
-            except (OSError, http.client.HTTPException) as e:
-                raise _Transient(f"connection lost after {have} bytes: {type(e).__name__}: {e}") from None
-            finally:
-                f.flush()
-                os.fsync(f.fileno())
-    if expected is not None and have < expected:
-        raise _Transient(f"connection closed after {have} of {expected} bytes")
+    Resuming is only safe when the bytes already in `.part` and the rest the server sends now belong to the same
+    version of the file. So the first response's validator (ETag, else Last-Modified) and length are saved
+    beside the `.part` (`.part.validator`, JSON) before its body is written, and a resume sends `If-Range` with
+    it: a server answers 206 (the rest) only while the file is unchanged, and 200 (the whole new file) otherwise,
+    which is written from zero. A 206 whose ETag or total length differs from the saved ones (a server that
+    ignores If-Range) also restarts from zero. Without any validator the resume trusts the server: pin
+    data.sha256 for such sources."""
+
+    def __init__(self, url: str, shown: str, part: Path, *, sha256: str | None, max_bytes: int | None,
+                 timeout: float):
+        self.shown = shown
+        self.url, self.auth = split_credentials(url)
+        self.part, self.sha256, self.max_bytes, self.timeout = part, sha256, max_bytes, timeout
+        self.validator_file = part.with_name(part.name + ".validator")
+        self.opener = urllib.request.build_opener(_HttpOnlyRedirects(self.shown))
+
+    def discard(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.validator_file.unlink(missing_ok=True)
+
+    def _saved_validator(self) -> dict:
+        try:
+            return json.loads(self.validator_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def attempt(self, bar: _Progress) -> None:
+        """One request for the rest of the file after the bytes already in `.part`, appended and fsynced."""
+        have = self.part.stat().st_size if self.part.exists() else 0
+        saved = self._saved_validator() if have else {}
+        req = urllib.request.Request(self.url, headers={"User-Agent": "lmforge", "Accept-Encoding": "identity"})
+        if self.auth:
+            req.add_unredirected_header("Authorization", self.auth)  # _HttpOnlyRedirects re-adds it same-origin
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+            etag = saved.get("etag") or ""
+            if_range = etag if etag and not etag.startswith("W/") else saved.get("last_modified")  # strong only
+            if if_range:
+                req.add_header("If-Range", if_range)
+        try:
+            resp = self.opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code == 416 and have:  # we asked for bytes past the end: complete already, or stale
+                m = re.fullmatch(r"bytes \*/(\d+)", e.headers.get("Content-Range", ""))
+                complete = int(m.group(1)) == have if m else _sha256_file(self.part) == self.sha256
+                if complete:
+                    return
+                self.discard()
+                return self.attempt(bar)
+            if e.code == 429 or e.code >= 500:
+                raise _Transient(f"HTTP {e.code} {e.reason}") from None
+            raise DownloadError(f"download of {self.shown} failed: HTTP {e.code} {redact_text(str(e.reason))}",
+                                hint=_HINT) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise DownloadError(f"download of {self.shown} failed: {reason}", hint=_HINT) from None
+            raise _Transient(redact_text(f"{type(reason).__name__}: {reason}")) from None
+
+        with resp:
+            if resp.status == 206 and have:
+                if not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    self.discard()
+                    raise _Transient(f"server sent range {resp.headers.get('Content-Range')!r}, not bytes {have}-")
+                if self._changed(saved, resp.headers):
+                    log.warning("%s changed since the partial download began; starting again from zero", self.shown)
+                    self.discard()
+                    return self.attempt(bar)
+                mode = "ab"
+            else:  # 200: the whole body, from zero (no Range asked, Range ignored, or If-Range: the file changed)
+                have, mode = 0, "wb"
+            length = resp.headers.get("Content-Length")
+            expected = have + int(length) if length and length.isdigit() else None
+            if self.max_bytes is not None and expected is not None and expected > self.max_bytes:
+                raise DownloadError(f"download of {self.shown} is {expected} bytes, over the limit of "
+                                    f"{self.max_bytes}", hint=_SIZE_HINT)
+            if mode == "wb" or not saved:
+                self._save_validator(resp.headers, expected)
+            bar.update(have, expected)
+            with open(self.part, mode) as f:
+                try:
+                    while chunk := resp.read(CHUNK):
+                        if self.max_bytes is not None and have + len(chunk) > self.max_bytes:  # before it lands
+                            raise DownloadError(f"download of {self.shown} exceeded the limit of {self.max_bytes} "
+                                                "bytes", hint=_SIZE_HINT)
+                        f.write(chunk)
+                        have += len(chunk)
+                        bar.update(have, expected)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Transient(f"connection lost after {have} bytes: {type(e).__name__}: {e}") from None
+                finally:
+                    f.flush()
+                    os.fsync(f.fileno())
+        if expected is not None and have < expected:
+            raise _Transient(f"connection closed after {have} of {expected} bytes")
+
+    def _save_validator(self, headers, length: int | None) -> None:
+        total = re.fullmatch(r"bytes \d+-\d+/(\d+)", headers.get("Content-Range", ""))
+        write_json_atomic(self.validator_file, {"etag": headers.get("ETag"),
+                                                "last_modified": headers.get("Last-Modified"),
+                                                "length": int(total.group(1)) if total else length})
+
+    @staticmethod
+    def _changed(saved: dict, headers) -> bool:
+        """True when a 206 answer names another version than the one the `.part` began with."""
+        etag = headers.get("ETag")
+        if saved.get("etag") and etag and etag != saved["etag"]:
+            return True
+        total = re.fullmatch(r"bytes \d+-\d+/(\d+)", headers.get("Content-Range", ""))
+        return bool(saved.get("length") and total and int(total.group(1)) != saved["length"])
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib also follows ftp://), and send the Authorization header again only
+    when the redirect stays on the same scheme, host and port: credentials never travel to another origin."""
+
+    def __init__(self, shown: str):
+        self.shown = shown
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("Location") or headers.get("URI")
+        if location:
+            scheme = urlparse(urljoin(req.full_url, location)).scheme
+            if scheme not in ("http", "https"):
+                fp.close()
+                raise DownloadError(f"download of {self.shown} was redirected to {redact_url(location)!r}: only "
+                                    "http:// and https:// redirects are followed", hint=_HINT)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and _origin(newurl) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
+def _origin(url: str) -> tuple:
+    u = urlparse(url)
+    return u.scheme, u.hostname, u.port or {"http": 80, "https": 443}.get(u.scheme)
 
 
 def _sha256_file(path: Path) -> str:
@@ -154,7 +259,8 @@ def _sha256_file(path: Path) -> str:
 
 
 class _Progress:
-    """A rich bar on an interactive terminal outside CI; otherwise a log line at start, every ~10%, and end."""
+    """A rich bar on an interactive terminal outside CI; otherwise a log line at start, every ~10%, and end.
+    `url` is the redacted URL: this is what gets shown."""
 
     def __init__(self, url: str, enabled: bool):
         self.url, self._bar, self._next_pct = url, None, 10

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from lmforge.data.rowfilter import RowFilter, parse as parse_filter
 from lmforge.errors import LmforgeError
 
 ENCODING_HINT = "re-encode the file as UTF-8, or --set data.encoding_errors=replace"
@@ -85,10 +86,12 @@ def split_text(chunks: Iterator[str], fmt: str, separator: str = "") -> Iterator
         yield [carry.strip()]
 
 
-def read_table(path: Path, fmt: str, column: str, row_filter: str = "",
+def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = "",
                errors: str = "strict") -> Iterator[list[str]]:
-    """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time."""
+    """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time; only the rows
+    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.data.rowfilter, never DataFrame.query)."""
     sep = "\t" if fmt == "tsv" else ","
+    rows = row_filter if isinstance(row_filter, RowFilter) else parse_filter(row_filter) if row_filter else None
     try:
         reader = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=TABLE_ROWS,
                              encoding="utf-8", encoding_errors=errors)
@@ -97,12 +100,8 @@ def read_table(path: Path, fmt: str, column: str, row_filter: str = "",
             if first:
                 _check_column(path, fmt, column, df)
                 first = False
-            if row_filter:
-                try:
-                    df = df.query(row_filter)
-                except Exception as exc:  # pandas raises many types for a bad expression
-                    raise LmforgeError(f"data.filter {row_filter!r} failed on {path}: {exc}",
-                                       hint='e.g. --set data.filter=\'Country == "lebanon"\'') from None
+            if rows is not None:
+                df = df[rows.mask(df, where=str(path))]
             docs = [s for s in (t.strip() for t in df[column].tolist()) if s]
             if docs:
                 yield docs
@@ -143,8 +142,8 @@ def read_imdb_files(files: list[Path], errors: str = "strict", batch: int = 1000
             yield docs
 
 
-def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "", separator: str = "",
-                 errors: str = "strict", files: list[Path] | None = None) -> Iterator[list[str]]:
+def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: str | RowFilter = "",
+                 separator: str = "", errors: str = "strict", files: list[Path] | None = None) -> Iterator[list[str]]:
     """Batches of documents (non-empty, stripped strings) from a local file or directory, read lazily.
     `files` restricts a directory source to some of its source_files (one part of a fanned-out preparation)."""
     fmt = detect_format(path) if fmt == "auto" else fmt

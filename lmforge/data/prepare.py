@@ -32,7 +32,9 @@ from lmforge.data.clean import clean_batches
 from lmforge.data.formats import detect_format, iter_batches
 from lmforge.data.shards import META, content_split, meta_for, shard_dtype, write_meta, write_split_files
 from lmforge.data.tokenize import build_tokenizer, frame, plain_encoder, special_ids
+from lmforge.data.rowfilter import all_of
 from lmforge.errors import LmforgeError
+from lmforge.redact import redact_text
 
 PREPARED_FORMAT = 3  # bump when the shard layout or the pipeline's output changes (3: content-hash splits)
 MIN_DOCUMENT_SPLIT = 20  # fewer documents than this: a document split is too coarse, split the text instead
@@ -151,7 +153,7 @@ def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
     if (detect_format(Path(path)) if d.format == "auto" else d.format) not in ("csv", "tsv"):
         raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
                            hint="--set data.format=csv (or tsv), or --set data.val_filter=")
-    rows = f"({d.filter}) and ({d.val_filter})" if d.filter else d.val_filter
+    rows = all_of(("data.filter", d.filter), ("data.val_filter", d.val_filter))  # two trees, never one string
     matching = iter_batches(Path(path), d.format, d.column, rows, d.separator, d.encoding_errors)
     eligible: set[int] = set()
     for docs in clean_batches(matching, dataclasses.replace(cfg.clean, dedupe=False), []):
@@ -363,7 +365,8 @@ def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val
             "tokenizer_sha256": hashlib.sha256((out_dir / "tokenizer.json").read_bytes()).hexdigest(),
             "special_ids": special_ids(tok), "documents": cleaned["documents"], "chars": cleaned["chars"],
             "val_chars": val_chars, "split": split.describe(), "corpus_sha256": cleaned["corpus_sha256"],
-            "source": cfg.data.source, "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
+            "source": redact_text(cfg.data.source),  # redacted: no credentials
+            "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
             "clean_report": cleaned["clean_report"]}
 
 

@@ -1,13 +1,22 @@
 """Acquire a preset's `data.source` as local files: the embedded pyjokes corpus, an HTTP(S) URL, a file,
-a directory or an archive. Returns the local path that `formats.read_documents` reads."""
+a directory or an archive. Returns the local path that `formats.read_documents` reads.
+
+`${NAME}` in data.source is read from the environment here, at download time, and only the URL as configured
+(with the names, not the values) names the cache file and appears in log lines and errors: a deployment's
+credential lives in the worker's environment, never in Prefect's stored parameters or lmforge's logs
+(docs/security.md)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from lmforge.atomic import write_text_atomic
-from lmforge.data.archive import extract, is_archive
+from lmforge.config import DataConfig
+from lmforge.data.archive import ArchiveLimits, extract, is_archive
 from lmforge.data.download import download
+from lmforge.envsubst import expand
 from lmforge.errors import LmforgeError
+from lmforge.redact import redact_text
+from lmforge.safepath import safe_component
 
 
 def is_url(source: str) -> bool:
@@ -27,18 +36,30 @@ def pyjokes_corpus(cache_dir: Path) -> Path:
     return path
 
 
-def acquire(source: str, cache_dir: Path, sha256: str = "") -> Path:
-    """Return a local file or directory holding the corpus named by `source`."""
+def acquire(source: str, cache_dir: Path, sha256: str = "", *, max_bytes: int = DataConfig.max_bytes,
+            archive_limits: ArchiveLimits | None = None) -> Path:
+    """Return a local file or directory holding the corpus named by `source`. `max_bytes` caps a download
+    (0 = no limit); `archive_limits` bound what an archive may extract to (default: ArchiveLimits())."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     if source == "pyjokes":
         return pyjokes_corpus(cache_dir)
-    if is_url(source):
-        path = download(source, cache_dir / "downloads", sha256=sha256 or None)
+    location = expand(source, "data.source")
+    if is_url(location):
+        path = download(location, cache_dir / "downloads", sha256=sha256 or None, max_bytes=max_bytes or None,
+                        configured=source)
     else:
-        path = Path(source).expanduser()
+        path = Path(location).expanduser()
         if not path.exists():
-            raise LmforgeError(f"data source {source} does not exist",
+            raise LmforgeError(f"data source {redact_text(source)} does not exist",
                                hint="--set data.source=PATH to a file, directory, archive or http(s) URL")
     if path.is_file() and is_archive(path):
-        return extract(path, cache_dir / "extracted" / path.name.split(".")[0])
+        name = safe_component(path.name.split(".")[0], fallback="archive")  # a local archive's name is anything
+        return extract(path, cache_dir / "extracted" / name, archive_limits or ArchiveLimits())
     return path
+
+
+def acquire_for(data: DataConfig, cache_dir: Path) -> Path:
+    """acquire() with the limits of the data config (data.max_bytes and data.archive_max_*)."""
+    return acquire(data.source, cache_dir, data.sha256, max_bytes=data.max_bytes,
+                   archive_limits=ArchiveLimits(data.archive_max_bytes, data.archive_max_members,
+                                                data.archive_max_ratio))

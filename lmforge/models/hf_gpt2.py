@@ -1,7 +1,8 @@
 """Fine-tune a Hugging Face GPT-2 checkpoint from a local directory. GPT-2 is the architecture of
 lmforge.models.gpt with biases (pre-LayerNorm, tanh GELU, tied head), so the checkpoint's weights are copied
 into that module: training, the KV cache, ONNX export and the runtime then share the gpt code path.
-`transformers` (the optional extra `hf`) is only needed to read the checkpoint."""
+`transformers` (the optional extra `hf`) is only needed to read the checkpoint. Weights are read from safetensors
+only: `pytorch_model.bin` is a pickle, and unpickling a file runs whatever code its author put in it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,10 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.models.gpt import GPT, GPTConfig
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+CONVERT_HINT = ("convert it once, in a trusted environment: python -c \"from transformers import GPT2LMHeadModel as M; "
+                "M.from_pretrained('DIR').save_pretrained('DIR', safe_serialization=True)\" (writes model.safetensors)")
 
 
 class PretrainedGPT2(GPT):
@@ -51,11 +55,16 @@ def _read_checkpoint(root: Path):
     except ImportError:
         raise LmforgeError("model.family=hf-gpt2 needs the `transformers` package",
                            hint="pip install 'lmforge[hf]'") from None
-    if not (root / "config.json").is_file() or not any((root / f).is_file() for f in WEIGHT_FILES):
-        raise LmforgeError(f"{root} holds no GPT-2 checkpoint (config.json and model weights)",
+    has_weights = any((root / f).is_file() for f in WEIGHT_FILES)
+    pickled = [f for f in PICKLED_WEIGHTS if (root / f).is_file()]
+    if (root / "config.json").is_file() and not has_weights and pickled:
+        raise LmforgeError(f"{root} holds only {pickled[0]}, a pickle (loading it can run code); lmforge reads "
+                           "model.safetensors only", hint=CONVERT_HINT)
+    if not (root / "config.json").is_file() or not has_weights:
+        raise LmforgeError(f"{root} holds no GPT-2 checkpoint (config.json and model.safetensors)",
                            hint="--set model.pretrained=DIR saved with save_pretrained() (e.g. a local gpt2 copy)")
-    try:
-        return GPT2LMHeadModel.from_pretrained(str(root), local_files_only=True).float().eval()
+    try:  # use_safetensors=True: transformers never falls back to the pickle, whatever else the directory holds
+        return GPT2LMHeadModel.from_pretrained(str(root), local_files_only=True, use_safetensors=True).float().eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise LmforgeError(f"cannot load the GPT-2 checkpoint in {root}: {str(exc).splitlines()[0][:200]}",
                            hint="re-save it with GPT2LMHeadModel.save_pretrained(DIR)") from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.atomic import write_json_atomic
+from lmforge.runtime import onnxwire
 
 MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
@@ -69,9 +70,10 @@ class ModelDir:
 
 
 def external_data_locations(onnx_file: Path) -> list[str]:
-    """The files an ONNX model's initializers name as external data, read without loading any data. A cheap
-    byte scan skips the parse for the usual self-contained model; without the `onnx` package the check is left
-    to onnxruntime (which also refuses paths escaping the directory, with a longer message)."""
+    """The files an ONNX model's tensors name as external data, read without loading any data and without the
+    `onnx` package (lmforge.runtime.onnxwire walks the protobuf bytes), so the runtime-only install checks them
+    too. A cheap byte scan skips the walk for the usual self-contained model: an external-data entry's key is
+    the literal string "location", which protobuf stores as those very bytes."""
     import mmap
 
     if onnx_file.stat().st_size == 0:
@@ -79,26 +81,10 @@ def external_data_locations(onnx_file: Path) -> list[str]:
     with open(onnx_file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm.find(b"location") < 0:
             return []
-    try:
-        import onnx
-    except ImportError:
-        return []
-    try:
-        proto = onnx.load(str(onnx_file), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelDirError(f"{onnx_file} is not a valid ONNX model: {str(exc).splitlines()[0][:160]}") from None
-    tensors = [t for g in _graphs(proto.graph) for t in [*g.initializer, *(a.t for n in g.node for a in n.attribute)]]
-    return sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
-
-
-def _graphs(graph) -> list:
-    """A graph and its subgraphs (If / Loop bodies), depth first."""
-    out = [graph]
-    for node in graph.node:
-        for a in node.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                out += _graphs(g)
-    return out
+        try:
+            return onnxwire.external_data_locations(mm)
+        except onnxwire.WireError as exc:
+            raise ModelDirError(f"{onnx_file} is not a valid ONNX model: {exc}") from None
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:
