@@ -265,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except ModuleNotFoundError as exc:  # a runtime-only install (`pip install lmforge`) asked for pipeline work
+        if exc.name == "onnxruntime":
+            print(f"error: `lmforge {args.command}` needs onnxruntime, which lmforge leaves to you to pick (hint: "
+                  'pip install "lmforge[cpu]", or "lmforge[cuda]" on a CUDA host)', file=sys.stderr)
+            return 2
         if exc.name not in PIPELINE_MODULES:
             raise
         print(f"error: `lmforge {args.command}` needs {exc.name}, which the runtime-only install leaves out "
-              '(hint: pip install "lmforge[pipeline]")', file=sys.stderr)
+              '(hint: pip install "lmforge[pipeline,cpu]")', file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -101,4 +101,4 @@ print("RUN", main(["run", "--set", "train.max_steps=1"]))
     lines = out.stdout.strip().splitlines()
     assert json.loads(lines[0])["prompt"] == "Why"
     assert lines[-1] == "RUN 2"
-    assert 'pip install "lmforge[pipeline]"' in out.stderr and "needs prefect" in out.stderr
+    assert 'pip install "lmforge[pipeline,cpu]"' in out.stderr and "needs prefect" in out.stderr
