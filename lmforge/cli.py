@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lmforge").setLevel(logging.INFO)  # progress lines, downloads, <unk> notices
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # here, not at exit: a reader that has gone (`| head`) is handled below
+        return rc
     except LmforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

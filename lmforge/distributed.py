@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from lmforge import interrupt
 from lmforge.atomic import write_json_atomic
@@ -28,8 +27,7 @@ def main(job_path: str) -> None:
     """torchrun entry point: every rank builds the model, trains, and rank 0 writes the summary atomically."""
     job = json.loads(Path(job_path).read_text())
     model_cfg, train_cfg = ModelConfig(**job["model"]), TrainConfig(**job["train"])
-    torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(model_cfg, job["vocab_size"])
+    model = build_model(model_cfg, job["vocab_size"], seed=train_cfg.seed)  # the same initial weights on every rank
     data_dir = Path(job["data_dir"])
     identity = Identity(**job["identity"]) if job.get("identity") else None
     try:

@@ -35,7 +35,7 @@ class HideUserErrors(logging.Filter):
     an interrupt; every other record, real bugs' tracebacks included, passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("prefect") or record.levelno < logging.WARNING:
+        if not record.name.startswith("prefect"):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and type(exc).__name__ in USER_ERRORS:
@@ -94,12 +94,42 @@ def prefect_api() -> Iterator[str]:
         yield configured
         return
     server = temporary_server()
-    server.start()
+    with startup_lock():
+        server.start()
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                drain_to_api()
     finally:
         server.stop()
+
+
+@contextmanager
+def startup_lock() -> Iterator[None]:
+    """Temporary servers of two lmforge processes share PREFECT_HOME's database; each creates or migrates its
+    tables at startup, and two doing it at once collide ("table ... already exists"): one starts at a time."""
+    from filelock import FileLock
+    from prefect.settings import PREFECT_HOME
+
+    home = PREFECT_HOME.value()
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home / "lmforge-server-start.lock")):
+        yield
+
+
+def drain_to_api() -> None:
+    """Send the logs and events still queued for the API while the server is up (as Prefect's test harness
+    does): a stopped server would otherwise leave the exit waiting out the workers' retries."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.instance().drain()
+    except RuntimeError:  # never started
+        pass
+    EventsWorker.drain_all()
 
 
 def dask_task_runner(spec: str):

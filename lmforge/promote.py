@@ -108,7 +108,6 @@ def promote(name: str, margin: float = 0.01, force: bool = False, max_windows: i
     at it when it wins by more than `margin` nats/token; with no champion, when it beats the unigram entropy of
     the val windows by `gate`; always with `force`. Returns the comparison, also written to the version's tags
     and description."""
-    c = tracking.client()
     cand = candidate_version(name, version)
     champ = champion_version(name)
     by = by or getpass.getuser()

@@ -20,11 +20,26 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(artifacts_root() / 'mlflow.db').resolve()}"
 
 
+_ready: set[str] = set()  # SQLite stores this process has opened (created and migrated)
+
+
 def client():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    c = mlflow.MlflowClient(uri)
+    if uri.startswith("sqlite:///") and uri not in _ready:
+        # the first open of a new SQLite store creates and migrates its tables: two processes doing it at once
+        # (two runs started together on a fresh machine) collide, so the first open is serialised
+        from filelock import FileLock
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".init.lock"):
+            c.search_experiments(max_results=1)
+        _ready.add(uri)
+    return c
 
 
 def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> str:

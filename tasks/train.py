@@ -26,7 +26,7 @@ def train_model(cfg: Config, data: dict, layout: RunLayout, run_id: str | None =
     run = layout.run_dir(data["data_fingerprint"])
     earlier = layout.earlier_runs(data["data_fingerprint"])
     identity = Identity(layout.weights, data["data_fingerprint"], str(earlier[0]) if earlier else "")
-    model = build_model(cfg.model, data["vocab_size"])
+    model = build_model(cfg.model, data["vocab_size"], seed=cfg.train.seed)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%s model, %.2fM parameters", cfg.model.family, n_params / 1e6)
 

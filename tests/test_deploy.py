@@ -157,9 +157,12 @@ def prefect(env: dict, *args: str, timeout: float = 120) -> subprocess.Completed
     return out
 
 
-def test_killed_run_resumes_from_its_checkpoint(server):
+def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_run(server):
+    """`lmforge run` killed with SIGKILL, then run again: the same final losses and the same weights (the
+    registry finds the uninterrupted run's model identical to the resumed one) as a run never interrupted."""
     env = {**server["env"], "LMFORGE_ARTIFACTS": str(server["tmp"] / "resume-artifacts")}
-    overrides = {**TINY, "train.max_steps": 40, "train.eval_interval": 5}
+    overrides = {**TINY, "model.n_embd": 64, "model.n_layer": 2, "train.batch_size": 16, "train.max_steps": 120,
+                 "train.eval_interval": 10, "train.deterministic": "true", "train.threads": 1}
     cmd = [sys.executable, "-m", "lmforge.cli", "run", "--preset", "jokes-char", "--json",
            *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]]
     first = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -178,6 +181,16 @@ def test_killed_run_resumes_from_its_checkpoint(server):
 
     second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    metrics = json.loads(second.stdout.strip().splitlines()[-1])["metrics"]
-    assert metrics["resumed_from"] == killed_at
-    assert metrics["train_steps"] == overrides["train.max_steps"]
+    resumed = json.loads(second.stdout.strip().splitlines()[-1])
+    assert resumed["metrics"]["resumed_from"] == killed_at
+    assert resumed["metrics"]["train_steps"] == overrides["train.max_steps"]
+
+    fresh_env = {**env, "LMFORGE_ARTIFACTS": str(server["tmp"] / "uninterrupted-artifacts")}
+    fresh = subprocess.run(cmd, env=fresh_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    reference = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert reference["metrics"]["resumed_from"] == 0
+    for key in ("val_loss", "best_val_loss", "final_train_loss"):
+        assert resumed["metrics"][key] == reference["metrics"][key], key  # bitwise
+    # the same registry: the uninterrupted run's weights, data and export are those of the resumed run's version
+    assert reference["reused"] and reference["model_version"] == resumed["model_version"]

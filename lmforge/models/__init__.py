@@ -7,7 +7,13 @@ from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, vocab_size: int, seed: int | None = None) -> nn.Module:
+    """The model of `cfg` for a vocabulary; with `seed`, its initial weights are drawn from that seed (the same
+    config always starts from the same weights, whatever the process did before)."""
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
     if cfg.family == "gpt":
         from lmforge.models.gpt import GPT, GPTConfig
 

@@ -1,0 +1,98 @@
+"""Two processes at once, on real parts: two `lmforge run` of one config started together both finish (the
+second waits for the first, saying so, then re-uses its training), and the registered model matches its data;
+with --no-wait the second stops with one line; two first registrations of one new name against a real
+`mlflow server` both get their versions; a user error raised inside a flow reaches the terminal as one line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+
+from conftest import REPO, TINY
+from test_mlflow_server import mlflow_server  # noqa: F401 (fixture)
+from test_terminal import env_for, lmforge, run_args
+
+
+def start(env: dict, overrides: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(lmforge(*run_args(overrides), *extra), env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def test_two_runs_of_one_config_started_together_both_finish(tmp_path, monkeypatch):
+    import mlflow
+
+    from lmforge.tracking import fetch_model_dir
+
+    env = env_for(tmp_path)
+    first, second = start(env, TINY), start(env, TINY)
+    (a, a_err), (b, b_err) = finish(first), finish(second)
+    assert a["run_dir"] == b["run_dir"] and a["model_version"] == b["model_version"] == "1"
+    assert sorted([a["reused"], b["reused"]]) == [False, True]  # one registered, the other found it identical
+    assert sum("waiting for pid" in err for err in (a_err, b_err)) == 1  # the one that waited said so
+    later = a if a["reused"] else b
+    assert later["metrics"]["resumed_from"] == TINY["train.max_steps"]  # it re-used the first one's training
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    mv = client.get_model_version("jokes-char", "1")
+    data = Path(a["run_dir"]) / "data"
+    assert mv.tags["data_fingerprint"] == json.loads((data / "meta.json").read_text())["data_fingerprint"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    model = fetch_model_dir("models:/jokes-char/1", tmp_path / "v1")
+    assert (model / "tokenizer.json").read_bytes() == (data / "tokenizer.json").read_bytes()
+    leftovers = [p for p in Path(env["LMFORGE_ARTIFACTS"]).rglob("*") if ".tmp" in p.name or p.name.endswith(".holder")]
+    assert leftovers == []  # no temp files, no lock notes left behind
+
+
+def test_no_wait_stops_with_one_line_while_another_run_holds_the_directory(tmp_path):
+    env = env_for(tmp_path)
+    holder = start(env, {**TINY, "train.max_steps": 400, "train.eval_interval": 200})
+    artifacts = Path(env["LMFORGE_ARTIFACTS"])
+    deadline = time.monotonic() + 240
+    while not list(artifacts.glob("runs/*.lock.holder")):  # the first run is training
+        assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()[1][-3000:]
+        time.sleep(0.05)
+    try:
+        out = subprocess.run(lmforge(*run_args({**TINY, "train.max_steps": 400, "train.eval_interval": 200}),
+                                     "--no-wait"), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        os.killpg(holder.pid, 2)
+        holder.communicate(timeout=120)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the run directory ") and "is in use by pid" in last and "--no-wait" in last
+    assert "Traceback" not in out.stderr
+
+
+def test_two_first_registrations_of_one_name_both_get_versions(tmp_path, mlflow_server):  # noqa: F811
+    import mlflow
+
+    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server}
+    name = "race"
+    runs = [start(env, {**TINY, "name": name, "train.seed": seed}) for seed in (1, 2)]  # different weights
+    results = [finish(p)[0] for p in runs]
+    assert sorted(r["model_version"] for r in results) == ["1", "2"] and not any(r["reused"] for r in results)
+    client = mlflow.MlflowClient(mlflow_server)
+    assert {v.run_id for v in client.search_model_versions(f"name='{name}'")} == {r["run_id"] for r in results}
+
+
+def test_a_user_error_inside_a_flow_is_one_line_without_traceback(tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("ab\ncd\nef\n")
+    out = subprocess.run(lmforge("run", "--set", f"data.source={tiny}", "--set", "train.max_steps=5"),
+                         env=env_for(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: the corpus has ") and "(hint: " in lines[-1]
+    assert "Traceback" not in out.stderr and "LmforgeError" not in out.stderr
+    assert sum("fewer than one context window" in ln for ln in lines) == 1  # said once, by lmforge
+
+
