@@ -59,6 +59,22 @@ def test_runs_json_lists_the_run_with_val_loss(run_result, capsys):
     assert 0 < row["metrics"]["val_loss"] < math.log(100)
     assert row["metrics"]["val_loss"] == logged_metrics(run_result["run_id"])["val_loss"]
     assert row["status"] == "FINISHED"
+    assert row["version"] == run_result["model_version"] and row["aliases"] == ["candidate"]
+
+
+def test_runs_table_shows_version_aliases_and_val_loss(run_result, capsys):
+    assert main(["runs", "--limit", "50"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["started", "run", "id", "run", "status", "version", "aliases", "val_loss"]
+    line = next(ln for ln in out if run_result["run_id"][:12] in ln)
+    val = logged_metrics(run_result["run_id"])["val_loss"]
+    assert f"v{run_result['model_version']} " in line and " candidate " in line and line.endswith(f"{val:.4f}")
+
+
+def test_report_takes_the_run_id_prefix_that_runs_shows(run_result, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", run_result["run_id"][:8], "--out", str(out)]) == 0
+    assert run_result["run_id"] in out.read_text(encoding="utf-8")
 
 
 def test_report_is_a_self_contained_page(run_result, tmp_path, capsys):

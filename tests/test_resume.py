@@ -144,3 +144,15 @@ def test_failed_export_leaves_no_directory_and_no_registered_version(prefect_ser
     assert not where.model.exists()
     assert not [p for p in where.root.iterdir() if p.name.endswith(".tmp")]
     assert client().search_model_versions("name='exportcrash'") == []
+
+
+def test_the_grad_scaler_state_is_checkpointed(saved):
+    """An fp16 run's loss scale resumes where it was (torch's GradScaler, the CPU flavour of the same class)."""
+    import torch
+
+    ck, model, opt = saved
+    scaler = torch.amp.GradScaler("cpu", init_scale=1234.0, growth_interval=7)
+    ck.save("last", model, opt, {"step": 9, "data_rng": torch.Generator().get_state()}, scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    ck.load_training("last", model, opt, fresh)
+    assert fresh.get_scale() == 1234.0 and fresh.state_dict()["growth_interval"] == 7
