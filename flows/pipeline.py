@@ -10,6 +10,7 @@ from lmforge.config import load_config
 from lmforge.interrupt import Interrupted
 from lmforge.layout import RunLayout
 from lmforge.locks import hold
+from lmforge.review import run_result
 from tasks.data import snapshot_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
@@ -27,23 +28,16 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bo
     try:
         with hold(layout.prepared_lock, f"the prepared data of {cfg.name}", wait, logger):
             data = snapshot_data(prepare_data(cfg, layout, run_id), layout, run_id)
-        run = layout.run_dir(data["data_fingerprint"])
+        run = layout.run_dir(data.fingerprint)
         with hold(run.lock, f"the run directory {run.root.name}", wait, logger):
             trained = train_model(cfg, data, layout, run_id)
             metrics = evaluate_model(cfg, data, trained, run_id)
             exported = export_model(cfg, data, trained, metrics, run.model, run_id)
-            samples = sample_model(cfg, exported["model_dir"], run_id)
+            samples = sample_model(cfg, exported.model_dir, run_id)
             registered = register_model(cfg, run_id, exported, data, trained, metrics, samples)
     except Interrupted as stop:
         end_tracking(run_id, "KILLED")
         return Cancelled(message=stop.message)
-    result = {"run_id": run_id, "model_name": cfg.name, "model_version": registered["version"],
-              "reused": registered["reused"], "model_uri": f"models:/{cfg.name}@candidate",
-              "model_dir": exported["model_dir"], "run_dir": str(run.root), "data_fingerprint": data["data_fingerprint"],
-              "metrics": {**metrics, "onnx_parity_max_abs": exported["onnx_parity_max_abs"],
-                          "best_val_loss": trained["best_val_loss"], "final_train_loss": trained["final_train_loss"],
-                          "train_tokens_per_s": trained["tokens_per_s"], "train_steps": trained["steps"],
-                          "resumed_from": trained["resumed_from"]},
-              "samples": [s["text"] for s in samples]}
+    result = run_result(run_id, data, trained, metrics, exported, registered, samples)
     publish_summary(cfg, result)
     return result

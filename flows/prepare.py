@@ -7,19 +7,19 @@ from prefect import flow, get_run_logger, unmapped
 from lmforge.config import Config, load_config
 from lmforge.layout import RunLayout
 from lmforge.locks import hold
+from lmforge.records import PreparedData
 from tasks.data import (acquire_data, clean_data, clean_data_part, encode_data_part, join_data_shards,
                         merge_cleaned_parts, plan_data_parts, tokenize_data, train_data_tokenizer)
 
 
-def prepare_data(cfg: Config, layout: RunLayout, run_id: str | None = None) -> dict:
-    """The data tasks of a flow, in parts when data.parts > 1; returns the prepared data's meta. The caller holds
-    the prepared directory's lock."""
+def prepare_data(cfg: Config, layout: RunLayout, run_id: str | None = None) -> PreparedData:
+    """The data tasks of a flow, in parts when data.parts > 1. The caller holds the prepared directory's lock."""
     out = layout.prepared
     corpus = acquire_data(cfg, layout.cache)
     if cfg.data.parts == 1:
-        return tokenize_data(clean_data(corpus, cfg, run_id), cfg, out, run_id)
-    plan = plan_data_parts(corpus, cfg, run_id)
-    if "cached_meta" in plan:
+        return tokenize_data(clean_data(corpus, cfg, out, run_id), cfg, out, run_id)
+    plan = plan_data_parts(corpus, cfg, out, run_id)
+    if "prepared" in plan:
         return tokenize_data(plan, cfg, out, run_id)
     parts = clean_data_part.map(unmapped(corpus), unmapped(cfg), unmapped(out), plan["parts"],
                                 range(len(plan["parts"])))
@@ -35,8 +35,8 @@ def prepare(preset: str = "jokes-char", overrides: dict | None = None, wait: boo
     layout = RunLayout.for_config(cfg)
     with hold(layout.prepared_lock, f"the prepared data of {cfg.name} ({layout.prepared})", wait,
               get_run_logger()):
-        meta = prepare_data(cfg, layout)
-    return {"documents": meta["documents"], "chars": meta["chars"], "vocab_size": meta["vocab_size"],
-            "train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
-            "shards": [f"{meta['dir']}/train.bin", f"{meta['dir']}/val.bin"], "dir": meta["dir"],
-            "cached": meta.get("cached", False), "ran_on": meta.get("ran_on", [])}
+        data = prepare_data(cfg, layout)
+    return {"documents": data.documents, "chars": data.chars, "vocab_size": data.vocab_size,
+            "train_tokens": data.train_tokens, "val_tokens": data.val_tokens, "split": data.split["method"],
+            "fingerprint": data.fingerprint, "shards": [f"{data.dir}/train.bin", f"{data.dir}/val.bin"],
+            "dir": str(data.dir), "cached": data.cached, "ran_on": data.ran_on}

@@ -63,15 +63,15 @@ def communicate_until_done(proc: subprocess.Popen, stop_file: Path, timeout_s: f
                 raise
 
 
-def launch(cfg: Config, meta: dict, ckpt_dir: Path, nproc: int, identity: Identity | None = None,
-           timeout_s: float | None = None) -> dict:
+def launch(cfg: Config, data_dir: Path, vocab_size: int, ckpt_dir: Path, nproc: int,
+           identity: Identity | None = None, timeout_s: float | None = None) -> dict:
     """Train cfg's model on `nproc` local processes; returns TrainResult as a dict (history included)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = ckpt_dir / "ddp-job.json", ckpt_dir / "ddp-result.json"
     result_path.unlink(missing_ok=True)
     job = {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
-           "vocab_size": meta["vocab_size"], "data_dir": str(meta["dir"]), "ckpt_dir": str(ckpt_dir),
+           "vocab_size": vocab_size, "data_dir": str(data_dir), "ckpt_dir": str(ckpt_dir),
            "result": str(result_path), "identity": dataclasses.asdict(identity) if identity else None}
     write_json_atomic(job_path, job)
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -61,13 +61,14 @@ def sample_text(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: i
     return ids
 
 
-def eval_sampler(cfg, data: dict, emit: Callable[[int, str], None]) -> Callable[[torch.nn.Module, int], None]:
+def eval_sampler(cfg, data, emit: Callable[[int, str], None]) -> Callable[[torch.nn.Module, int], None]:
     """A training hook: at every evaluation, a continuation of the first eval prompt (top-k, T=1, at most 60
-    tokens), decoded and handed to emit(step, text) -- what seed 002's per-epoch sampling showed."""
+    tokens), decoded and handed to emit(step, text): a person watching a run sees what the model writes now,
+    not only a loss."""
     from lmforge.data.tokenize import load_tokenizer
 
-    tok = load_tokenizer(Path(data["dir"]) / "tokenizer.json")
-    ids = data["special_ids"]
+    tok = load_tokenizer(data.tokenizer_file)
+    ids = data.special_ids
     prompt = cfg.eval.prompts[0] if cfg.eval.prompts else ""
     prompt_ids = ([ids["bos"]] if ids["bos"] is not None else []) + tok.encode(prompt, add_special_tokens=False).ids
 
@@ -79,8 +80,33 @@ def eval_sampler(cfg, data: dict, emit: Callable[[int, str], None]) -> Callable[
     return sample
 
 
+def exported_samples(cfg, model_dir: Path) -> list[dict]:
+    """Text generated through the exported directory (onnxruntime, as apps run it) for every eval prompt,
+    temperature and seed: {"prompt", "temperature", "seed", "text" (prompt included)}."""
+    from lmforge.runtime import Generator
+
+    gen = Generator(model_dir)
+    samples = []
+    for prompt in cfg.eval.prompts:
+        for t in cfg.eval.temperatures:
+            for i in range(cfg.eval.num_samples):
+                text = gen.generate(prompt, max_new_tokens=cfg.eval.max_new_tokens, temperature=t,
+                                    top_k=cfg.eval.top_k, seed=i)
+                samples.append({"prompt": prompt, "temperature": t, "seed": i, "text": prompt + text})
+    return samples
+
+
 def bits_per_char(loss_nats_per_token: float, tokens: int, chars: int) -> float:
     return loss_nats_per_token * tokens / max(chars, 1) / math.log(2)
+
+
+def evaluate_best(cfg, data, ckpt_dir: Path, max_windows: int = 2000) -> dict[str, float]:
+    """The run's best checkpoint scored on its whole val split (up to max_windows evenly spaced windows)."""
+    from lmforge.checkpoint import load_best
+
+    model = load_best(cfg.model, data.vocab_size, ckpt_dir)
+    res = evaluate_tokens(model, data.shard("val"), cfg.model.block_size, cfg.train.batch_size, max_windows)
+    return split_metrics(res, cfg.tokenizer.kind, data.val_tokens, data.val_chars)
 
 
 def split_metrics(result: dict, tokenizer_kind: str, val_tokens: int, val_chars: int) -> dict[str, float]:

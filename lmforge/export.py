@@ -217,19 +217,19 @@ def export_fast_variants(model, spec: dict, tmp: Path, files: dict, metrics: dic
     return fast_io_spec(spec)
 
 
-def data_record(data: dict) -> dict:
-    """What a model records about the data it was trained on (lmforge.json `data`, the registry's tags)."""
-    return {"source": data["source"], "corpus_sha256": data["corpus_sha256"], "documents": data["documents"],
-            "fingerprint": data["data_fingerprint"], "tokenizer_sha256": data["tokenizer_sha256"],
-            "split": data["split"], "val_sha256": data["val"]["sha256"]}
+def data_record(data) -> dict:
+    """What a model records about the data it was trained on (lmforge.json `data`)."""
+    return {"source": data.source, "corpus_sha256": data.corpus_sha256, "documents": data.documents,
+            "fingerprint": data.fingerprint, "tokenizer_sha256": data.tokenizer_sha256, "split": data.split,
+            "val_sha256": data.val_sha256}
 
 
-def provenance(cfg, data: dict, metrics: dict, run_id: str | None) -> dict:
+def provenance(cfg, data, metrics: dict, run_id: str | None) -> dict:
     """The parts of lmforge.json that say where a model comes from and how to sample it by default (the
     architecture, I/O and files are added by export_model_dir)."""
     e = cfg.export
     return {"name": cfg.name, "tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
-            "tokens": data["special_ids"],
+            "tokens": data.special_ids,
             "generation": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
                            "max_new_tokens": e.max_new_tokens},
             "data": data_record(data), "metrics": metrics, "mlflow_run_id": run_id}
@@ -274,3 +274,20 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir, metrics
+
+
+def export_run(cfg, data, ckpt_dir: Path, metrics: dict, out_dir: Path, run_id: str | None = None):
+    """A run's best checkpoint -> its exported model directory (every variant the config asks for, each checked),
+    with the val-loss cost of each variant measured on the run's own val split: lmforge.records.Exported."""
+    from lmforge.checkpoint import load_best
+    from lmforge.models import model_spec
+    from lmforge.records import Exported
+    from lmforge.runtime.scoring import variant_val_loss_deltas
+
+    model = load_best(cfg.model, data.vocab_size, ckpt_dir)
+    e = cfg.export
+    model_dir, export_metrics = export_model_dir(model, model_spec(model), data.tokenizer_file, out_dir,
+                                                 provenance(cfg, data, metrics, run_id), e.opset, e.int8,
+                                                 e.parity_tolerance, e.optimize, e.fp16)
+    export_metrics.update(variant_val_loss_deltas(model_dir, data.shard("val")))
+    return Exported(model_dir=Path(model_dir), metrics=export_metrics)

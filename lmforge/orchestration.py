@@ -23,6 +23,7 @@ from lmforge import interrupt
 from lmforge.errors import LmforgeError
 
 USER_ERRORS = ("LmforgeError", "Interrupted")
+STARTUP_TIMEOUT_S = 120  # Prefect waits 20 s by default; a loaded 2-core machine has taken longer
 
 
 def prefect_env() -> None:
@@ -95,7 +96,12 @@ def prefect_api() -> Iterator[str]:
         return
     server = temporary_server()
     with startup_lock():
-        server.start()
+        try:
+            server.start(timeout=STARTUP_TIMEOUT_S)
+        except RuntimeError as exc:
+            raise LmforgeError(f"Prefect's temporary server did not start: {str(exc).splitlines()[0][:200]}",
+                               hint="start one (`prefect server start`) and set PREFECT_API_URL, or retry on a "
+                                    "less busy machine") from None
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:

@@ -5,30 +5,32 @@ from __future__ import annotations
 
 from lmforge.config import Config
 from lmforge.layout import config_hash
+from lmforge.records import Exported, PreparedData, Trained
 
 
-def version_tags(cfg: Config, data: dict, trained: dict, exported: dict, metrics: dict, git_commit: str) -> dict:
-    split = data["split"]
-    tags = {"preset": cfg.name, "data_source": data["source"], "corpus_sha256": data["corpus_sha256"],
-            "data_fingerprint": data["data_fingerprint"], "tokenizer_sha256": data["tokenizer_sha256"],
-            "split": split["method"], "split_val_fraction": split["val_fraction"], "val_sha256": data["val"]["sha256"],
-            "weights_sha256": trained["weights_sha256"], "export_config": config_hash(cfg, ("export",)),
-            "train_steps": trained["steps"], "git_commit": git_commit,
-            "val_loss": f"{metrics['val_loss']:.4f}", "onnx_parity_max_abs": f"{exported['onnx_parity_max_abs']:.3e}",
-            "onnx_fp32_bytes": exported["onnx_fp32_bytes"], "data_dir": data["dir"],
-            **{k: f"{v:+.4f}" for k, v in exported.items() if k.endswith("_val_loss_delta")}}
+def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Exported, metrics: dict,
+                 git_commit: str) -> dict:
+    split, e = data.split, exported.metrics
+    tags = {"preset": cfg.name, "data_source": data.source, "corpus_sha256": data.corpus_sha256,
+            "data_fingerprint": data.fingerprint, "tokenizer_sha256": data.tokenizer_sha256,
+            "split": split["method"], "split_val_fraction": split["val_fraction"], "val_sha256": data.val_sha256,
+            "weights_sha256": trained.weights_sha256, "export_config": config_hash(cfg, ("export",)),
+            "train_steps": trained.steps, "git_commit": git_commit,
+            "val_loss": f"{metrics['val_loss']:.4f}", "onnx_parity_max_abs": f"{e['onnx_parity_max_abs']:.3e}",
+            "onnx_fp32_bytes": e["onnx_fp32_bytes"], "data_dir": str(data.dir),
+            **{k: f"{v:+.4f}" for k, v in e.items() if k.endswith("_val_loss_delta")}}
     if split["method"] == "documents":
         tags.update(split_seed=split["seed"], split_val_filter=split["val_filter"] or "none")
-    if "onnx_int8_bytes" in exported:
-        tags["onnx_int8_bytes"] = exported["onnx_int8_bytes"]
+    if "onnx_int8_bytes" in e:
+        tags["onnx_int8_bytes"] = e["onnx_int8_bytes"]
     return tags
 
 
-def model_card(cfg: Config, data: dict, metrics: dict, samples: list[dict]) -> str:
-    m, split = cfg.model, data["split"]
+def model_card(cfg: Config, data: PreparedData, metrics: dict, samples: list[dict]) -> str:
+    m, split = cfg.model, data.split
     lines = [f"# {cfg.name}", "", cfg.description, "",
-             f"**Data**: {data['source']} ({cfg.tokenizer.kind} tokenizer), fingerprint "
-             f"`{data['data_fingerprint'][:16]}`, {split['method']} split, val {split['val_fraction']:g}",
+             f"**Data**: {data.source} ({cfg.tokenizer.kind} tokenizer), fingerprint "
+             f"`{data.fingerprint[:16]}`, {split['method']} split, val {split['val_fraction']:g}",
              f"**Architecture**: {m.family}, {m.n_layer} layers, {m.n_embd} wide, context {m.block_size}", "",
              "| metric | value |", "| --- | --- |", *[f"| {k} | {v:.4f} |" for k, v in metrics.items()], "",
              "**Samples**", *[f"- T={s['temperature']}: {s['text'][:160]!r}" for s in samples[:6]], "",
@@ -46,3 +48,16 @@ def run_summary(name: str, result: dict) -> str:
                for k, v in result["metrics"].items()],
              "", "## Samples", "", *[f"- `{s[:160]!r}`" for s in result["samples"][:6]]]
     return "\n".join(lines)
+
+
+def run_result(run_id: str, data: PreparedData, trained: Trained, metrics: dict, exported: Exported,
+               registered, samples: list[dict]) -> dict:
+    """What `lmforge run --json` prints and the pipeline flow returns."""
+    return {"run_id": run_id, "model_name": registered.name, "model_version": registered.version,
+            "reused": registered.reused, "model_uri": f"models:/{registered.name}@candidate",
+            "model_dir": str(exported.model_dir), "run_dir": str(trained.run_dir), "data_fingerprint": data.fingerprint,
+            "metrics": {**metrics, "onnx_parity_max_abs": exported.metrics["onnx_parity_max_abs"],
+                        "best_val_loss": trained.best_val_loss, "final_train_loss": trained.final_train_loss,
+                        "train_tokens_per_s": trained.tokens_per_s, "train_steps": trained.steps,
+                        "resumed_from": trained.resumed_from},
+            "samples": [s["text"] for s in samples]}

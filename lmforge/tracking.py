@@ -28,18 +28,19 @@ def client():
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    c = mlflow.MlflowClient(uri)
     if uri.startswith("sqlite:///") and uri not in _ready:
-        # the first open of a new SQLite store creates and migrates its tables: two processes doing it at once
-        # (two runs started together on a fresh machine) collide, so the first open is serialised
+        # the first open of a new SQLite store (the client opens it as it is made) creates and migrates its
+        # tables: two processes doing it at once (two runs started together on a fresh machine) collide, so
+        # each process's first open waits for the others'
         from filelock import FileLock
 
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(db) + ".init.lock"):
-            c.search_experiments(max_results=1)
+            c = mlflow.MlflowClient(uri)
         _ready.add(uri)
-    return c
+        return c
+    return mlflow.MlflowClient(uri)
 
 
 def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> str:

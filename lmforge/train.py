@@ -201,6 +201,17 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
                        resumed_from=resumed_from, stopped_early=run.stopped_early)
 
 
+def trained_record(result: TrainResult, run, n_params: int):
+    """What the training step hands on (lmforge.records.Trained) for a run directory (lmforge.layout.RunDir)."""
+    from lmforge.checkpoint import weights_sha256
+    from lmforge.records import Trained
+
+    return Trained(run_dir=run.root, ckpt_dir=run.ckpt, steps=result.steps, best_val_loss=result.best_val_loss,
+                   final_train_loss=result.final_train_loss, tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
+                   device=result.device, resumed_from=result.resumed_from, stopped_early=result.stopped_early,
+                   n_params=n_params, weights_sha256=weights_sha256(run.ckpt), history=result.history)
+
+
 def stop_requested(group, at_eval: bool) -> bool:
     """Whether to stop after this step. One process: at any step. Under DDP every rank must stop at the same
     step, so rank 0's answer is broadcast, at evaluation steps only (a broadcast per step would cost time)."""

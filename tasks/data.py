@@ -9,12 +9,12 @@ from prefect import get_run_logger, task
 
 from lmforge import tracking
 from lmforge.config import Config
-from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_parts, plan_tokenize
-from lmforge.data.prepare import (cached_meta, check_fits_context, clean_to_spill, finish_cleaning, source_fingerprint,
-                                  tokenize_and_shard)
+from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_or_reuse, plan_tokenize
+from lmforge.data.prepare import check_fits_context, clean_or_reuse, clean_report_markdown, tokenize_and_shard
 from lmforge.data.snapshot import snapshot
 from lmforge.data.sources import acquire_for
 from lmforge.layout import RunLayout
+from lmforge.records import PreparedData
 from lmforge.redact import redact_text
 from tasks import retry_unless_user_error
 
@@ -26,64 +26,45 @@ def acquire_data(cfg: Config, cache_dir: Path) -> Path:
     return path
 
 
-def _reuse_prepared(path: Path, cfg: Config) -> tuple[dict | None, str]:
-    """(what clean returns when the prepared-data directory already holds this very source, or None; the
-    source fingerprint)."""
-    out_dir = RunLayout.for_config(cfg).prepared
-    fingerprint = source_fingerprint(path)
-    meta = cached_meta(out_dir, fingerprint)
-    if not meta:
-        return None, fingerprint
-    get_run_logger().info("reusing prepared data in %s (source unchanged)", out_dir)
-    return {"cached_meta": meta, "clean_report": meta.get("clean_report", []), "documents": meta["documents"],
-            "chars": meta["chars"]}, fingerprint
-
-
 def _log_clean(cleaned: dict, run_id: str | None) -> None:
-    report = cleaned["clean_report"]
-    for row in report:
-        get_run_logger().info("clean %(step)s: -%(docs_removed)d docs, -%(chars_removed)d chars -> %(docs)d docs", row)
+    logger = get_run_logger()
+    if "prepared" in cleaned:
+        logger.info("reusing prepared data in %s (source unchanged)", cleaned["prepared"]["dir"])
+    for row in cleaned["clean_report"]:
+        logger.info("clean %(step)s: -%(docs_removed)d docs, -%(chars_removed)d chars -> %(docs)d docs", row)
     if run_id:
-        tracking.log_text(run_id, _report_table(report), "data/clean_report.md")
+        tracking.log_text(run_id, clean_report_markdown(cleaned["clean_report"]), "data/clean_report.md")
         tracking.log_metrics(run_id, {"data_documents": cleaned["documents"], "data_chars": cleaned["chars"]})
 
 
-def _report_table(report: list[dict]) -> str:
-    lines = ["| step | docs removed | chars removed | docs | chars |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['step']} | {r['docs_removed']} | {r['chars_removed']} | {r['docs']} | {r['chars']} |"
-              for r in report]
-    return "\n".join(lines) + "\n"
-
-
-def _log_shards(meta: dict, cfg: Config, out_dir: Path, run_id: str | None) -> dict:
+def _prepared(meta: dict, cfg: Config, run_id: str | None) -> PreparedData:
+    """Check the prepared data fits the model's context, log it, and hand it on."""
+    logger = get_run_logger()
     if meta["split"].get("note"):
-        get_run_logger().info(meta["split"]["note"])
+        logger.info(meta["split"]["note"])
     check_fits_context(meta, cfg.model.block_size)
-    get_run_logger().info("%d train / %d val tokens, vocabulary %d", meta["train"]["tokens"],
-                          meta["val"]["tokens"], meta["vocab_size"])
+    data = PreparedData.from_meta(meta)
+    logger.info("%d train / %d val tokens, vocabulary %d", data.train_tokens, data.val_tokens, data.vocab_size)
     if run_id:
-        tracking.log_metrics(run_id, {"train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
-                                      "vocab_size": meta["vocab_size"]})
-        tracking.log_artifact(run_id, out_dir / "tokenizer.json", "tokenizer")
-    return meta
+        tracking.log_metrics(run_id, {"train_tokens": data.train_tokens, "val_tokens": data.val_tokens,
+                                      "vocab_size": data.vocab_size})
+        tracking.log_artifact(run_id, data.tokenizer_file, "tokenizer")
+    return data
 
 
 @task(name="clean")
-def clean_data(path: Path, cfg: Config, run_id: str | None = None) -> dict:
+def clean_data(path: Path, cfg: Config, out_dir: Path, run_id: str | None = None) -> dict:
     """Read and clean into the prepared-data directory's spill file, or find that directory already prepared
-    from this very source (same fingerprint) and skip the work."""
-    cleaned, fingerprint = _reuse_prepared(path, cfg)
-    if cleaned is None:
-        out_dir = RunLayout.for_config(cfg).prepared
-        cleaned = {**finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg), "fingerprint": fingerprint}
+    from this very source and skip the work."""
+    cleaned = clean_or_reuse(path, cfg, out_dir)
     _log_clean(cleaned, run_id)
     return cleaned
 
 
 @task(name="tokenize")
-def tokenize_data(cleaned: dict, cfg: Config, out_dir: Path, run_id: str | None = None) -> dict:
-    meta = cleaned.get("cached_meta") or tokenize_and_shard(cleaned, cfg, out_dir, cleaned["fingerprint"])
-    return _log_shards(meta, cfg, out_dir, run_id)
+def tokenize_data(cleaned: dict, cfg: Config, out_dir: Path, run_id: str | None = None) -> PreparedData:
+    meta = cleaned.get("prepared") or tokenize_and_shard(cleaned, cfg, out_dir, cleaned["fingerprint"])
+    return _prepared(meta, cfg, run_id)
 
 
 # Fanned out (data.parts > 1): plan -> clean parts -> merge -> tokenizer -> encode parts -> join.
@@ -93,15 +74,14 @@ def _where() -> str:
 
 
 @task(name="plan-parts")
-def plan_data_parts(path: Path, cfg: Config, run_id: str | None = None) -> dict:
+def plan_data_parts(path: Path, cfg: Config, out_dir: Path, run_id: str | None = None) -> dict:
     """The reuse check of clean; otherwise the groups of source files to clean as parts."""
-    cleaned, fingerprint = _reuse_prepared(path, cfg)
-    if cleaned is not None:
-        _log_clean(cleaned, run_id)
-        return cleaned
-    parts = plan_parts(path, cfg, cfg.data.parts)
-    get_run_logger().info("cleaning in %d part(s), encoding in up to %d", len(parts), cfg.data.parts)
-    return {"parts": parts, "fingerprint": fingerprint}
+    plan = plan_or_reuse(path, cfg, out_dir, cfg.data.parts)
+    if "prepared" in plan:
+        _log_clean(plan, run_id)
+    else:
+        get_run_logger().info("cleaning in %d part(s), encoding in up to %d", len(plan["parts"]), cfg.data.parts)
+    return plan
 
 
 @task(name="clean-part")
@@ -138,16 +118,15 @@ def join_data_shards(cleaned: dict, cfg: Config, out_dir: Path, split, parts: li
                      run_id: str | None = None) -> dict:
     meta = join_shards(cleaned, cfg, out_dir, parts, cleaned["fingerprint"], split)
     ran_on = sorted({*cleaned["ran_on"], *(p["ran_on"] for p in parts)})
-    return {**_log_shards(meta, cfg, out_dir, run_id), "ran_on": ran_on}
+    return _prepared({**meta, "ran_on": ran_on}, cfg, run_id)
 
 
 @task(name="snapshot-data")
-def snapshot_data(meta: dict, layout: RunLayout, run_id: str | None = None) -> dict:
+def snapshot_data(prepared: PreparedData, layout: RunLayout, run_id: str | None = None) -> PreparedData:
     """The run's own links to the prepared files it trains on (lmforge.data.snapshot): its data from here on."""
-    run = layout.run_dir(meta["data_fingerprint"])
-    data = snapshot(meta, run.data)
-    get_run_logger().info("data %s (fingerprint %s) in %s", data["corpus_sha256"][:12], data["data_fingerprint"][:12],
-                          run.data)
+    run = layout.run_dir(prepared.fingerprint)
+    data = snapshot(prepared, run.data)
+    get_run_logger().info("data %s (fingerprint %s) in %s", data.corpus_sha256[:12], data.fingerprint[:12], run.data)
     if run_id:
-        tracking.set_tags(run_id, {"data_fingerprint": data["data_fingerprint"], "run_dir": str(run.root)})
+        tracking.set_tags(run_id, {"data_fingerprint": data.fingerprint, "run_dir": str(run.root)})
     return data

@@ -1,14 +1,13 @@
 """Tracking tasks: open the MLflow run (failing fast when the server is down) and register the model."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from lmforge import tracking
 from lmforge.config import Config
+from lmforge.records import Exported, PreparedData, Registered, Trained
 from lmforge.review import model_card, run_summary, version_tags
 from tasks import retry_unless_user_error
 from lmforge.redact import redact_text
@@ -36,21 +35,20 @@ def mark_mlflow_run_failed(flow, flow_run_, state) -> None:
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)
-def register_model(cfg: Config, run_id: str, exported: dict, data: dict, trained: dict, metrics: dict,
-                   samples: list[dict]) -> dict:
+def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedData, trained: Trained,
+                   metrics: dict, samples: list[dict]) -> Registered:
     """Register the exported model (or re-use an identical version: a retry after a partial failure, or a re-run
     of a finished, unchanged config) and end the MLflow run."""
     tags = version_tags(cfg, data, trained, exported, metrics, tracking.git_commit())
-    version, reused = tracking.register_model(run_id, Path(exported["model_dir"]), cfg.name, tags,
-                                              description=model_card(cfg, data, metrics, samples),
-                                              val_dir=Path(data["dir"]))
+    version, reused = tracking.register_model(run_id, exported.model_dir, cfg.name, tags,
+                                              description=model_card(cfg, data, metrics, samples), val_dir=data.dir)
     tracking.end_run(run_id)
     if reused:
         get_run_logger().info("unchanged: %s version %s already holds these weights, trained on this data; "
                               "nothing new registered (alias candidate -> %s)", cfg.name, version, version)
     else:
         get_run_logger().info("registered %s version %s (alias candidate)", cfg.name, version)
-    return {"version": version, "reused": reused}
+    return Registered(cfg.name, version, reused)
 
 
 @task(name="summary")

@@ -2,31 +2,28 @@
 directory, logging each evaluation to MLflow. Returns the checkpoint directory and the run's training figures."""
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from lmforge import distributed, tracking
-from lmforge.checkpoint import Identity, weights_sha256
+from lmforge.checkpoint import Identity
 from lmforge.config import Config
-from lmforge.data.shards import open_shard
 from lmforge.evaluate import eval_sampler
 from lmforge.layout import RunLayout
 from lmforge.models import build_model
 from lmforge.progress import TrainProgress
-from lmforge.train import Hooks, TrainResult, train
+from lmforge.records import PreparedData, Trained
+from lmforge.train import Hooks, TrainResult, train, trained_record
 from tasks import retry_unless_user_error
 
 
 @task(name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
-def train_model(cfg: Config, data: dict, layout: RunLayout, run_id: str | None = None) -> dict:
+def train_model(cfg: Config, data: PreparedData, layout: RunLayout, run_id: str | None = None) -> Trained:
     logger = get_run_logger()
-    run = layout.run_dir(data["data_fingerprint"])
-    earlier = layout.earlier_runs(data["data_fingerprint"])
-    identity = Identity(layout.weights, data["data_fingerprint"], str(earlier[0]) if earlier else "")
-    model = build_model(cfg.model, data["vocab_size"], seed=cfg.train.seed)
+    run = layout.run_dir(data.fingerprint)
+    earlier = layout.earlier_runs(data.fingerprint)
+    identity = Identity(layout.weights, data.fingerprint, str(earlier[0]) if earlier else "")
+    model = build_model(cfg.model, data.vocab_size, seed=cfg.train.seed)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%s model, %.2fM parameters", cfg.model.family, n_params / 1e6)
 
@@ -45,20 +42,18 @@ def train_model(cfg: Config, data: dict, layout: RunLayout, run_id: str | None =
             tracking.log_text(run_id, text, f"samples/step-{step:06d}.txt")
 
     if cfg.train.nproc > 1:  # DDP under torchrun; rank 0's evaluations reach MLflow once the job has finished
-        result = TrainResult(**distributed.launch(cfg, data, run.ckpt, cfg.train.nproc, identity))
+        result = TrainResult(**distributed.launch(cfg, data.dir, data.vocab_size, run.ckpt, cfg.train.nproc, identity))
         for row in result.history:
             if row["step"] > result.resumed_from:  # rows up to the resume point were logged by the earlier run
                 log(row, row["step"])
     else:
         with TrainProgress(f"train {cfg.name}") as progress:
             hooks = Hooks(log_eval=log, progress=progress, sample=eval_sampler(cfg, data, sampled), note=logger.info)
-            result = train(model, open_shard(Path(data["dir"]), "train"), open_shard(Path(data["dir"]), "val"),
-                           cfg.model.block_size, cfg.train, run.ckpt, hooks, identity=identity)
+            result = train(model, data.shard("train"), data.shard("val"), cfg.model.block_size, cfg.train, run.ckpt,
+                           hooks, identity=identity)
     update_progress_artifact(progress_id, 100.0)
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
     if run_id:
         tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss, "train_tokens_per_s": result.tokens_per_s,
                                       "train_wall_s": result.wall_s, "n_params": n_params,
                                       "resumed_from": result.resumed_from})
-    return {**summary, "history": result.history, "ckpt_dir": str(run.ckpt), "run_dir": str(run.root),
-            "n_params": n_params, "weights_sha256": weights_sha256(run.ckpt)}
+    return trained_record(result, run, n_params)

@@ -23,7 +23,7 @@ def start(env: dict, overrides: dict, *extra: str) -> subprocess.Popen:
 
 def finish(proc: subprocess.Popen) -> tuple[dict, str]:
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, err[err.find("Traceback"):][:4000] + "\n...\n" + err[-1500:]
     return json.loads(out.strip().splitlines()[-1]), err
 
 

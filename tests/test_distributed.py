@@ -76,13 +76,12 @@ def test_nproc_2_launch_returns_the_training_summary(tmp_path):
     rng = np.random.default_rng(1)
     ids = (np.cumsum(rng.integers(1, 3, 4000)) % 23).astype(np.int64)
     is_val = np.array([False] * 7 + [True])
-    meta = write_shards([(ids, np.full(8, 500))], is_val, tmp_path / "data", vocab_size=23)
-    meta["dir"] = str(tmp_path / "data")
+    write_shards([(ids, np.full(8, 500))], is_val, tmp_path / "data", vocab_size=23)
     cfg = load_config(overrides={"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16, "model.block_size": 16,
                                  "train.max_steps": 4, "train.eval_interval": 2, "train.eval_iters": 2,
                                  "train.batch_size": 4, "train.warmup_steps": 1, "train.device": "cpu",
                                  "train.threads": 1, "train.nproc": 2})
-    summary = distributed.launch(cfg, meta, tmp_path / "ckpt", cfg.train.nproc, timeout_s=120)
+    summary = distributed.launch(cfg, tmp_path / "data", 23, tmp_path / "ckpt", cfg.train.nproc, timeout_s=120)
     result = TrainResult(**summary)  # exactly the fields in-process training returns
     assert set(summary) == {f.name for f in dataclasses.fields(TrainResult)}
     assert result.steps == 4 and result.resumed_from == 0 and [h["step"] for h in result.history] == [2, 4]

@@ -19,11 +19,22 @@ import numpy as np
 from lmforge.config import Config
 from lmforge.data.clean import make_dedupe
 from lmforge.data.formats import source_files
-from lmforge.data.prepare import (Split, SpillWriter, clean_to_spill, finish_cleaning, plan_split, read_spill,
-                                  remove_spill, routed_batches, shard_meta, split_documents, train_tokenizer,
-                                  write_prepared_meta)
+from lmforge.data.prepare import (Split, SpillWriter, cached_meta, clean_to_spill, finish_cleaning, plan_split,
+                                  read_spill, remove_spill, routed_batches, shard_meta, source_fingerprint,
+                                  split_documents, train_tokenizer, write_prepared_meta)
 from lmforge.data.shards import concat_split_files, shard_dtype, write_split_files
 from lmforge.data.tokenize import load_tokenizer
+
+
+def plan_or_reuse(path: Path, cfg: Config, out_dir: Path, n_parts: int) -> dict:
+    """{"prepared": meta, ...} when out_dir already holds this very source (as prepare.clean_or_reuse), else
+    {"parts": the groups of source files to clean as parts, "fingerprint": the source fingerprint}."""
+    fingerprint = source_fingerprint(path)
+    meta = cached_meta(out_dir, fingerprint)
+    if meta is not None:
+        return {"prepared": meta, "clean_report": meta.get("clean_report", []), "documents": meta["documents"],
+                "chars": meta["chars"], "fingerprint": fingerprint}
+    return {"parts": plan_parts(path, cfg, n_parts), "fingerprint": fingerprint}
 
 
 def plan_parts(path: Path, cfg: Config, n_parts: int) -> list[list[str] | None]:

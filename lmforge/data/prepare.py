@@ -423,6 +423,24 @@ def check_fits_context(meta: dict, block_size: int) -> None:
         raise LmforgeError(cause, hint=hint)
 
 
+def clean_or_reuse(path: Path, cfg: Config, out_dir: Path) -> dict:
+    """The cleaned spill summary (prepare step 1), plus the source fingerprint; or, when out_dir already holds
+    this very source prepared (the same bytes: source_fingerprint), {"prepared": its meta, ...} and no work."""
+    fingerprint = source_fingerprint(path)
+    meta = cached_meta(out_dir, fingerprint)
+    if meta is not None:
+        return {"prepared": meta, "clean_report": meta.get("clean_report", []), "documents": meta["documents"],
+                "chars": meta["chars"], "fingerprint": fingerprint}
+    return {**finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg), "fingerprint": fingerprint}
+
+
+def clean_report_markdown(report: list[dict]) -> str:
+    lines = ["| step | docs removed | chars removed | docs | chars |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['step']} | {r['docs_removed']} | {r['chars_removed']} | {r['docs']} | {r['chars']} |"
+              for r in report]
+    return "\n".join(lines) + "\n"
+
+
 def prepare_corpus(path: Path, cfg: Config, out_dir: Path, timings: dict | None = None) -> dict:
     """All steps in one call, reusing out_dir when it already holds this source prepared with this config.
     `timings`, when given, receives the seconds of each phase (read_clean_s, train_tokenizer_s, encode_shard_s)."""

@@ -4,12 +4,14 @@ file replaced by rename, so a new inode); the links keep pointing at the bytes t
 evaluation, export and promotion never pair old weights with a new tokenizer or val set."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 from lmforge.data.shards import META
+from lmforge.records import PreparedData
 
 FILES = ("tokenizer.json", "train.bin", "val.bin", META)  # meta.json last: its presence marks the copy complete
 
@@ -21,18 +23,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def snapshot(meta: dict, dest: Path) -> dict:
-    """Give `dest` the files of the prepared directory meta["dir"] (once: a complete copy of the same data
-    fingerprint is kept as it is); returns the meta with "dir" = dest and "prepared_dir" = the source."""
-    src, dest = Path(meta["dir"]), Path(dest)
+def snapshot(prepared: PreparedData, dest: Path) -> PreparedData:
+    """Give `dest` the files of the prepared directory (once: a complete copy of the same data fingerprint is
+    kept as it is); returns the same data, its dir now `dest`, prepared_dir where it came from."""
+    src, dest = Path(prepared.dir), Path(dest)
     current = dest / META
     if current.is_file():
         try:
             have = json.loads(current.read_text(encoding="utf-8"))
         except ValueError:
             have = {}
-        if have.get("data_fingerprint") == meta["data_fingerprint"]:
-            return {**have, "dir": str(dest), "prepared_dir": str(src), "cached": meta.get("cached", False)}
+        if have.get("data_fingerprint") == prepared.fingerprint:
+            return dataclasses.replace(prepared, dir=dest, prepared_dir=src)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -49,4 +51,4 @@ def snapshot(meta: dict, dest: Path) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**meta, "dir": str(dest), "prepared_dir": str(src)}
+    return dataclasses.replace(prepared, dir=dest, prepared_dir=src)
