@@ -1,5 +1,6 @@
 """The main job: acquire -> clean -> tokenize -> (the run's data) -> train -> evaluate -> export -> samples ->
-register. The prepared-data directory and the run directory are each held by one process at a time."""
+register. The prepared-data directory and the run directory are each held by one process at a time; training on
+a GPU pool also holds one of that pool's GPU slots."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
@@ -13,6 +14,7 @@ from lmforge.locks import hold
 from tasks.data import snapshot_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
+from tasks.slots import gpu_slot
 from tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
 from tasks.train import train_model
 
@@ -29,7 +31,8 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bo
             data = snapshot_data(prepare_data(cfg, layout, run_id), layout, run_id)
         run = layout.run_dir(data["data_fingerprint"])
         with hold(run.lock, f"the run directory {run.root.name}", wait, logger):
-            trained = train_model(cfg, data, layout, run_id)
+            with gpu_slot(cfg):  # one training per GPU of a GPU pool, across deployments (tasks/slots.py)
+                trained = train_model(cfg, data, layout, run_id)
             metrics = evaluate_model(cfg, data, trained, run_id)
             exported = export_model(cfg, data, trained, metrics, run.model, run_id)
             samples = sample_model(cfg, exported["model_dir"], run_id)
