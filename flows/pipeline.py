@@ -1,6 +1,6 @@
 """The main job: acquire -> clean -> tokenize -> (the run's data) -> train -> evaluate -> export -> samples ->
-register. The prepared-data directory and the run directory are each held by one process at a time; training on
-a GPU pool also holds one of that pool's GPU slots."""
+register (-> promote, with promote.auto). The prepared-data directory and the run directory are each held by one
+process at a time; training on a GPU pool also holds one of that pool's GPU slots."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
@@ -14,6 +14,7 @@ from lmforge.locks import hold
 from tasks.data import snapshot_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
+from tasks.promote import promote_registered
 from tasks.slots import gpu_slot
 from tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
 from tasks.train import train_model
@@ -48,5 +49,7 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bo
                           "train_tokens_per_s": trained["tokens_per_s"], "train_steps": trained["steps"],
                           "resumed_from": trained["resumed_from"]},
               "samples": [s["text"] for s in samples]}
+    if cfg.promote.auto:  # the deployments' runs (prefect.yaml): the registry's decision, recorded
+        result["promotion"] = promote_registered(cfg, registered["version"])
     publish_summary(cfg, result)
     return result
