@@ -24,7 +24,7 @@ EXAMPLES = {
     "promote": "lmforge promote jokes-char --margin 0.01",
     "rollback": "lmforge rollback jokes-char",
     "doctor": "lmforge doctor --pool lmforge-cpu",
-    "schedule": "LMFORGE_ALERT_WEBHOOK=https://hooks.slack.com/services/T0/B0/X lmforge schedule setup\n"
+    "schedule": "lmforge schedule setup --stuck-after 900   (alerts go to $LMFORGE_ALERT_WEBHOOK)\n"
                 "  lmforge schedule on jokes-char",
     "serve": "lmforge serve jokes-char shakespeare-char",
 }
