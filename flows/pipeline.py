@@ -1,5 +1,6 @@
 """The main job: acquire -> clean -> tokenize -> (the run's data) -> train -> evaluate -> export -> samples ->
-register. The prepared-data directory and the run directory are each held by one process at a time."""
+register (-> promote, with promote.auto). The prepared-data directory and the run directory are each held by one
+process at a time; training on a GPU pool also holds one of that pool's GPU slots."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
@@ -14,6 +15,8 @@ from lmforge.review import run_result
 from tasks.data import snapshot_data
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model, sample_model
+from tasks.promote import promote_registered
+from tasks.slots import gpu_slot
 from tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
 from tasks.train import train_model
 
@@ -30,7 +33,8 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bo
             data = snapshot_data(prepare_data(cfg, layout, run_id), layout, run_id)
         run = layout.run_dir(data.fingerprint)
         with hold(run.lock, f"the run directory {run.root.name}", wait, logger):
-            trained = train_model(cfg, data, layout, run_id)
+            with gpu_slot(cfg):  # one training per GPU of a GPU pool, across deployments (tasks/slots.py)
+                trained = train_model(cfg, data, layout, run_id)
             metrics = evaluate_model(cfg, data, trained, run_id)
             exported = export_model(cfg, data, trained, metrics, run.model, run_id)
             samples = sample_model(cfg, exported.model_dir, run_id)
@@ -39,5 +43,7 @@ def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bo
         end_tracking(run_id, "KILLED")
         return Cancelled(message=stop.message)
     result = run_result(run_id, data, trained, metrics, exported, registered, samples)
+    if cfg.promote.auto:  # the deployments' runs (prefect.yaml): the registry's decision, recorded
+        result["promotion"] = promote_registered(cfg, registered.version)
     publish_summary(cfg, result)
     return result

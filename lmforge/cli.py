@@ -1,5 +1,5 @@
-"""`lmforge run | prepare | generate | presets | runs`. Heavy imports happen inside each command, so
-`lmforge generate` never imports torch."""
+"""`lmforge run | prepare | generate | presets | runs | promote | doctor | schedule | serve ...`. Heavy imports
+happen inside each command, so `lmforge generate` never imports torch."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,10 @@ EXAMPLES = {
     "report": "lmforge report 3f2a9c1b --out report.html",
     "promote": "lmforge promote jokes-char --margin 0.01",
     "rollback": "lmforge rollback jokes-char",
+    "doctor": "lmforge doctor --pool lmforge-cpu",
+    "schedule": "lmforge schedule setup --stuck-after 900   (alerts go to $LMFORGE_ALERT_WEBHOOK)\n"
+                "  lmforge schedule on jokes-char",
+    "serve": "lmforge serve jokes-char shakespeare-char",
 }
 
 
@@ -155,6 +159,62 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from lmforge.deployfile import load_deployments
+    from lmforge.doctor import passed, run_checks
+    from lmforge.orchestration import prefect_env
+    from lmforge.schedule import default_automations_path, load_automations
+
+    prefect_env()
+    checks = run_checks(load_deployments(args.file), load_automations(args.automations or default_automations_path()),
+                        args.pool, args.worker_window, args.min_free_gb)
+    if args.json:
+        print(json.dumps({"ok": passed(checks), "checks": [c.as_dict() for c in checks]}))
+    else:
+        print("\n".join(c.line() for c in checks))
+    return 0 if passed(checks) else 2
+
+
+def cmd_schedule(args) -> int:
+    from lmforge import schedule
+    from lmforge.deployfile import load_deployments, select
+    from lmforge.orchestration import configured_api, prefect_env
+
+    prefect_env()
+    deployments = load_deployments(args.file)
+    if args.action == "setup":
+        automations = schedule.load_automations(args.automations or schedule.default_automations_path(),
+                                                args.stuck_after)
+        configured_api("schedule setup")
+        lines = schedule.setup(deployments, automations, schedule.webhook_from_env())
+    else:
+        if not args.names:
+            raise LmforgeError(f"`lmforge schedule {args.action}` needs the deployments' names",
+                               hint=f"lmforge schedule {args.action} jokes-char")
+        chosen = select(deployments, args.names)
+        configured_api(f"schedule {args.action}")
+        lines = [line for d in chosen for line in schedule.set_active(d, args.action == "on")]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from lmforge.deployfile import load_deployments, select
+    from lmforge.orchestration import configured_api, prefect_env
+    from lmforge.serve import serve
+
+    prefect_env()
+    deployments = load_deployments(args.file)
+    if not args.names and not args.all:
+        raise LmforgeError("name the deployments to serve", hint="lmforge serve jokes-char, or lmforge serve --all")
+    chosen = deployments if args.all else select(deployments, args.names)
+    configured_api("serve")
+    serve(chosen, args.limit)
+    print(f"stopped serving {', '.join(d.name for d in chosen)}: their deployments are paused until served again",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_report(args) -> int:
     from lmforge.report import write_report
     from lmforge.tracking import resolve_run_id
@@ -238,7 +298,36 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("name", metavar="NAME", help="registered model name")
     rb.add_argument("--by", help="who decides (default: your user name)")
     rb.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    _add_operate_commands(add)
     return p
+
+
+def _add_operate_commands(add) -> None:
+    """doctor, schedule, serve: the deployments of prefect.yaml on a Prefect server (lmforge/doctor.py,
+    lmforge/schedule.py, lmforge/serve.py)."""
+    doc = add("doctor", "Check that the scheduled deployments will run: server, pools, workers, deployments, alerts, "
+              "MLflow, disk, devices. One line per check, with its fix; exit 0 when all pass, 2 otherwise.", cmd_doctor)
+    doc.add_argument("--pool", help="check this work pool and its deployments only, and this host as its worker")
+    doc.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+    doc.add_argument("--worker-window", type=float, default=300.0, metavar="SECONDS",
+                     help="a worker counts when it polled within this many seconds (default 300)")
+    doc.add_argument("--min-free-gb", type=float, default=2.0, help="free disk the artifacts directory needs")
+    doc.add_argument("--automations", help="the alerts file; default automations.yaml in the repository")
+    doc.add_argument("--file", help="the deployment file; default prefect.yaml in the repository")
+    sch = add("schedule", "setup: GPU slots, alert webhook and late-run automations on the server; on/off NAME: "
+              "turn a deployment's schedules on or off.", cmd_schedule)
+    sch.add_argument("action", choices=["setup", "on", "off"])
+    sch.add_argument("names", nargs="*", metavar="NAME", help="deployments (on/off)")
+    sch.add_argument("--stuck-after", type=int, metavar="SECONDS",
+                     help="setup: alert when a run stays Late or Pending this long (default: automations.yaml's)")
+    sch.add_argument("--automations", help="the alerts file; default automations.yaml in the repository")
+    sch.add_argument("--file", help="the deployment file; default prefect.yaml in the repository")
+    srv = add("serve", "Run deployments' schedules in this process with Prefect's serve (no work pool or worker); "
+              "Ctrl-C stops.", cmd_serve)
+    srv.add_argument("names", nargs="*", metavar="NAME", help="deployments of prefect.yaml to serve")
+    srv.add_argument("--all", action="store_true", help="serve every deployment of prefect.yaml")
+    srv.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1)")
+    srv.add_argument("--file", help="the deployment file; default prefect.yaml in the repository")
 
 
 PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes",

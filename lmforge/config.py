@@ -248,11 +248,14 @@ def _check(cfg: Config) -> None:
     check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
-                "train.eval_iters", "eval.max_new_tokens"]
+                "train.eval_iters", "eval.max_new_tokens", "promote.windows"]
     flat = cfg.flat()
     for key in positive:
         if flat[key] <= 0:  # type: ignore[operator]
             raise LmforgeError(f"config key {key} must be > 0, got {flat[key]}", hint=f"--set {key}=1")
+    for key in ("promote.margin", "promote.gate"):  # below 0, a worse model wins: that is --force, by a person
+        if flat[key] < 0:  # type: ignore[operator]
+            raise LmforgeError(f"config key {key} must be >= 0, got {flat[key]}", hint=f"--set {key}=0.01")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise LmforgeError(f"data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}",
                            hint="--set data.val_fraction=0.1")

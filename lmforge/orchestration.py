@@ -68,6 +68,20 @@ def check_api(url: str, timeout: float = 5.0) -> None:
                                 "(`prefect config unset PREFECT_API_URL`) to use a temporary server") from None
 
 
+def configured_api(command: str) -> str:
+    """The Prefect API a command that operates deployments talks to: PREFECT_API_URL (environment or profile),
+    answering. Never a temporary server: schedules, workers and automations live on a server that stays up."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise LmforgeError(f"`lmforge {command}` needs the Prefect server your deployments are on, and "
+                           "PREFECT_API_URL is not set", hint="prefect server start, then prefect config set "
+                           "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    check_api(url)
+    return url
+
+
 def temporary_server():
     """Prefect's temporary local server, its process in a session of its own (Prefect starts it in ours)."""
     from prefect.server.api import server as prefect_server

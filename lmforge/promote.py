@@ -144,6 +144,23 @@ def promote(name: str, margin: float = 0.01, force: bool = False, max_windows: i
     return result
 
 
+def promote_after_run(name: str, version: str, margin: float, gate: float, windows: int, by: str) -> dict:
+    """The pipeline's last step under promote.auto: compare the version the run just registered with the champion,
+    as `lmforge promote NAME --version V` would. A comparison promote() refuses (the two were trained on data that
+    makes it unfair, the champion moved meanwhile, the val shard is gone) leaves the champion where it is: the
+    version is recorded as kept, with the refusal as the reason, and the run that trained it does not fail."""
+    try:
+        return promote(name, margin=margin, max_windows=windows, version=version, gate=gate, by=by)
+    except LmforgeError as refused:
+        champ = champion_version(name)
+        result = {"model": name, "candidate_version": str(version), "margin": margin, "gate": gate, "forced": False,
+                  "by": by, "champion_version": str(champ.version) if champ else None, "candidate_loss": None,
+                  "champion_loss": None, "unigram_entropy": None, "scored_on": "not scored",
+                  "decision": "kept", "reason": f"not compared: {refused}"}
+        record(name, str(version), result)
+        return result
+
+
 def decide(r: dict, has_champion: bool, force: bool, margin: float, gate: float) -> tuple[str, str]:
     if force:
         return "promoted", f"forced by {r['by']}"

@@ -47,6 +47,11 @@ def run_summary(name: str, result: dict) -> str:
              *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                for k, v in result["metrics"].items()],
              "", "## Samples", "", *[f"- `{s[:160]!r}`" for s in result["samples"][:6]]]
+    if result.get("promotion"):  # promote.auto: the registry's decision on this version, and why
+        p = result["promotion"]
+        champion = p["candidate_version"] if p["decision"] == "promoted" else p["champion_version"]
+        lines += ["", f"## Promotion: {p['decision']}", "", f"{p['reason']}.", "",
+                  f"champion after this run: {f'version {champion}' if champion else 'none'}"]
     return "\n".join(lines)
 
 

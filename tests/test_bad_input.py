@@ -86,6 +86,20 @@ def test_unknown_preset(capsys):
     one_line_error(rc, err, "unknown preset 'jokes-chars'", "jokes-char")
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["run", "--set", "promote.margin=-1"], "promote.margin must be >= 0"),
+    (["run", "--set", "promote.gate=-0.5"], "promote.gate must be >= 0"),
+    (["schedule", "on", "no-such"], "no deployment named 'no-such' in prefect.yaml"),
+    (["schedule", "setup", "--stuck-after", "5"], "proactive triggers need at least 10 seconds"),
+    (["serve"], "name the deployments to serve"),
+    (["doctor", "--pool", "no-such"], "prefect.yaml names no work pool 'no-such'"),
+])
+def test_operating_commands_refuse_bad_input_before_any_server(capsys, argv, problem):
+    rc, err = cli(capsys, *argv)
+    one_line_error(rc, err, problem, "(hint: ")
+    assert err.count("\n") == 0, err
+
+
 def test_mistyped_set_key_suggests_the_close_match_and_lists_keys(capsys):
     rc, err = cli(capsys, "run", "--set", "train.max_step=5")
     one_line_error(rc, err, "unknown config key 'train.max_step'", "did you mean 'train.max_steps'",

@@ -114,8 +114,10 @@ def test_readme_scheduling_block_creates_all_six_deployments(readme_sequence):
     for name, pool in DEPLOYMENTS.items():
         shown = json.loads(prefect(env, "deployment", "inspect", f"lmforge-pipeline/{name}", "--output",
                                    "json").stdout)
-        assert shown["parameters"] == {"preset": name, "overrides": {}}
+        assert shown["parameters"] == {"preset": name, "overrides": {"promote.auto": True}}  # nightly promotion
         assert shown["work_pool_name"] == pool
+        assert shown["global_concurrency_limit"]["limit"] == 1  # one run at a time; the next one waits
+        assert shown["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         assert shown["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
         assert [(s["schedule"]["cron"], s["active"]) for s in shown["schedules"]] == [("0 2 * * *", False)]
 
@@ -131,6 +133,8 @@ def test_readme_deployment_run_completes_through_the_worker(readme_sequence, mon
     run = client().get_run(mv.run_id)
     assert mv.tags["preset"] == "jokes-char" and float(mv.tags["val_loss"]) > 0
     assert run.data.params["train.max_steps"] == "50" and run.info.status == "FINISHED"
+    # its --params brought their own overrides, without promote.auto: Prefect replaced the deployment's, no promotion
+    assert run.data.params["promote.auto"] == "False" and "promotion_decision" not in mv.tags
 
 
 @pytest.fixture(scope="module")

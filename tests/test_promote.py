@@ -55,6 +55,7 @@ def test_a_smoke_run_is_not_made_the_first_champion(versions):
     from lmforge.tracking import client
 
     assert aliases() == {"candidate": versions["weak"]["model_version"]}
+    assert "promotion" not in versions["weak"]  # a run outside the deployments: promote.auto is off
     first = promote(name="jokes-char")
     assert first["decision"] == "kept" and first["champion_version"] is None
     assert first["candidate_loss"] > first["unigram_entropy"] - first["gate"]  # it does not clear the gate
