@@ -14,8 +14,13 @@ from pathlib import Path
 from lmforge.data.archive import ArchiveLimits
 from lmforge.errors import LmforgeError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # a source checkout; site-packages in a plain `pip install .`
 DEFAULT_PRESET = "jokes-char"
+
+
+def in_checkout() -> bool:
+    """Whether lmforge runs from its source tree (an editable install or the repository itself)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "configs").is_dir()
 
 
 @dataclass
@@ -164,7 +169,15 @@ CHOICES = {
 
 
 def presets_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_PRESETS", REPO_ROOT / "configs"))
+    """$LMFORGE_PRESETS, else the checkout's configs/, else the presets installed with the package (configs/ is
+    shipped as the package lmforge.presets)."""
+    if os.environ.get("LMFORGE_PRESETS"):
+        return Path(os.environ["LMFORGE_PRESETS"])
+    if in_checkout():
+        return REPO_ROOT / "configs"
+    from importlib.resources import files
+
+    return Path(str(files("lmforge.presets")))
 
 
 def list_presets() -> dict[str, str]:

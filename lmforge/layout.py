@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import Config
+from lmforge.config import REPO_ROOT, Config, in_checkout
 from lmforge.safepath import confined
 
 DATA_SECTIONS = ("data", "clean", "tokenizer")
@@ -55,8 +55,11 @@ def weights_hash(cfg: Config) -> str:
 
 
 def artifacts_root() -> Path:
-    """artifacts/ in the repository, or $LMFORGE_ARTIFACTS."""
-    return Path(os.environ.get("LMFORGE_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
+    """$LMFORGE_ARTIFACTS, else artifacts/ in the source checkout, else artifacts/ in the working directory (an
+    installed package must never write into site-packages)."""
+    if os.environ.get("LMFORGE_ARTIFACTS"):
+        return Path(os.environ["LMFORGE_ARTIFACTS"])
+    return (REPO_ROOT if in_checkout() else Path.cwd()) / "artifacts"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""`pip install .` (a wheel, not the editable checkout) as an app installs lmforge: its presets come with it,
+`lmforge generate` runs an exported directory, and nothing resolves to the source tree. Run from a directory
+outside the checkout, in a fresh venv whose only lmforge is the wheel (its dependencies come from this test
+environment's site-packages, appended after the venv's own, so nothing is downloaded)."""
+from __future__ import annotations
+
+import json
+import site
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_random_gpt
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("install")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+                    "-w", str(tmp / "dist")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp / "dist").glob("lmforge-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
+                   check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    # dependencies only: a path listed in a .pth file does not run that directory's own .pth files, so the test
+    # environment's editable lmforge (a .pth finder) stays invisible to the venv
+    (Path(own) / "test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return venv
+
+
+def run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(venv / "bin" / "lmforge"), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+
+
+def test_every_package_is_in_the_wheel():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for pkg in ("lmforge", "tasks", "flows")
+             for p in (REPO / pkg).rglob("__init__.py")}
+    assert found <= listed and "lmforge.presets" in listed
+
+
+def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_path):
+    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import lmforge, lmforge.config as c; "
+                            "import lmforge.layout as l; print(lmforge.__file__); print(c.presets_dir()); print(lmforge.__version__); "
+                            "print(l.artifacts_root())"],
+                           capture_output=True, text=True, cwd=tmp_path, check=True,
+                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.splitlines()
+    assert all(str(installed) in line for line in where[:2]) and where[2] != "0+unknown"
+    assert where[3] == str(tmp_path / "artifacts")  # the working directory's, never site-packages
+    presets = run(installed, "presets", cwd=tmp_path)
+    assert presets.returncode == 0, presets.stderr
+    assert {ln.split()[0] for ln in presets.stdout.splitlines()} == {p.stem for p in (REPO / "configs").glob("*.toml")}
+
+    from lmforge.data.tokenize import special_ids, train_char
+    from lmforge.export import export_model_dir
+    from lmforge.models import model_spec
+
+    (tmp_path / "tok").mkdir()
+    tok = train_char(["abcdefgh"])
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    model = tiny_random_gpt(tok.get_vocab_size())
+    manifest = {"name": "t", "tokenizer": {"kind": "char", "file": "tokenizer.json"}, "tokens": special_ids(tok),
+                "generation": {}}
+    out, _ = export_model_dir(model, model_spec(model), tmp_path / "tok" / "tokenizer.json", tmp_path / "model",
+                              manifest, int8=False, optimize=False)
+    got = run(installed, "generate", "--model", str(out), "--prompt", "abc", "--max-new-tokens", "5",
+              "--temperature", "0", "--json", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    answer = json.loads(got.stdout)
+    assert answer["provider"] == "CPUExecutionProvider" and set(answer["text"]) <= set("abcdefgh")
+    assert not (tmp_path / "artifacts").exists() and not list(installed.rglob("artifacts"))
