@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from lmforge import interrupt
 from lmforge.atomic import write_json_atomic
 from lmforge.checkpoint import Identity
@@ -20,7 +19,7 @@ from lmforge.config import Config, ModelConfig, TrainConfig
 from lmforge.data.shards import open_shard
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model
-from lmforge.train import train
+from lmforge.train import Hooks, TrainResult, train
 
 
 def main(job_path: str) -> None:
@@ -99,6 +98,20 @@ def launch(cfg: Config, data_dir: Path, vocab_size: int, ckpt_dir: Path, nproc: 
     result = json.loads(result_path.read_text())
     if "interrupted_at" in result:
         raise interrupt.Interrupted(result["interrupted_at"])
+    return result
+
+
+def train_here_or_launch(model, cfg: Config, data, ckpt_dir: Path, hooks: Hooks, identity: Identity) -> TrainResult:
+    """One process (train() in this one) or train.nproc > 1 (DDP under torchrun; rank 0's evaluations reach
+    hooks.log_eval once the job has finished, those up to the resume point left out: an earlier run logged them).
+    data: a PreparedData record."""
+    if cfg.train.nproc <= 1:
+        return train(model, data.shard("train"), data.shard("val"), cfg.model.block_size, cfg.train, ckpt_dir,
+                     hooks, identity=identity)
+    result = TrainResult(**launch(cfg, data.dir, data.vocab_size, ckpt_dir, cfg.train.nproc, identity))
+    for row in result.history:
+        if row["step"] > result.resumed_from and hooks.log_eval:
+            hooks.log_eval(row, row["step"])
     return result
 
 

@@ -13,22 +13,13 @@ from lmforge.layout import RunLayout
 from lmforge.models import build_model
 from lmforge.progress import TrainProgress
 from lmforge.records import PreparedData, Trained
-from lmforge.train import Hooks, TrainResult, train, trained_record
+from lmforge.train import Hooks, trained_record
 from tasks import retry_unless_user_error
 
 
-@task(name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
-def train_model(cfg: Config, data: PreparedData, layout: RunLayout, run_id: str | None = None) -> Trained:
+def _eval_hooks(cfg: Config, data: PreparedData, progress_id, run_id: str | None, progress) -> Hooks:
+    """Each evaluation to the log, the Prefect progress artifact and MLflow; each sample to MLflow."""
     logger = get_run_logger()
-    run = layout.run_dir(data.fingerprint)
-    earlier = layout.earlier_runs(data.fingerprint)
-    identity = Identity(layout.weights, data.fingerprint, str(earlier[0]) if earlier else "")
-    model = build_model(cfg.model, data.vocab_size, seed=cfg.train.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("%s model, %.2fM parameters", cfg.model.family, n_params / 1e6)
-
-    # a retry (or a re-run of the same config) resumes from ckpt/last; the artifact shows the step reached
-    progress_id = create_progress_artifact(0.0, description=f"training {cfg.name}: step / max_steps")
 
     def log(row: dict, step: int) -> None:
         update_progress_artifact(progress_id, 100.0 * step / cfg.train.max_steps)
@@ -41,16 +32,22 @@ def train_model(cfg: Config, data: PreparedData, layout: RunLayout, run_id: str 
         if run_id:
             tracking.log_text(run_id, text, f"samples/step-{step:06d}.txt")
 
-    if cfg.train.nproc > 1:  # DDP under torchrun; rank 0's evaluations reach MLflow once the job has finished
-        result = TrainResult(**distributed.launch(cfg, data.dir, data.vocab_size, run.ckpt, cfg.train.nproc, identity))
-        for row in result.history:
-            if row["step"] > result.resumed_from:  # rows up to the resume point were logged by the earlier run
-                log(row, row["step"])
-    else:
-        with TrainProgress(f"train {cfg.name}") as progress:
-            hooks = Hooks(log_eval=log, progress=progress, sample=eval_sampler(cfg, data, sampled), note=logger.info)
-            result = train(model, data.shard("train"), data.shard("val"), cfg.model.block_size, cfg.train, run.ckpt,
-                           hooks, identity=identity)
+    return Hooks(log_eval=log, progress=progress, sample=eval_sampler(cfg, data, sampled), note=logger.info)
+
+
+@task(name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
+def train_model(cfg: Config, data: PreparedData, layout: RunLayout, run_id: str | None = None) -> Trained:
+    run = layout.run_dir(data.fingerprint)
+    earlier = layout.earlier_runs(data.fingerprint)
+    identity = Identity(layout.weights, data.fingerprint, str(earlier[0]) if earlier else "")
+    model = build_model(cfg.model, data.vocab_size, seed=cfg.train.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    get_run_logger().info("%s model, %.2fM parameters", cfg.model.family, n_params / 1e6)
+    # a retry (or a re-run of the same config) resumes from ckpt/last; the artifact shows the step reached
+    progress_id = create_progress_artifact(0.0, description=f"training {cfg.name}: step / max_steps")
+    with TrainProgress(f"train {cfg.name}") as progress:
+        hooks = _eval_hooks(cfg, data, progress_id, run_id, progress if cfg.train.nproc <= 1 else None)
+        result = distributed.train_here_or_launch(model, cfg, data, run.ckpt, hooks, identity)
     update_progress_artifact(progress_id, 100.0)
     if run_id:
         tracking.log_metrics(run_id, {"best_val_loss": result.best_val_loss, "train_tokens_per_s": result.tokens_per_s,

@@ -1,0 +1,139 @@
+"""The layering docs/architecture.md describes, checked on the source: no import cycles (lazy imports inside
+functions count too), the runtime imports nothing but onnxruntime, numpy, tokenizers and the standard library,
+Prefect only where orchestration lives, and tasks stay thin."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGES = ("lmforge", "tasks", "flows")
+RUNTIME_THIRD_PARTY = {"onnxruntime", "numpy", "tokenizers"}
+# Prefect's home: the tasks and flows, and the four library modules that drive a Prefect server
+PREFECT_MODULES = {"lmforge.orchestration", "lmforge.doctor", "lmforge.schedule", "lmforge.serve"}
+TASK_BODY_MAX_LINES = 25  # a task logs and hands on; the work is a library function
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for pkg in PACKAGES:
+        for path in (REPO / pkg).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """Every module name this file imports, at the top or inside a function."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for guard in [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]:
+        guard.body = []  # annotations only: not imported when the program runs
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    edges = {}
+    for name, path in mods.items():
+        targets = set()
+        for imp in imports_of(name, path):
+            while imp and imp not in mods:
+                imp = imp.rpartition(".")[0]
+            if imp and imp != name and not name.startswith(imp + "."):  # a package's own __init__ is not a cycle
+                targets.add(imp)
+        edges[name] = targets
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    assert cycles(graph()) == []
+
+
+def test_the_runtime_imports_only_onnxruntime_numpy_tokenizers_and_the_standard_library():
+    """Followed through every lmforge module the runtime reaches (lmforge.atomic, say)."""
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    mods, edges = modules(), graph()
+    todo = [m for m in mods if m == "lmforge.runtime" or m.startswith("lmforge.runtime.")]
+    reached = set(todo)
+    while todo:
+        name = todo.pop()
+        for imp in imports_of(name, mods[name]):
+            top = imp.split(".")[0]
+            assert top in stdlib | RUNTIME_THIRD_PARTY | {"lmforge"}, f"{name} imports {imp}"
+        for dep in edges[name] - reached:
+            reached.add(dep)
+            todo.append(dep)
+    assert {"lmforge.runtime.generator", "lmforge.runtime.session"} <= reached
+
+
+def test_importing_the_runtime_loads_no_torch_and_no_prefect():
+    probe = ("import sys, lmforge.runtime, lmforge.runtime.generator; "
+             "print(sorted(m for m in ('torch', 'prefect', 'mlflow', 'pandas', 'onnx') if m in sys.modules))")
+    got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert got.stdout.strip() == "[]"
+
+
+def test_prefect_is_imported_only_by_tasks_flows_and_the_orchestration_modules():
+    for name, path in modules().items():
+        if any(imp.split(".")[0] == "prefect" for imp in imports_of(name, path)):
+            assert name.split(".")[0] in ("tasks", "flows") or name in PREFECT_MODULES, name
+
+
+def test_tasks_are_thin():
+    for path in (REPO / "tasks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and any(
+                    "task" in ast.unparse(d) for d in node.decorator_list):
+                lines = node.end_lineno - node.body[0].lineno + 1
+                assert lines <= TASK_BODY_MAX_LINES, f"{path.name}:{node.name} is {lines} lines"
