@@ -137,3 +137,21 @@ def test_tasks_are_thin():
                     "task" in ast.unparse(d) for d in node.decorator_list):
                 lines = node.end_lineno - node.body[0].lineno + 1
                 assert lines <= TASK_BODY_MAX_LINES, f"{path.name}:{node.name} is {lines} lines"
+
+
+def test_docs_architecture_lists_every_config_key_where_its_section_is_read():
+    import dataclasses
+    import re
+
+    from lmforge.config import Config
+
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `(\w+)` \| ([\w, ]+) \| (.+) \|$", doc, re.M)}
+    sections = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("name", "description")}
+    assert set(rows) == set(sections)
+    for section, (keys, readers) in rows.items():
+        fields = {f.name for f in dataclasses.fields(getattr(Config(), section))}
+        assert {k.strip() for k in keys.split(",")} == fields, section
+        for module in re.findall(r"`([\w/.]+\.py)`", readers):
+            text = (REPO / module).read_text(encoding="utf-8")
+            assert re.search(rf"\b(cfg|config)\.{section}\b", text), f"{module} does not read cfg.{section}"

@@ -1,4 +1,4 @@
-"""A character-level GRU language model, teacher-forced on every position (seed 003 was not): the shared
+"""A character-level GRU language model with a loss at every position (teacher forcing, not only the last): the shared
 recurrent model of lstm.py with a GRU cell, state (h,), h [n_layer, B, n_hidden]."""
 from __future__ import annotations
 
