@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pyjokes
@@ -76,6 +77,17 @@ def test_changed_data_under_the_same_path_trains_again_and_registers_its_fingerp
         # prepared directory has since been re-made for the new text
         assert (model / "tokenizer.json").read_bytes() == (data / "tokenizer.json").read_bytes()
         assert json.loads((model / "lmforge.json").read_text())["data"]["fingerprint"] == result["data_fingerprint"]
+    # the README's "What a run leaves where": runs/<preset>-<weights hash>-<data fingerprint>/{data,ckpt,model}
+    for result in (first, second):
+        run_dir = Path(result["run_dir"])
+        assert re.fullmatch(r"nightly-[0-9a-f]{10}-" + result["data_fingerprint"][:10], run_dir.name)
+        assert run_dir.parent.name == "runs" and Path(result["model_dir"]) == run_dir / "model"
+        assert {p.name for p in run_dir.iterdir()} >= {"data", "ckpt", "model"}
+        assert {p.name for p in (run_dir / "ckpt").iterdir()} >= {"last", "best"}
+        assert sorted(p.name for p in (run_dir / "data").iterdir()) == ["meta.json", "tokenizer.json", "train.bin",
+                                                                        "val.bin"]
+    prepared = sorted(p.name for p in (Path(first["run_dir"]).parents[1] / "prepared").iterdir() if p.is_dir())
+    assert len(prepared) == 1 and re.fullmatch(r"nightly-[0-9a-f]{10}", prepared[0])
     first_tok = (Path(first["run_dir"]) / "data" / "tokenizer.json").read_bytes()
     assert first_tok != (Path(second["run_dir"]) / "data" / "tokenizer.json").read_bytes()  # upper case: new vocab
 
