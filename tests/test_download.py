@@ -92,15 +92,17 @@ def sha(data: bytes) -> str:
 # ---------------------------------------------------------------- download
 
 
-def test_download_then_cache_hit_makes_no_request(server, tmp_path):
+def test_download_then_a_pinned_cache_hit_makes_no_request(server, tmp_path):
     url = server.url("/files/data.bin")
     path = download(url, tmp_path, sha256=sha(BODY), **FAST)
     assert path == cache_path(url, tmp_path) and path.name.endswith("-data.bin")
     assert path.read_bytes() == BODY
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .part left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .part left behind (no validator sent)
     assert download(url, tmp_path, sha256=sha(BODY), **FAST) == path
-    assert download(url, tmp_path, **FAST) == path
     assert len(server.requests) == 1
+    # unpinned, from a server that sends no ETag / Last-Modified: nothing to ask with, so it downloads again
+    assert download(url, tmp_path, **FAST) == path and path.read_bytes() == BODY
+    assert len(server.requests) == 2
 
 
 def test_corrupt_cached_file_is_downloaded_again(server, tmp_path):

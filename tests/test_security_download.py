@@ -98,7 +98,10 @@ class Versioned:
         self.n += 1
         rng, if_range = h.headers.get("Range"), h.headers.get("If-Range")
         current = {validators.get("ETag"), validators.get("Last-Modified")} - {None}
-        if rng and (not self.honour or if_range is None or if_range in current):
+        if (h.headers.get("If-None-Match") or h.headers.get("If-Modified-Since")) in current:
+            h.send_response(304)  # RFC 9110 13.1.2: unchanged, no body
+            h.end_headers()
+        elif rng and (not self.honour or if_range is None or if_range in current):
             start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
             send(h, body[start:], 206, {**validators, "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
         else:
@@ -114,7 +117,8 @@ def test_etag_change_between_attempts_gives_the_new_file_whole(server, tmp_path)
     (_, first), (_, resume) = server.requests
     assert "Range" not in first
     assert resume["Range"] == f"bytes={len(OLD) // 2}-" and resume["If-Range"] == '"v1"'
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .part, no .part.validator
+    # no .part, no .part.validator; NEW's validator kept beside it, to ask the server with next time
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".validator"]
 
 
 def test_server_ignoring_if_range_but_naming_a_new_etag_restarts_from_zero(server, tmp_path):
@@ -334,3 +338,35 @@ def test_shakespeare_preset_pins_the_hash_of_char_rnns_input_txt(server, tmp_pat
     server.routes["/changed" + path] = lambda h: send(h, text[:-1] + b"?")
     with pytest.raises(DownloadError, match="is corrupt: sha256"):
         acquire_for(DataConfig(source=server.url("/changed" + path), sha256=cfg.data.sha256), tmp_path)
+
+
+@pytest.mark.parametrize("validators", [{"ETag": '"v1"'}, {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}])
+def test_a_cached_url_is_asked_whether_it_changed_and_unchanged_is_not_downloaded(server, tmp_path, validators):
+    server.routes["/f"] = Versioned([(OLD, validators)], cut_first=False)
+    path = download(server.url("/f"), tmp_path, **FAST)
+    assert download(server.url("/f"), tmp_path, **FAST) == path and path.read_bytes() == OLD
+    (_, first), (_, second) = server.requests
+    asked = second.get("If-None-Match") or second.get("If-Modified-Since")
+    assert asked == next(iter(validators.values())) and "If-None-Match" not in first
+
+
+def test_a_cached_url_whose_content_changed_is_downloaded_again(server, tmp_path, caplog):
+    """A nightly source: same URL, new content. The next run gets the new file, not yesterday's copy."""
+    server.routes["/f"] = Versioned([(OLD, {"ETag": '"v1"'}), (NEW, {"ETag": '"v2"'})], cut_first=False)
+    assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == OLD
+    with caplog.at_level(logging.INFO, logger="lmforge.data.download"):
+        assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == NEW
+    assert "changed since it was cached" in caplog.text
+    assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == NEW  # v2 kept: asked with "v2", 304
+    assert server.requests[-1][1]["If-None-Match"] == '"v2"'
+
+
+def test_an_unreachable_server_leaves_the_cached_copy_in_use_with_a_warning(server, tmp_path, caplog):
+    server.routes["/f"] = Versioned([(OLD, {"ETag": '"v1"'})], cut_first=False)
+    url = server.url("/f")
+    path = download(url, tmp_path, **FAST)
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    with caplog.at_level(logging.WARNING, logger="lmforge.data.download"):
+        assert download(url, tmp_path, **FAST) == path and path.read_bytes() == OLD
+    assert "could not ask" in caplog.text and "using the copy cached at" in caplog.text

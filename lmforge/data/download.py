@@ -1,5 +1,7 @@
 """Fetch one URL into a local cache: resumable (HTTP Range, guarded by If-Range), retried, size-capped,
-sha256-verified, landed atomically. Redirects are followed to http(s) only; credentials in the URL's userinfo are
+sha256-verified, landed atomically. A cached copy is used again when data.sha256 pins it, or after a conditional GET
+(its saved ETag / Last-Modified) answers 304: a URL that serves new content under the same name is downloaded
+again, so a nightly run sees the new data. Redirects are followed to http(s) only; credentials in the URL's userinfo are
 sent as HTTP Basic auth (to the URL's own origin only) and the URL is redacted (lmforge.redact) in every log line
 and error message."""
 
@@ -63,15 +65,26 @@ def download(url: str, cache_dir: Path, *, sha256: str | None = None, max_bytes:
                             hint="use an http(s) URL, or point data.source at a local file")
     sha256 = sha256.lower() if sha256 else None
     target = cache_path(configured or url, cache_dir)
-    if target.is_file():
-        if sha256 is None or _sha256_file(target) == sha256:
-            log.debug("cache hit for %s: %s", shown, target)
-            return target
-        log.warning("cached %s does not match its sha256; downloading again", target)
-        target.unlink()
-    target.parent.mkdir(parents=True, exist_ok=True)
     part = target.parent / (target.name + ".part")  # a leftover from an interrupted run is resumed
     fetch = _Fetch(url, shown, part, sha256=sha256, max_bytes=max_bytes, timeout=timeout)
+    kept = target.with_name(target.name + ".validator")  # the cached copy's ETag / Last-Modified
+    if target.is_file():
+        if sha256 is not None:  # pinned: the content cannot change, so the copy is checked, not the server
+            if _sha256_file(target) == sha256:
+                log.debug("cache hit for %s: %s", shown, target)
+                return target
+            log.warning("cached %s does not match its sha256; downloading again", target)
+        else:  # a URL may serve new content under the same name (a nightly source): ask the server
+            unchanged = fetch.unchanged_since(_read_json(kept))
+            if unchanged is not False:
+                if unchanged is None:
+                    log.warning("could not ask %s whether it changed; using the copy cached at %s", shown,
+                                time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(target.stat().st_mtime)))
+                return target
+            log.info("%s changed since it was cached; downloading it again", shown)
+        target.unlink()
+        kept.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
 
     bar = _Progress(shown, progress)
     try:
@@ -97,6 +110,9 @@ def download(url: str, cache_dir: Path, *, sha256: str | None = None, max_bytes:
         raise DownloadError(f"download of {shown} is corrupt: sha256 {actual}, expected {sha256}",
                             hint="the file changed upstream or the expected sha256 is wrong")
     os.replace(part, target)
+    saved = _read_json(fetch.validator_file)
+    if saved.get("etag") or saved.get("last_modified"):
+        os.replace(fetch.validator_file, kept)
     fetch.validator_file.unlink(missing_ok=True)
     log.info("downloaded %s -> %s (%d bytes)", shown, target, target.stat().st_size)
     return target
@@ -126,10 +142,30 @@ class _Fetch:
         self.validator_file.unlink(missing_ok=True)
 
     def _saved_validator(self) -> dict:
+        return _read_json(self.validator_file)
+
+    def unchanged_since(self, saved: dict) -> bool | None:
+        """Ask the server whether the file is still the version `saved` names (a conditional GET: If-None-Match /
+        If-Modified-Since). True: 304, unchanged; False: changed, or no validator to ask with (the server sent
+        none), so only a new download can tell; None: the server could not be reached or answered with an error."""
+        headers = {"User-Agent": "lmforge", "Accept-Encoding": "identity"}
+        if saved.get("etag"):
+            headers["If-None-Match"] = saved["etag"]
+        if saved.get("last_modified"):
+            headers["If-Modified-Since"] = saved["last_modified"]
+        if len(headers) == 2:
+            return False
+        req = urllib.request.Request(self.url, headers=headers)
+        if self.auth:
+            req.add_unredirected_header("Authorization", self.auth)
         try:
-            return json.loads(self.validator_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+            with self.opener.open(req, timeout=self.timeout) as resp:  # 200: a new version (its body not read)
+                return bool(saved.get("etag") and resp.headers.get("ETag") == saved["etag"])
+        except urllib.error.HTTPError as e:
+            e.close()
+            return True if e.code == 304 else None
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            return None
 
     def attempt(self, bar: _Progress) -> None:
         """One request for the rest of the file after the bytes already in `.part`, appended and fsynced."""
@@ -243,6 +279,13 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         if new is not None and auth and _origin(newurl) == _origin(req.full_url):
             new.add_unredirected_header("Authorization", auth)
         return new
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _origin(url: str) -> tuple:
