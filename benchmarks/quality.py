@@ -74,7 +74,7 @@ def train_ours(cfg, meta, tr, va, work: Path):
     return model, result, time.perf_counter() - t0
 
 
-def plain_torch_loop(cfg, meta, tr) -> tuple[torch.nn.Module, float, float]:
+def plain_torch_loop(cfg, meta: dict, tr) -> tuple[torch.nn.Module, float, float]:
     """The reference: the same model, batch, AdamW and schedule in the shortest loop PyTorch allows
     (no evaluation, no checkpoints). Returns (model, wall seconds, tokens/s)."""
     torch.manual_seed(cfg.train.seed)
@@ -106,14 +106,45 @@ def row(preset, metric, reference, ours, wall=None, tps=None) -> dict:
             "wall_s": None if wall is None else round(wall, 1), "tokens_per_s": None if tps is None else round(tps)}
 
 
+def nanogpt_split(text: str) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """nanoGPT's data/shakespeare_char/prepare.py, as it is: the raw file's sorted characters as the vocabulary,
+    train = the first int(0.9 * n) characters, val = the rest. Returns (train ids, val ids, vocab, val text)."""
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    n = len(text)
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    return ids[:int(n * 0.9)], ids[int(n * 0.9):], len(chars), text[int(n * 0.9):]
+
+
+def same_text(a: str, b: str) -> float:
+    """The share of characters two texts have in common, aligned (difflib)."""
+    import difflib
+
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return sum(m.size for m in matcher.get_matching_blocks()) / max(len(a), len(b))
+
+
 def bench_shakespeare(cfg, meta, tr, va, work) -> list[dict]:
+    """lmforge (its prepared contiguous split, its train()) beside nanoGPT's way (its own prepare of the raw
+    file, the shortest plain loop of the same model, batch, AdamW and schedule), in one run; each scored on its
+    own val split, and how much of the two val texts is the same text."""
+    from tokenizers import Tokenizer
+
     model, result, wall = train_ours(cfg, meta, tr, va, work)
     ours = full_eval(model, cfg, va)
-    ref_model, ref_wall, ref_tps = plain_torch_loop(cfg, meta, tr)
-    ref = full_eval(ref_model, cfg, va)
-    return [row(cfg.name, "val loss (nats/char), plain PyTorch loop", "-", round(ref["loss"], 4), ref_wall, ref_tps),
-            row(cfg.name, "val loss (nats/char), lmforge train()", round(ref["loss"], 4), round(ours["loss"], 4),
-                wall, result.tokens_per_s)]
+    raw = Path(cfg.data.source).read_text(encoding="utf-8")
+    n_tr, n_va, n_vocab, n_val_text = nanogpt_split(raw)
+    ref_model, ref_wall, ref_tps = plain_torch_loop(cfg, {"vocab_size": n_vocab}, n_tr)
+    ref = full_eval(ref_model, cfg, n_va)
+    tok = Tokenizer.from_file(str(work / cfg.name / "data" / "tokenizer.json"))
+    our_val_text = tok.decode(np.asarray(va[:-1]).tolist())  # without the closing <eos>
+    overlap = same_text(our_val_text, n_val_text)
+    return [row(cfg.name, "val loss (nats/char), nanoGPT's split and a plain PyTorch loop", "nanoGPT CPU config "
+                "~1.88", round(ref["loss"], 4), ref_wall, ref_tps),
+            row(cfg.name, "val loss (nats/char), lmforge's contiguous split and train()", round(ref["loss"], 4),
+                round(ours["loss"], 4), wall, result.tokens_per_s),
+            row(cfg.name, "val texts: characters (nanoGPT / lmforge), share in common", "-",
+                f"{len(n_val_text)} / {len(our_val_text)}, {overlap:.5f}")]
 
 
 @torch.no_grad()
