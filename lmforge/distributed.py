@@ -104,11 +104,13 @@ def launch(cfg: Config, data_dir: Path, vocab_size: int, ckpt_dir: Path, nproc: 
 def train_here_or_launch(model, cfg: Config, data, ckpt_dir: Path, hooks: Hooks, identity: Identity) -> TrainResult:
     """One process (train() in this one) or train.nproc > 1 (DDP under torchrun; rank 0's evaluations reach
     hooks.log_eval once the job has finished, those up to the resume point left out: an earlier run logged them).
-    data: a PreparedData record."""
-    if cfg.train.nproc <= 1:
-        return train(model, data.shard("train"), data.shard("val"), cfg.model.block_size, cfg.train, ckpt_dir,
-                     hooks, identity=identity)
-    result = TrainResult(**launch(cfg, data.dir, data.vocab_size, ckpt_dir, cfg.train.nproc, identity))
+    data: a PreparedData record. SIGINT/SIGTERM ask training to save and stop (lmforge.interrupt), here again
+    because Prefect's flow engine puts its own SIGTERM handler (an exception mid-step) in place of the CLI's."""
+    with interrupt.graceful():
+        if cfg.train.nproc <= 1:
+            return train(model, data.shard("train"), data.shard("val"), cfg.model.block_size, cfg.train, ckpt_dir,
+                         hooks, identity=identity)
+        result = TrainResult(**launch(cfg, data.dir, data.vocab_size, ckpt_dir, cfg.train.nproc, identity))
     for row in result.history:
         if row["step"] > result.resumed_from and hooks.log_eval:
             hooks.log_eval(row, row["step"])

@@ -97,6 +97,24 @@ def test_ctrl_c_mid_training_stops_saves_and_resumes(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1])["metrics"]["resumed_from"] == step
 
 
+def test_sigterm_mid_training_stops_and_saves_like_ctrl_c(tmp_path):
+    """What a scheduler or `kill` sends: Prefect's flow engine has its own SIGTERM handler (an exception in the
+    middle of a step, a traceback); training's own takes its place, so it saves and stops as on Ctrl-C."""
+    env = env_for(tmp_path)
+    proc = subprocess.Popen(lmforge(*run_args(SLOW)), env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err = Stderr(proc)
+    err.wait_for(r"train jokes-char step 40/400")
+    proc.send_signal(signal.SIGTERM)  # the process only, as `kill PID` does
+    proc.wait(120)
+    err.join(10)
+    assert proc.returncode == 130, "\n".join(err.lines[-40:])
+    step = int(LINE.match(err.lines[-1]).group(1))
+    assert not [ln for ln in err.lines if "Traceback" in ln or "TerminationSignal" in ln or "Crash" in ln]
+    (state,) = Path(env["LMFORGE_ARTIFACTS"]).glob("runs/*/ckpt/last/state.json")
+    assert json.loads(state.read_text())["step"] == step
+
+
 def test_a_prefect_api_url_that_is_gone_is_one_line(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     env = {**env_for(tmp_path), "PREFECT_API_URL": url}
