@@ -168,8 +168,10 @@ def run_page(browser, url: str, **query) -> dict:
                                                ("gru", "rnn", "why did the"), ("lstm", "rnn", " the chicken")])
 def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, prompt, monkeypatch):
     n = 80
+    query = {"prompt": prompt, "n": n, "temperature": 0}
+    if graph == "portable":  # and on two wasm threads (the page is cross-origin isolated)
+        query.update(graph="portable", threads=2)
     with Server(models[name]) as srv:
-        query = {"prompt": prompt, "n": n, "temperature": 0, **({"graph": "portable"} if graph == "portable" else {})}
         got = run_page(browser, srv.url, **query)
     prompt_ids, ids, text = python_greedy(models[name], prompt, n, graph == "fast" if name == "gpt" else None,
                                           monkeypatch)
@@ -178,6 +180,10 @@ def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, p
     assert got["ids"] == ids and len(ids) > 1
     assert got["text"] == text and got["shown"] == text  # the streamed pieces add up to the whole text
     assert got["tokensPerSecond"] > 0
+    if graph == "fast":  # the cache kept its capacity, min(context, prompt + new tokens), to the last step
+        assert got["cacheDims"] == [1, 2, 32, 16]
+    if graph == "portable":
+        assert got["threads"] == 2 and got["crossOriginIsolated"]
 
 
 def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):

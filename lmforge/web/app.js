@@ -2,7 +2,7 @@
 // types. URL parameters (used by tests, handy for links): prompt, n, temperature, top_k, graph=portable,
 // threads, auto=1 (generate once loaded). The last result is also left in window.lmforgeResult, and
 // document.body.dataset.state says loading | ready | running | done | error.
-import { Model } from "/decode.js";
+import { Model, wasmThreads } from "/decode.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -38,7 +38,8 @@ async function run(model) {
   $("stats").textContent = `${ids.length} tokens · prefill ${s.promptIds.length} tokens in ${s.prefillMs.toFixed(1)} ms` +
     (rate ? ` · decode ${rate.toFixed(1)} tokens/s (batch 1)` : "");
   window.lmforgeResult = { prompt, promptIds: s.promptIds, ids, text, tokensPerSecond: rate, prefillMs: s.prefillMs,
-    graph: model.graph, file: model.file };
+    totalMs: s.totalMs, cacheDims: s.cacheDims, graph: model.graph, file: model.file, threads: wasmThreads(),
+    crossOriginIsolated: self.crossOriginIsolated };
   document.body.dataset.state = "done";
   $("go").disabled = false;
 }

@@ -109,6 +109,8 @@ function sample(logits, temperature, topK) {
   return order[order.length - 1];
 }
 
+export const wasmThreads = () => ort.env.wasm.numThreads;
+
 export class Model {
   static async load(base = "/model/", { graph = "auto", threads } = {}) {
     if (threads) ort.env.wasm.numThreads = threads;
@@ -170,5 +172,7 @@ export class Model {
       stats.steps++;
       stats.decodeMs = performance.now() - t1;
     }
+    stats.totalMs = performance.now() - t0;
+    stats.cacheDims = g.state[0].dims;  // the last state fed back (fast graph: [1, H, capacity, D] every step)
   }
 }
