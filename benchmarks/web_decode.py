@@ -44,8 +44,7 @@ def reference_dir(root: Path) -> Path:
 
 
 def python_run(model_dir: Path, n: int, threads: int, fast: bool) -> dict:
-    import lmforge.runtime.generator as generator
-    from lmforge.runtime import Generator
+    from lmforge.runtime import Generator, generator
 
     gen = Generator(model_dir, threads=threads, fast=fast)
     gen.generate(PROMPT, max_new_tokens=8, temperature=0)  # warm up

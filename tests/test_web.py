@@ -89,11 +89,11 @@ def tokenizers_by_kind():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tokenizers_by_kind, one_torch_thread):
     """{name: model dir}: gpt (char, 32-token context), gru (bpe), lstm (word), each trained for 200 steps."""
+    import torch
+
     from lmforge.models.gpt import GPT, GPTConfig
     from lmforge.models.gru import GRU
     from lmforge.models.lstm import LSTM, RNNConfig
-
-    import torch
 
     root = tmp_path_factory.mktemp("web")
     out = {}
@@ -134,8 +134,7 @@ class Server:
 def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, monkeypatch):
     """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy. The ids are recorded from the
     runtime's own sampler, which still does the picking."""
-    import lmforge.runtime.generator as generator
-    from lmforge.runtime import Generator
+    from lmforge.runtime import Generator, generator
 
     picked, real = [], generator.sample_next
 
@@ -270,6 +269,8 @@ def test_server_serves_only_the_page_ort_and_the_model_files(models, tmp_path):
         status, headers, body = get(base + "/ort/ort-wasm-simd-threaded.wasm")
         assert status == 200 and headers["Content-Type"] == "application/wasm" and body[:4] == b"\0asm"
         assert get(base + "/model/model.fast.onnx")[0] == 200
+        head = urllib.request.urlopen(urllib.request.Request(base + "/app.js", method="HEAD"), timeout=30)
+        assert head.status == 200 and head.read() == b"" and int(head.headers["Content-Length"]) > 0
         for path in ("/model/secret.txt", "/model/../lmforge.json", "/model/%2e%2e/lmforge.json", "/etc/passwd",
                      "/ort/ort.all.mjs", "/serve.py", "/package.json"):
             assert get(base + path)[0] == 404, path
@@ -282,7 +283,7 @@ def test_server_serves_only_the_page_ort_and_the_model_files(models, tmp_path):
 
 def lmforge_web(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmforge.cli", "web", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def test_bad_dir_and_busy_port_are_one_line_errors(models, tmp_path):

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from typing import Self
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
@@ -47,7 +48,7 @@ class Chromium:
 
         self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=fds, close_fds=False)
+                                     preexec_fn=fds, close_fds=False)  # noqa: PLW1509 - fds 3/4 need a hook
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._next, self._lock = 0, threading.Lock()
@@ -119,7 +120,7 @@ class Chromium:
                 pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> Chromium:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

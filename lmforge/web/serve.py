@@ -11,6 +11,7 @@ import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 from lmforge.errors import LmforgeError
 
@@ -66,10 +67,10 @@ def routes(model_dir: str | Path) -> dict[str, Path]:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "lmforge-web"
-    routes: dict[str, Path] = {}
-    hosts: set[str] = set()
+    routes: ClassVar[dict[str, Path]] = {}  # set per server by make_server
+    hosts: ClassVar[set[str]] = set()
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         pass
 
     def _send(self, body: bool) -> None:
@@ -90,10 +91,10 @@ class Handler(BaseHTTPRequestHandler):
             with open(file, "rb") as fh:
                 shutil.copyfileobj(fh, self.wfile)
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self._send(True)
 
-    def do_HEAD(self):  # noqa: N802
+    def do_HEAD(self):
         self._send(False)
 
 
