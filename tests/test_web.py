@@ -190,6 +190,9 @@ def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):
     with Server(models["gpt"]) as srv:
         page = browser.open(srv.url)
         assert page.wait_for("document.body.dataset.state === 'ready'", timeout=120)
+        # the form starts from the directory's generation defaults
+        assert page.evaluate("[document.getElementById('n').value, document.getElementById('temperature').value]") \
+            == ["40", "0"]
         page.evaluate("document.getElementById('prompt').value = 'the road'; "
                       "document.getElementById('n').value = '25'; document.getElementById('go').click()")
         assert page.wait_for(DONE, timeout=120) == "done"

@@ -72,8 +72,10 @@ class Chromium:
                     self._replies[msg["id"]].put(msg)
                 else:
                     self.events.append(msg)
+        time.sleep(0.5)  # let the stderr reader catch chromium's last words
+        tail = b"".join(self._stderr).decode(errors="replace").strip().splitlines()[-3:]
         for q in list(self._replies.values()):
-            q.put({"error": {"message": "chromium closed the DevTools pipe"}})
+            q.put({"error": {"message": f"chromium closed the DevTools pipe: {' | '.join(tail)}"}})
 
     def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
         with self._lock:
