@@ -4,7 +4,8 @@ greedy, beside lmforge.runtime.Generator (onnxruntime, CPU) on the same director
 Default model: the reference shape of benchmarks/decode.py (random-init lmforge gpt, 6 layers x 6 heads x 384
 wide, vocab 8192, context 512), a 16-token prompt, 256 new tokens; or --model DIR for an exported directory.
 
-    python benchmarks/web_decode.py [--model DIR] [--new-tokens N] [--threads N] [--graph auto|portable] [--json]
+    python benchmarks/web_decode.py [--model DIR] [--new-tokens N] [--threads N] [--graph auto|portable]
+                                    [--variant fp32|int8] [--json]
 Per contender: tokens/s including the prefill (as benchmarks/decode.py counts it), decode-only tokens/s (the
 steps after the prefill) and the prefill time. Writes benchmarks/results/web-decode-<time>.json."""
 from __future__ import annotations
@@ -39,14 +40,14 @@ def reference_dir(root: Path) -> Path:
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": 2, "eos": None}, "generation": {"temperature": 0.0}}
     out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest,
-                              int8=False, optimize=False)
+                              int8=True, optimize=False)
     return out
 
 
-def python_run(model_dir: Path, n: int, threads: int, fast: bool) -> dict:
+def python_run(model_dir: Path, n: int, threads: int, fast: bool, variant: str) -> dict:
     from lmforge.runtime import Generator, generator
 
-    gen = Generator(model_dir, threads=threads, fast=fast)
+    gen = Generator(model_dir, variant=variant, threads=threads, fast=fast)
     gen.generate(PROMPT, max_new_tokens=8, temperature=0)  # warm up
     stamps, sample = [], generator.sample_next
 
@@ -62,12 +63,12 @@ def python_run(model_dir: Path, n: int, threads: int, fast: bool) -> dict:
     finally:
         generator.sample_next = sample
     total = stamps[-1] - start
-    return {"name": f"python-ort-{'fast' if fast else 'portable'}", "tokens_per_s": round(n / total, 1),
+    return {"name": f"python-ort-{variant}-{'fast' if fast else 'portable'}", "tokens_per_s": round(n / total, 1),
             "decode_tokens_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 1),
             "prefill_ms": round((stamps[0] - start) * 1e3, 2)}
 
 
-def browser_run(model_dir: Path, n: int, threads: int, graph: str) -> dict:
+def browser_run(model_dir: Path, n: int, threads: int, graph: str, variant: str) -> dict:
     from lmforge.web.browser import Chromium
 
     srv = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "web", str(model_dir), "--port", "0"],
@@ -79,7 +80,7 @@ def browser_run(model_dir: Path, n: int, threads: int, graph: str) -> dict:
             results = []
             for tokens in (8, n):  # the first run warms up (wasm compile, session)
                 q = urllib.parse.urlencode({"prompt": PROMPT, "n": tokens, "threads": threads, "graph": graph,
-                                            "auto": 1})
+                                            "variant": variant, "auto": 1})
                 page = browser.open(f"{url}?{q}")
                 page.wait_for(done, timeout=600)
                 results.append(page.evaluate("window.lmforgeResult"))
@@ -89,7 +90,7 @@ def browser_run(model_dir: Path, n: int, threads: int, graph: str) -> dict:
     r = results[-1]
     if "error" in r:
         raise SystemExit(f"error: the page failed: {r['error']}")
-    return {"name": f"browser-wasm-{r['graph']}", "tokens_per_s": round(len(r["ids"]) / (r["totalMs"] / 1e3), 1),
+    return {"name": f"browser-wasm-{variant}-{r['graph']}", "tokens_per_s": round(len(r["ids"]) / (r["totalMs"] / 1e3), 1),
             "decode_tokens_per_s": round(r["tokensPerSecond"], 1), "prefill_ms": round(r["prefillMs"], 2),
             "threads": r["threads"], "cross_origin_isolated": r["crossOriginIsolated"], "file": r["file"]}
 
@@ -100,15 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--graph", default="auto", choices=["auto", "portable"])
+    p.add_argument("--variant", default="fp32", choices=["fp32", "int8"])
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else reference_dir(Path(tmp))
-        rows = [browser_run(model_dir, args.new_tokens, args.threads, args.graph)]
-        rows.append(python_run(model_dir, args.new_tokens, args.threads, rows[0]["name"].endswith("fast")))
+        rows = [browser_run(model_dir, args.new_tokens, args.threads, args.graph, args.variant)]
+        rows.append(python_run(model_dir, args.new_tokens, args.threads, rows[0]["name"].endswith("fast"), args.variant))
     report = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": platform.machine(),
               "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "new_tokens": args.new_tokens,
-              "threads": args.threads, "model": args.model or "reference shape (6x6x384, vocab 8192, ctx 512)",
+              "threads": args.threads, "variant": args.variant, "model": args.model or "reference shape (6x6x384, vocab 8192, ctx 512)",
               "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"web-decode-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=2))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.runtime import read_model_dir
 from lmforge.web.browser import Chromium, find_chromium
 from lmforge.web.serve import ORT_DIST, ORT_FILES, WEB
 
@@ -74,7 +75,7 @@ def export(model, tok, root: Path, name: str, kind: str) -> Path:
     manifest = {"name": name, "tokenizer": {"kind": kind, "file": "tokenizer.json"}, "tokens": SPECIALS,
                 "generation": {"temperature": 0.0, "max_new_tokens": 40}}
     out, _ = export_model_dir(model, model_spec(model), root / f"{name}.tokenizer.json", root / name, manifest,
-                              int8=False, optimize=False)
+                              int8=True, optimize=False)
     return out
 
 
@@ -131,8 +132,8 @@ class Server:
         self.close()
 
 
-def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, monkeypatch):
-    """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy. The ids are recorded from the
+def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, monkeypatch, variant: str = "fp32"):
+    """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy, on `variant`. The ids are recorded from the
     runtime's own sampler, which still does the picking."""
     from lmforge.runtime import Generator, generator
 
@@ -144,7 +145,7 @@ def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, monke
         return out
 
     monkeypatch.setattr(generator, "sample_next", record)
-    gen = Generator(model_dir, fast=fast)
+    gen = Generator(model_dir, variant=variant, fast=fast)
     text = gen.generate(prompt, max_new_tokens=n, temperature=0)
     ids = [i for i in picked if i != gen.eos]
     return gen.encode(prompt)[-(gen.block_size - 1):], ids, text
@@ -163,18 +164,20 @@ def run_page(browser, url: str, **query) -> dict:
 
 
 # gpt: a 9-character prompt + 80 tokens passes the 32-token context twice: the page re-prefills as the runtime does
-@pytest.mark.parametrize("name,graph,prompt", [("gpt", "fast", "why did t"), ("gpt", "portable", "why did t"),
-                                               ("gru", "rnn", "why did the"), ("lstm", "rnn", " the chicken")])
-def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, prompt, monkeypatch):
+@pytest.mark.parametrize("name,graph,variant,prompt", [
+    ("gpt", "fast", "fp32", "why did t"), ("gpt", "portable", "fp32", "why did t"), ("gpt", "fast", "int8", "café"),
+    ("gru", "rnn", "fp32", "why did the"), ("lstm", "rnn", "fp32", " the chicken"), ("lstm", "rnn", "int8", "why")])
+def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, variant, prompt, monkeypatch):
     n = 80
-    query = {"prompt": prompt, "n": n, "temperature": 0}
+    query = {"prompt": prompt, "n": n, "temperature": 0, "variant": variant}
     if graph == "portable":  # and on two wasm threads (the page is cross-origin isolated)
         query.update(graph="portable", threads=2)
     with Server(models[name]) as srv:
         got = run_page(browser, srv.url, **query)
     prompt_ids, ids, text = python_greedy(models[name], prompt, n, graph == "fast" if name == "gpt" else None,
-                                          monkeypatch)
-    assert got["graph"] == graph
+                                          monkeypatch, variant)
+    assert got["graph"] == graph and got["file"] == read_model_dir(models[name]).manifest["files"][
+        {("fast", "fp32"): "fast", ("fast", "int8"): "fast-int8"}.get((graph, variant), variant)]
     assert got["promptIds"] == prompt_ids
     assert got["ids"] == ids and len(ids) > 1
     assert got["text"] == text and got["shown"] == text  # the streamed pieces add up to the whole text

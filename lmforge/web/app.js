@@ -1,7 +1,7 @@
 // The page: load the model directory the server serves under /model/, then generate in the page as the person
 // types. The form starts from lmforge.json's generation defaults (max_new_tokens, temperature, top_k); URL
 // parameters (used by tests, handy for links) override them: prompt, n, temperature, top_k, graph=portable,
-// threads, auto=1 (generate once loaded). The last result is also left in window.lmforgeResult, and
+// variant=int8, threads, auto=1 (generate once loaded). The last result is also left in window.lmforgeResult, and
 // document.body.dataset.state says loading | ready | running | done | error.
 import { Model, wasmThreads } from "/decode.js";
 
@@ -47,7 +47,7 @@ async function run(model) {
 
 async function main() {
   const model = await Model.load("/model/", { graph: params.get("graph") || "auto",
-    threads: parseInt(params.get("threads"), 10) || undefined });
+    threads: parseInt(params.get("threads"), 10) || undefined, variant: params.get("variant") || "fp32" });
   const defaults = model.manifest.generation || {};  // the directory's sampling defaults, then the URL's
   for (const [key, id, value] of [["prompt", "prompt"], ["n", "n", defaults.max_new_tokens],
     ["temperature", "temperature", defaults.temperature], ["top_k", "topk", defaults.top_k]]) {

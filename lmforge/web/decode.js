@@ -112,7 +112,7 @@ function sample(logits, temperature, topK) {
 export const wasmThreads = () => ort.env.wasm.numThreads;
 
 export class Model {
-  static async load(base = "/model/", { graph = "auto", threads } = {}) {
+  static async load(base = "/model/", { graph = "auto", threads, variant = "fp32" } = {}) {
     if (threads) ort.env.wasm.numThreads = threads;
     const manifest = await fetchJson(base + "lmforge.json");
     const tokenizer = new Tokenizer(await fetchJson(base + manifest.tokenizer.file));
@@ -123,10 +123,14 @@ export class Model {
     m.vocab = m.spec.vocab_size;
     m.rnn = manifest.io.state.some((s) => s.kind === "rnn");
     m.blockSize = m.rnn ? Infinity : m.spec.block_size;
-    const fast = !m.rnn && manifest.io.fast && manifest.files.fast && graph !== "portable";
+    if (!["fp32", "int8"].includes(variant)) throw new Error(`variant must be fp32 or int8, got ${variant}`);
+    const fastKey = variant === "int8" ? "fast-int8" : "fast";
+    const fast = !m.rnn && manifest.io.fast && manifest.files[fastKey] && graph !== "portable";
     m.graph = m.rnn ? "rnn" : fast ? "fast" : "portable";
     m.io = fast ? manifest.io.fast : manifest.io;
-    m.file = manifest.files[fast ? "fast" : "fp32"];
+    m.variant = variant;
+    m.file = manifest.files[fast ? fastKey : variant];
+    if (!m.file) throw new Error(`the model directory has no ${variant} graph (lmforge.json files)`);
     m.session = await ort.InferenceSession.create(base + m.file,
       { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     const t = manifest.tokens || {};
