@@ -188,6 +188,20 @@ def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, v
         assert got["threads"] == 2 and got["crossOriginIsolated"]
 
 
+def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path, monkeypatch):
+    _, ids, _ = python_greedy(models["gpt"], "why did t", 40, None, monkeypatch)
+    k = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])  # a token first picked at step k >= 3
+    d = tmp_path / "m"
+    shutil.copytree(models["gpt"], d)
+    manifest = json.loads((d / "lmforge.json").read_text())
+    manifest["tokens"]["eos"] = ids[k]
+    (d / "lmforge.json").write_text(json.dumps(manifest))
+    with Server(d) as srv:
+        got = run_page(browser, srv.url, prompt="why did t", n=40, temperature=0)
+    _, ids_eos, text = python_greedy(d, "why did t", 40, None, monkeypatch)
+    assert got["ids"] == ids_eos == ids[:k] and got["text"] == text
+
+
 def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):
     """The form, as a person uses it: type, press Generate, read the text the page wrote."""
     with Server(models["gpt"]) as srv:
