@@ -163,9 +163,11 @@ def run_page(browser, url: str, **query) -> dict:
     return result
 
 
-# gpt: a 9-character prompt + 80 tokens passes the 32-token context twice: the page re-prefills as the runtime does
+# gpt: a 9-character prompt + 80 tokens passes the 32-token context twice: the page re-prefills as the runtime does;
+# an empty prompt is <bos> alone; a prompt longer than the context keeps its last 31 tokens
 @pytest.mark.parametrize("name,graph,variant,prompt", [
     ("gpt", "fast", "fp32", "why did t"), ("gpt", "portable", "fp32", "why did t"), ("gpt", "fast", "int8", "café"),
+    ("gpt", "fast", "fp32", ""), ("gpt", "fast", "fp32", "the chicken liked green grass and the road again"),
     ("gru", "rnn", "fp32", "why did the"), ("lstm", "rnn", "fp32", " the chicken"), ("lstm", "rnn", "int8", "why")])
 def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, variant, prompt, monkeypatch):
     n = 80
