@@ -319,3 +319,5 @@ def test_bad_dir_and_busy_port_are_one_line_errors(models, tmp_path):
         busy.listen()
         r = lmforge_web(str(models["gpt"]), "--port", str(busy.getsockname()[1]))
     assert r.returncode == 2 and "is in use" in r.stderr and r.stderr.count("\n") == 1
+    r = lmforge_web(str(models["gpt"]), "--port", "70000")
+    assert r.returncode == 2 and "not a TCP port" in r.stderr and r.stderr.count("\n") == 1

@@ -100,13 +100,17 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(model_dir: str | Path, port: int = 8765) -> ThreadingHTTPServer:
     """The server on 127.0.0.1:port (0: any free port), not yet serving."""
+    if not 0 <= port <= 65535:
+        raise LmforgeError(f"port {port} is not a TCP port", hint="--port 0..65535 (0 picks a free one)")
     table = routes(model_dir)
     try:
         server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise LmforgeError(f"port {port} on 127.0.0.1 is in use", hint="lmforge web DIR --port 0 picks a free one")
-        raise
+            raise LmforgeError(f"port {port} on 127.0.0.1 is in use",
+                               hint="lmforge web DIR --port 0 picks a free one") from None
+        raise LmforgeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}",
+                           hint="pick another --port, or 0 for a free one") from None
     server.daemon_threads = True
     bound = server.server_address[1]
     handler = type("BoundHandler", (Handler,), {"routes": table,
