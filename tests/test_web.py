@@ -42,7 +42,7 @@ def _ort_web() -> None:
 def browser():
     _ort_web()
     if find_chromium() is None:
-        pytest.skip("no chromium on PATH: apt-get install chromium (make test does it where apt-get is available)")
+        pytest.skip("no chromium on PATH: apt-get install chromium (.ci/run does it when root with apt-get)")
     with Chromium() as b:
         yield b
 
