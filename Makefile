@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmforge-installed
+# onnxruntime-web for `lmforge web` and tests/test_web.py, pinned by lmforge/web/package-lock.json
+WEB := lmforge/web
+WEB_STAMP := $(WEB)/node_modules/.lmforge-installed
 PYTEST_ARGS ?= -q
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test install clean
+.PHONY: run test install web clean
 
 install: $(STAMP)
 
@@ -17,11 +20,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# without npm the browser tests skip (they say why); with it, `npm ci` installs exactly the lock file's versions
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: skipping onnxruntime-web (tests/test_web.py will skip)"; fi
+
 run: $(STAMP)
 	$(BIN)/lmforge run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(WEB_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) artifacts/runs artifacts/prepared artifacts/cache artifacts/mlflow.db
+	rm -rf $(VENV) $(WEB)/node_modules artifacts/runs artifacts/prepared artifacts/cache artifacts/mlflow.db

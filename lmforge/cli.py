@@ -1,4 +1,4 @@
-"""`lmforge run | prepare | generate | presets | runs | promote | doctor | schedule | serve ...`. Heavy imports
+"""`lmforge run | prepare | generate | presets | runs | promote | doctor | schedule | serve | web ...`. Heavy imports
 happen inside each command, so `lmforge generate` never imports torch."""
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ EXAMPLES = {
     "schedule": "lmforge schedule setup --stuck-after 900   (alerts go to $LMFORGE_ALERT_WEBHOOK)\n"
                 "  lmforge schedule on jokes-char",
     "serve": "lmforge serve jokes-char shakespeare-char",
+    "web": "lmforge web artifacts/runs/<run>/model --port 8765",
 }
 
 
@@ -215,6 +216,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_web(args) -> int:
+    from lmforge.web.serve import serve
+
+    serve(args.dir, args.port)
+    return 0
+
+
 def cmd_report(args) -> int:
     from lmforge.report import write_report
     from lmforge.tracking import resolve_run_id
@@ -298,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("name", metavar="NAME", help="registered model name")
     rb.add_argument("--by", help="who decides (default: your user name)")
     rb.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    w = add("web", "Serve a page on 127.0.0.1 that runs a model directory in the browser (onnxruntime-web): type "
+            "a prompt, watch the tokens stream.", cmd_web)
+    w.add_argument("dir", metavar="DIR", help="exported model directory")
+    w.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
     _add_operate_commands(add)
     return p
 

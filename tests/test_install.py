@@ -78,3 +78,19 @@ def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_pa
     answer = json.loads(got.stdout)
     assert answer["provider"] == "CPUExecutionProvider" and set(answer["text"]) <= set("abcdefgh")
     assert not (tmp_path / "artifacts").exists() and not list(installed.rglob("artifacts"))
+
+
+def test_the_wheel_ships_the_web_page_but_not_node_modules(installed, tmp_path):
+    """`lmforge web` from the wheel: the page is there, onnxruntime-web is not (154 MB of node_modules stay out),
+    and asking for it is one line naming the npm command that installs it beside the page."""
+    web = subprocess.run([str(installed / "bin" / "python"), "-c", "import lmforge.web.serve as s; print(s.WEB)"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.strip()
+    assert str(installed) in web
+    assert {p.name for p in Path(web).iterdir()} >= {"index.html", "app.js", "decode.js", "tokenizer.js",
+                                                       "package.json", "package-lock.json"}
+    assert not (Path(web) / "node_modules").exists()
+    (tmp_path / "m").mkdir()
+    r = run(installed, "web", str(tmp_path / "m"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "onnxruntime-web is not installed" in r.stderr and f"npm ci --prefix {web}" in r.stderr
