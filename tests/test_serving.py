@@ -48,7 +48,8 @@ def server(champion, tmp_path_factory):
     port = free_port()
     tmp = tmp_path_factory.mktemp("serve")
     log = open(tmp / "serve.log", "w")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # as in a shell that ran `source .venv/bin/activate`: mlflow starts the server as `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen([MLFLOW, "models", "serve", "-m", URI, "--env-manager", "local",
                              "--host", "127.0.0.1", "--port", str(port)],
                             cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
