@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import REPO, TINY
 
 DOC = (REPO / "docs" / "model-format.md").read_text(encoding="utf-8")
@@ -26,15 +25,15 @@ SYMBOLIC = {"batch", "seq", "past", "total", "capacity"}
 # -- reading the doc ------------------------------------------------------------------------------------------
 def section(heading: str) -> str:
     """The text under the heading whose title starts with `heading`, up to the next heading of its level or above."""
-    m = re.search(rf"^(#+) {re.escape(heading)}.*$", DOC, re.M)
+    m = re.search(rf"^(#+) {re.escape(heading)}.*$", DOC, re.MULTILINE)
     assert m, f"docs/model-format.md has no heading {heading!r}"
     rest = DOC[m.end():]
-    end = re.search(rf"^#{{1,{len(m.group(1))}}} ", rest, re.M)
+    end = re.search(rf"^#{{1,{len(m.group(1))}}} ", rest, re.MULTILINE)
     return rest[:end.start()] if end else rest
 
 
 def heading_line(heading: str) -> str:
-    return re.search(rf"^#+ {re.escape(heading)}.*$", DOC, re.M).group(0)
+    return re.search(rf"^#+ {re.escape(heading)}.*$", DOC, re.MULTILINE).group(0)
 
 
 def table(heading: str) -> list[dict]:
@@ -54,7 +53,7 @@ def qualifier(cell: str) -> set[str]:
 
 
 def code(heading: str, lang: str) -> str:
-    return re.search(rf"```{lang}\n(.*?)```", section(heading), re.S).group(1)
+    return re.search(rf"```{lang}\n(.*?)```", section(heading), re.DOTALL).group(1)
 
 
 # -- real exports -----------------------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def test_portable_cache_layout_left_padding_and_positions(gpt):
     spec, io = manifest(gpt)["model"], manifest(gpt)["io"]
     sess = ort.InferenceSession(str(gpt / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [io["logits"]] + [s["output"] for s in io["state"]]
-    empty = lambda b: {s["input"]: np.zeros((b, spec["n_head"], 0, spec["head_dim"]), np.float32)  # noqa: E731
+    empty = lambda b: {s["input"]: np.zeros((b, spec["n_head"], 0, spec["head_dim"]), np.float32)
                        for s in io["state"]}
 
     def run(ids, mask, past, pos):
