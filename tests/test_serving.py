@@ -184,6 +184,27 @@ def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     code = tmp_path / "v" / "code" / "lmforge" / "runtime" / "generator.py"  # the runtime travels with the version
     assert code.read_bytes() == (REPO / "lmforge" / "runtime" / "generator.py").read_bytes()
     assert (tmp_path / "v" / "pyfunc_model.py").read_bytes() == (REPO / "lmforge" / "pyfunc_model.py").read_bytes()
+    from importlib.metadata import version
+
+    reqs = (tmp_path / "v" / "requirements.txt").read_text().split()
+    for dist in ("mlflow", "onnxruntime", "numpy", "tokenizers", "pandas"):
+        assert f"{dist}=={version(dist)}" in reqs, (dist, reqs)
+
+
+def test_a_fresh_process_decodes_with_the_versions_own_code(champion, tmp_path):
+    """What `mlflow models serve` does in its process: load the version; the lmforge it runs is the copy stored in
+    the version's code/, not the one installed beside mlflow."""
+    _, uri = champion
+    script = ("import json, sys, mlflow, pandas\n"
+              f"m = mlflow.pyfunc.load_model({URI!r}, dst_path=sys.argv[1])\n"
+              "out = m.predict(pandas.DataFrame({'prompt': ['Why']}), params={'max_new_tokens': 5, 'greedy': True})\n"
+              "import lmforge.runtime.generator as g\n"
+              "print(json.dumps([g.__file__, out]))\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300, check=True)
+    where, texts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(where) == tmp_path / "code" / "lmforge" / "runtime" / "generator.py" and len(texts) == 1
 
 
 def test_directories_of_versions_registered_before_are_still_found(champion, tmp_path):
