@@ -148,6 +148,15 @@ def test_manifest_table_is_every_key_and_field(gpt, rnn):
     assert all(s["shape"] == [2, "batch", 24] for s in lstm["io"]["state"])  # [n_layer, "batch", n_hidden]
 
 
+def test_the_run_directory_and_the_generation_defaults(gpt):
+    from lmforge.runtime import Generator
+
+    assert gpt.name == "model" and gpt.parent.parent.name == "runs" and gpt.parent.name.startswith("jokes-char-")
+    gen, defaults = Generator(gpt), manifest(gpt)["generation"]
+    assert gen.generate("Why", seed=3) == gen.generate("Why", seed=3, **defaults)  # used when a caller gives none
+    assert gen.generate("Why", seed=3) != gen.generate("Why", seed=3, temperature=0)
+
+
 def test_readers_refuse_another_format_or_version(gpt, tmp_path):
     from lmforge.runtime.modeldir import ModelDirError, read_model_dir
 
@@ -290,6 +299,9 @@ def test_recurrent_state_layout(rnn):
             out.append(int(res[0][0, -1].argmax()))
             feed = np.array([[out[-1]]], np.int64)
         assert gen.tokenizer.decode(out) == gen.generate("Why", max_new_tokens=12, temperature=0), family
+        long = np.zeros((1, spec["block_size"] + 8), np.int64)  # no context limit: longer than block_size runs
+        assert sess.run([io["logits"]], {"input_ids": long, **{s["input"]: np.zeros(
+            (spec["n_layer"], 1, spec["n_hidden"]), np.float32) for s in io["state"]}})[0].shape[1] == long.shape[1]
 
 
 # -- Which runtime loads which file -----------------------------------------------------------------------------

@@ -172,6 +172,9 @@ def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     assert Path(served.session._model_path).name == "model.fast.onnx"
     got = model.predict(pd.DataFrame({"prompt": PROMPTS}), params={"max_new_tokens": 20, "greedy": True})
     assert got == Generator(model_dir).generate(PROMPTS, max_new_tokens=20, temperature=0)
+    # params left out: the model's lmforge.json `generation` defaults, as Generator uses them
+    assert model.predict(pd.DataFrame({"prompt": PROMPTS[:1]}), params={"seed": 5}) == \
+        [Generator(model_dir).generate(PROMPTS[0], seed=5)]
     int8 = mlflow.pyfunc.load_model(URI, model_config={"variant": "int8", "device": "cpu"})
     assert int8.unwrap_python_model().generator.provider == "CPUExecutionProvider"
     assert int8.predict(pd.DataFrame({"prompt": PROMPTS[:1]}), params={"max_new_tokens": 20, "greedy": True}) == \
