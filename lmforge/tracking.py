@@ -1,6 +1,7 @@
 """MLflow: the tracking URI, runs (params, metrics, artifacts) addressed by run id (mlflow.active_run() is
-thread-local, so tasks get ids, not an ambient run), model registration with tags, description and the
-`candidate` alias, and fetching a registered model directory back by `models:/NAME@ALIAS`."""
+thread-local, so tasks get ids, not an ambient run), model registration (the pyfunc generate model of
+lmforge.pyfunc) with tags, description and the `candidate` alias, and fetching a registered model directory back
+by `models:/NAME@ALIAS`."""
 from __future__ import annotations
 
 import os
@@ -176,14 +177,16 @@ def identical_version(name: str, weights_sha256: str, data_fingerprint: str, exp
 
 
 def register_model(run_id: str, model_dir: Path, name: str, tags: dict, description: str = "",
-                   alias: str = "candidate", val_dir: Path | None = None) -> tuple[str, bool]:
-    """Log the exported directory as an `mlflow.onnx` model of the run (plus tokenizer.json, lmforge.json and
-    variants beside model.onnx), register it under `name`, tag it and point `alias` at it. A version with the
-    same weights, data fingerprint and export settings (tags weights_sha256, data_fingerprint, export_config)
-    is reused instead: alias moves to it, nothing new is registered. Returns (version, reused). `val_dir`: a directory whose val.bin and
-    meta.json are logged with the run (data/), so promotion can score the version on another machine."""
+                   alias: str = "candidate", val_dir: Path | None = None, example_prompt: str = "") -> tuple[str, bool]:
+    """Log the exported directory as the run's pyfunc "generate" model (lmforge.pyfunc: the directory travels
+    as its artifact, its predict answers prompts with text), register it under `name`, tag it and point `alias`
+    at it. A version with the same weights, data fingerprint and export settings (tags weights_sha256,
+    data_fingerprint, export_config) is reused instead: alias moves to it, nothing new is registered. Returns
+    (version, reused). `val_dir`: a directory whose val.bin and meta.json are logged with the run (data/), so
+    promotion can score the version on another machine. `example_prompt`: the prompt of the model's input example."""
     import mlflow
-    import onnx
+
+    from lmforge.pyfunc import log_generate_model
 
     c = client()
     same = identical_version(name, tags["weights_sha256"], tags["data_fingerprint"], tags["export_config"])
@@ -194,12 +197,8 @@ def register_model(run_id: str, model_dir: Path, name: str, tags: dict, descript
     if val_dir is not None and (Path(val_dir) / "val.bin").stat().st_size <= VAL_ARTIFACT_MAX_BYTES:
         for f in ("val.bin", "meta.json"):
             with_retries(c.log_artifact, run_id, str(Path(val_dir) / f), "data")
-    signature, example = onnx_signature(model_dir)
     with mlflow.start_run(run_id=run_id):
-        info = with_retries(mlflow.onnx.log_model, onnx.load(str(model_dir / "model.onnx")), name="model",
-                            save_as_external_data=False, signature=signature, input_example=example,
-                            onnx_execution_providers=["CPUExecutionProvider"])
-    with_retries(c.log_model_artifacts, info.model_id, str(model_dir))
+        info = with_retries(log_generate_model, Path(model_dir), example_prompt)
     ensure_registered_model(name, f"lmforge preset {name}")
     version = with_retries(c.create_model_version, name, source=info.model_uri, run_id=run_id,
                            tags={k: redact_text(str(v)) for k, v in tags.items()},
@@ -219,42 +218,21 @@ def set_tags(run_id: str, tags: dict) -> None:
         with_retries(c.set_tag, run_id, k, redact_text(str(v)))
 
 
-def onnx_signature(model_dir: Path):
-    """The model.onnx signature (symbolic axes as -1) and an input example: 4 tokens after one cached position
-    (an empty cache would lose its trailing axes in MLflow's JSON round trip of the example)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from lmforge.runtime import Generator
-    from lmforge.runtime.scoring import prefill_feeds
-
-    gen = Generator(model_dir, device="cpu", fast=False)
-    types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-    def schema(args) -> Schema:
-        return Schema([TensorSpec(np.dtype(types.get(a.type, np.float32)),
-                                  tuple(d if isinstance(d, int) else -1 for d in a.shape), a.name) for a in args])
-
-    example = prefill_feeds(gen, np.zeros((1, 4), np.int64))
-    if not gen.rnn:
-        example.update({s["input"]: np.zeros((1, gen.n_head, 1, gen.head_dim), np.float32) for s in gen.state_io},
-                       attention_mask=np.ones((1, 5), np.int64), position_ids=np.arange(1, 5, dtype=np.int64)[None])
-    return ModelSignature(schema(gen.session.get_inputs()), schema(gen.session.get_outputs())), example
-
-
 def fetch_model_dir(uri: str, dest: Path | None = None) -> Path:
-    """Download `models:/NAME@ALIAS` (or models:/NAME/VERSION) to a local directory and return it."""
+    """Download `models:/NAME@ALIAS` (or models:/NAME/VERSION) and return the exported model directory in it."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     dest = Path(dest or tempfile.mkdtemp(prefix="lmforge-model-"))
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as exc:  # mlflow raises MlflowException / RestException with long bodies
         raise LmforgeError(f"cannot fetch {uri} from {redact_text(tracking_uri())}: "
                            f"{redact_text(str(exc).splitlines()[0][:200])}",
                            hint="check the name and alias (`lmforge runs`), and MLFLOW_TRACKING_URI") from None
+    from lmforge.pyfunc import model_dir_in
+
+    return model_dir_in(root)
 
 
 def _lmforge_experiments(c) -> list[str]:

@@ -41,7 +41,8 @@ def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedD
     of a finished, unchanged config) and end the MLflow run."""
     tags = version_tags(cfg, data, trained, exported, metrics, tracking.git_commit())
     version, reused = tracking.register_model(run_id, exported.model_dir, cfg.name, tags,
-                                              description=model_card(cfg, data, metrics, samples), val_dir=data.dir)
+                                              description=model_card(cfg, data, metrics, samples), val_dir=data.dir,
+                                              example_prompt=cfg.eval.prompts[0] if cfg.eval.prompts else "")
     tracking.end_run(run_id)
     if reused:
         get_run_logger().info("unchanged: %s version %s already holds these weights, trained on this data; "
