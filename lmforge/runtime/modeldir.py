@@ -13,8 +13,10 @@ MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
 FORMAT_VERSION = 1
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
-                 "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx"}
-FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8"}  # variant -> its fast graph (lmforge.export_fast), when present
+                 "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx",
+                 "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx"}
+# variant -> its fast graph (lmforge.export_fast), when present; int4 exists only as a fast graph
+FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8", "int4": "fast-int4", "fp16": "fast-fp16"}
 
 
 class ModelDirError(ValueError):
