@@ -44,7 +44,7 @@ def readme_commands(heading: str) -> list[str]:
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split(heading, 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     lines = []
     for line in block.splitlines():
         words = shlex.split(line, comments=True)
@@ -116,3 +116,14 @@ def cuda_works() -> bool:
 def expected_provider() -> str:
     """The provider Generator(device="auto") runs on here: CUDA where it works, else CPU."""
     return "CUDAExecutionProvider" if cuda_works() else "CPUExecutionProvider"
+
+
+def uniform_loss(model_dir) -> float:
+    """log(vocab size) of an exported model: the loss of guessing every token equally (nats/token)."""
+    import json
+    import math
+
+    return math.log(json.loads((Path(model_dir) / "lmforge.json").read_text(encoding="utf-8"))["model"]["vocab_size"])
+
+
+BEATS_UNIFORM = 0.25  # nats/token below log(vocab): what even 30 steps of a tiny model learn of English letters

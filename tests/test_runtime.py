@@ -6,8 +6,8 @@ import threading
 
 import pytest
 import torch
+from conftest import cuda_works, expected_provider, tiny_random_gpt
 
-from conftest import tiny_random_gpt
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.export_fast import fast_parity
@@ -54,7 +54,7 @@ def test_generator_picks_fast_graph_and_matches_torch_and_portable_path(tiny):
     model, out = tiny
     fast, plain = Generator(out), Generator(out, fast=False)
     assert fast.fast and not plain.fast
-    assert fast.provider == plain.provider == "CPUExecutionProvider"
+    assert fast.provider == plain.provider == fast.session.get_providers()[0] == expected_provider()
     ids = fast.encode("why did")
     expected = fast.tokenizer.decode(torch_greedy(model, ids, 20))
     assert fast.generate("why did", max_new_tokens=20, temperature=0) == expected
@@ -142,9 +142,12 @@ def test_threads_share_one_generator(tiny):
     assert got == expected
 
 
-def test_device_cuda_falls_back_to_reported_cpu(tiny):
+def test_device_cuda_reports_the_provider_that_runs(tiny):
+    """CUDA where it really loads, else a reported fallback to the CPU; device="cpu" is always the CPU."""
     gen = Generator(tiny[1], device="cuda")
-    assert gen.provider == "CPUExecutionProvider"
+    assert gen.provider == gen.session.get_providers()[0]
+    assert gen.provider == ("CUDAExecutionProvider" if cuda_works() else "CPUExecutionProvider")
+    assert Generator(tiny[1], device="cpu").provider == "CPUExecutionProvider"
 
 
 def test_fast_requested_without_fast_graph_is_a_clear_error(tiny, tmp_path):

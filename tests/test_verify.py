@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import corpus, expected_provider
 from onnx import numpy_helper
 
-from conftest import corpus, expected_provider
 from lmforge.config import ExportConfig, TrainConfig
 from lmforge.data.tokenize import train_char
 from lmforge.errors import LmforgeError
@@ -89,7 +89,7 @@ def test_int4_graph_is_matmulnbits_and_the_int4_variant_runs_it(exported):
 
 
 def test_fp16_fast_graph_has_half_kv_buffers_and_runs_on_cpu(exported):
-    out, metrics = exported
+    out, _ = exported
     proto = onnx.load(str(out / "model.fast.fp16.onnx"))
     kv = {i.type.tensor_type.elem_type for i in proto.graph.input if i.name.startswith("past")}
     assert kv == {onnx.TensorProto.FLOAT16}

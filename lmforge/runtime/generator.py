@@ -4,16 +4,16 @@ sliding window when the output passes the model's context."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import onnxruntime as ort
 from tokenizers import Tokenizer
 
-import onnxruntime as ort
-from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.detok import TextStream
+from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.sampling import SamplingParams, sample_next
 from lmforge.runtime.session import create_session
 
@@ -137,7 +137,7 @@ class Generator:
         logits, state = self._forward(ids, mask, self.empty_state(len(rows)))
         return logits, state, mask
 
-    def decoder(self, batch: int, capacity: int | None = None) -> "KVBuffers | PortableState":
+    def decoder(self, batch: int, capacity: int | None = None) -> KVBuffers | PortableState:
         """The decoding state generate() and stream() run on: KVBuffers on the fast graph (capacity: cache
         positions, default the context), else PortableState. `prefill(rows)` then `step(ids)`, each returning the
         next-token logits [batch, vocab] on the host; lmforge.runtime.scoring checks exported graphs through it."""
