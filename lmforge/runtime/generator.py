@@ -18,6 +18,7 @@ from lmforge.runtime.sampling import SamplingParams, sample_next
 from lmforge.runtime.session import create_session
 
 log = logging.getLogger("lmforge.runtime")
+CUDA_FAST = ("fp16",)  # variants whose fast graph the CUDA provider runs whole (GroupQueryAttention in float16)
 
 
 @dataclass
@@ -34,7 +35,9 @@ class Generator:
     def __init__(self, model_dir: str | Path, variant: str = "fp32", device: str = "auto", threads: int | None = None,
                  fast: bool | None = None):
         """fast: use the variant's fast graph (model.fast*.onnx: fused attention over in-place KV buffers);
-        None = whenever the directory has it."""
+        None = whenever the directory has it, except that on the CUDA provider only the fp16 fast graph is picked
+        by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
+        portable graph there when they have one). `provider` is the provider that actually runs."""
         self.dir = read_model_dir(model_dir)
         fast_variant = FAST_VARIANTS.get(variant)
         has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
@@ -42,12 +45,11 @@ class Generator:
         if self.fast and not has_fast:
             raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}; "
                                 f"re-export it with lmforge.export (gpt models) or pass fast=False")
-        onnx_file = self.dir.onnx_path(fast_variant if self.fast else variant)
-        try:
-            self.session, self.provider = create_session(str(onnx_file), device, threads)
-        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # truncated / corrupted / hostile file
-            raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}") from None
+        self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
+        if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
+                and variant in self.dir.variants()):
+            self.fast = False
+            self.session, self.provider = self._load(variant, device, threads)
         self.variant = variant
         try:
             self.tokenizer = Tokenizer.from_file(str(self.dir.tokenizer_path))
@@ -69,6 +71,14 @@ class Generator:
         self.bos, self.eos, self.pad = (self.dir.tokens.get(k) for k in ("bos", "eos", "pad"))
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
+
+    def _load(self, files_key: str, device: str, threads: int | None):
+        onnx_file = self.dir.onnx_path(files_key)
+        try:
+            return create_session(str(onnx_file), device, threads)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # truncated / corrupted / hostile file
+            raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}") from None
 
     # -- public API -------------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], **kwargs) -> str | list[str]:
@@ -251,10 +261,12 @@ class KVBuffers:
         io = gen.dir.io["fast"]
         types = {i.name: i.type for i in gen.session.get_inputs()}
         self.binding = gen.session.io_binding()
+        self.kv: list[ort.OrtValue] = []  # one buffer per state input, bound as its input and its output
         for s in io["state"]:
             zeros = np.zeros((batch, gen.n_head, capacity, gen.head_dim), ORT_DTYPES.get(types.get(s["input"]),
                                                                                         np.float32))
             buf = ort.OrtValue.ortvalue_from_numpy(zeros, self.device, 0)  # zeroed: padded slots are never NaN
+            self.kv.append(buf)
             self.binding.bind_ortvalue_input(s["input"], buf)
             self.binding.bind_ortvalue_output(s["output"], buf)
         self.lengths = np.zeros(batch, np.int64)

@@ -32,7 +32,8 @@ def create_session(path: str, device: str = "auto", threads: int | None = None) 
         with _probe_lock:
             ort.set_default_logger_severity(4)  # a missing CUDA library is reported by us, once, not as an error dump
             try:
-                session = _session(path, opts, ["CUDAExecutionProvider", *cpu])
+                # use_tf32=0: float32 graphs run in float32 (the export's checks against torch hold on the GPU)
+                session = _session(path, opts, [("CUDAExecutionProvider", {"use_tf32": "0"}), *cpu])
             finally:
                 ort.set_default_logger_severity(2)
             _cuda_loads = session.get_providers()[0] == "CUDAExecutionProvider"
