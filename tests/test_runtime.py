@@ -12,7 +12,7 @@ from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.export_fast import fast_parity
 from lmforge.models import model_spec
-from lmforge.runtime import Generator, ModelDirError
+from lmforge.runtime import Generator, ModelDirError, RuntimeInputError
 
 TEXT = "why did the chicken cross the road? to get to the other side! café naïve 😀"
 PROMPTS = ["why", "the chicken cross", "t", "to get to the other s"]
@@ -120,8 +120,15 @@ def test_sliding_window_past_context(tiny):
                                      ({"top_k": -2}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
                                      ({"repetition_penalty": 0}, "repetition_penalty")])
 def test_invalid_sampling_params_raise_clear_errors(tiny, kw, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(RuntimeInputError, match=name):  # the runtime's one error type (a ValueError too)
         Generator(tiny[1]).generate("why", **kw)
+
+
+def test_runtime_input_errors_share_one_type(tiny, tmp_path):
+    for bad in (lambda: Generator(tmp_path), lambda: Generator(tiny[1], device="tpu"),
+                lambda: Generator(tiny[1], variant="int4", fast=False)):
+        with pytest.raises(RuntimeInputError):
+            bad()
 
 
 def test_threads_share_one_generator(tiny):

@@ -13,6 +13,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from lmforge.runtime.detok import TextStream
+from lmforge.runtime.errors import RequestError
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.sampling import SamplingParams, sample_next
 from lmforge.runtime.session import create_session
@@ -60,7 +61,7 @@ class Generator:
         self.block_size = int(spec["block_size"])
         self.vocab_size = int(spec["vocab_size"])
         if self.tokenizer.get_vocab_size() > self.vocab_size:
-            raise ValueError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only "
+            raise ModelDirError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only "
                              f"{self.vocab_size}: the tokenizer does not belong to this model")
         self.state_io = self.dir.io["state"]
         self.rnn = any(s.get("kind") == "rnn" for s in self.state_io)
@@ -108,7 +109,7 @@ class Generator:
         g = self.dir.generation
         n = int(max_new_tokens if max_new_tokens is not None else g.get("max_new_tokens", 100))
         if n < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {n}")
+            raise RequestError(f"max_new_tokens must be >= 1, got {n}")
         params = SamplingParams(temperature=float(g.get("temperature", 1.0) if temperature is None else temperature),
                                 top_k=int(g.get("top_k", 0) if top_k is None else top_k),
                                 top_p=float(g.get("top_p", 1.0) if top_p is None else top_p),

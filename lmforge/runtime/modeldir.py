@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lmforge.atomic import write_json_atomic
 from lmforge.runtime import onnxwire
+from lmforge.runtime.errors import ModelDirError
 
 MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
@@ -19,8 +20,6 @@ VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model
 FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8", "int4": "fast-int4", "fp16": "fast-fp16"}
 
 
-class ModelDirError(ValueError):
-    """The model directory is missing a file or holds an invalid one."""
 
 
 @dataclass

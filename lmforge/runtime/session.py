@@ -7,6 +7,8 @@ import threading
 
 import onnxruntime as ort
 
+from lmforge.runtime.errors import RequestError
+
 log = logging.getLogger("lmforge.runtime")
 _cuda_loads: bool | None = None  # probed once per process
 _probe_lock = threading.Lock()
@@ -20,7 +22,7 @@ def create_session(path: str, device: str = "auto", threads: int | None = None) 
     """Return (session, provider actually used). device: auto | cpu | cuda."""
     global _cuda_loads
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise RequestError(f"device must be auto, cpu or cuda, got {device!r}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
