@@ -47,6 +47,9 @@ def test_variant_files_written_only_when_enabled(tiny, all_variants):
                           "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx",
                           "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx"}.items():
         assert files[variant] == name and (all_variants / name).is_file()
+    metrics = json.loads((all_variants / "lmforge.json").read_text())["metrics"]
+    assert metrics["verify_fast_logit_max_abs"] <= 1e-3  # no val text given: fp32 graphs checked against torch only
+    assert not any(k.endswith("_agreement") for k in metrics)
     plain, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "plain", MANIFEST,
                                 int8=False, optimize=False, fp16=False, int4=False)
     files = json.loads((plain / "lmforge.json").read_text())["files"]

@@ -21,7 +21,7 @@ from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import stepped_logits, val_rows
 from lmforge.train import train
-from lmforge.verify import Bounds
+from lmforge.verify import Bounds, check_prompts
 
 MANIFEST = {"name": "verify", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
             "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
@@ -149,7 +149,10 @@ def test_the_check_runs_the_decoding_state_generate_runs(exported, trained, vari
 
 
 def test_val_rows_cover_the_positions_with_real_targets(trained):
-    _, _, val, _ = trained
+    _, model, val, _ = trained
+    prompts, _ = check_prompts(model_spec(model), val)  # the torch comparison's prompts: real val text too
+    text = val.astype(np.int64).tobytes()
+    assert [len(p) for p in prompts] == [7, 1, 4] and all(np.array(p).tobytes() in text for p in prompts)
     prompts, forced, targets = val_rows(val, 64, positions=256)
     assert targets.size >= 256 and all(len(p) == 8 for p in prompts)
     assert (forced == targets[:, :-1]).all() and forced.shape[1] + 8 == 64
