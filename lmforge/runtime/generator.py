@@ -291,9 +291,12 @@ class KVBuffers:
             else:
                 self.binding.bind_ortvalue_input(name, v)
 
-    def _run(self, logits: ort.OrtValue, host_logits: np.ndarray) -> np.ndarray:
+    def _run(self, logits: ort.OrtValue, host_logits: np.ndarray | None) -> np.ndarray:
         self.gen.session.run_with_iobinding(self.binding)
-        return host_logits if self.device == "cpu" else logits.numpy()
+        if self.device == "cpu":
+            return host_logits
+        self.binding.synchronize_outputs()
+        return logits.numpy()  # the one copy to the host: sampling runs in numpy
 
     def full(self) -> bool:
         return self.lengths.max() + 1 > self.capacity
@@ -305,8 +308,9 @@ class KVBuffers:
         for i, r in enumerate(rows):
             ids[i, :len(r)], pos[i, :len(r)] = r, np.arange(len(r))
         self.lengths[:] = [len(r) for r in rows]
-        host = np.zeros((B, width, self.gen.vocab_size), np.float32)
-        logits = self._value(host)
+        host = np.zeros((B, width, self.gen.vocab_size), np.float32) if self.device == "cpu" else None
+        logits = (self._value(host) if host is not None else
+                  ort.OrtValue.ortvalue_from_shape_and_type((B, width, self.gen.vocab_size), np.float32, self.device, 0))
         self._bind({"input_ids": self._value(ids), "position_ids": self._value(pos),
                     "seqlens_k": self._value((self.lengths - 1).astype(np.int32)),
                     "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(np.array(width, np.int32)),
