@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-
 from conftest import tiny_random_gpt
+
 from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.models import model_spec
-from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
 from lmforge.runtime import Generator
+from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
 
 TEXT = "why did the chicken cross the road? to get to the other side! " * 4
 MANIFEST = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},

@@ -3,8 +3,8 @@ creating one, conftest.cuda_works). The fast graph's KV buffers, step inputs and
 provider that ran is reported, fp32 matches torch there and the fp16 fast graph (written for this EP) agrees."""
 import numpy as np
 import pytest
-
 from conftest import cuda_works, tiny_random_gpt
+
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.models import model_spec
