@@ -97,3 +97,34 @@ def test_val_loss_deltas_in_manifest(tiny, all_variants, tmp_path):
     assert abs(metrics["optimized_val_loss_delta"]) < 1e-4  # the same arithmetic, rearranged
     assert abs(metrics["fp16_val_loss_delta"]) < 0.05 and metrics["int8_val_loss_delta"] != 0.0
     assert metrics["onnx_fp32_val_loss"] > 0
+
+
+@pytest.mark.parametrize("K", [64, 40])  # whole blocks, and a last block padded with zeros
+def test_int4_blocks_are_what_matmulnbits_computes(K):
+    """onnxruntime's MatMulNBits on lmforge's packing equals x @ the dequantised weights, each within half a
+    block's step of the original."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lmforge.export_fast import int4_blocks
+
+    rng = np.random.default_rng(0)
+    N = 24
+    w = rng.normal(0, 1, (N, K)).astype(np.float32)
+    packed, scales, zp = int4_blocks(w)
+    nb = -(-K // 32)
+    q = np.stack([packed & 15, packed >> 4], -1).reshape(N, nb * 32).astype(np.float32)
+    z = np.stack([zp & 15, zp >> 4], -1).reshape(N, -1)[:, :nb].astype(np.float32)
+    deq = ((q.reshape(N, nb, 32) - z[..., None]) * scales.reshape(N, nb)[..., None]).reshape(N, -1)[:, :K]
+    assert (np.abs(deq - w) <= scales.reshape(N, nb).repeat(32, 1)[:, :K] / 2 + 1e-6).all()
+    node = helper.make_node("MatMulNBits", ["x", "b", "s", "z"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
+                            block_size=32)
+    graph = helper.make_graph([node], "q4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, N])],
+                              [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(scales, "s"),
+                               numpy_helper.from_array(zp, "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)
+    x = rng.normal(0, 1, (3, K)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(y - x @ deq.T).max() < 1e-3
