@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--stop", action="append", help="stop when this string appears (repeatable)")
     g.add_argument("--seed", type=int)
-    g.add_argument("--variant", default="fp32", help="fp32 | int8 | fp16 | optimized (as exported)")
+    g.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 | optimized (as exported)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--threads", type=int)
     g.add_argument("--json", action="store_true")

@@ -117,6 +117,18 @@ class ExportConfig:
     fp16: bool = False               # model.fp16.onnx, for the CUDA execution provider
     optimize: bool = True            # model.opt.onnx: onnxruntime's extended graph optimisations, saved offline
     parity_tolerance: float = 1e-3
+    int4: bool = True                # model.fast.int4.onnx: block-wise 4-bit weights (MatMulNBits), gpt only
+    # Checked at export through lmforge.runtime's own decoding state (docs/decode.md "Verification"); an export
+    # past a bound fails. fp32 graphs against torch:
+    max_abs_logit_diff: float = 1e-3
+    # quantised graphs against the fp32 graph of the same kind, on `check_positions` real val positions:
+    max_int8_loss_delta: float = 0.05    # nats/token
+    min_int8_agreement: float = 0.9      # share of positions with the same top-1 token
+    max_int4_loss_delta: float = 0.15
+    min_int4_agreement: float = 0.8
+    max_fp16_loss_delta: float = 0.01
+    min_fp16_agreement: float = 0.97
+    check_positions: int = 256
     temperature: float = 0.8         # generation defaults written to lmforge.json
     top_k: int = 40
     top_p: float = 1.0
@@ -261,7 +273,7 @@ def _check(cfg: Config) -> None:
     check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
-                "train.eval_iters", "eval.max_new_tokens", "promote.windows"]
+                "train.eval_iters", "eval.max_new_tokens", "promote.windows", "export.check_positions"]
     flat = cfg.flat()
     for key in positive:
         if flat[key] <= 0:  # type: ignore[operator]

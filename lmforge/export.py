@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -199,21 +200,22 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def export_fast_variants(model, spec: dict, tmp: Path, files: dict, metrics: dict, int8: bool,
-                         parity_tolerance: float) -> dict:
-    """model.fast.onnx (+ model.fast.int8.onnx), parity-checked like model.onnx; returns its I/O spec."""
-    from lmforge.export_fast import build_fast_gpt, fast_io_spec, fast_parity
+def export_fast_variants(model, spec: dict, tmp: Path, files: dict, int8: bool, int4: bool, fp16: bool) -> dict:
+    """model.fast.onnx (+ model.fast.int8.onnx, model.fast.int4.onnx, model.fast.fp16.onnx); returns its I/O
+    spec. They are checked with the others by lmforge.verify, through the runtime."""
+    from lmforge.export_fast import build_fast_gpt, fast_io_spec
 
     fast = build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast"])
-    err, same = fast_parity(model, spec, fast)
-    if not (err <= parity_tolerance and same):
-        raise LmforgeError(f"fast ONNX graph differs from torch by {err:.2e} (greedy tokens identical: {same})",
-                           hint="report this model configuration; raise export.parity_tolerance to inspect")
     files["fast"] = VARIANT_FILES["fast"]
-    metrics["onnx_fast_parity_max_abs"] = err
     if int8:
         quantize_int8(fast, tmp / VARIANT_FILES["fast-int8"])
         files["fast-int8"] = VARIANT_FILES["fast-int8"]
+    if int4:
+        build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-int4"], precision="int4")
+        files["fast-int4"] = VARIANT_FILES["fast-int4"]
+    if fp16:
+        build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-fp16"], precision="fp16")
+        files["fast-fp16"] = VARIANT_FILES["fast-fp16"]
     return fast_io_spec(spec)
 
 
@@ -237,9 +239,15 @@ def provenance(cfg, data, metrics: dict, run_id: str | None) -> dict:
 
 def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
                      opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3, optimize: bool = True,
-                     fp16: bool = False) -> tuple[Path, dict]:
-    """Write the whole model directory into a temp dir, check it, then move it into place. Returns the directory
-    and export metrics (parity error, sizes)."""
+                     fp16: bool = False, int4: bool = True, val: np.ndarray | None = None, bounds=None,
+                     before_verify: Callable[[Path], None] | None = None) -> tuple[Path, dict]:
+    """Write the whole model directory into a temp dir, check every graph in it through lmforge.runtime
+    (lmforge.verify: fp32 graphs against torch, quantised ones against fp32 on `val` when given, within
+    `bounds`, a lmforge.verify.Bounds), then move it into place. Returns the directory and export metrics
+    (parity errors, sizes, the verification figures). before_verify(temp_dir) runs just before the checks
+    (a hook for post-processing, and for tests that corrupt a graph)."""
+    from lmforge.verify import Bounds, verify_model_dir
+
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -264,9 +272,20 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
             files["fp16"] = VARIANT_FILES["fp16"]
         io = io_spec(spec)
         if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
-            io["fast"] = export_fast_variants(model, spec, tmp, files, metrics, int8, parity_tolerance)
+            io["fast"] = export_fast_variants(model, spec, tmp, files, int8, int4, fp16)
+        for key, name in files.items():
+            metrics[f"onnx_{key.replace('-', '_')}_bytes"] = (tmp / name).stat().st_size
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        write_manifest(tmp, {**manifest, "model": spec, "io": io, "files": files})
+        manifest = {**manifest, "model": spec, "io": io, "files": files}
+        write_manifest(tmp, manifest)
+        if before_verify is not None:
+            before_verify(tmp)
+        checked, record = verify_model_dir(model, tmp, val, bounds or Bounds())
+        metrics.update(checked)
+        if "verify_fast_logit_max_abs" in checked:  # the fast graph's parity, measured in the mode that runs
+            metrics["onnx_fast_parity_max_abs"] = checked["verify_fast_logit_max_abs"]
+        write_manifest(tmp, {**manifest, "metrics": {**manifest.get("metrics", {}), **metrics},
+                             "verification": record})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -283,11 +302,14 @@ def export_run(cfg, data, ckpt_dir: Path, metrics: dict, out_dir: Path, run_id: 
     from lmforge.models import model_spec
     from lmforge.records import Exported
     from lmforge.runtime.scoring import variant_val_loss_deltas
+    from lmforge.verify import Bounds
 
     model = load_best(cfg.model, data.vocab_size, ckpt_dir)
     e = cfg.export
+    val = data.shard("val")
     model_dir, export_metrics = export_model_dir(model, model_spec(model), data.tokenizer_file, out_dir,
                                                  provenance(cfg, data, metrics, run_id), e.opset, e.int8,
-                                                 e.parity_tolerance, e.optimize, e.fp16)
-    export_metrics.update(variant_val_loss_deltas(model_dir, data.shard("val")))
+                                                 e.parity_tolerance, e.optimize, e.fp16, e.int4, val,
+                                                 Bounds.from_config(e))
+    export_metrics.update(variant_val_loss_deltas(model_dir, val))
     return Exported(model_dir=Path(model_dir), metrics=export_metrics)

@@ -27,24 +27,66 @@ def fast_io_spec(spec: dict) -> dict:
             "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)]}
 
 
-def build_fast_gpt(model, spec: dict, path: Path) -> Path:
-    """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it."""
+PRECISIONS = ("fp32", "fp16", "int4")
+INT4_BLOCK = 32
+
+
+def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric block-wise 4-bit quantisation of a torch Linear weight [N, K] in com.microsoft.MatMulNBits'
+    layout: (packed uint8 [N, blocks, block/2], scales float32 [N * blocks], zero points uint8
+    [N * ceil(blocks/2)]); each run of `block` input weights of an output has its own scale and zero point, and
+    w ~ (q - zero_point) * scale."""
+    N, K = weight.shape
+    nb = -(-K // block)
+    w = np.zeros((N, nb * block), np.float32)
+    w[:, :K] = weight
+    w = w.reshape(N, nb, block)
+    lo, hi = np.minimum(w.min(-1), 0), np.maximum(w.max(-1), 0)
+    scale = np.where(hi > lo, (hi - lo) / 15, 1.0).astype(np.float32)
+    zp = np.clip(np.round(-lo / scale), 0, 15).astype(np.uint8)
+    q = np.clip(np.round(w / scale[..., None]) + zp[..., None], 0, 15).astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    zpad = np.zeros((N, nb + nb % 2), np.uint8)
+    zpad[:, :nb] = zp
+    zpacked = (zpad[:, 0::2] | (zpad[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
+    return packed, scale.reshape(-1), zpacked
+
+
+def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Path:
+    """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it. precision: fp32; fp16
+    (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int4
+    (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of 32 with a scale and zero point each;
+    embeddings, norms and activations stay float32)."""
     from lmforge.export import kv_names
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
     H, D, C, V = spec["n_head"], spec["head_dim"], spec["n_embd"], spec["vocab_size"]
     nodes, inits = [], []
+    ftype = np.float16 if precision == "fp16" else np.float32
+    elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
 
-    def init(name: str, array: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+    def init(name: str, array: np.ndarray, dtype=None) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype or ftype), name))
         return name
+
+    def matmul(x: str, weight: np.ndarray, name: str, out: str) -> str:
+        """x @ weight.T for a torch-layout weight [N, K]."""
+        if precision != "int4":
+            return node("MatMul", [x, init(name, weight.T)], out)
+        packed, scales, zp = int4_blocks(weight)
+        N, K = weight.shape
+        return node("MatMulNBits", [x, init(name + "_q4", packed, np.uint8), init(name + "_scales", scales),
+                                    init(name + "_zp", zp, np.uint8)], out, domain="com.microsoft",
+                    K=K, N=N, bits=4, block_size=INT4_BLOCK)
 
     def node(op: str, inputs: list[str], out: str, domain: str = "", **attrs) -> str:
         nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
     def linear(x: str, prefix: str, out: str) -> str:  # torch Linear: x @ W.T (+ b)
-        y = node("MatMul", [x, init(prefix + ".weight_t", sd[prefix + ".weight"].T)], out + "_mm")
+        y = matmul(x, sd[prefix + ".weight"], prefix + ".weight_t", out + "_mm")
         if prefix + ".bias" in sd:
             return node("Add", [y, init(prefix + ".bias", sd[prefix + ".bias"])], out)
         return node("Identity", [y], out)
@@ -81,7 +123,10 @@ def build_fast_gpt(model, spec: dict, path: Path) -> Path:
         act = node("FastGelu", [linear(h, f"{p}.mlp.c_fc", f"h{i}_fc")], f"h{i}_gelu", domain="com.microsoft")
         delta = linear(act, f"{p}.mlp.c_proj", f"h{i}_mlp")
     h = skip_layernorm(x, delta, "ln_f", "hf")[0]
-    nodes.append(helper.make_node("MatMul", [h, init("lm_head_t", sd["lm_head.weight"].T)], ["logits"], name="lm_head"))
+    if precision == "fp16":  # logits leave the graph as float32: sampling and scoring read the same dtype
+        node("Cast", [matmul(h, sd["lm_head.weight"], "lm_head_t", "logits16")], "logits", to=TensorProto.FLOAT)
+    else:
+        matmul(h, sd["lm_head.weight"], "lm_head_t", "logits")
 
     kv_shape = ["batch", H, "capacity", D]
     graph = helper.make_graph(
@@ -90,9 +135,9 @@ def build_fast_gpt(model, spec: dict, path: Path) -> Path:
          helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
          helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
          helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
-         *[helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in past]],
+         *[helper.make_tensor_value_info(n, elem, kv_shape) for n in past]],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", V]),
-         *[helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in present]],
+         *[helper.make_tensor_value_info(n, elem, kv_shape) for n in present]],
         inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                           producer_name="lmforge", ir_version=9)

@@ -18,7 +18,10 @@ def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Ex
             "train_steps": trained.steps, "git_commit": git_commit,
             "val_loss": f"{metrics['val_loss']:.4f}", "onnx_parity_max_abs": f"{e['onnx_parity_max_abs']:.3e}",
             "onnx_fp32_bytes": e["onnx_fp32_bytes"], "data_dir": str(data.dir),
-            **{k: f"{v:+.4f}" for k, v in e.items() if k.endswith("_val_loss_delta")}}
+            **{k: f"{v:+.4f}" for k, v in e.items() if k.endswith("_val_loss_delta")},
+            # lmforge.verify: every graph checked through the runtime at export (docs/decode.md "Verification")
+            **{k: f"{v:+.5f}" if k.endswith("_loss_delta") else f"{v:.4f}" if k.endswith(("_agreement", "_loss"))
+               else f"{v:.3e}" for k, v in e.items() if k.startswith("verify_")}}
     if split["method"] == "documents":
         tags.update(split_seed=split["seed"], split_val_filter=split["val_filter"] or "none")
     if "onnx_int8_bytes" in e:

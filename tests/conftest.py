@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CORPORA = REPO.parent / "shared" / "corpora"
+SHARED_CORPORA = Path(os.environ.get("LMFORGE_CORPORA") or REPO.parent / "shared" / "corpora")  # a clone elsewhere
 
 _ARTIFACTS = Path(tempfile.mkdtemp(prefix="lmforge-test-artifacts-"))
 os.environ["LMFORGE_ARTIFACTS"] = str(_ARTIFACTS)
@@ -44,7 +44,7 @@ def readme_commands(heading: str) -> list[str]:
 
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split(heading, 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     lines = []
     for line in block.splitlines():
         words = shlex.split(line, comments=True)
@@ -84,3 +84,46 @@ def tiny_random_gpt(vocab_size: int, block_size: int = 32):
         for p in model.parameters():
             p.normal_(0, 0.25)
     return model
+
+
+_PROVIDER: list[str] = []
+
+
+def cuda_works() -> bool:
+    """Whether onnxruntime here really runs a session on the CUDA provider (onnxruntime-gpu lists it even when its
+    libraries are missing): a session on a one-node graph, asked for CUDA, reports which provider it got."""
+    if not _PROVIDER:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            _PROVIDER.append("CPUExecutionProvider")
+        else:
+            from onnx import TensorProto, helper
+
+            graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+            try:
+                sess = ort.InferenceSession(model.SerializeToString(),
+                                            providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                _PROVIDER.append(sess.get_providers()[0])
+            except Exception:  # noqa: BLE001 - any failure to start CUDA means: no GPU here
+                _PROVIDER.append("CPUExecutionProvider")
+    return _PROVIDER[0] == "CUDAExecutionProvider"
+
+
+def expected_provider() -> str:
+    """The provider Generator(device="auto") runs on here: CUDA where it works, else CPU."""
+    return "CUDAExecutionProvider" if cuda_works() else "CPUExecutionProvider"
+
+
+def uniform_loss(model_dir) -> float:
+    """log(vocab size) of an exported model: the loss of guessing every token equally (nats/token)."""
+    import json
+    import math
+
+    return math.log(json.loads((Path(model_dir) / "lmforge.json").read_text(encoding="utf-8"))["model"]["vocab_size"])
+
+
+BEATS_UNIFORM = 0.25  # nats/token below log(vocab): what even 30 steps of a tiny model learn of English letters

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-
 from conftest import tiny_random_gpt
+
 from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.models import model_spec
-from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
 from lmforge.runtime import Generator
+from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
 
 TEXT = "why did the chicken cross the road? to get to the other side! " * 4
 MANIFEST = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
@@ -44,13 +44,18 @@ def test_variant_files_written_only_when_enabled(tiny, all_variants):
     root, model, _ = tiny
     files = json.loads((all_variants / "lmforge.json").read_text())["files"]
     for variant, name in {"int8": "model.int8.onnx", "optimized": "model.opt.onnx", "fp16": "model.fp16.onnx",
-                          "fast": "model.fast.onnx"}.items():
+                          "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx",
+                          "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx"}.items():
         assert files[variant] == name and (all_variants / name).is_file()
+    metrics = json.loads((all_variants / "lmforge.json").read_text())["metrics"]
+    assert metrics["verify_fast_logit_max_abs"] <= 1e-3  # no val text given: fp32 graphs checked against torch only
+    assert not any(k.endswith("_agreement") for k in metrics)
     plain, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "plain", MANIFEST,
-                                int8=False, optimize=False, fp16=False)
+                                int8=False, optimize=False, fp16=False, int4=False)
     files = json.loads((plain / "lmforge.json").read_text())["files"]
     assert set(files) == {"fp32", "fast"}
-    for name in ("model.int8.onnx", "model.opt.onnx", "model.fp16.onnx", "model.fast.int8.onnx"):
+    for name in ("model.int8.onnx", "model.opt.onnx", "model.fp16.onnx", "model.fast.int8.onnx",
+                 "model.fast.int4.onnx", "model.fast.fp16.onnx"):
         assert not (plain / name).exists(), name
 
 
@@ -70,7 +75,7 @@ def test_fp16_is_valid_keeps_fp32_io_and_runs_close_on_cpu(all_variants):
     assert {i.type.tensor_type.elem_type for i in proto.graph.input if i.name.startswith("past")} == {1}  # float
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
     ref = Generator(all_variants, variant="fp32", device="cpu", fast=False)
-    half = Generator(all_variants, variant="fp16", device="cpu")  # onnxruntime >= 1.2x runs these ops on CPU
+    half = Generator(all_variants, variant="fp16", device="cpu", fast=False)  # onnxruntime 1.3x: these ops on CPU
     ids = np.array([ref.encode("why did the chicken")])
     a = ref.session.run(["logits"], prefill_feeds(ref, ids))[0]
     b = half.session.run(["logits"], prefill_feeds(half, ids))[0]
@@ -92,3 +97,34 @@ def test_val_loss_deltas_in_manifest(tiny, all_variants, tmp_path):
     assert abs(metrics["optimized_val_loss_delta"]) < 1e-4  # the same arithmetic, rearranged
     assert abs(metrics["fp16_val_loss_delta"]) < 0.05 and metrics["int8_val_loss_delta"] != 0.0
     assert metrics["onnx_fp32_val_loss"] > 0
+
+
+@pytest.mark.parametrize("K", [64, 40])  # whole blocks, and a last block padded with zeros
+def test_int4_blocks_are_what_matmulnbits_computes(K):
+    """onnxruntime's MatMulNBits on lmforge's packing equals x @ the dequantised weights, each within half a
+    block's step of the original."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lmforge.export_fast import int4_blocks
+
+    rng = np.random.default_rng(0)
+    N = 24
+    w = rng.normal(0, 1, (N, K)).astype(np.float32)
+    packed, scales, zp = int4_blocks(w)
+    nb = -(-K // 32)
+    q = np.stack([packed & 15, packed >> 4], -1).reshape(N, nb * 32).astype(np.float32)
+    z = np.stack([zp & 15, zp >> 4], -1).reshape(N, -1)[:, :nb].astype(np.float32)
+    deq = ((q.reshape(N, nb, 32) - z[..., None]) * scales.reshape(N, nb)[..., None]).reshape(N, -1)[:, :K]
+    assert (np.abs(deq - w) <= scales.reshape(N, nb).repeat(32, 1)[:, :K] / 2 + 1e-6).all()
+    node = helper.make_node("MatMulNBits", ["x", "b", "s", "z"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
+                            block_size=32)
+    graph = helper.make_graph([node], "q4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, N])],
+                              [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(scales, "s"),
+                               numpy_helper.from_array(zp, "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)
+    x = rng.normal(0, 1, (3, K)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(y - x @ deq.T).max() < 1e-3

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY
+
+from lmforge.config import ExportConfig
 
 WEAK = {**TINY, "train.max_steps": 4, "train.eval_interval": 4}  # barely trained: clearly worse
 STRONG = {**TINY, "train.max_steps": 200, "train.eval_interval": 100, "train.lr": 3e-3}  # ~0.4 below unigram
@@ -146,7 +147,11 @@ def test_registered_version_is_reviewable(registry):
                 "weights_sha256", "preset", "git_commit", "val_loss", "onnx_parity_max_abs", "onnx_fp32_bytes",
                 "int8_val_loss_delta", "data_dir"):
         assert mv.tags.get(tag), tag
-    assert abs(float(mv.tags["int8_val_loss_delta"])) < 0.5
+    e = ExportConfig()  # the bounds the export enforced, through the runtime, on the graph int8 runs by default
+    assert abs(float(mv.tags["int8_val_loss_delta"])) <= e.max_int8_loss_delta
+    assert float(mv.tags["verify_fast_int8_loss_delta"]) <= e.max_int8_loss_delta
+    assert float(mv.tags["verify_fast_int8_agreement"]) >= e.min_int8_agreement
+    assert float(mv.tags["verify_fast_logit_max_abs"]) <= e.max_abs_logit_diff
     info = mlflow.models.get_model_info(f"models:/jokes-char/{mv.version}")  # the generate model (lmforge.pyfunc)
     assert [s.name for s in info.signature.inputs.inputs] == ["prompt"]
     assert "max_new_tokens" in {p.name for p in info.signature.params.params}

@@ -6,13 +6,13 @@ import threading
 
 import pytest
 import torch
+from conftest import cuda_works, expected_provider, tiny_random_gpt
 
-from conftest import tiny_random_gpt
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
 from lmforge.export_fast import fast_parity
 from lmforge.models import model_spec
-from lmforge.runtime import Generator, ModelDirError
+from lmforge.runtime import Generator, ModelDirError, RuntimeInputError
 
 TEXT = "why did the chicken cross the road? to get to the other side! café naïve 😀"
 PROMPTS = ["why", "the chicken cross", "t", "to get to the other s"]
@@ -54,7 +54,7 @@ def test_generator_picks_fast_graph_and_matches_torch_and_portable_path(tiny):
     model, out = tiny
     fast, plain = Generator(out), Generator(out, fast=False)
     assert fast.fast and not plain.fast
-    assert fast.provider == plain.provider == "CPUExecutionProvider"
+    assert fast.provider == plain.provider == fast.session.get_providers()[0] == expected_provider()
     ids = fast.encode("why did")
     expected = fast.tokenizer.decode(torch_greedy(model, ids, 20))
     assert fast.generate("why did", max_new_tokens=20, temperature=0) == expected
@@ -120,8 +120,15 @@ def test_sliding_window_past_context(tiny):
                                      ({"top_k": -2}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
                                      ({"repetition_penalty": 0}, "repetition_penalty")])
 def test_invalid_sampling_params_raise_clear_errors(tiny, kw, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(RuntimeInputError, match=name):  # the runtime's one error type (a ValueError too)
         Generator(tiny[1]).generate("why", **kw)
+
+
+def test_runtime_input_errors_share_one_type(tiny, tmp_path):
+    for bad in (lambda: Generator(tmp_path), lambda: Generator(tiny[1], device="tpu"),
+                lambda: Generator(tiny[1], variant="int4", fast=False)):
+        with pytest.raises(RuntimeInputError):
+            bad()
 
 
 def test_threads_share_one_generator(tiny):
@@ -142,9 +149,12 @@ def test_threads_share_one_generator(tiny):
     assert got == expected
 
 
-def test_device_cuda_falls_back_to_reported_cpu(tiny):
+def test_device_cuda_reports_the_provider_that_runs(tiny):
+    """CUDA where it really loads, else a reported fallback to the CPU; device="cpu" is always the CPU."""
     gen = Generator(tiny[1], device="cuda")
-    assert gen.provider == "CPUExecutionProvider"
+    assert gen.provider == gen.session.get_providers()[0]
+    assert gen.provider == ("CUDAExecutionProvider" if cuda_works() else "CPUExecutionProvider")
+    assert Generator(tiny[1], device="cpu").provider == "CPUExecutionProvider"
 
 
 def test_fast_requested_without_fast_graph_is_a_clear_error(tiny, tmp_path):

@@ -4,8 +4,9 @@
     gen = Generator("artifacts/runs/<run>/model")
     print(gen.generate("Why", max_new_tokens=60, temperature=0.8, top_k=40, seed=0))
 """
+from lmforge.runtime.errors import ModelDirError, RequestError, RuntimeInputError
 from lmforge.runtime.generator import Generator
-from lmforge.runtime.modeldir import ModelDirError, read_model_dir
+from lmforge.runtime.modeldir import read_model_dir
 from lmforge.runtime.sampling import SamplingParams
 
-__all__ = ["Generator", "ModelDirError", "SamplingParams", "read_model_dir"]
+__all__ = ["Generator", "ModelDirError", "RequestError", "RuntimeInputError", "SamplingParams", "read_model_dir"]

@@ -4,19 +4,22 @@ sliding window when the output passes the model's context."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import onnxruntime as ort
 from tokenizers import Tokenizer
 
-import onnxruntime as ort
+from lmforge.runtime.detok import TextStream
+from lmforge.runtime.errors import RequestError
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.sampling import SamplingParams, sample_next
 from lmforge.runtime.session import create_session
 
 log = logging.getLogger("lmforge.runtime")
+CUDA_FAST = ("fp16",)  # variants whose fast graph the CUDA provider runs whole (GroupQueryAttention in float16)
 
 
 @dataclass
@@ -33,7 +36,9 @@ class Generator:
     def __init__(self, model_dir: str | Path, variant: str = "fp32", device: str = "auto", threads: int | None = None,
                  fast: bool | None = None):
         """fast: use the variant's fast graph (model.fast*.onnx: fused attention over in-place KV buffers);
-        None = whenever the directory has it."""
+        None = whenever the directory has it, except that on the CUDA provider only the fp16 fast graph is picked
+        by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
+        portable graph there when they have one). `provider` is the provider that actually runs."""
         self.dir = read_model_dir(model_dir)
         fast_variant = FAST_VARIANTS.get(variant)
         has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
@@ -41,12 +46,11 @@ class Generator:
         if self.fast and not has_fast:
             raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}; "
                                 f"re-export it with lmforge.export (gpt models) or pass fast=False")
-        onnx_file = self.dir.onnx_path(fast_variant if self.fast else variant)
-        try:
-            self.session, self.provider = create_session(str(onnx_file), device, threads)
-        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # truncated / corrupted / hostile file
-            raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}") from None
+        self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
+        if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
+                and variant in self.dir.variants()):
+            self.fast = False
+            self.session, self.provider = self._load(variant, device, threads)
         self.variant = variant
         try:
             self.tokenizer = Tokenizer.from_file(str(self.dir.tokenizer_path))
@@ -57,7 +61,7 @@ class Generator:
         self.block_size = int(spec["block_size"])
         self.vocab_size = int(spec["vocab_size"])
         if self.tokenizer.get_vocab_size() > self.vocab_size:
-            raise ValueError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only "
+            raise ModelDirError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only "
                              f"{self.vocab_size}: the tokenizer does not belong to this model")
         self.state_io = self.dir.io["state"]
         self.rnn = any(s.get("kind") == "rnn" for s in self.state_io)
@@ -68,6 +72,14 @@ class Generator:
         self.bos, self.eos, self.pad = (self.dir.tokens.get(k) for k in ("bos", "eos", "pad"))
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
+
+    def _load(self, files_key: str, device: str, threads: int | None):
+        onnx_file = self.dir.onnx_path(files_key)
+        try:
+            return create_session(str(onnx_file), device, threads)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # truncated / corrupted / hostile file
+            raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}") from None
 
     # -- public API -------------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], **kwargs) -> str | list[str]:
@@ -97,7 +109,7 @@ class Generator:
         g = self.dir.generation
         n = int(max_new_tokens if max_new_tokens is not None else g.get("max_new_tokens", 100))
         if n < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {n}")
+            raise RequestError(f"max_new_tokens must be >= 1, got {n}")
         params = SamplingParams(temperature=float(g.get("temperature", 1.0) if temperature is None else temperature),
                                 top_k=int(g.get("top_k", 0) if top_k is None else top_k),
                                 top_p=float(g.get("top_p", 1.0) if top_p is None else top_p),
@@ -136,6 +148,14 @@ class Generator:
         logits, state = self._forward(ids, mask, self.empty_state(len(rows)))
         return logits, state, mask
 
+    def decoder(self, batch: int, capacity: int | None = None) -> KVBuffers | PortableState:
+        """The decoding state generate() and stream() run on: KVBuffers on the fast graph (capacity: cache
+        positions, default the context), else PortableState. `prefill(rows)` then `step(ids)`, each returning the
+        next-token logits [batch, vocab] on the host; lmforge.runtime.scoring checks exported graphs through it."""
+        if self.fast:
+            return KVBuffers(self, batch, min(self.block_size, capacity or self.block_size))
+        return PortableState(self)
+
     def _pieces(self, prompts: list[str], req: Request) -> Iterator[tuple[int, str]]:
         if not prompts:
             return
@@ -147,12 +167,31 @@ class Generator:
         if seen is not None:
             for i, t in enumerate(tokens):
                 seen[i, t] = True
-        run = KVBuffers(self, B, min(self.block_size, max(map(len, tokens)) + req.max_new_tokens)) if self.fast else None
-        logits, state, mask = run.prefill(tokens) if run else self._prefill(tokens)
-        generated: list[list[int]] = [[] for _ in range(B)]
-        emitted = [""] * B
-        done = np.zeros(B, bool)
-        texts = [""] * B
+        dec = self.decoder(B, max(map(len, tokens)) + req.max_new_tokens)
+        logits = dec.prefill(tokens)
+        streams = [TextStream(self.tokenizer) for _ in range(B)]
+        texts, emitted = [""] * B, [0] * B  # text so far, and how much of it was yielded
+        done, stopped = np.zeros(B, bool), np.zeros(B, bool)
+        longest_stop = max(map(len, req.stop), default=0)
+
+        def add(i: int, piece: str) -> None:
+            """Append a piece to row i's text, cut it at a stop string (searched in the new tail only)."""
+            start = max(0, len(texts[i]) - longest_stop + 1)
+            text = texts[i] + piece
+            cuts = [c for c in (text.find(s, start) for s in req.stop) if c >= 0]
+            if cuts:
+                text, done[i], stopped[i] = text[:min(cuts)], True, True
+            texts[i] = text
+
+        def ready(i: int, final: bool) -> str:
+            """Row i's text not yet yielded, less a tail that may be the start of a stop string."""
+            text = texts[i]
+            hold = 0 if final or stopped[i] else max((k for s in req.stop for k in range(1, len(s))
+                                                       if text.endswith(s[:k])), default=0)
+            piece = text[emitted[i]:len(text) - hold]
+            emitted[i] += len(piece)
+            return piece
+
         for step in range(req.max_new_tokens):
             nxt = sample_next(logits, req.params, rng, seen)
             for i in range(B):
@@ -162,64 +201,88 @@ class Generator:
                 if tok == self.eos:
                     done[i] = True
                     continue
-                generated[i].append(tok)
                 tokens[i].append(tok)
                 if seen is not None:
                     seen[i, tok] = True
-                text = self.tokenizer.decode(generated[i])
-                cut = min((text.find(s) for s in req.stop if s in text), default=-1)
-                if cut >= 0:
-                    text, done[i] = text[:cut], True
-                texts[i] = text
-                if not done[i] and text.endswith("\ufffd"):
-                    continue  # wait for the rest of a multi-byte character
-                if not done[i]:  # hold back a tail that may be the start of a stop string
-                    text = text[:len(text) - max((k for s in req.stop for k in range(1, len(s))
-                                                  if text.endswith(s[:k])), default=0)]
-                if len(text) > len(emitted[i]) and text.startswith(emitted[i]):
-                    yield i, text[len(emitted[i]):]
-                    emitted[i] = text
+                piece = streams[i].push(tok)
+                if piece:
+                    add(i, piece)
+                    if piece := ready(i, final=False):
+                        yield i, piece
             if done.all() or step == req.max_new_tokens - 1:
                 break
-            if run is not None:  # fast path: per-row lengths, cache written in place
-                if run.lengths.max() + 1 > run.capacity:
-                    logits = run.prefill([t[-window:] for t in tokens])[0]
-                else:
-                    logits = run.step(np.where(done, self.pad or 0, nxt))
-                continue
-            if mask.shape[1] + 1 > self.block_size:  # slide: re-prefill the last `window` tokens of every row
-                logits, state, mask = self._prefill([t[-window:] for t in tokens])
-                continue
-            step_ids = np.where(done, self.pad or 0, nxt).astype(np.int64)[:, None]
-            mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-            logits, state = self._forward(step_ids, mask, state)
-        for i, text in enumerate(texts):  # what a stop-string prefix held back
-            if len(text) > len(emitted[i]) and text.startswith(emitted[i]) and not text.endswith("\ufffd"):
-                yield i, text[len(emitted[i]):]
+            if dec.full():  # slide: re-prefill the last `window` tokens of every row
+                logits = dec.prefill([t[-window:] for t in tokens])
+            else:
+                logits = dec.step(np.where(done, self.pad or 0, nxt))
+        for i in range(B):  # what is still held: an incomplete or real trailing U+FFFD, a stop-string prefix
+            if not stopped[i]:
+                add(i, streams[i].flush())
+            if piece := ready(i, final=True):
+                yield i, piece
+
+
+class PortableState:
+    """One call's state on the portable graph: left-padded rows, an attention mask and a KV cache that grows by
+    one position per step (past and present are separate arrays; session.run with numpy feeds)."""
+
+    def __init__(self, gen: Generator):
+        self.gen, self.state, self.mask = gen, None, None
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        logits, self.state, self.mask = self.gen._prefill(rows)
+        return logits
+
+    def step(self, next_ids: np.ndarray) -> np.ndarray:
+        self.mask = np.concatenate([self.mask, np.ones((len(self.mask), 1), np.int64)], axis=1)
+        logits, self.state = self.gen._forward(np.asarray(next_ids, np.int64)[:, None], self.mask, self.state)
+        return logits
+
+    def full(self) -> bool:
+        return self.mask.shape[1] + 1 > self.gen.block_size
+
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class KVBuffers:
     """One call's state on the fast graph: a fixed-size key/value cache [B,H,capacity,D] per layer, bound once as
     both past and present (GroupQueryAttention writes the new entries in place), and the step inputs bound once
     and updated in place, so a decode step allocates nothing. Rows are right-padded: row b holds lengths[b]
-    tokens, so batched rows decode exactly as they would alone."""
+    tokens, so batched rows decode exactly as they would alone.
+
+    Under the CUDA provider the caches, the step inputs and the logits are OrtValues on the GPU: a step copies
+    the new ids, positions and lengths up (a few bytes per row) and the logits [B, V] down, since sampling
+    (lmforge.runtime.sampling) runs in numpy on the host. total_sequence_length stays on the host: the kernel
+    reads it there."""
 
     def __init__(self, gen: Generator, batch: int, capacity: int):
         self.gen, self.capacity = gen, capacity
+        self.device = "cuda" if gen.provider == "CUDAExecutionProvider" else "cpu"
         io = gen.dir.io["fast"]
+        types = {i.name: i.type for i in gen.session.get_inputs()}
         self.binding = gen.session.io_binding()
+        self.kv: list[ort.OrtValue] = []  # one buffer per state input, bound as its input and its output
         for s in io["state"]:
-            buf = ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, gen.n_head, capacity, gen.head_dim), np.float32))
+            zeros = np.zeros((batch, gen.n_head, capacity, gen.head_dim), ORT_DTYPES.get(types.get(s["input"]),
+                                                                                        np.float32))
+            buf = ort.OrtValue.ortvalue_from_numpy(zeros, self.device, 0)  # zeroed: padded slots are never NaN
+            self.kv.append(buf)
             self.binding.bind_ortvalue_input(s["input"], buf)
             self.binding.bind_ortvalue_output(s["output"], buf)
         self.lengths = np.zeros(batch, np.int64)
         self.ids, self.pos = np.zeros((batch, 1), np.int64), np.zeros((batch, 1), np.int64)
         self.seqlens, self.total = np.zeros(batch, np.int32), np.zeros((), np.int32)
         self.logits = np.zeros((batch, 1, gen.vocab_size), np.float32)
-        self.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in
-                       (("input_ids", self.ids), ("position_ids", self.pos), ("seqlens_k", self.seqlens),
-                        ("total_sequence_length", self.total), ("logits", self.logits))}
+        self.host = {"input_ids": self.ids, "position_ids": self.pos, "seqlens_k": self.seqlens}
+        self.values = {n: self._value(a) for n, a in self.host.items()}
+        self.values["total_sequence_length"] = ort.OrtValue.ortvalue_from_numpy(self.total)
+        self.values["logits"] = self._value(self.logits)
         self.logits_name = io["logits"]
+
+    def _value(self, array: np.ndarray) -> ort.OrtValue:
+        """An OrtValue on the session's device; on the CPU it shares the numpy array's memory."""
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
 
     def _bind(self, values: dict) -> None:
         for name, v in values.items():
@@ -228,28 +291,43 @@ class KVBuffers:
             else:
                 self.binding.bind_ortvalue_input(name, v)
 
-    def prefill(self, rows: list[list[int]]):
-        """Run whole rows from an empty cache; returns (last real logits [B,V], None, None)."""
+    def _run(self, logits: ort.OrtValue, host_logits: np.ndarray | None) -> np.ndarray:
+        self.gen.session.run_with_iobinding(self.binding)
+        if self.device == "cpu":
+            return host_logits
+        self.binding.synchronize_outputs()
+        return logits.numpy()  # the one copy to the host: sampling runs in numpy
+
+    def full(self) -> bool:
+        return self.lengths.max() + 1 > self.capacity
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        """Run whole rows from an empty cache; returns the last real logits [B,V]."""
         B, width = len(rows), max(len(r) for r in rows)
         ids, pos = np.zeros((B, width), np.int64), np.zeros((B, width), np.int64)
         for i, r in enumerate(rows):
             ids[i, :len(r)], pos[i, :len(r)] = r, np.arange(len(r))
         self.lengths[:] = [len(r) for r in rows]
-        logits = np.zeros((B, width, self.gen.vocab_size), np.float32)
-        self._bind({"input_ids": ort.OrtValue.ortvalue_from_numpy(ids), "position_ids": ort.OrtValue.ortvalue_from_numpy(pos),
-                    "seqlens_k": ort.OrtValue.ortvalue_from_numpy((self.lengths - 1).astype(np.int32)),
+        host = np.zeros((B, width, self.gen.vocab_size), np.float32) if self.device == "cpu" else None
+        logits = (self._value(host) if host is not None else
+                  ort.OrtValue.ortvalue_from_shape_and_type((B, width, self.gen.vocab_size), np.float32, self.device, 0))
+        self._bind({"input_ids": self._value(ids), "position_ids": self._value(pos),
+                    "seqlens_k": self._value((self.lengths - 1).astype(np.int32)),
                     "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(np.array(width, np.int32)),
-                    "logits": ort.OrtValue.ortvalue_from_numpy(logits)})
-        self.gen.session.run_with_iobinding(self.binding)
+                    "logits": logits})
+        out = self._run(logits, host)
         self._bind(self.values)  # back to the step buffers
-        return logits[np.arange(B), self.lengths - 1], None, None
+        return out[np.arange(B), self.lengths - 1]
 
     def step(self, next_ids: np.ndarray) -> np.ndarray:
-        """Append one token per row; returns the logits [B,V] (a view reused by the next step)."""
+        """Append one token per row; returns the logits [B,V] (on the CPU a view reused by the next step)."""
         self.ids[:, 0] = next_ids
         self.pos[:, 0] = self.lengths
         self.seqlens[:] = self.lengths
         self.total[...] = self.lengths.max() + 1
-        self.gen.session.run_with_iobinding(self.binding)
+        if self.device != "cpu":
+            for name, array in self.host.items():
+                self.values[name].update_inplace(array)
+        out = self._run(self.values["logits"], self.logits)
         self.lengths += 1
-        return self.logits[:, 0]
+        return out[:, 0]

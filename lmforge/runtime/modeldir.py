@@ -8,17 +8,18 @@ from pathlib import Path
 
 from lmforge.atomic import write_json_atomic
 from lmforge.runtime import onnxwire
+from lmforge.runtime.errors import ModelDirError
 
 MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
 FORMAT_VERSION = 1
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
-                 "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx"}
-FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8"}  # variant -> its fast graph (lmforge.export_fast), when present
+                 "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx",
+                 "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx"}
+# variant -> its fast graph (lmforge.export_fast), when present; int4 exists only as a fast graph
+FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8", "int4": "fast-int4", "fp16": "fast-fp16"}
 
 
-class ModelDirError(ValueError):
-    """The model directory is missing a file or holds an invalid one."""
 
 
 @dataclass

@@ -80,3 +80,44 @@ def variant_val_loss_deltas(model_dir: Path, val: np.ndarray, max_windows: int =
                  for v in variants}}
     write_manifest(model_dir, {**md.manifest, "metrics": {**md.manifest.get("metrics", {}), **scores}})
     return scores
+
+
+def stepped_logits(gen: Generator, prompts: list[list[int]], forced: np.ndarray) -> np.ndarray:
+    """Next-token logits [B, S+1, V] through the generator's own decoding state (Generator.decoder: on the fast
+    graph the one in-place KV buffer bound as past and present, on the CUDA EP on the GPU; the mode generate()
+    runs): after each prompt's prefill, then after each of forced[:, j] fed as one cached step."""
+    forced = np.asarray(forced, np.int64)
+    B, S = forced.shape
+    dec = gen.decoder(B, max(map(len, prompts)) + S)
+    out = [np.array(dec.prefill(prompts), np.float32)]
+    for j in range(S):
+        if dec.full():
+            raise ValueError(f"{max(map(len, prompts))} prompt + {S} steps do not fit the context {gen.block_size}")
+        out.append(np.array(dec.step(forced[:, j]), np.float32))  # a copy: the step's logits are reused
+    return np.stack(out, 1)
+
+
+def val_rows(val: np.ndarray, block_size: int, positions: int = 256, prompt: int = 8,
+             max_len: int = 128) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """(prompts, forced [R, S], targets [R, S+1]) from evenly spaced windows of real tokens `val`: each row
+    prefills `prompt` tokens, then is fed the next S one cached step at a time (prompt + S <= the context),
+    and targets are the tokens each of the S+1 logits predicts; R rows give at least `positions` targets."""
+    length = min(block_size, max_len)  # tokens fed per row
+    prompt = max(1, min(prompt, length // 2))
+    S = length - prompt
+    starts = windows(len(val), length, -(-positions // (S + 1)))
+    if not len(starts):
+        raise ValueError(f"{len(val)} val tokens are fewer than one window of {length + 1}")
+    rows = np.stack([np.asarray(val[s:s + length + 1], np.int64) for s in starts])
+    return [list(r[:prompt]) for r in rows], rows[:, prompt:-1], rows[:, prompt:]
+
+
+def stepped_score(gen: Generator, rows: tuple, positions: int | None = None) -> tuple[float, np.ndarray]:
+    """(mean next-token loss in nats, top-1 ids) of `gen` over val_rows `rows`, run through stepped_logits;
+    the first `positions` targets (row-major) count, all when None."""
+    prompts, forced, targets = rows
+    logits = stepped_logits(gen, prompts, forced).astype(np.float64).reshape(-1, gen.vocab_size)[:positions]
+    y = targets.reshape(-1)[:positions]
+    top = logits.max(-1, keepdims=True)
+    logsumexp = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
+    return float((logsumexp - logits[np.arange(len(y)), y]).mean()), logits.argmax(-1)

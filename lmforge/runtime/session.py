@@ -7,6 +7,8 @@ import threading
 
 import onnxruntime as ort
 
+from lmforge.runtime.errors import RequestError
+
 log = logging.getLogger("lmforge.runtime")
 _cuda_loads: bool | None = None  # probed once per process
 _probe_lock = threading.Lock()
@@ -20,7 +22,7 @@ def create_session(path: str, device: str = "auto", threads: int | None = None) 
     """Return (session, provider actually used). device: auto | cpu | cuda."""
     global _cuda_loads
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise RequestError(f"device must be auto, cpu or cuda, got {device!r}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -32,7 +34,8 @@ def create_session(path: str, device: str = "auto", threads: int | None = None) 
         with _probe_lock:
             ort.set_default_logger_severity(4)  # a missing CUDA library is reported by us, once, not as an error dump
             try:
-                session = _session(path, opts, ["CUDAExecutionProvider", *cpu])
+                # use_tf32=0: float32 graphs run in float32 (the export's checks against torch hold on the GPU)
+                session = _session(path, opts, [("CUDAExecutionProvider", {"use_tf32": "0"}), *cpu])
             finally:
                 ort.set_default_logger_severity(2)
             _cuda_loads = session.get_providers()[0] == "CUDAExecutionProvider"
