@@ -15,6 +15,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.runtime.modeldir import VARIANT_FILES, write_manifest
+from lmforge.runtime.names import kv_names, rnn_names
 
 
 class GPTStep(torch.nn.Module):
@@ -28,12 +29,6 @@ class GPTStep(torch.nn.Module):
         state = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
         logits, present = self.model(input_ids, state, position_ids, attention_mask)
         return (logits, *[t for kv in present for t in kv])
-
-
-def kv_names(n_layer: int) -> tuple[list[str], list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    return past, present
 
 
 def io_spec(spec: dict) -> dict:
@@ -113,10 +108,6 @@ class RNNStep(torch.nn.Module):
     def forward(self, input_ids, *state):
         logits, new_state = self.model(input_ids, state)
         return (logits, *new_state)
-
-
-def rnn_names(spec: dict) -> tuple[list[str], list[str]]:
-    return [f"state.{n}" for n in spec["state"]], [f"new_state.{n}" for n in spec["state"]]
 
 
 def rnn_io_spec(spec: dict) -> dict:

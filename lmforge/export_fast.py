@@ -16,12 +16,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lmforge.runtime.names import kv_names
+
 FAST_INPUTS = ["input_ids", "position_ids", "seqlens_k", "total_sequence_length"]
 
 
 def fast_io_spec(spec: dict) -> dict:
-    from lmforge.export import kv_names
-
     past, present = kv_names(spec["n_layer"])
     return {"inputs": FAST_INPUTS, "logits": "logits",
             "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)]}
@@ -57,8 +57,6 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Pa
     (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int4
     (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of 32 with a scale and zero point each;
     embeddings, norms and activations stay float32)."""
-    from lmforge.export import kv_names
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
@@ -153,8 +151,6 @@ def fast_parity(model, spec: dict, path: Path, lengths: tuple[int, ...] = (7, 1,
     decode steps (fewer if the context fills)."""
     import onnxruntime as ort
     import torch
-
-    from lmforge.export import kv_names
 
     model = model.to("cpu").eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -97,7 +97,9 @@ def log_generate_model(model_dir: Path, example_prompt: str = "", name: str = "m
     path = list(sys.path)  # loading the logged model for that check puts its code/ on sys.path
     with tempfile.TemporaryDirectory(prefix="lmforge-code-") as tmp:
         code = Path(tmp) / "lmforge"
-        shutil.copytree(Path(__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # the Python package only: not the browser page and its npm packages (lmforge/web, ~150 MB with node_modules)
+        shutil.copytree(Path(__file__).resolve().parent, code,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "web", "node_modules"))
         try:
             return mlflow.pyfunc.log_model(name=name, python_model=str(code / "pyfunc_model.py"),
                                            artifacts={ARTIFACT: str(model_dir)}, code_paths=[str(code)],

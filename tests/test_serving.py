@@ -186,6 +186,9 @@ def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     assert fetched == tmp_path / "v" / "artifacts" / "model"
     code = tmp_path / "v" / "code" / "lmforge" / "runtime" / "generator.py"  # the runtime travels with the version
     assert code.read_bytes() == (REPO / "lmforge" / "runtime" / "generator.py").read_bytes()
+    copied = [f for f in (tmp_path / "v" / "code").rglob("*") if f.is_file()]
+    assert not [f for f in copied if "node_modules" in f.parts or "web" in f.parts]  # not the browser page
+    assert sum(f.stat().st_size for f in copied) < 5 << 20
     assert (tmp_path / "v" / "pyfunc_model.py").read_bytes() == (REPO / "lmforge" / "pyfunc_model.py").read_bytes()
     from importlib.metadata import version
 
