@@ -265,7 +265,7 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
         io = io_spec(spec)
         if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
             io["fast"] = export_fast_variants(model, spec, tmp, files, metrics, int8, parity_tolerance)
-        from lmforge.export_genai import export_genai_files  # onnxruntime-genai's files (gpt, hf-gpt2)
+        from lmforge.export_genai import export_genai_files
 
         genai = export_genai_files(model, spec, tmp, tokenizer_file, manifest, files, metrics, int8, parity_tolerance)
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
