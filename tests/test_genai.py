@@ -231,3 +231,33 @@ def test_recurrent_export_has_no_genai_files_and_says_why(tmp_path):
         assert not list(out.glob("model.genai*"))
         with pytest.raises(RuntimeError, match="genai_config.json"):
             og.Model(str(out))
+
+
+def test_docs_snippet_runs_and_prints_what_lmforge_generates(trained, tmp_path):
+    """docs/decode.md's onnxruntime-genai example, run in its own Python on the trained export: with its fp32
+    line it prints exactly lmforge's greedy text for the prompt; as written (the int4 line last) it runs too."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = trained
+    repo = Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "decode.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", doc[doc.index("## onnxruntime-genai"):], re.DOTALL).group(1)
+    assert "og.Model(model_dir)" in code and 'select_graph(model_dir, "int4")' in code
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def run(source: str) -> str:
+        script = tmp_path / "snippet.py"
+        script.write_text(f"model_dir = {str(out)!r}\n" + source, encoding="utf-8")
+        done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    fp32_only = "\n".join(line for line in code.splitlines() if "select_graph(model_dir" not in line)
+    expected = Generator(out, device="cpu").generate("ROMEO:", max_new_tokens=40, temperature=0)
+    assert len(expected) > 10 and run(fp32_only) == expected + "\n"
+    assert len(run(code)) > 10  # as written: the int4 graph
