@@ -12,14 +12,16 @@ Quality on trained weights (never random init): shakespeare-char trained here fo
 lmforge's own preparation and training, exported; each quantised variant's greedy agreement with fp32 over 256
 tokens (8 prompts x 32), its teacher-forced top-1 agreement over 256 val positions, and its val-loss delta.
 
-    python benchmarks/decode.py [--new-tokens N] [--quick] [--json] [--profile] [--train-steps N]
+    python benchmarks/decode.py [--new-tokens N] [--quick] [--json] [--profile] [--train-steps N] [--rounds N]
 Writes benchmarks/results/decode-<time>.json and .md and prints the table (or the JSON with --json)."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -190,16 +192,23 @@ def greedy_agreement(a, b, steps: int = 64) -> float:
     return sum(p == q for p, q in zip(x, y)) / steps
 
 
-def memory_bandwidth(mb: int = 512, repeats: int = 7) -> float:
-    """This machine's memory bandwidth in GB/s: the best of `repeats` numpy copies of an `mb` MB float32 array
-    (each copy reads and writes every byte: 2 x mb MB moved). 512 MB passes any last-level cache here (the
-    2-core VM sees a 480 MiB L3 shared with the host); 64 MB, about the fp32 weights, may stay in it."""
+def memory_bandwidth(threads: int, mb: int = 512, repeats: int = 7) -> float:
+    """This machine's memory bandwidth in GB/s with `threads` threads (as many as the contenders use): the best
+    of `repeats` numpy copies of an `mb` MB float32 array, each thread copying its share (numpy releases the
+    GIL while copying); each copy reads and writes every byte, so 2 x mb MB move per copy."""
+    import threading
+
     src = np.ones(mb * 2**20 // 4, np.float32)
     dst = np.empty_like(src)
+    edges = np.linspace(0, src.size, threads + 1).astype(int)
     best = float("inf")
     for _ in range(repeats):
+        workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in itertools.pairwise(edges)]
         t = time.perf_counter()
-        np.copyto(dst, src)
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
         best = min(best, time.perf_counter() - t)
     return 2 * src.nbytes / best / 1e9
 
@@ -387,7 +396,7 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
 
 def markdown(report: dict) -> str:
     keys = ["name", "tokens_per_s", "ttft_ms", "p50_ms", "p99_ms", "batch8_tokens_per_s", "weight_mb",
-            "bound_share", "cache_bound_share"]
+            "bound_share"]
     rows = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     rows += ["| " + " | ".join(str(r.get(k, "—")) for k in keys) + " |" for r in report["results"]]
     extra = [f"- profile {p['file']} at cache length {p['past']}: {p['ms_per_step']} ms/step, kernel time "
@@ -407,6 +416,15 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def median_row(rows: list[dict]) -> dict:
+    """One contender's rows from several rounds: the median of each figure, and how many rounds."""
+    out = {"name": rows[0]["name"], "rounds": len(rows)}
+    for k, v in rows[0].items():
+        if k != "name":
+            out[k] = None if v is None else round(float(np.median([r[k] for r in rows])), 3)
+    return out
+
+
 LMFORGE_FILES = {"ort-fp32": "model.fast.onnx", "ort-int8": "model.fast.int8.onnx",
                  "ort-fp32-portable": "model.onnx", "ort-int8-portable": "model.int8.onnx"}
 
@@ -420,9 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="add an onnxruntime profile of one decode step")
     p.add_argument("--train-steps", type=int, default=300,
                    help="steps of shakespeare-char training for the quality rows (0: skip them)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of the onnxruntime contenders, medians reported (default 3; 1 with --quick)")
     p.add_argument("--corpora", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpora")
     args = p.parse_args(argv)
     n = 32 if args.quick and args.new_tokens == 256 else args.new_tokens
+    args.rounds = args.rounds or (1 if args.quick else 3)
     if n < 2:
         p.error("--new-tokens must be >= 2")
     import onnxruntime as ort
@@ -435,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         og = None
     torch.set_num_threads(args.threads)
-    bandwidth, cache_bandwidth = memory_bandwidth(512), memory_bandwidth(64, repeats=15)
+    bandwidth = memory_bandwidth(args.threads)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**SHAPE)).eval()
     results = []
@@ -449,18 +470,31 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = export_reference(model, Path(tmp))
         fp32_bytes = weight_bytes(model_dir / "model.fast.onnx")
         sizes = {r["name"]: fp32_bytes for r in results}  # torch and transformers read fp32 weights
-        fp32, gen32 = bench_ort(model_dir, "fp32", n, args.threads, None)
-        int8, gen8 = bench_ort(model_dir, "int8", n, args.threads, None)
-        results += [fp32, int8]
+        # the onnxruntime contenders (lmforge's Generator, ort-genai) in `rounds` rounds, each round in its own
+        # shuffled order, so a load change on a shared machine does not land on one contender; medians reported
+        runs = [("ort-fp32", lambda: bench_ort(model_dir, "fp32", n, args.threads, None)),
+                ("ort-int8", lambda: bench_ort(model_dir, "int8", n, args.threads, None))]
         if not args.quick:
-            results.append(bench_ort(model_dir, "fp32", n, args.threads, False)[0])
-            results.append(bench_ort(model_dir, "int8", n, args.threads, False)[0])
-        sizes.update({name: weight_bytes(model_dir / f) for name, f in LMFORGE_FILES.items()})
+            runs += [("ort-fp32-portable", lambda: bench_ort(model_dir, "fp32", n, args.threads, False)),
+                     ("ort-int8-portable", lambda: bench_ort(model_dir, "int8", n, args.threads, False))]
         if og is not None:
-            for variant in ("fp32", "int8", "int4"):
-                row, size = bench_genai(model_dir, variant, n, args.threads)
-                results.append(row)
-                sizes[row["name"]] = size
+            runs += [(f"ort-genai-{v}", lambda v=v: bench_genai(model_dir, v, n, args.threads))
+                     for v in ("fp32", "int8", "int4")]
+        rounds: dict[str, list[dict]] = {name: [] for name, _ in runs}
+        gens = {}
+        for r in range(args.rounds):
+            order = list(runs)
+            random.Random(r).shuffle(order)
+            for name, fn in order:
+                row, extra = fn()
+                rounds[name].append(row)
+                if isinstance(extra, int):
+                    sizes[name] = extra
+                else:
+                    gens[name] = extra
+        results += [median_row(rows) for rows in rounds.values()]
+        gen32, gen8 = gens["ort-fp32"], gens["ort-int8"]
+        sizes.update({name: weight_bytes(model_dir / f) for name, f in LMFORGE_FILES.items()})
         agree = greedy_agreement(gen32, gen8)
         files = ["model.fast.onnx", "model.fast.int8.onnx"] + (["model.genai.int4.onnx"] if og else [])
         profile = [profile_step(model_dir, f, args.threads) for f in files] if args.profile else None
@@ -468,7 +502,6 @@ def main(argv: list[str] | None = None) -> int:
         if r["name"] in sizes:
             r["weight_mb"] = round(sizes[r["name"]] / 1e6, 1)
             r["bound_share"] = round((1e3 / r["p50_ms"]) / (bandwidth * 1e9 / sizes[r["name"]]), 2)
-            r["cache_bound_share"] = round((1e3 / r["p50_ms"]) / (cache_bandwidth * 1e9 / sizes[r["name"]]), 2)
     by = {r["name"]: r["tokens_per_s"] for r in results}
     by8 = {r["name"]: r["batch8_tokens_per_s"] for r in results}
     lm = {k: v for k, v in by.items() if k.startswith("ort-") and not k.startswith("ort-genai")}
@@ -486,12 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         })
     else:
         summ["ort-genai"] = "not installed (pip install onnxruntime-genai): no ort-genai rows"
-    summ["memory bandwidth (numpy copy of 512 MB, GB/s)"] = round(bandwidth, 1)
-    summ["cache-sized copy bandwidth (numpy copy of 64 MB, GB/s)"] = round(cache_bandwidth, 1)
-    summ["bound_share"] = ("(1000 / p50_ms) / (512 MB copy bandwidth / weight bytes per decode step), batch 1; "
-                           "above 1 the weights are served from cache, not memory; cache_bound_share: the same "
-                           "against the 64 MB copy")
+    summ[f"memory bandwidth ({args.threads}-thread numpy copy of 512 MB, read + write, GB/s)"] = round(bandwidth, 1)
+    summ["bound_share"] = "(1000 / p50_ms) / (bandwidth / weight bytes per decode step), batch 1"
     summ["shape"] = f"gpt {SHAPE}, batch 1, prompt {PROMPT_LEN}, {n} new tokens greedy, {args.threads} threads"
+    summ["rounds"] = (f"onnxruntime rows: median of {args.rounds} rounds, each in a shuffled order; "
+                      "torch / transformers rows: one run")
     quality = trained_quality(args.train_steps, args.threads, args.corpora) if args.train_steps and og else None
     report = {"results": results, "summary": summ,
               "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, "
