@@ -121,6 +121,24 @@ def test_genai_greedy_tokens_equal_lmforge(trained, variant):
         assert len(set(got)) > 5 and text == gen.generate(prompt, max_new_tokens=n, temperature=0)
 
 
+def test_genai_batch_of_one_length_decodes_each_row_as_alone(trained):
+    out, _ = trained
+    gen = Generator(out, device="cpu")
+    rows = [gen.encode(p)[:6] for p in ("First Citizen:\nBefore we", "KING RICHARD III:\nNow is the winter",
+                                        "ROMEO:\nBut soft, what light")]
+    assert len({len(r) for r in rows}) == 1
+    n = 24
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, batch_size=len(rows), max_length=6 + n, min_length=6 + n)
+    batch = og.Generator(model, params)
+    batch.append_tokens(np.array(rows, np.int32))
+    while not batch.is_done():
+        batch.generate_next_token()
+    for i, r in enumerate(rows):
+        assert [int(t) for t in batch.get_sequence(i)[6:]] == lmforge_greedy(gen, r, n)
+
+
 def ort_greedy(path, spec: dict, ids: list[int], n: int) -> list[int]:
     """Plain onnxruntime driving a genai graph as ort-genai feeds it (one shared buffer per layer)."""
     import onnxruntime as ort
