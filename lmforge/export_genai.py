@@ -12,8 +12,9 @@ shared between past and present) with ort-genai's inputs instead of the fast gra
 and inside the graph, as onnxruntime-genai's own model builder does, seqlens_k = ReduceSum(attention_mask) - 1
 and total_sequence_length = attention_mask.shape[1], both int32, feed GroupQueryAttention. Nothing else
 changes, so a genai graph made from model.fast.onnx / model.fast.int8.onnx has exactly lmforge's weights; the
-int4 graph is onnxruntime's MatMulNBits quantisation (4 bits, block 32, symmetric, int8 compute) of the fp32
-genai graph.
+int4 graph is made the same way from model.fast.int4.onnx when the directory has one, otherwise it is
+onnxruntime's MatMulNBits quantisation (4 bits, block 32, symmetric, int8 compute) of the fp32 genai graph.
+lmforge's own Generator refuses these graphs (its portable path left-pads batches).
 
 Recurrent families (lstm, gru) get no genai files: onnxruntime-genai decodes attention models with a
 key/value cache only; lmforge.json `genai` says so."""

@@ -20,7 +20,7 @@ from lmforge.data.tokenize import special_ids, train_bpe, train_char
 from lmforge.export import export_model_dir, kv_names
 from lmforge.export_genai import GENAI_FILES, RNN_REASON, select_graph
 from lmforge.models import build_model, model_spec
-from lmforge.runtime import Generator
+from lmforge.runtime import Generator, ModelDirError
 from lmforge.runtime.generator import KVBuffers
 
 BLOCK = 64
@@ -137,6 +137,13 @@ def test_genai_batch_of_one_length_decodes_each_row_as_alone(trained):
         batch.generate_next_token()
     for i, r in enumerate(rows):
         assert [int(t) for t in batch.get_sequence(i)[6:]] == lmforge_greedy(gen, r, n)
+
+
+def test_lmforge_refuses_to_run_the_genai_graphs(trained):
+    out, _ = trained
+    for variant in ("genai", "genai-int8", "genai-int4"):
+        with pytest.raises(ModelDirError, match="onnxruntime_genai.Model"):
+            Generator(out, variant=variant, device="cpu")
 
 
 def ort_greedy(path, spec: dict, ids: list[int], n: int) -> list[int]:

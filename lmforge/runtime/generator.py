@@ -35,6 +35,9 @@ class Generator:
         """fast: use the variant's fast graph (model.fast*.onnx: fused attention over in-place KV buffers);
         None = whenever the directory has it."""
         self.dir = read_model_dir(model_dir)
+        if variant.startswith("genai"):  # lmforge.export_genai's graphs read batch rows as right-padded
+            raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph: load {self.dir.path} with "
+                                f"onnxruntime_genai.Model; lmforge decodes the same weights with variant='fp32'/'int8'")
         fast_variant = FAST_VARIANTS.get(variant)
         has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
         self.fast = has_fast if fast is None else bool(fast)
