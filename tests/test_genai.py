@@ -91,6 +91,9 @@ def test_directory_has_the_genai_files_and_their_io(trained):
     dec = cfg["model"]["decoder"]
     assert dec["filename"] == "model.genai.onnx" and cfg["search"]["past_present_share_buffer"] is True
     assert cfg["model"]["eos_token_id"] == md["tokens"]["eos"] and cfg["model"]["context_length"] == BLOCK
+    search = cfg["search"]  # lmforge.json's sampling defaults (temperature 0.8, top_k 40) as ort-genai's
+    assert search["do_sample"] is True and search["temperature"] == 0.8 and search["top_k"] == 40
+    assert search["max_length"] == BLOCK
     past, present = kv_names(2)
     for name in GENAI_FILES.values():
         graph = onnx.load(str(out / name), load_external_data=False).graph
