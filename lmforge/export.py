@@ -15,6 +15,8 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.runtime.modeldir import VARIANT_FILES, write_manifest
+from lmforge.export_genai import export_genai_files
+from lmforge.graph_variants import convert_fp16, optimize_graph, quantize_int8
 from lmforge.runtime.names import kv_names, rnn_names
 
 
@@ -155,42 +157,6 @@ def rnn_parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int =
     return worst
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # DefaultTensorType: shape inference cannot type the outputs of com.microsoft ops (the fast graph's attention)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return dst
-
-
-def optimize_graph(src: Path, dst: Path) -> Path:
-    """onnxruntime's extended graph optimisations (constant folding, fusions) run once and saved, so sessions
-    skip them at load. The saved graph is tied to the execution provider it was optimised for (CPU here)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
-    return dst
-
-
-def convert_fp16(src: Path, dst: Path) -> Path:
-    """Weights and activations in float16 (for the CUDA execution provider); inputs and outputs, including the
-    KV cache / recurrent state, stay float32 so the runtime feeds the same arrays as for model.onnx."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "values truncated to fp16 range" for masks' large negatives
-        model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
-    model.topological_sort()  # the converter appends the input Casts after their consumers
-    onnx.save(model.model, str(dst))
-    onnx.checker.check_model(str(dst))
-    return dst
-
-
 def export_fast_variants(model, spec: dict, tmp: Path, files: dict, int8: bool, int4: bool, fp16: bool) -> dict:
     """model.fast.onnx (+ model.fast.int8.onnx, model.fast.int4.onnx, model.fast.fp16.onnx); returns its I/O
     spec. They are checked with the others by lmforge.verify, through the runtime."""
@@ -264,10 +230,12 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
         io = io_spec(spec)
         if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
             io["fast"] = export_fast_variants(model, spec, tmp, files, int8, int4, fp16)
+        # onnxruntime-genai's graphs and config (gpt, hf-gpt2), made from the fast graphs written above
+        genai = export_genai_files(model, spec, tmp, tokenizer_file, manifest, files, metrics, int8, parity_tolerance)
         for key, name in files.items():
             metrics[f"onnx_{key.replace('-', '_')}_bytes"] = (tmp / name).stat().st_size
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        manifest = {**manifest, "model": spec, "io": io, "files": files}
+        manifest = {**manifest, "model": spec, "io": io, "files": files, "genai": genai}
         write_manifest(tmp, manifest)
         if before_verify is not None:
             before_verify(tmp)

@@ -53,9 +53,9 @@ def test_variant_files_written_only_when_enabled(tiny, all_variants):
     plain, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "plain", MANIFEST,
                                 int8=False, optimize=False, fp16=False, int4=False)
     files = json.loads((plain / "lmforge.json").read_text())["files"]
-    assert set(files) == {"fp32", "fast"}
+    assert set(files) == {"fp32", "fast", "genai", "genai-int4"}  # genai: onnxruntime-genai (tests/test_genai.py)
     for name in ("model.int8.onnx", "model.opt.onnx", "model.fp16.onnx", "model.fast.int8.onnx",
-                 "model.fast.int4.onnx", "model.fast.fp16.onnx"):
+                 "model.fast.int4.onnx", "model.fast.fp16.onnx", "model.genai.int8.onnx"):
         assert not (plain / name).exists(), name
 
 

@@ -40,6 +40,9 @@ class Generator:
         by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
         portable graph there when they have one). `provider` is the provider that actually runs."""
         self.dir = read_model_dir(model_dir)
+        if variant.startswith("genai"):  # lmforge.export_genai's graphs read batch rows as right-padded
+            raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph: load {self.dir.path} with "
+                                f"onnxruntime_genai.Model; lmforge decodes the same weights with variant='fp32'/'int8'")
         fast_variant = FAST_VARIANTS.get(variant)
         has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
         self.fast = has_fast if fast is None else bool(fast)
