@@ -301,10 +301,8 @@ def genai_window_scores(path: Path, spec: dict, val: np.ndarray, starts: np.ndar
 
 def lmforge_greedy(gen, ids: list[int], n: int) -> list[int]:
     """lmforge.runtime's fast decode path (what Generator.generate(temperature=0) runs), token ids kept."""
-    from lmforge.runtime.generator import KVBuffers
-
-    run = KVBuffers(gen, 1, len(ids) + n)
-    logits, out = run.prefill([ids])[0], []
+    run = gen.decoder(1, len(ids) + n)  # prefill and step give [batch, vocab]
+    logits, out = run.prefill([ids]), []
     for _ in range(n):
         out.append(int(logits[0].argmax()))
         logits = run.step(np.array(out[-1:]))

@@ -16,10 +16,11 @@ import pytest
 from conftest import REPO, TINY
 
 DOC = (REPO / "docs" / "model-format.md").read_text(encoding="utf-8")
-FLAGS = ("int8", "optimize", "fp16")
-ONNX_TYPES = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": onnx.TensorProto.FLOAT}
-ORT_TYPES = {"int64": "tensor(int64)", "int32": "tensor(int32)", "float32": "tensor(float)"}
-SYMBOLIC = {"batch", "seq", "past", "total", "capacity"}
+FLAGS = ("int8", "optimize", "fp16", "int4")
+ONNX_TYPES = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": onnx.TensorProto.FLOAT,
+              "float16": onnx.TensorProto.FLOAT16}
+ORT_TYPES = {"int64": "tensor(int64)", "int32": "tensor(int32)", "float32": "tensor(float)", "float16": "tensor(float16)"}
+SYMBOLIC = {"batch", "seq", "past", "total", "capacity", "total_sequence_length"}
 
 
 # -- reading the doc ------------------------------------------------------------------------------------------
@@ -102,6 +103,8 @@ def written(row: dict, family: str, flags: dict) -> bool:
     if cond == "always":
         return True
     ok = family == "gpt" if "gpt family" in cond else True
+    if "byte-level BPE" in cond:
+        ok = ok and flags.get("tokenizer") in ("bpe", "gpt2")
     return ok and all(flags[t.removeprefix("export.")] for t in ticks(cond) if t.startswith("export."))
 
 
@@ -110,10 +113,11 @@ def test_files_table_is_every_file_and_its_conditions(gpt, rnn, tmp_path):
     from lmforge.runtime.modeldir import external_data_locations
 
     rows = table("Files")
-    plain = export_family(gpt, tmp_path / "plain", "gpt", int8=False, optimize=False, fp16=False)
+    plain = export_family(gpt, tmp_path / "plain", "gpt", int8=False, optimize=False, fp16=False, int4=False)
     exports = [(gpt, "gpt", dict.fromkeys(FLAGS, True)), (plain, "gpt", dict.fromkeys(FLAGS, False)),
-               *[(d, f, {"int8": True, "optimize": False, "fp16": False}) for f, d in rnn.items()]]
+               *[(d, f, {"int8": True, "optimize": False, "fp16": False, "int4": True}) for f, d in rnn.items()]]
     for d, family, flags in exports:
+        flags = {**flags, "tokenizer": manifest(d)["tokenizer"]["kind"]}  # jokes-char: char
         expected = [r for r in rows if written(r, family, flags)]
         assert sorted(p.name for p in d.iterdir()) == sorted(ticks(r["file"])[0] for r in expected), (d, family)
         assert manifest(d)["files"] == {ticks(r["variant"])[0]: ticks(r["file"])[0]
@@ -197,7 +201,8 @@ def real_io(path: Path) -> dict[str, dict]:
             "out": {v.name: one(v) for v in proto.graph.output}}
 
 
-GRAPHS = {"Portable graph, gpt": ("gpt",), "Fast graph, gpt": ("gpt",), "Recurrent graph, lstm and gru": ("lstm", "gru")}
+GRAPHS = {"Portable graph, gpt": ("gpt",), "Fast graph, gpt": ("gpt",), "Fast graph in float16, gpt": ("gpt",),
+          "onnxruntime-genai graph, gpt": ("gpt",), "Recurrent graph, lstm and gru": ("lstm", "gru")}
 
 
 def test_graph_tables_are_the_graphs_inputs_and_outputs(gpt, rnn):
@@ -310,7 +315,7 @@ def test_which_file_each_generator_loads(gpt, rnn):
 
     rows = [r for r in table("Which runtime loads which file")
             if (ticks(r["runtime"]) or [""])[0].startswith(("lmforge.runtime.Generator", "Generator"))]
-    assert len(rows) == 5
+    assert len(rows) == 6
     for d in (gpt, rnn["lstm"]):
         for r in rows:
             call = ticks(r["runtime"])[0]
