@@ -1,6 +1,6 @@
 """Decoding speed, side by side in one run: torch without and with a KV cache, transformers' generate,
-lmforge.runtime.Generator on the exported directory (fp32 and int8), and onnxruntime-genai on the genai graphs
-of the same directory (same weights: fp32, int8, int4).
+lmforge.runtime.Generator on the exported directory (fp32, int8 and int4 fast graphs), and onnxruntime-genai on
+the genai graphs of the same directory (same weights: fp32, int8, int4).
 
 Reference shape: random-init lmforge gpt, 6 layers x 6 heads x 384 wide, vocab 8192, context 512 (~14M params);
 batch 1, 16-token prompt, 256 new greedy tokens, 2 threads. Per contender: tokens/s (prefill included), time to
@@ -183,13 +183,6 @@ def profile_step(model_dir: Path, file: str, threads: int, past: int = 200, step
     total = sum(by_op.values())
     shares = {k: f"{100 * v / total:.1f}%" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:6]}
     return {"file": file, "past": past, "ms_per_step": round(ms, 3), "kernel_time": shares}
-
-
-def greedy_agreement(a, b, steps: int = 64) -> float:
-    """Share of greedy tokens (batch 1, fixed prompt) on which two generators agree, over `steps` steps."""
-    prompt = "".join(chr(0x4E00 + i * 37 % 8000) for i in range(PROMPT_LEN))
-    x, y = a.generate(prompt, max_new_tokens=steps, temperature=0), b.generate(prompt, max_new_tokens=steps, temperature=0)
-    return sum(p == q for p, q in zip(x, y)) / steps
 
 
 def memory_bandwidth(threads: int, mb: int = 512, repeats: int = 7) -> float:
@@ -376,15 +369,16 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
                    for o in offsets]
         n = 32
         ref = [lmforge_greedy(fp32, p, n) for p in prompts]
-        int8 = Generator(out, variant="int8", device="cpu", threads=threads)
-        runs = {"lmforge int8 (model.fast.int8.onnx)": [lmforge_greedy(int8, p, n) for p in prompts]}
+        runs = {}
+        for v in ("int8", "int4"):  # lmforge's fast graphs; the genai graphs of the same variant hold the same weights
+            gen = Generator(out, variant=v, device="cpu", threads=threads)
+            runs[f"lmforge {v} (model.fast.{v}.onnx)"] = [lmforge_greedy(gen, p, n) for p in prompts]
         runs.update({f"ort-genai {v}": genai_greedy(out, v, prompts, n, threads) for v in GENAI_FILES})
         agree = lambda outs: round(sum(a == b for o, r in zip(outs, ref) for a, b in zip(o, r)) / (n * len(ref)), 4)
         tf = lambda v: round(float((scores[v][1][:4] == scores["fp32"][1][:4]).mean()), 4)
-        rows = [{"variant": name, "greedy_agreement_256": agree(outs),
-                 "teacher_forced_top1_256": tf(name.split()[-1]) if name.startswith("ort-genai") else tf("int8"),
-                 "val_loss_delta": round(scores[name.split()[-1] if name.startswith("ort-genai") else "int8"][0]
-                                         - scores["fp32"][0], 5)}
+        variant = lambda name: name.split()[-1] if name.startswith("ort-genai") else name.split()[1]
+        rows = [{"variant": name, "greedy_agreement_256": agree(outs), "teacher_forced_top1_256": tf(variant(name)),
+                 "val_loss_delta": round(scores[variant(name)][0] - scores["fp32"][0], 5)}
                 for name, outs in runs.items()]
         return {"preset": cfg.name, "steps": steps, "train_s": round(train_s, 1),
                 "best_val_loss_torch": round(result.best_val_loss, 4),
@@ -423,7 +417,7 @@ def median_row(rows: list[dict]) -> dict:
     return out
 
 
-LMFORGE_FILES = {"ort-fp32": "model.fast.onnx", "ort-int8": "model.fast.int8.onnx",
+LMFORGE_FILES = {"ort-fp32": "model.fast.onnx", "ort-int8": "model.fast.int8.onnx", "ort-int4": "model.fast.int4.onnx",
                  "ort-fp32-portable": "model.onnx", "ort-int8-portable": "model.int8.onnx"}
 
 
@@ -471,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         # the onnxruntime contenders (lmforge's Generator, ort-genai) in `rounds` rounds, each round in its own
         # shuffled order, so a load change on a shared machine does not land on one contender; medians reported
         runs = [("ort-fp32", lambda: bench_ort(model_dir, "fp32", n, args.threads, None)),
-                ("ort-int8", lambda: bench_ort(model_dir, "int8", n, args.threads, None))]
+                ("ort-int8", lambda: bench_ort(model_dir, "int8", n, args.threads, None)),
+                ("ort-int4", lambda: bench_ort(model_dir, "int4", n, args.threads, None))]
         if not args.quick:
             runs += [("ort-fp32-portable", lambda: bench_ort(model_dir, "fp32", n, args.threads, False)),
                      ("ort-int8-portable", lambda: bench_ort(model_dir, "int8", n, args.threads, False))]
@@ -491,10 +486,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     gens[name] = extra
         results += [median_row(rows) for rows in rounds.values()]
-        gen32, gen8 = gens["ort-fp32"], gens["ort-int8"]
+        gen32 = gens["ort-fp32"]
         sizes.update({name: weight_bytes(model_dir / f) for name, f in LMFORGE_FILES.items()})
-        agree = greedy_agreement(gen32, gen8)
-        files = ["model.fast.onnx", "model.fast.int8.onnx"] + (["model.genai.int4.onnx"] if og else [])
+        files = ["model.fast.onnx", "model.fast.int8.onnx", "model.fast.int4.onnx"] + (
+            ["model.genai.int4.onnx"] if og else [])
         profile = [profile_step(model_dir, f, args.threads) for f in files] if args.profile else None
     for r in results:  # decode steps at p50 against bandwidth / weight bytes per step
         if r["name"] in sizes:
@@ -506,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     ga = {k: v for k, v in by.items() if k.startswith("ort-genai")}
     summ = {"ort-fp32 / hf-generate": round(by["ort-fp32"] / by["hf-generate"], 2) if hf else None,
             "ort-int8 / ort-fp32": round(by["ort-int8"] / by["ort-fp32"], 2),
-            "int8 vs fp32 greedy token agreement (64 steps, random-init reference model)": agree}
+            "ort-int4 / ort-fp32": round(by["ort-int4"] / by["ort-fp32"], 2)}
     if ga:
         fast_lm, fast_ga = max(lm, key=lm.get), max(ga, key=ga.get)
         summ.update({

@@ -27,6 +27,10 @@ def fast_io_spec(spec: dict) -> dict:
             "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)]}
 
 
+# MatMulNBits accuracy_level 4: the CPU kernel quantises activations to int8 and multiplies in int8 (what
+# onnxruntime-genai's model builder sets for CPU int4 models; 1.5x the tokens/s of float32 compute here,
+# benchmarks/decode.py); the CUDA kernel ignores it
+INT4_ACCURACY_LEVEL = 4
 PRECISIONS = ("fp32", "fp16", "int4")
 INT4_BLOCK = 32
 
@@ -55,8 +59,8 @@ def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray
 def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Path:
     """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it. precision: fp32; fp16
     (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int4
-    (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of 32 with a scale and zero point each;
-    embeddings, norms and activations stay float32)."""
+    (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of 32 with a scale and zero point each,
+    int8 compute on the CPU; embeddings, norms and activations stay float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
@@ -77,7 +81,7 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Pa
         N, K = weight.shape
         return node("MatMulNBits", [x, init(name + "_q4", packed, np.uint8), init(name + "_scales", scales),
                                     init(name + "_zp", zp, np.uint8)], out, domain="com.microsoft",
-                    K=K, N=N, bits=4, block_size=INT4_BLOCK)
+                    K=K, N=N, bits=4, block_size=INT4_BLOCK, accuracy_level=INT4_ACCURACY_LEVEL)
 
     def node(op: str, inputs: list[str], out: str, domain: str = "", **attrs) -> str:
         nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
