@@ -120,7 +120,8 @@ def export_reference(model, directory: Path) -> Path:
     tok.save(str(directory / "tokenizer.json"))
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), directory / "tokenizer.json", directory / "model", manifest)
+    out, _ = export_model_dir(model, model_spec(model), directory / "tokenizer.json", directory / "model", manifest,
+                              int4=True)
     return out
 
 
@@ -357,7 +358,7 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
         manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                     "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
         out, _ = export_model_dir(model, model_spec(model), work / "data" / "tokenizer.json", work / "model",
-                                  manifest, optimize=False)
+                                  manifest, optimize=False, int4=True)
         spec = model_spec(model)
         T = cfg.model.block_size
         starts = windows(len(va), T, 32)

@@ -196,7 +196,7 @@ def provenance(cfg, data, metrics: dict, run_id: str | None) -> dict:
 
 def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
                      opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3, optimize: bool = True,
-                     fp16: bool = False, int4: bool = True, val: np.ndarray | None = None, bounds=None,
+                     fp16: bool = False, int4: bool = False, val: np.ndarray | None = None, bounds=None,
                      before_verify: Callable[[Path], None] | None = None) -> tuple[Path, dict]:
     """Write the whole model directory into a temp dir, check every graph in it through lmforge.runtime
     (lmforge.verify: fp32 graphs against torch, quantised ones against fp32 on `val` when given, within

@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
 def all_variants(tiny):
     root, model, _ = tiny
     out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "all", MANIFEST,
-                              optimize=True, fp16=True)
+                              optimize=True, fp16=True, int4=True)
     return out
 
 

@@ -49,7 +49,7 @@ def trained(tmp_path_factory, one_torch_thread):
     result = train(model, ids[:split], ids[split:], BLOCK, cfg, root / "ckpt", resume=False)
     assert result.best_val_loss < 4.5, result  # learnt something beyond uniform (ln 512 = 6.2)
     out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model",
-                                    manifest(tok, "bpe"), optimize=False)
+                                    manifest(tok, "bpe"), optimize=False, int4=True)
     return out, metrics
 
 

@@ -52,7 +52,7 @@ def trained(tmp_path_factory, one_torch_thread):
 def exported(trained):
     root, model, val, _ = trained
     out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", MANIFEST,
-                                    fp16=True, val=val, bounds=Bounds.from_config(ExportConfig()))
+                                    fp16=True, int4=True, val=val, bounds=Bounds.from_config(ExportConfig()))
     return out, metrics
 
 
