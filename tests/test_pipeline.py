@@ -35,7 +35,7 @@ def test_flow_registers_candidate_with_exported_dir(run_result):
     history = c.get_metric_history(run_result["run_id"], "val_loss")
     assert sorted({m.step for m in history}) == [15, 30]  # each evaluation; the full-split figure at the last step
     assert run.data.metrics["val_loss"] == pytest.approx(run_result["metrics"]["val_loss"])
-    for key in ("verify_fast_logit_max_abs", "verify_fast_int8_agreement", "verify_fast_int4_loss_delta"):
+    for key in ("verify_fast_logit_max_abs", "verify_fast_int8_agreement", "verify_fast_int8_loss_delta"):
         # the export's checks through the runtime: logged to MLflow, in lmforge.json and on the version
         assert run.data.metrics[key] == pytest.approx(manifest["metrics"][key]), key
         assert mv.tags[key], key
