@@ -269,7 +269,8 @@ def genai_window_scores(path: Path, spec: dict, val: np.ndarray, starts: np.ndar
     onnxruntime as ort-genai feeds a prompt (attention_mask of ones, positions 0.., an empty cache buffer)."""
     import onnxruntime as ort
 
-    from lmforge.export import kv_names
+    from lmforge.runtime.names import kv_names
+    from lmforge.runtime.scoring import token_nll
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -284,44 +285,23 @@ def genai_window_scores(path: Path, spec: dict, val: np.ndarray, starts: np.ndar
                  "position_ids": np.tile(np.arange(T, dtype=np.int64), (B, 1)),
                  **{n: np.zeros((B, spec["n_head"], T, spec["head_dim"]), np.float32)
                     for n in kv_names(spec["n_layer"])[0]}}
-        logits = sess.run(["logits"], feeds)[0].astype(np.float64)
-        top = logits.max(-1, keepdims=True)
-        lse = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
-        total += float((lse - np.take_along_axis(logits, y[..., None], -1)[..., 0]).sum())
+        logits = sess.run(["logits"], feeds)[0]
+        total += float(token_nll(logits, y).sum())
         count += y.size
         preds.append(logits.argmax(-1))
     return total / count, np.concatenate(preds)
 
 
-def lmforge_greedy(gen, ids: list[int], n: int) -> list[int]:
-    """lmforge.runtime's fast decode path (what Generator.generate(temperature=0) runs), token ids kept."""
-    run = gen.decoder(1, len(ids) + n)  # prefill and step give [batch, vocab]
-    logits, out = run.prefill([ids]), []
-    for _ in range(n):
-        out.append(int(logits[0].argmax()))
-        logits = run.step(np.array(out[-1:]))
-    return out
-
-
 def genai_greedy(model_dir: Path, variant: str, prompts: list[list[int]], n: int, threads: int) -> list[list[int]]:
     import onnxruntime_genai as og
 
+    from lmforge.export_genai import genai_greedy as greedy
     from lmforge.export_genai import select_graph
 
     cfg = select_graph(model_dir, variant)
     cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    model, outs = og.Model(cfg), []
-    for ids in prompts:
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n)
-        gen = og.Generator(model, params)
-        gen.append_tokens(ids)
-        out = []
-        while not gen.is_done():
-            gen.generate_next_token()
-            out.append(int(gen.get_next_tokens()[0]))
-        outs.append(out)
-    return outs
+    model = og.Model(cfg)
+    return [greedy(model, ids, n) for ids in prompts]
 
 
 def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
@@ -337,7 +317,7 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
     from lmforge.export_genai import GENAI_FILES
     from lmforge.models import build_model, model_spec
     from lmforge.runtime import Generator
-    from lmforge.runtime.scoring import val_loss, windows
+    from lmforge.runtime.scoring import greedy_ids, val_loss, windows
     from lmforge.train import train
 
     source = corpora / "tinyshakespeare.txt"
@@ -369,11 +349,11 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
         prompts = [[fp32.bos] + val_text[o:o + 15].tolist() if fp32.bos is not None else val_text[o:o + 16].tolist()
                    for o in offsets]
         n = 32
-        ref = [lmforge_greedy(fp32, p, n) for p in prompts]
+        ref = [greedy_ids(fp32, p, n) for p in prompts]
         runs = {}
         for v in ("int8", "int4"):  # lmforge's fast graphs; the genai graphs of the same variant hold the same weights
             gen = Generator(out, variant=v, device="cpu", threads=threads)
-            runs[f"lmforge {v} (model.fast.{v}.onnx)"] = [lmforge_greedy(gen, p, n) for p in prompts]
+            runs[f"lmforge {v} (model.fast.{v}.onnx)"] = [greedy_ids(gen, p, n) for p in prompts]
         runs.update({f"ort-genai {v}": genai_greedy(out, v, prompts, n, threads) for v in GENAI_FILES})
         agree = lambda outs: round(sum(a == b for o, r in zip(outs, ref) for a, b in zip(o, r)) / (n * len(ref)), 4)
         tf = lambda v: round(float((scores[v][1][:4] == scores["fp32"][1][:4]).mean()), 4)

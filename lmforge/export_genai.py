@@ -193,8 +193,8 @@ def write_genai(model, spec: dict, directory: Path, tokenizer_file: Path, tokens
     """Write the genai files into `directory` (the model directory being built, which may already hold
     lmforge's fast graphs). Returns (lmforge.json `files` entries, lmforge.json `genai`, export metrics)."""
     from lmforge.errors import LmforgeError
-    from lmforge.graph_variants import quantize_int8
     from lmforge.export_fast import build_fast_gpt
+    from lmforge.graph_variants import quantize_int8
 
     directory = Path(directory)
     fast = directory / FAST_SOURCES["fp32"]
@@ -244,6 +244,22 @@ def select_graph(config_or_dir, variant: str):
     cfg = og.Config(str(config_or_dir)) if not isinstance(config_or_dir, og.Config) else config_or_dir
     cfg.overlay(json.dumps({"model": {"decoder": {"filename": GENAI_FILES[variant]}}}))
     return cfg
+
+
+def genai_greedy(model, ids: list[int], n: int) -> list[int]:
+    """onnxruntime-genai's own loop on an onnxruntime_genai.Model: Generator, append_tokens, generate_next_token
+    until n new greedy tokens; their ids."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    out = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out
 
 
 def export_genai_files(model, spec: dict, directory: Path, tokenizer_file: Path, manifest: dict, files: dict,

@@ -17,10 +17,13 @@ og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is in th
 
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.data.tokenize import special_ids, train_bpe, train_char
-from lmforge.export import export_model_dir, kv_names
+from lmforge.export import export_model_dir
 from lmforge.export_genai import GENAI_FILES, RNN_REASON, select_graph
+from lmforge.export_genai import genai_greedy as genai_loop
 from lmforge.models import build_model, model_spec
 from lmforge.runtime import Generator, ModelDirError
+from lmforge.runtime.names import kv_names
+from lmforge.runtime.scoring import greedy_ids
 
 BLOCK = 64
 PROMPTS = ["First Citizen:\nWe are", "KING RICHARD", "O"]
@@ -54,27 +57,8 @@ def trained(tmp_path_factory, one_torch_thread):
 
 
 def genai_greedy(model_dir, variant: str, ids: list[int], n: int) -> list[int]:
-    """ort-genai's own loop: Generator, append_tokens, generate_next_token until n new tokens."""
-    model = og.Model(select_graph(model_dir, variant))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    out = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        out.append(int(gen.get_next_tokens()[0]))
-    return out
-
-
-def lmforge_greedy(gen: Generator, ids: list[int], n: int) -> list[int]:
-    """lmforge.runtime's fast decode path (what Generator.generate(temperature=0) runs), token ids kept."""
-    run = gen.decoder(1, len(ids) + n)  # the fast graph's in-place buffers: prefill and step give [batch, vocab]
-    logits, out = run.prefill([ids]), []
-    for _ in range(n):
-        out.append(int(logits[0].argmax()))
-        logits = run.step(np.array(out[-1:]))
-    return out
+    """ort-genai's own loop on the variant's graph: Generator, append_tokens, generate_next_token."""
+    return genai_loop(og.Model(select_graph(model_dir, variant)), ids, n)
 
 
 def test_directory_has_the_genai_files_and_their_io(trained):
@@ -118,7 +102,7 @@ def test_genai_greedy_tokens_equal_lmforge(trained, variant):
         assert ids == gen.encode(prompt)  # ort-genai's tokenizer reads lmforge's tokenizer.json alike
         n = BLOCK - len(ids)
         got = genai_greedy(out, variant, ids, n)
-        assert got == lmforge_greedy(gen, ids, n)
+        assert got == greedy_ids(gen, ids, n)
         text = tokenizer.decode(np.array(got, np.int32))
         assert len(set(got)) > 5 and text == gen.generate(prompt, max_new_tokens=n, temperature=0)
 
@@ -138,7 +122,7 @@ def test_genai_batch_of_one_length_decodes_each_row_as_alone(trained):
     while not batch.is_done():
         batch.generate_next_token()
     for i, r in enumerate(rows):
-        assert [int(t) for t in batch.get_sequence(i)[6:]] == lmforge_greedy(gen, r, n)
+        assert [int(t) for t in batch.get_sequence(i)[6:]] == greedy_ids(gen, r, n)
 
 
 def test_lmforge_refuses_to_run_the_genai_graphs(trained):
@@ -187,8 +171,8 @@ def test_genai_int4_runs_its_graph_and_agrees_with_fp32(trained):
         n = BLOCK - len(ids)
         got = genai_greedy(out, "int4", ids, n)
         assert got == ort_greedy(out / "model.genai.int4.onnx", spec, ids, n)
-        assert got == lmforge_greedy(gen4, ids, n)  # ort-genai's loop and lmforge's on the same int4 weights
-        ref = lmforge_greedy(gen, ids, n)
+        assert got == greedy_ids(gen4, ids, n)  # ort-genai's loop and lmforge's on the same int4 weights
+        ref = greedy_ids(gen, ids, n)
         agree += sum(a == b for a, b in zip(got, ref))
         count += n
     assert agree / count > 0.3, agree / count  # int4 of a 64-wide model drifts, but stays the same model
@@ -209,7 +193,7 @@ def test_char_tokenizer_export_runs_on_token_ids_and_says_why(tmp_path):
     gen = Generator(out, device="cpu")
     ids = gen.encode("the chicken")
     n = 32 - len(ids)
-    assert genai_greedy(out, "fp32", ids, n) == lmforge_greedy(gen, ids, n)
+    assert genai_greedy(out, "fp32", ids, n) == greedy_ids(gen, ids, n)
 
 
 def test_hf_gpt2_export_loads_in_genai(tmp_path):

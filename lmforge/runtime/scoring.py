@@ -21,6 +21,26 @@ def windows(n_tokens: int, block_size: int, max_windows: int) -> np.ndarray:
     return np.linspace(0, last, n).astype(np.int64)
 
 
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Next-token loss in nats of each target: logits [..., V] (float64 for the sums), targets of the same
+    leading shape; -log softmax(logits)[target], through a max-shifted logsumexp."""
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(-1, keepdims=True)
+    logsumexp = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+    return logsumexp - np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
+
+
+def greedy_ids(gen: Generator, ids: list[int], n: int) -> list[int]:
+    """The n greedy token ids after `ids` through the generator's own decoding state (what generate() runs at
+    temperature 0, EOS and the context limit left out), as ids rather than text."""
+    dec = gen.decoder(1, len(ids) + n)
+    logits, out = dec.prefill([ids]), []
+    for _ in range(n):
+        out.append(int(logits[0].argmax()))
+        logits = dec.step(np.array(out[-1:]))
+    return out
+
+
 def prefill_feeds(gen: Generator, ids: np.ndarray) -> dict[str, np.ndarray]:
     """The inputs that run whole windows `ids` [batch, seq] through the portable graph from an empty state,
     named as the graph names them."""
@@ -46,10 +66,8 @@ def val_loss(model_dir: str | Path, data: np.ndarray, block_size: int | None = N
     for i in range(0, len(starts), batch_size):
         xy = np.stack([data[s:s + T + 1].astype(np.int64) for s in starts[i:i + batch_size]])
         x, y = xy[:, :-1], xy[:, 1:]
-        logits = gen.session.run([gen.dir.io["logits"]], prefill_feeds(gen, x))[0].astype(np.float64)
-        top = logits.max(-1, keepdims=True)
-        logsumexp = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
-        total += float((logsumexp - np.take_along_axis(logits, y[..., None], -1)[..., 0]).sum())
+        logits = gen.session.run([gen.dir.io["logits"]], prefill_feeds(gen, x))[0]
+        total += float(token_nll(logits, y).sum())
         count += y.size
     return total / count
 
@@ -118,6 +136,4 @@ def stepped_score(gen: Generator, rows: tuple, positions: int | None = None) -> 
     prompts, forced, targets = rows
     logits = stepped_logits(gen, prompts, forced).astype(np.float64).reshape(-1, gen.vocab_size)[:positions]
     y = targets.reshape(-1)[:positions]
-    top = logits.max(-1, keepdims=True)
-    logsumexp = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
-    return float((logsumexp - logits[np.arange(len(y)), y]).mean()), logits.argmax(-1)
+    return float(token_nll(logits, y).mean()), logits.argmax(-1)
