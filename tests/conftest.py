@@ -72,6 +72,19 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def torch_greedy(model, ids: list[int], n: int) -> list[int]:
+    """The n greedy token ids torch's own cached forward gives after `ids` (the reference the runtime must match)."""
+    import torch
+
+    out, state, x = [], None, torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            logits, state = model(x, state)
+            out.append(int(logits[0, -1].argmax()))
+            x = torch.tensor([[out[-1]]])
+    return out
+
+
 def tiny_random_gpt(vocab_size: int, block_size: int = 32):
     """A random 2-layer GPT with weights larger than GPT's init, so greedy output is varied, not one repeated token."""
     import torch

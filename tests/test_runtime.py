@@ -5,8 +5,7 @@ import shutil
 import threading
 
 import pytest
-import torch
-from conftest import cuda_works, expected_provider, tiny_random_gpt
+from conftest import cuda_works, expected_provider, tiny_random_gpt, torch_greedy
 
 from lmforge.data.tokenize import train_char
 from lmforge.export import export_model_dir
@@ -31,16 +30,6 @@ def tiny(tmp_path_factory):
     out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest)
     assert metrics["onnx_fast_parity_max_abs"] < 1e-4
     return model, out
-
-
-def torch_greedy(model, ids: list[int], n: int) -> list[int]:
-    out, state, x = [], None, torch.tensor([ids])
-    with torch.no_grad():
-        for _ in range(n):
-            logits, state = model(x, state)
-            out.append(int(logits[0, -1].argmax()))
-            x = torch.tensor([[out[-1]]])
-    return out
 
 
 @pytest.mark.parametrize("lengths", [(1,), (7,), (1, 7, 4)])

@@ -5,6 +5,7 @@ trained to recite such a text streams it through Generator.stream."""
 import numpy as np
 import pytest
 import torch
+from conftest import torch_greedy
 
 from lmforge.config import TrainConfig
 from lmforge.data.tokenize import train_bpe
@@ -89,16 +90,6 @@ def reciter(tok, tmp_path_factory, one_torch_thread):
     out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest,
                               optimize=False, int4=False)
     return model.eval(), out
-
-
-def torch_greedy(model, ids, n):
-    out, state, x = [], None, torch.tensor([ids])
-    with torch.no_grad():
-        for _ in range(n):
-            logits, state = model(x, state)
-            out.append(int(logits[0, -1].argmax()))
-            x = torch.tensor([[out[-1]]])
-    return out
 
 
 @pytest.mark.parametrize("fast", [True, False])
