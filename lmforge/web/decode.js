@@ -21,6 +21,15 @@ async function fetchJson(url) {
   return r.json();
 }
 
+// One call of a graph: `feeds` plus the state inputs fed `past`; returns [the state outputs (the next call's
+// past), the logits of the last of the T positions].
+async function runWithState(m, feeds, past, T) {
+  m.io.state.forEach((s, i) => { feeds[s.input] = past[i]; });
+  const out = await m.session.run(feeds);
+  const V = m.vocab;
+  return [m.io.state.map((s) => out[s.output]), out[m.io.logits].data.slice((T - 1) * V, T * V)];
+}
+
 // Graphs. Each: prefill(tokens) -> last logits (Float32Array [V]); step(token) -> logits; full() -> whether one
 // more token would pass the cache / context.
 class FastGPT {
@@ -34,12 +43,10 @@ class FastGPT {
     const m = this.m, T = ids.length;
     const feeds = { input_ids: i64(ids, [1, T]), position_ids: i64(positions, [1, T]),
       seqlens_k: i32([this.length + T - 1], [1]), total_sequence_length: i32([this.length + T], []) };
-    m.io.state.forEach((s, i) => { feeds[s.input] = past[i]; });
-    const out = await m.session.run(feeds);
-    this.state = m.io.state.map((s) => out[s.output]);
+    let logits;
+    [this.state, logits] = await runWithState(m, feeds, past, T);
     this.length += T;
-    const V = m.vocab;
-    return out[m.io.logits].data.slice((T - 1) * V, T * V);
+    return logits;
   }
   prefill(tokens) {
     this.length = 0;
@@ -59,12 +66,10 @@ class PortableGPT {
     const m = this.m, T = ids.length;
     const feeds = { input_ids: i64(ids, [1, T]), position_ids: i64(range(this.length, this.length + T), [1, T]),
       attention_mask: i64(new Array(this.length + T).fill(1), [1, this.length + T]) };
-    m.io.state.forEach((s, i) => { feeds[s.input] = past[i]; });
-    const out = await m.session.run(feeds);
-    this.state = m.io.state.map((s) => out[s.output]);
+    let logits;
+    [this.state, logits] = await runWithState(m, feeds, past, T);
     this.length += T;
-    const V = m.vocab;
-    return out[m.io.logits].data.slice((T - 1) * V, T * V);
+    return logits;
   }
   prefill(tokens) {
     this.length = 0;
@@ -79,11 +84,9 @@ class Recurrent {
   async run(ids, state) {
     const m = this.m, T = ids.length;
     const feeds = { input_ids: i64(ids, [1, T]) };
-    m.io.state.forEach((s, i) => { feeds[s.input] = state[i]; });
-    const out = await m.session.run(feeds);
-    this.state = m.io.state.map((s) => out[s.output]);
-    const V = m.vocab;
-    return out[m.io.logits].data.slice((T - 1) * V, T * V);
+    let logits;
+    [this.state, logits] = await runWithState(m, feeds, state, T);
+    return logits;
   }
   prefill(tokens) {
     return this.run(tokens, this.m.io.state.map((s) => f32zeros([s.shape[0], 1, s.shape[2]])));
