@@ -52,7 +52,7 @@ def worker(kind: str, corpus: Path, out_dir: Path, tokenizer: str) -> dict:
         for i in range(0, len(docs), 8192):
             tokens += sum(len(e.ids) for e in tok.encode_batch(docs[i:i + 8192], add_special_tokens=False))
         return {"seconds": time.perf_counter() - start, "tokens": tokens, "documents": len(docs)}
-    from lmforge.config import load_config
+    from lmforge.core.config import load_config
     from lmforge.data.prepare import prepare_corpus
 
     cfg = load_config("jokes-char", {"data.source": str(corpus), "data.format": "text", "tokenizer.kind": kind,

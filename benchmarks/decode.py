@@ -113,7 +113,7 @@ def bench_hf(n: int) -> dict | None:
 def export_reference(model, directory: Path) -> Path:
     """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS."""
     from lmforge.data.tokenize import train_char
-    from lmforge.export import export_model_dir
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.models import model_spec
 
     tok = train_char(["".join(chr(0x4E00 + i) for i in range(SHAPE["vocab_size"] - 4))])
@@ -233,7 +233,7 @@ def bench_genai(model_dir: Path, variant: str, n: int, threads: int) -> tuple[di
     Returns (row, bytes of weights per decode step)."""
     import onnxruntime_genai as og
 
-    from lmforge.export_genai import GENAI_FILES, select_graph
+    from lmforge.export.genai import GENAI_FILES, select_graph
 
     cfg = select_graph(model_dir, variant)
     cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
@@ -295,8 +295,8 @@ def genai_window_scores(path: Path, spec: dict, val: np.ndarray, starts: np.ndar
 def genai_greedy(model_dir: Path, variant: str, prompts: list[list[int]], n: int, threads: int) -> list[list[int]]:
     import onnxruntime_genai as og
 
-    from lmforge.export_genai import genai_greedy as greedy
-    from lmforge.export_genai import select_graph
+    from lmforge.export.genai import genai_greedy as greedy
+    from lmforge.export.genai import select_graph
 
     cfg = select_graph(model_dir, variant)
     cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
@@ -310,15 +310,15 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
     loop), teacher-forced top-1 agreement over 256 val positions, and val-loss delta on 32 val windows."""
     import torch
 
-    from lmforge.config import load_config
+    from lmforge.core.config import load_config
     from lmforge.data.prepare import prepare_corpus
     from lmforge.data.shards import open_shard
-    from lmforge.export import export_model_dir
-    from lmforge.export_genai import GENAI_FILES
+    from lmforge.export.modeldir import export_model_dir
+    from lmforge.export.genai import GENAI_FILES
     from lmforge.models import build_model, model_spec
     from lmforge.runtime import Generator
     from lmforge.runtime.scoring import greedy_ids, val_loss, windows
-    from lmforge.train import train
+    from lmforge.training.train import train
 
     source = corpora / "tinyshakespeare.txt"
     if not source.is_file():

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.config import load_config
+from lmforge.core.config import load_config
 from lmforge.data.prepare import prepare_corpus
 from lmforge.data.shards import open_shard
-from lmforge.evaluate import evaluate_tokens
+from lmforge.training.evaluate import evaluate_tokens
 from lmforge.models import build_model, model_spec
-from lmforge.train import get_batch, lr_at, train
+from lmforge.training.train import get_batch, lr_at, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -180,7 +180,7 @@ def bench_lebanon(cfg, meta, tr, va, work) -> list[dict]:
 
 
 def bench_tinystories(cfg, meta, tr, va, work) -> list[dict]:
-    from lmforge.export import export_model_dir
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.runtime import Generator
 
     model, result, wall = train_ours(cfg, meta, tr, va, work)

@@ -35,10 +35,10 @@ def free_port() -> int:
 
 
 def register(model_dir: Path, uri: str) -> str:
-    """The exported directory logged and registered as lmforge registers a version (lmforge.pyfunc)."""
+    """The exported directory logged and registered as lmforge registers a version (lmforge.registry.pyfunc)."""
     import mlflow
 
-    from lmforge.pyfunc import log_generate_model
+    from lmforge.registry.pyfunc import log_generate_model
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("serve-bench")

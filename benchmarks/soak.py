@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXPORT = """
 import sys, torch
 from pathlib import Path
-from lmforge.config import ModelConfig
+from lmforge.core.config import ModelConfig
 from lmforge.data.tokenize import special_ids, train_char
-from lmforge.export import export_model_dir
+from lmforge.export.modeldir import export_model_dir
 from lmforge.models import build_model, model_spec
 torch.manual_seed(0)
 out = Path(sys.argv[1])

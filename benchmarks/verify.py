@@ -1,4 +1,4 @@
-"""The export's quantised-graph checks (lmforge.verify), re-run on an exported model directory at any number of
+"""The export's quantised-graph checks (lmforge.export.verify), re-run on an exported model directory at any number of
 val positions, through the runtime (Generator.decoder) only: each quantised graph's loss delta and top-1
 agreement against the fp32 graph of the same kind.
 
@@ -12,7 +12,7 @@ import json
 from lmforge.data.shards import open_shard
 from lmforge.runtime import Generator, read_model_dir
 from lmforge.runtime.scoring import stepped_score, val_rows
-from lmforge.verify import FP32_GRAPHS, QUANT_GRAPHS
+from lmforge.export.verify import FP32_GRAPHS, QUANT_GRAPHS
 
 
 def main() -> None:

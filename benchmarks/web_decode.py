@@ -29,7 +29,7 @@ def reference_dir(root: Path) -> Path:
     import torch
 
     from lmforge.data.tokenize import train_char
-    from lmforge.export import export_model_dir
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.models import model_spec
     from lmforge.models.gpt import GPT, GPTConfig
 

@@ -6,19 +6,19 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
-from flows.prepare import prepare_data
-from lmforge.config import load_config
-from lmforge.interrupt import Interrupted
-from lmforge.layout import RunLayout
-from lmforge.locks import hold
-from lmforge.review import run_result
-from tasks.data import snapshot_data
-from tasks.evaluate import evaluate_model
-from tasks.export import export_model, sample_model
-from tasks.promote import promote_registered
-from tasks.slots import gpu_slot
-from tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
-from tasks.train import train_model
+from lmforge.flows.prepare import prepare_data
+from lmforge.core.config import load_config
+from lmforge.core.interrupt import Interrupted
+from lmforge.core.layout import RunLayout
+from lmforge.core.locks import hold
+from lmforge.registry.review import run_result
+from lmforge.tasks.data import snapshot_data
+from lmforge.tasks.evaluate import evaluate_model
+from lmforge.tasks.export import export_model, sample_model
+from lmforge.tasks.promote import promote_registered
+from lmforge.tasks.slots import gpu_slot
+from lmforge.tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
+from lmforge.tasks.train import train_model
 
 
 @flow(name="lmforge-pipeline", log_prints=True, on_failure=[mark_mlflow_run_failed])

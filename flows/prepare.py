@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from lmforge.config import Config, load_config
-from lmforge.layout import RunLayout
-from lmforge.locks import hold
-from lmforge.records import PreparedData
-from tasks.data import (acquire_data, clean_data, clean_data_part, encode_data_part, join_data_shards,
+from lmforge.core.config import Config, load_config
+from lmforge.core.layout import RunLayout
+from lmforge.core.locks import hold
+from lmforge.core.records import PreparedData
+from lmforge.tasks.data import (acquire_data, clean_data, clean_data_part, encode_data_part, join_data_shards,
                         merge_cleaned_parts, plan_data_parts, tokenize_data, train_data_tokenizer)
 
 

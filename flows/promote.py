@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.promote import promote_candidate, rollback_champion
+from lmforge.tasks.promote import promote_candidate, rollback_champion
 
 
 @flow(name="lmforge-promote")

@@ -10,8 +10,8 @@ import os
 import sys
 import textwrap
 
-from lmforge.errors import LmforgeError
-from lmforge.interrupt import Interrupted
+from lmforge.core.errors import LmforgeError
+from lmforge.core.interrupt import Interrupted
 
 EXAMPLES = {
     "run": "lmforge run --preset shakespeare-char --set data.source=../shared/corpora/tinyshakespeare.txt --json",
@@ -32,7 +32,7 @@ EXAMPLES = {
 
 
 def _overrides(pairs: list[str]) -> dict:
-    from lmforge.config import _split
+    from lmforge.core.config import _split
 
     return dict(_split(p) for p in pairs)
 
@@ -58,12 +58,12 @@ DASK_PARTS = 8  # data.parts under --dask unless set
 
 
 def _flow_call(args, module: str, name: str) -> dict:
-    """Validate the config before importing Prefect, then run flow `name` of `module` (lmforge.orchestration:
+    """Validate the config before importing Prefect, then run flow `name` of `module` (lmforge.ops.orchestration:
     the API checked or a temporary server, Ctrl-C handled, on Dask workers with --dask)."""
     import importlib
 
-    from lmforge.config import load_config
-    from lmforge.orchestration import prefect_env, run_flow
+    from lmforge.core.config import load_config
+    from lmforge.ops.orchestration import prefect_env, run_flow
 
     prefect_env()
     overrides = _overrides(args.set)
@@ -75,12 +75,12 @@ def _flow_call(args, module: str, name: str) -> dict:
 
 
 def cmd_run(args) -> int:
-    _emit(_flow_call(args, "flows.pipeline", "pipeline"), args.json)
+    _emit(_flow_call(args, "lmforge.flows.pipeline", "pipeline"), args.json)
     return 0
 
 
 def cmd_prepare(args) -> int:
-    _emit(_flow_call(args, "flows.prepare", "prepare"), args.json)
+    _emit(_flow_call(args, "lmforge.flows.prepare", "prepare"), args.json)
     return 0
 
 
@@ -89,7 +89,7 @@ def cmd_generate(args) -> int:
 
     model = args.model
     if model.startswith("models:/"):
-        from lmforge.tracking import fetch_model_dir
+        from lmforge.registry.tracking import fetch_model_dir
 
         model = str(fetch_model_dir(model))
     gen = Generator(model, variant=args.variant, device=args.device, threads=args.threads)
@@ -109,7 +109,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from lmforge.config import list_presets
+    from lmforge.core.config import list_presets
 
     presets = list_presets()
     width = max(map(len, presets), default=0)
@@ -119,7 +119,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from lmforge.tracking import recent_runs
+    from lmforge.registry.tracking import recent_runs
 
     rows = recent_runs(args.limit)
     if args.json:
@@ -135,7 +135,7 @@ def cmd_runs(args) -> int:
 
 
 def _promotion_call(flow_name: str, **parameters) -> dict:
-    from lmforge.orchestration import prefect_env, run_flow
+    from lmforge.ops.orchestration import prefect_env, run_flow
 
     prefect_env()
     import flows.promote
@@ -144,7 +144,7 @@ def _promotion_call(flow_name: str, **parameters) -> dict:
 
 
 def cmd_promote(args) -> int:
-    from lmforge.promote import candidate_version
+    from lmforge.registry.promote import candidate_version
 
     candidate_version(args.name, args.version)  # a missing model or version fails before Prefect starts
     _emit(_promotion_call("promote", name=args.name, margin=args.margin, force=args.force, version=args.version,
@@ -153,7 +153,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from lmforge.promote import rollback_target
+    from lmforge.registry.promote import rollback_target
 
     rollback_target(args.name)  # nothing to roll back to: one line, before Prefect starts
     _emit(_promotion_call("rollback", name=args.name, by=args.by), args.json)
@@ -161,10 +161,10 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from lmforge.deployfile import load_deployments
-    from lmforge.doctor import passed, run_checks
-    from lmforge.orchestration import prefect_env
-    from lmforge.schedule import default_automations_path, load_automations
+    from lmforge.ops.deployments import load_deployments
+    from lmforge.ops.doctor import passed, run_checks
+    from lmforge.ops.orchestration import prefect_env
+    from lmforge.ops.schedule import default_automations_path, load_automations
 
     prefect_env()
     checks = run_checks(load_deployments(args.file), load_automations(args.automations or default_automations_path()),
@@ -177,9 +177,9 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_schedule(args) -> int:
-    from lmforge import schedule
-    from lmforge.deployfile import load_deployments, select
-    from lmforge.orchestration import configured_api, prefect_env
+    from lmforge.ops import schedule
+    from lmforge.ops.deployments import load_deployments, select
+    from lmforge.ops.orchestration import configured_api, prefect_env
 
     prefect_env()
     deployments = load_deployments(args.file)
@@ -200,9 +200,9 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from lmforge.deployfile import load_deployments, select
-    from lmforge.orchestration import configured_api, prefect_env
-    from lmforge.serve import serve
+    from lmforge.ops.deployments import load_deployments, select
+    from lmforge.ops.orchestration import configured_api, prefect_env
+    from lmforge.ops.runner import serve
 
     prefect_env()
     deployments = load_deployments(args.file)
@@ -217,15 +217,15 @@ def cmd_serve(args) -> int:
 
 
 def cmd_web(args) -> int:
-    from lmforge.web.serve import serve
+    from lmforge.web.server import serve
 
     serve(args.dir, args.port)
     return 0
 
 
 def cmd_report(args) -> int:
-    from lmforge.report import write_report
-    from lmforge.tracking import resolve_run_id
+    from lmforge.registry.report import write_report
+    from lmforge.registry.tracking import resolve_run_id
 
     print(write_report(resolve_run_id(args.run_id), args.out))
     return 0
@@ -315,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_operate_commands(add) -> None:
-    """doctor, schedule, serve: the deployments of prefect.yaml on a Prefect server (lmforge/doctor.py,
-    lmforge/schedule.py, lmforge/serve.py)."""
+    """doctor, schedule, serve: the deployments of prefect.yaml on a Prefect server (lmforge/ops/doctor.py,
+    lmforge/ops/schedule.py, lmforge/ops/runner.py)."""
     doc = add("doctor", "Check that the scheduled deployments will run: server, pools, workers, deployments, alerts, "
               "MLflow, disk, devices. One line per check, with its fix; exit 0 when all pass, 2 otherwise.", cmd_doctor)
     doc.add_argument("--pool", help="check this work pool and its deployments only, and this host as its worker")

@@ -1,6 +1,6 @@
 """Thin Prefect tasks over lmforge/: names, retries, logging. No ML logic lives here."""
-from lmforge.errors import LmforgeError
-from lmforge.interrupt import Interrupted
+from lmforge.core.errors import LmforgeError
+from lmforge.core.interrupt import Interrupted
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:

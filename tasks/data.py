@@ -7,16 +7,16 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from lmforge import tracking
-from lmforge.config import Config
+from lmforge.registry import tracking
+from lmforge.core.config import Config
 from lmforge.data.partition import clean_part, encode_part, join_shards, merge_cleaned, plan_or_reuse, plan_tokenize
 from lmforge.data.prepare import check_fits_context, clean_or_reuse, clean_report_markdown, tokenize_and_shard
 from lmforge.data.snapshot import snapshot
 from lmforge.data.sources import acquire_for
-from lmforge.layout import RunLayout
-from lmforge.records import PreparedData
-from lmforge.redact import redact_text
-from tasks import retry_unless_user_error
+from lmforge.core.layout import RunLayout
+from lmforge.core.records import PreparedData
+from lmforge.core.redact import redact_text
+from lmforge.tasks import retry_unless_user_error
 
 
 @task(name="acquire", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)

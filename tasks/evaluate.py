@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from lmforge import tracking
-from lmforge.config import Config
-from lmforge.evaluate import evaluate_best, plot_losses
-from lmforge.records import PreparedData, Trained
+from lmforge.registry import tracking
+from lmforge.core.config import Config
+from lmforge.training.evaluate import evaluate_best, plot_losses
+from lmforge.core.records import PreparedData, Trained
 
 
 @task(name="evaluate")

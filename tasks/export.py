@@ -8,11 +8,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from lmforge import tracking
-from lmforge.config import Config
-from lmforge.evaluate import exported_samples
-from lmforge.export import export_run
-from lmforge.records import Exported, PreparedData, Trained
+from lmforge.registry import tracking
+from lmforge.core.config import Config
+from lmforge.training.evaluate import exported_samples
+from lmforge.export.modeldir import export_run
+from lmforge.core.records import Exported, PreparedData, Trained
 
 
 @task(name="export")

@@ -1,13 +1,13 @@
 """Promotion tasks: compare a version with the champion (on request, or as the pipeline's last step), or roll the
-champion back (lmforge.promote), and publish the decision as a Prefect markdown artifact."""
+champion back (lmforge.registry.promote), and publish the decision as a Prefect markdown artifact."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 
-from lmforge.config import Config
-from lmforge.promote import comparison_markdown, promote, promote_after_run, rollback
+from lmforge.core.config import Config
+from lmforge.registry.promote import comparison_markdown, promote, promote_after_run, rollback
 
 
 @task(name="promote")

@@ -12,8 +12,8 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
-from lmforge.config import Config
-from lmforge.deployfile import GPU_TAG
+from lmforge.core.config import Config
+from lmforge.ops.deployments import GPU_TAG
 
 
 def gpu_pool_of_this_run(cfg: Config) -> str | None:

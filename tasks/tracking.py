@@ -5,13 +5,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from lmforge import tracking
-from lmforge.config import Config
-from lmforge.records import Exported, PreparedData, Registered, Trained
-from lmforge.review import model_card, run_summary, version_tags
-from tasks import retry_unless_user_error
-from lmforge.redact import redact_text
-from tasks.promote import artifact_key
+from lmforge.registry import tracking
+from lmforge.core.config import Config
+from lmforge.core.records import Exported, PreparedData, Registered, Trained
+from lmforge.registry.review import model_card, run_summary, version_tags
+from lmforge.tasks import retry_unless_user_error
+from lmforge.core.redact import redact_text
+from lmforge.tasks.promote import artifact_key
 
 
 @task(name="start-tracking")

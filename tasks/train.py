@@ -5,16 +5,17 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from lmforge import distributed, tracking
-from lmforge.checkpoint import Identity
-from lmforge.config import Config
-from lmforge.evaluate import eval_sampler
-from lmforge.layout import RunLayout
+from lmforge.training import distributed
+from lmforge.registry import tracking
+from lmforge.training.checkpoint import Identity
+from lmforge.core.config import Config
+from lmforge.training.evaluate import eval_sampler
+from lmforge.core.layout import RunLayout
 from lmforge.models import build_model
-from lmforge.progress import TrainProgress
-from lmforge.records import PreparedData, Trained
-from lmforge.train import Hooks, trained_record
-from tasks import retry_unless_user_error
+from lmforge.training.progress import TrainProgress
+from lmforge.core.records import PreparedData, Trained
+from lmforge.training.train import Hooks, trained_record
+from lmforge.tasks import retry_unless_user_error
 
 
 def _eval_hooks(cfg: Config, data: PreparedData, progress_id, run_id: str | None, progress) -> Hooks:

@@ -1,6 +1,7 @@
-"""The layering docs/architecture.md describes, checked on the source: no import cycles (lazy imports inside
-functions count too), the runtime imports nothing but onnxruntime, numpy, tokenizers and the standard library,
-Prefect only where orchestration lives, and tasks stay thin."""
+"""The layering docs/architecture.md describes, checked on the source: each package imports only the layers
+below it, no import cycles (lazy imports inside functions count too), the runtime imports nothing but
+onnxruntime, numpy, tokenizers and the standard library, Prefect only where orchestration lives, tasks stay
+thin, and every module is in docs/architecture.md."""
 from __future__ import annotations
 
 import ast
@@ -10,10 +11,26 @@ from pathlib import Path
 
 from conftest import REPO
 
-PACKAGES = ("lmforge", "tasks", "flows")
+PACKAGES = ("lmforge", "tasks", "flows")  # tasks/ and flows/ install as lmforge.tasks and lmforge.flows
+# what each layer may import (besides itself), lowest layer first; an arrow may only point down
+_BASE = {"core", "runtime", "data", "models"}
+LAYERS = {
+    "core": set(),
+    "runtime": {"core"},
+    "data": {"core"},
+    "models": {"core"},
+    "training": {"core", "data", "models", "runtime"},
+    "export": {"core", "data", "models", "runtime", "training"},
+    "registry": _BASE | {"training", "export"},
+    "web": {"core", "runtime"},
+    "ops": _BASE | {"training", "export", "registry"},
+    "tasks": _BASE | {"training", "export", "registry", "ops"},
+    "flows": _BASE | {"training", "export", "registry", "ops", "tasks"},
+    "cli": _BASE | {"training", "export", "registry", "ops", "tasks", "flows", "web"},
+}
 RUNTIME_THIRD_PARTY = {"onnxruntime", "numpy", "tokenizers"}
 # Prefect's home: the tasks and flows, and the four library modules that drive a Prefect server
-PREFECT_MODULES = {"lmforge.orchestration", "lmforge.doctor", "lmforge.schedule", "lmforge.serve"}
+PREFECT_MODULES = {"lmforge.ops.orchestration", "lmforge.ops.doctor", "lmforge.ops.schedule", "lmforge.ops.runner"}
 TASK_BODY_MAX_LINES = 25  # a task logs and hands on; the work is a library function
 
 
@@ -22,6 +39,8 @@ def modules() -> dict[str, Path]:
     for pkg in PACKAGES:
         for path in (REPO / pkg).rglob("*.py"):
             parts = path.relative_to(REPO).with_suffix("").parts
+            if pkg != "lmforge":
+                parts = ("lmforge", *parts)
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
@@ -100,8 +119,40 @@ def test_no_import_cycles():
     assert cycles(graph()) == []
 
 
+def layer(module: str) -> str:
+    """lmforge.data.prepare -> data; lmforge.cli -> cli; lmforge (the package's __init__) -> core."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "core"
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    mods = modules()
+    assert {layer(m) for m in mods} == set(LAYERS), "a package with no layer rule: add it to LAYERS and the docs"
+    wrong = [f"{a} imports {b}" for a, targets in graph().items() for b in targets
+             if layer(b) != layer(a) and layer(b) not in LAYERS[layer(a)]]
+    assert wrong == []
+
+
+def test_the_layer_rule_finds_an_upward_import():
+    edges = {"lmforge.core.config": {"lmforge.data.archive"}, "lmforge.data.archive": set()}
+    assert [(a, b) for a, ts in edges.items() for b in ts if layer(b) not in LAYERS[layer(a)] | {layer(a)}] == [
+        ("lmforge.core.config", "lmforge.data.archive")]
+
+
+def test_every_module_is_in_docs_architecture():
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for name, path in modules().items():
+        if path.name == "__init__.py" and path.stat().st_size < 400:  # a package docstring, no code
+            continue
+        rel = path.relative_to(REPO).as_posix()
+        if f"`{rel}`" not in doc:
+            missing.append(rel)
+    assert missing == [], "modules missing from docs/architecture.md's module table"
+
+
 def test_the_runtime_imports_only_onnxruntime_numpy_tokenizers_and_the_standard_library():
-    """Followed through every lmforge module the runtime reaches (lmforge.atomic, say)."""
+    """Followed through every lmforge module the runtime reaches (lmforge.core.atomic, say)."""
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     mods, edges = modules(), graph()
     todo = [m for m in mods if m == "lmforge.runtime" or m.startswith("lmforge.runtime.")]
@@ -127,7 +178,7 @@ def test_importing_the_runtime_loads_no_torch_and_no_prefect():
 def test_prefect_is_imported_only_by_tasks_flows_and_the_orchestration_modules():
     for name, path in modules().items():
         if any(imp.split(".")[0] == "prefect" for imp in imports_of(name, path)):
-            assert name.split(".")[0] in ("tasks", "flows") or name in PREFECT_MODULES, name
+            assert layer(name) in ("tasks", "flows") or name in PREFECT_MODULES, name
 
 
 def test_tasks_are_thin():
@@ -143,7 +194,7 @@ def test_docs_architecture_lists_every_config_key_where_its_section_is_read():
     import dataclasses
     import re
 
-    from lmforge.config import Config
+    from lmforge.core.config import Config
 
     doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
     rows = {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `(\w+)` \| ([\w, ]+) \| (.+) \|$", doc, re.M)}

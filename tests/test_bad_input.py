@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, TINY
 from lmforge.cli import main
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,9 @@ def tiny_model_dir(path: Path, text: str = "hello world, why not? a joke.", bloc
     """A tiny random GPT exported to `path` (seconds): the runtime's real input, without a training run."""
     import torch
 
-    from lmforge.config import ModelConfig
+    from lmforge.core.config import ModelConfig
     from lmforge.data.tokenize import special_ids, train_char
-    from lmforge.export import export_model_dir
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.models import build_model, model_spec
 
     torch.manual_seed(0)
@@ -126,9 +126,9 @@ def preset(tmp_path_factory) -> Path:
 
 
 def assert_nothing_left(preset: Path, overrides: dict) -> None:
-    from lmforge.config import load_config
-    from lmforge.layout import RunLayout
-    from lmforge.tracking import client
+    from lmforge.core.config import load_config
+    from lmforge.core.layout import RunLayout
+    from lmforge.registry.tracking import client
 
     cfg = load_config(str(preset), overrides)
     layout = RunLayout.for_config(cfg)
@@ -190,9 +190,9 @@ def test_corpus_shorter_than_one_context_window(prefect_server, capsys, preset, 
     o = {**TINY, "data.source": str(tmp_path / "short.txt")}
     rc, err = cli(capsys, "run", "--preset", str(preset), *[a for k, v in o.items() for a in ("--set", f"{k}={v}")])
     one_line_error(rc, err, "fewer than one context window (33)", "model.block_size")
-    from lmforge.config import load_config
-    from lmforge.layout import RunLayout
-    from lmforge.tracking import client
+    from lmforge.core.config import load_config
+    from lmforge.core.layout import RunLayout
+    from lmforge.registry.tracking import client
 
     layout = RunLayout.for_config(load_config(str(preset), o))
     assert layout.run_dirs() == []  # the data did not fit: no run directory was made
@@ -239,10 +239,10 @@ def test_max_new_tokens_past_the_context_slides_the_window(copy_of):
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     import torch
 
-    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.core.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.checkpoint import Checkpoints
-    from lmforge.train import make_optimizer
+    from lmforge.training.checkpoint import Checkpoints
+    from lmforge.training.train import make_optimizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
     opt = make_optimizer(model, TrainConfig(), "cpu")
@@ -330,10 +330,10 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_disk):
 
     import torch
 
-    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.core.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.checkpoint import Checkpoints
-    from lmforge.train import make_optimizer
+    from lmforge.training.checkpoint import Checkpoints
+    from lmforge.training.train import make_optimizer
 
     small = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8), 10)
     ck = Checkpoints(tiny_disk / "ckpt")

@@ -16,7 +16,7 @@ from lmforge.cli import build_parser, main
 def run_result(prefect_server, tmp_path_factory):
     """jokes-char under its own name: its run directory (and checkpoint) is not test_pipeline's, which a second
     run of the same config would resume from, finished, logging no training history."""
-    from flows.pipeline import pipeline
+    from lmforge.flows.pipeline import pipeline
 
     preset = tmp_path_factory.mktemp("presets") / "clireport.toml"
     preset.write_text((REPO / "configs" / "jokes-char.toml").read_text())
@@ -24,7 +24,7 @@ def run_result(prefect_server, tmp_path_factory):
 
 
 def logged_metrics(run_id: str) -> dict:
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     return client().get_run(run_id).data.metrics
 

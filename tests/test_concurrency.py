@@ -30,7 +30,7 @@ def finish(proc: subprocess.Popen) -> tuple[dict, str]:
 def test_two_runs_of_one_config_started_together_both_finish(tmp_path, monkeypatch):
     import mlflow
 
-    from lmforge.tracking import fetch_model_dir
+    from lmforge.registry.tracking import fetch_model_dir
 
     env = env_for(tmp_path)
     first, second = start(env, TINY), start(env, TINY)

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import corpus
-from lmforge.config import CleanConfig
+from lmforge.core.config import CleanConfig
 from lmforge.data import formats
 from lmforge.data.clean import clean_batches, clean_documents, normalize_whitespace, normalize_whitespace_one
 from lmforge.data.formats import iter_batches, read_documents
 from lmforge.data.shards import content_split, open_shard, read_meta, shard_dtype, write_shards
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 # ---- formats ---------------------------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ def test_shards_route_documents_and_pick_dtype(tmp_path):
 
 
 def test_strip_urls_removes_links_and_mentions_only():
-    from lmforge.config import CleanConfig
+    from lmforge.core.config import CleanConfig
     from lmforge.data.clean import clean_documents
 
     docs = ["شو حلو https://t.co/AbC123 @user_1 الشعور", "mail a@b.com stays", "www.example.com/x gone"]

@@ -127,7 +127,7 @@ def test_readme_deployment_run_completes_through_the_worker(readme_sequence, mon
     run_line = next(line for line in readme_sequence["outputs"] if "deployment run" in line)
     assert "Completed" in readme_sequence["outputs"][run_line]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     mv = client().get_model_version_by_alias("jokes-char", "candidate")
     run = client().get_run(mv.run_id)

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from lmforge import distributed
-from lmforge.config import load_config
+from lmforge.training import distributed
+from lmforge.core.config import load_config
 from lmforge.data.shards import write_shards
 from lmforge.models import build_model
-from lmforge.checkpoint import Checkpoints
-from lmforge.train import TrainResult
+from lmforge.training.checkpoint import Checkpoints
+from lmforge.training.train import TrainResult
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -30,10 +30,10 @@ import os, sys
 from pathlib import Path
 import numpy as np, torch
 from safetensors.torch import save_file
-from lmforge.config import ModelConfig, TrainConfig
+from lmforge.core.config import ModelConfig, TrainConfig
 from lmforge.models import build_model
-from lmforge.distributed import exit_now
-from lmforge.train import train
+from lmforge.training.distributed import exit_now
+from lmforge.training.train import train
 
 out, rank = Path(sys.argv[1]), os.environ["RANK"]
 rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ result = train(model, data[:5000], data[5000:], 16, cfg, out / "ckpt")
 assert not torch.distributed.is_initialized()
 save_file({k: v.clone() for k, v in model.state_dict().items()}, out / f"rank{rank}.safetensors")
 (out / f"steps{rank}.txt").write_text(str(result.steps))
-exit_now(0)  # as lmforge.distributed's entry point ends
+exit_now(0)  # as lmforge.training.distributed's entry point ends
 """
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from lmforge.data.archive import MARKER, extract, is_archive
 from lmforge.data.download import DownloadError, cache_path, download
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 BODY = os.urandom(200_000)
 FAST = dict(backoff=0.01, timeout=5.0, progress=False)

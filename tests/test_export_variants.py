@@ -11,7 +11,7 @@ from conftest import tiny_random_gpt
 
 from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
-from lmforge.export import export_model_dir
+from lmforge.export.modeldir import export_model_dir
 from lmforge.models import model_spec
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
@@ -106,7 +106,7 @@ def test_int4_blocks_are_what_matmulnbits_computes(K):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from lmforge.export_fast import int4_blocks
+    from lmforge.export.fast import int4_blocks
 
     rng = np.random.default_rng(0)
     N = 24

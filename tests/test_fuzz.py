@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lmforge.config import load_config, valid_keys
-from lmforge.errors import LmforgeError
+from lmforge.core.config import load_config, valid_keys
+from lmforge.core.errors import LmforgeError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

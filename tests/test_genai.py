@@ -15,11 +15,11 @@ from conftest import corpus, tiny_random_gpt
 
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is in the test extra")
 
-from lmforge.config import ModelConfig, TrainConfig
+from lmforge.core.config import ModelConfig, TrainConfig
 from lmforge.data.tokenize import special_ids, train_bpe, train_char
-from lmforge.export import export_model_dir
-from lmforge.export_genai import GENAI_FILES, RNN_REASON, select_graph
-from lmforge.export_genai import genai_greedy as genai_loop
+from lmforge.export.modeldir import export_model_dir
+from lmforge.export.genai import GENAI_FILES, RNN_REASON, select_graph
+from lmforge.export.genai import genai_greedy as genai_loop
 from lmforge.models import build_model, model_spec
 from lmforge.runtime import Generator, ModelDirError
 from lmforge.runtime.names import kv_names
@@ -37,7 +37,7 @@ def manifest(tok, kind: str) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_torch_thread):
     """A 2-layer GPT with a byte-level BPE tokenizer trained for 300 steps on tinyshakespeare, exported."""
-    from lmforge.train import train
+    from lmforge.training.train import train
 
     root = tmp_path_factory.mktemp("genai")
     text = corpus("tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]

@@ -6,11 +6,11 @@ import pytest
 from conftest import cuda_works, tiny_random_gpt
 
 from lmforge.data.tokenize import train_char
-from lmforge.export import export_model_dir
+from lmforge.export.modeldir import export_model_dir
 from lmforge.models import model_spec
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import stepped_logits
-from lmforge.verify import check_prompts, torch_rows
+from lmforge.export.verify import check_prompts, torch_rows
 
 pytestmark = pytest.mark.skipif(not cuda_works(), reason="no CUDA provider/GPU here")
 TEXT = "why did the chicken cross the road? to get to the other side! café 😀"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 from lmforge.runtime import Generator, ModelDirError, read_model_dir
 from test_bad_input import tiny_model_dir
 
@@ -42,10 +42,10 @@ class Payload:
 def test_malicious_pickle_in_optimizer_pt_is_refused(tmp_path):
     import torch
 
-    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.core.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.checkpoint import Checkpoints
-    from lmforge.train import make_optimizer
+    from lmforge.training.checkpoint import Checkpoints
+    from lmforge.training.train import make_optimizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
     opt = make_optimizer(model, TrainConfig(), "cpu")

@@ -49,8 +49,8 @@ def test_every_package_is_in_the_wheel():
 
 
 def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_path):
-    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import lmforge, lmforge.config as c; "
-                            "import lmforge.layout as l; print(lmforge.__file__); print(c.presets_dir()); print(lmforge.__version__); "
+    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import lmforge, lmforge.core.config as c; "
+                            "import lmforge.core.layout as l; print(lmforge.__file__); print(c.presets_dir()); print(lmforge.__version__); "
                             "print(l.artifacts_root())"],
                            capture_output=True, text=True, cwd=tmp_path, check=True,
                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.splitlines()
@@ -61,7 +61,7 @@ def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_pa
     assert {ln.split()[0] for ln in presets.stdout.splitlines()} == {p.stem for p in (REPO / "configs").glob("*.toml")}
 
     from lmforge.data.tokenize import special_ids, train_char
-    from lmforge.export import export_model_dir
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.models import model_spec
 
     (tmp_path / "tok").mkdir()
@@ -83,7 +83,7 @@ def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_pa
 def test_the_wheel_ships_the_web_page_but_not_node_modules(installed, tmp_path):
     """`lmforge web` from the wheel: the page is there, onnxruntime-web is not (154 MB of node_modules stay out),
     and asking for it is one line naming the npm command that installs it beside the page."""
-    web = subprocess.run([str(installed / "bin" / "python"), "-c", "import lmforge.web.serve as s; print(s.WEB)"],
+    web = subprocess.run([str(installed / "bin" / "python"), "-c", "import lmforge.web.server as s; print(s.WEB)"],
                          capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.strip()
     assert str(installed) in web

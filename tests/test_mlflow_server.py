@@ -33,10 +33,10 @@ def mlflow_server(tmp_path_factory):
 
 
 def test_pipeline_and_promotion_through_the_server(prefect_server, mlflow_server, monkeypatch, tmp_path):
-    from flows.pipeline import pipeline
-    from flows.promote import promote
+    from lmforge.flows.pipeline import pipeline
+    from lmforge.flows.promote import promote
     from lmforge.runtime import Generator
-    from lmforge.tracking import client, fetch_model_dir
+    from lmforge.registry.tracking import client, fetch_model_dir
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     result = pipeline(preset="jokes-char", overrides=TINY)
@@ -50,10 +50,10 @@ def test_pipeline_and_promotion_through_the_server(prefect_server, mlflow_server
 
 
 def test_server_down_fails_first_with_a_clear_message(prefect_server, monkeypatch):
-    from flows.pipeline import pipeline
-    from lmforge.config import load_config
-    from lmforge.errors import LmforgeError
-    from lmforge.layout import RunLayout
+    from lmforge.flows.pipeline import pipeline
+    from lmforge.core.config import load_config
+    from lmforge.core.errors import LmforgeError
+    from lmforge.core.layout import RunLayout
 
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", down)

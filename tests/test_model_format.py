@@ -61,7 +61,7 @@ def code(heading: str, lang: str) -> str:
 @pytest.fixture(scope="module")
 def gpt(prefect_server, tmp_path_factory) -> Path:
     """The pipeline's own export (real training, real manifest) with every variant on, in a registry of its own."""
-    from flows.pipeline import pipeline
+    from lmforge.flows.pipeline import pipeline
 
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('format') / 'mlflow.db'}")
@@ -76,10 +76,10 @@ def gpt(prefect_server, tmp_path_factory) -> Path:
 
 
 def export_family(gpt_dir: Path, out: Path, family: str, **flags) -> Path:
-    """A random-weight `family` model exported by lmforge.export.export_model_dir with the pipeline export's
+    """A random-weight `family` model exported by lmforge.export.modeldir.export_model_dir with the pipeline export's
     tokenizer and provenance."""
-    from lmforge.config import ModelConfig
-    from lmforge.export import export_model_dir
+    from lmforge.core.config import ModelConfig
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.models import build_model, model_spec
 
     manifest = json.loads((gpt_dir / "lmforge.json").read_text())

@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from lmforge.config import ModelConfig
-from lmforge.errors import LmforgeError
-from lmforge.export import export_model_dir, export_onnx, io_spec
+from lmforge.core.config import ModelConfig
+from lmforge.core.errors import LmforgeError
+from lmforge.export.modeldir import export_model_dir, export_onnx, io_spec
 from lmforge.models import build_model, model_spec
 
 VOCAB = 61

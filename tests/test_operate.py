@@ -177,7 +177,7 @@ def states(ops: Ops, run_id) -> list:
 def version_of(flow_run_id):
     """The registered jokes-char version a flow run made (its MLflow run carries the flow run's id); its number as
     a string, as the registry's tags and aliases hold it."""
-    from lmforge import tracking
+    from lmforge.registry import tracking
 
     c = tracking.client()
     for mv in c.search_model_versions("name='jokes-char'"):
@@ -197,7 +197,7 @@ def artifact(ops: Ops, flow_run_id, key: str) -> str:
 
 
 def aliases() -> dict:
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     return {k: str(v) for k, v in client().get_registered_model("jokes-char").aliases.items()}
 
@@ -403,7 +403,7 @@ def served(ops, nightly, stuck):
 
 
 def test_serve_runs_prefect_yamls_schedule_without_a_worker_and_stops_on_ctrl_c(served):
-    from lmforge.deployfile import load_deployments
+    from lmforge.ops.deployments import load_deployments
 
     refused = served["refused"]
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
@@ -450,8 +450,8 @@ def test_runs_left_late_or_pending_fire_the_alert_webhook(ops, stuck):
         assert c.read_flow_run(pending.id).state.name == "Pending"
     from prefect.client.schemas.actions import WorkPoolUpdate
 
-    from lmforge.deployfile import load_deployments
-    from lmforge.schedule import set_active
+    from lmforge.ops.deployments import load_deployments
+    from lmforge.ops.schedule import set_active
 
     gpt2 = next(d for d in load_deployments() if d.name == "jokes-gpt2")
     with ops.client() as c:  # the pool paused, and a schedule on whose config cannot load

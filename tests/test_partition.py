@@ -16,10 +16,10 @@ from prefect import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
 from lmforge.cli import main
-from lmforge.config import load_config
+from lmforge.core.config import load_config
 from lmforge.data import partition
 from lmforge.data.prepare import prepare_corpus, source_fingerprint
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 PREPARED = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
 

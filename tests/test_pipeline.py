@@ -12,13 +12,13 @@ from conftest import BEATS_UNIFORM, REPO, TINY, expected_provider, uniform_loss
 
 @pytest.fixture(scope="module")
 def run_result(prefect_server):
-    from flows.pipeline import pipeline
+    from lmforge.flows.pipeline import pipeline
 
     return pipeline(preset="jokes-char", overrides={**TINY, "train.seed": 2024})  # a run dir of its own
 
 
 def test_flow_registers_candidate_with_exported_dir(run_result):
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     c = client()
     mv = c.get_model_version_by_alias("jokes-char", "candidate")

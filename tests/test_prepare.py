@@ -20,11 +20,11 @@ from tokenizers import Tokenizer
 
 from conftest import corpus
 from lmforge.cli import main
-from lmforge.config import load_config
+from lmforge.core.config import load_config
 from lmforge.data import formats
 from lmforge.data.prepare import prepare_corpus
 from lmforge.data.shards import open_shard, read_meta
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 
 def cli_prepare(overrides: dict) -> dict:

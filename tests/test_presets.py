@@ -8,15 +8,15 @@ import math
 import pytest
 
 from conftest import corpus
-from lmforge.config import list_presets, load_config
+from lmforge.core.config import list_presets, load_config
 from lmforge.data.prepare import prepare_corpus
 from lmforge.data.shards import open_shard
 from lmforge.data.sources import acquire, is_url
-from lmforge.errors import LmforgeError
-from lmforge.export import export_model_dir
+from lmforge.core.errors import LmforgeError
+from lmforge.export.modeldir import export_model_dir
 from lmforge.models import build_model, model_spec
 from lmforge.runtime import Generator
-from lmforge.train import train
+from lmforge.training.train import train
 
 SEED_PRESETS = ["tinystories-lstm", "jokes-gpt2", "imdb-gpt", "lebanon-gru", "shakespeare-char"]
 TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.n_hidden": 48, "model.block_size": 32,

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import REPO, TINY
 
-from lmforge.config import ExportConfig
+from lmforge.core.config import ExportConfig
 
 WEAK = {**TINY, "train.max_steps": 4, "train.eval_interval": 4}  # barely trained: clearly worse
 STRONG = {**TINY, "train.max_steps": 200, "train.eval_interval": 100, "train.lr": 3e-3}  # ~0.4 below unigram
@@ -26,13 +26,13 @@ def registry(prefect_server, tmp_path_factory):
 
 
 def run(overrides: dict) -> dict:
-    from flows.pipeline import pipeline
+    from lmforge.flows.pipeline import pipeline
 
     return pipeline(preset="jokes-char", overrides=overrides)
 
 
 def aliases() -> dict:
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     return {k: str(v) for k, v in client().get_registered_model("jokes-char").aliases.items()}
 
@@ -52,8 +52,8 @@ def versions(registry):
 
 
 def test_a_smoke_run_is_not_made_the_first_champion(versions):
-    from flows.promote import promote
-    from lmforge.tracking import client
+    from lmforge.flows.promote import promote
+    from lmforge.registry.tracking import client
 
     assert aliases() == {"candidate": versions["weak"]["model_version"]}
     assert "promotion" not in versions["weak"]  # a run outside the deployments: promote.auto is off
@@ -70,8 +70,8 @@ def test_a_smoke_run_is_not_made_the_first_champion(versions):
 
 
 def test_champion_moves_only_when_the_candidate_wins_and_every_move_is_recorded(versions):
-    from flows.promote import promote
-    from lmforge.tracking import client
+    from lmforge.flows.promote import promote
+    from lmforge.registry.tracking import client
 
     strong, weak = versions["strong"]["model_version"], versions["weak"]["model_version"]
     lost = promote(name="jokes-char", margin=0.01)  # candidate is the weak run
@@ -98,8 +98,8 @@ def test_champion_moves_only_when_the_candidate_wins_and_every_move_is_recorded(
 
 
 def test_a_champion_that_moved_meanwhile_is_not_overwritten(versions):
-    from lmforge.errors import LmforgeError
-    from lmforge.promote import move_champion
+    from lmforge.core.errors import LmforgeError
+    from lmforge.registry.promote import move_champion
 
     strong, weak = versions["strong"]["model_version"], versions["weak"]["model_version"]
     assert aliases()["champion"] == strong
@@ -111,7 +111,7 @@ def test_a_champion_that_moved_meanwhile_is_not_overwritten(versions):
 def test_held_out_split_rules():
     from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-    from lmforge.promote import held_out_for_both
+    from lmforge.registry.promote import held_out_for_both
 
     def version(v: int, **tags) -> ModelVersion:
         base = {"data_fingerprint": f"fp{v}", "corpus_sha256": f"corpus{v}", "split": "documents",
@@ -127,7 +127,7 @@ def test_held_out_split_rules():
 
 
 def test_an_unchanged_rerun_registers_no_new_version(versions):
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     again = run(STRONG)
     assert again["reused"] is True and again["model_version"] == versions["strong"]["model_version"]
@@ -140,7 +140,7 @@ def test_registered_version_is_reviewable(registry):
     """Tags a reviewer needs, and the generate model logged with a signature and an input example."""
     import mlflow
 
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     mv = client().get_model_version_by_alias("jokes-char", "candidate")
     for tag in ("data_source", "corpus_sha256", "data_fingerprint", "tokenizer_sha256", "split", "val_sha256",
@@ -152,7 +152,7 @@ def test_registered_version_is_reviewable(registry):
     assert float(mv.tags["verify_fast_int8_loss_delta"]) <= e.max_int8_loss_delta
     assert float(mv.tags["verify_fast_int8_agreement"]) >= e.min_int8_agreement
     assert float(mv.tags["verify_fast_logit_max_abs"]) <= e.max_abs_logit_diff
-    info = mlflow.models.get_model_info(f"models:/jokes-char/{mv.version}")  # the generate model (lmforge.pyfunc)
+    info = mlflow.models.get_model_info(f"models:/jokes-char/{mv.version}")  # the generate model (lmforge.registry.pyfunc)
     assert [s.name for s in info.signature.inputs.inputs] == ["prompt"]
     assert "max_new_tokens" in {p.name for p in info.signature.params.params}
     assert info.saved_input_example_info is not None

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 # Deterministic CPU training on a synthetic corpus; the progress hook paces it so a kill lands mid-run.
 TRAIN_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 import numpy as np, torch
-from lmforge.config import ModelConfig, TrainConfig
+from lmforge.core.config import ModelConfig, TrainConfig
 from lmforge.models import build_model
-from lmforge.train import Hooks, train
+from lmforge.training.train import Hooks, train
 
 ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
 torch.manual_seed(0)
@@ -91,10 +91,10 @@ def test_kill_9_then_rerun_reaches_the_same_final_loss(tmp_path):
 def saved(tmp_path):
     import torch
 
-    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.core.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.checkpoint import Checkpoints
-    from lmforge.train import make_optimizer
+    from lmforge.training.checkpoint import Checkpoints
+    from lmforge.training.train import make_optimizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 10)
     opt = make_optimizer(model, TrainConfig(), "cpu")
@@ -129,10 +129,10 @@ def test_crash_between_the_two_renames_keeps_the_previous_checkpoint(saved):
 
 
 def test_failed_export_leaves_no_directory_and_no_registered_version(prefect_server, tmp_path):
-    from flows.pipeline import pipeline
-    from lmforge.config import load_config
-    from lmforge.layout import RunLayout
-    from lmforge.tracking import client
+    from lmforge.flows.pipeline import pipeline
+    from lmforge.core.config import load_config
+    from lmforge.core.layout import RunLayout
+    from lmforge.registry.tracking import client
 
     preset = tmp_path / "exportcrash.toml"
     preset.write_text((REPO / "configs" / "jokes-char.toml").read_text())

@@ -24,13 +24,13 @@ def registry(prefect_server, tmp_path_factory):
 
 
 def run(overrides: dict) -> dict:
-    from flows.pipeline import pipeline
+    from lmforge.flows.pipeline import pipeline
 
     return pipeline(preset="jokes-char", overrides=overrides)
 
 
 def registered_dir(version: str, tmp: Path) -> Path:
-    from lmforge.tracking import fetch_model_dir
+    from lmforge.registry.tracking import fetch_model_dir
 
     return fetch_model_dir(f"models:/nightly/{version}", tmp / f"v{version}")
 
@@ -47,7 +47,7 @@ class Lines(logging.Handler):
 
 
 def test_changed_data_under_the_same_path_trains_again_and_registers_its_fingerprint(registry, tmp_path):
-    from lmforge.tracking import client
+    from lmforge.registry.tracking import client
 
     jokes = pyjokes.get_jokes(language="en", category="all")
     source = tmp_path / "jokes.txt"
@@ -104,10 +104,10 @@ def test_a_checkpoint_of_other_data_is_set_aside_not_resumed(tmp_path):
     import numpy as np
     import torch
 
-    from lmforge.checkpoint import Checkpoints, Identity
-    from lmforge.config import ModelConfig, TrainConfig
+    from lmforge.training.checkpoint import Checkpoints, Identity
+    from lmforge.core.config import ModelConfig, TrainConfig
     from lmforge.models import build_model
-    from lmforge.train import Hooks, train
+    from lmforge.training.train import Hooks, train
 
     data = (np.arange(4000) % 17).astype(np.uint16)
     cfg = TrainConfig(max_steps=6, batch_size=4, eval_interval=3, eval_iters=1, warmup_steps=1, device="cpu")

@@ -8,8 +8,8 @@ import pytest
 from conftest import cuda_works, expected_provider, tiny_random_gpt, torch_greedy
 
 from lmforge.data.tokenize import train_char
-from lmforge.export import export_model_dir
-from lmforge.export_fast import fast_parity
+from lmforge.export.modeldir import export_model_dir
+from lmforge.export.fast import fast_parity
 from lmforge.models import model_spec
 from lmforge.runtime import Generator, ModelDirError, RuntimeInputError
 

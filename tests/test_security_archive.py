@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from conftest import corpus
-from lmforge.config import load_config
-from lmforge.data.archive import ArchiveLimits, extract
+from lmforge.core.config import load_config
+from lmforge.core.limits import ArchiveLimits
+from lmforge.data.archive import extract
 from lmforge.data.sources import acquire_for
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 ZEROS = 4 << 20  # a 4 MiB member of zeros: ~4 KiB deflated, a ratio of ~1000
 

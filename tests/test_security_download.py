@@ -16,10 +16,10 @@ from urllib.parse import urlparse
 
 import pytest
 
-from lmforge.config import DataConfig
+from lmforge.core.config import DataConfig
 from lmforge.data.download import DownloadError, cache_path, download
 from lmforge.data.sources import acquire, acquire_for
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 from test_bad_input import restore_log_streams  # noqa: F401 - autouse: Prefect's handlers outlive capsys
 
 FAST = dict(backoff=0.01, timeout=5.0, progress=False)
@@ -326,7 +326,7 @@ def test_shakespeare_preset_pins_the_hash_of_char_rnns_input_txt(server, tmp_pat
     """The one preset whose bytes are known here: ../shared/corpora/tinyshakespeare.txt is char-rnn's input.txt
     (1,115,394 bytes). Served at the preset's URL path, the preset's sha256 accepts it; one changed byte is refused."""
     from conftest import corpus
-    from lmforge.config import load_config
+    from lmforge.core.config import load_config
 
     text = corpus("tinyshakespeare.txt").read_bytes()
     cfg = load_config("shakespeare-char")

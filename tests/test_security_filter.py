@@ -1,4 +1,4 @@
-"""data.filter / data.val_filter (lmforge/data/rowfilter.py): the allow-listed language selects the same rows
+"""data.filter / data.val_filter (lmforge/core/rowfilter.py): the allow-listed language selects the same rows
 pandas' query would, and every expression outside it is refused in one line without running anything."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 
 from conftest import REPO, corpus
 from lmforge.cli import main
-from lmforge.config import load_config
+from lmforge.core.config import load_config
 from lmforge.data.formats import read_documents
-from lmforge.data.rowfilter import all_of, parse
-from lmforge.errors import LmforgeError
+from lmforge.core.rowfilter import all_of, parse
+from lmforge.core.errors import LmforgeError
 
 # A typed table, and the same table as read_table sees it (every column text, as read_csv(dtype=str) gives).
 TYPED = pd.DataFrame({"Country": ["lebanon", "syria", "jordan", "lebanon", "palestine", "syria"],

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
-from lmforge.config import Config, load_config
+from lmforge.core.config import Config, load_config
 from lmforge.data.download import cache_path
 from lmforge.data.sources import acquire
-from lmforge.errors import LmforgeError
-from lmforge.layout import RunLayout
+from lmforge.core.errors import LmforgeError
+from lmforge.core.layout import RunLayout
 
 HOSTILE_NAMES = ["../../x", "../escape", "/etc/cron.d/x", "a/b", ".hidden", "..", ".", "", "x" * 101, "name with space",
                  "semi;colon", "nul\x00byte", "back\\slash"]
@@ -42,7 +42,7 @@ def test_set_name_with_dot_dot_through_the_cli_writes_nothing(capsys, artifacts)
 
 def test_deployment_parameter_name_is_refused_by_the_flow(prefect_server, artifacts):
     """A deployment passes `overrides` straight to the flow: the same check runs inside it."""
-    from flows.prepare import prepare
+    from lmforge.flows.prepare import prepare
 
     escapes = lambda: set(Path("/tmp").glob("x*")) | set(artifacts.parent.glob("x*"))  # noqa: E731 - where ../ lands
     before, inside = escapes(), set(artifacts.rglob("*"))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from lmforge.config import ModelConfig
-from lmforge.errors import LmforgeError
+from lmforge.core.config import ModelConfig
+from lmforge.core.errors import LmforgeError
 from lmforge.models import build_model
 
 pytest.importorskip("transformers")

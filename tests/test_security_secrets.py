@@ -1,4 +1,4 @@
-"""Secrets in source URLs and tracking URIs (lmforge/redact.py, lmforge/envsubst.py): redacted everywhere lmforge
+"""Secrets in source URLs and tracking URIs (lmforge/core/redact.py, lmforge/core/envsubst.py): redacted everywhere lmforge
 writes or logs them. Two whole runs from a loopback server that demands HTTP Basic auth and a ?token=: one with
 the credentials written into data.source, one reading them from the environment with ${NAME}; then every file
 under the artifacts root (run and prepared directories, download cache, the MLflow SQLite store and its mlruns
@@ -17,8 +17,8 @@ from urllib.parse import quote
 import pytest
 
 from conftest import REPO, TINY
-from lmforge.errors import LmforgeError
-from lmforge.redact import redact_text, redact_url, split_credentials
+from lmforge.core.errors import LmforgeError
+from lmforge.core.redact import redact_text, redact_url, split_credentials
 from test_bad_input import restore_log_streams  # noqa: F401 - autouse: Prefect's handlers outlive capfd
 
 # -- the helpers on their own ---------------------------------------------------------------------------------------
@@ -160,9 +160,9 @@ def as_args(overrides: dict) -> list[str]:
 
 def test_a_run_from_a_url_with_credentials_leaves_no_secret(prefect_server, corpus_server, preset, artifacts,
                                                            capfd, caplog):
-    from lmforge.config import load_config
-    from lmforge.layout import RunLayout
-    from lmforge.tracking import client
+    from lmforge.core.config import load_config
+    from lmforge.core.layout import RunLayout
+    from lmforge.registry.tracking import client
 
     s = new_secrets()
     corpus_server.accepted.append(s)
@@ -232,7 +232,7 @@ def test_unset_environment_variable_is_one_line(prefect_server, capsys, preset, 
 
 # -- the tracking URI ------------------------------------------------------------------------------------------------
 def test_tracking_uri_credentials_are_sent_as_basic_auth_and_never_shown(monkeypatch):
-    from lmforge.tracking import check_tracking_server
+    from lmforge.registry.tracking import check_tracking_server
 
     s = new_secrets()
     seen = []

@@ -29,8 +29,8 @@ PROMPTS = ["Why", "A programmer"]
 def champion(prefect_server, tmp_path_factory):
     """(exported model directory, tracking URI): a TINY jokes-char run registered in a registry of its own and
     made champion through the registry API."""
-    from flows.pipeline import pipeline
-    from lmforge.tracking import client
+    from lmforge.flows.pipeline import pipeline
+    from lmforge.registry.tracking import client
 
     mp = pytest.MonkeyPatch()
     uri = f"sqlite:///{tmp_path_factory.mktemp('serving') / 'mlflow.db'}"
@@ -159,7 +159,7 @@ def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     import pandas as pd
 
     from lmforge.runtime import Generator
-    from lmforge.tracking import fetch_model_dir
+    from lmforge.registry.tracking import fetch_model_dir
 
     model_dir, _ = champion
     model = mlflow.pyfunc.load_model(URI)
@@ -215,7 +215,7 @@ def test_a_fresh_process_decodes_with_the_versions_own_code(champion, tmp_path):
 
 def test_directories_of_versions_registered_before_are_still_found(champion, tmp_path):
     """A version registered as an `mlflow.onnx` model kept the directory's files at its root: found there."""
-    from lmforge.pyfunc import model_dir_in
+    from lmforge.registry.pyfunc import model_dir_in
 
     model_dir, _ = champion
     old = tmp_path / "old"

@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import torch_greedy
 
-from lmforge.config import TrainConfig
+from lmforge.core.config import TrainConfig
 from lmforge.data.tokenize import train_bpe
-from lmforge.export import export_model_dir
+from lmforge.export.modeldir import export_model_dir
 from lmforge.models import model_spec
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator
 from lmforge.runtime.detok import MAX_PENDING, TextStream
-from lmforge.train import train
+from lmforge.training.train import train
 
 TEXT = ("salaam: مرحبا بالعالم 😀🎉 and كيف حالك؟ 👍🏽 the end \ufffd then 🇯🇵 نعم. ") * 3
 BROKEN = "\ufffd"

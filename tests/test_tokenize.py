@@ -14,7 +14,7 @@ from conftest import corpus
 from lmforge.data.formats import read_documents
 from lmforge.data.tokenize import (SPECIALS, UNK, CharLookup, build_tokenizer, encode_batches,
                                    encode_with_tokenizer, frame, load_gpt2, special_ids)
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ENGLISH = "First Citizen: Before we proceed any further, hear me speak. 42 times!"

@@ -1,4 +1,4 @@
-"""Export-time verification through the runtime (lmforge.verify) on a char GPT trained for 200 steps on a slice of
+"""Export-time verification through the runtime (lmforge.export.verify) on a char GPT trained for 200 steps on a slice of
 tinyshakespeare: the figures of every graph land in lmforge.json within the [export] bounds, the int4 and fp16
 fast graphs load and agree, a corrupted weight in the fast int8 graph fails the export, and the check drives the
 very decoding state generate() runs."""
@@ -12,16 +12,16 @@ import torch
 from conftest import corpus, expected_provider
 from onnx import numpy_helper
 
-from lmforge.config import ExportConfig, TrainConfig
+from lmforge.core.config import ExportConfig, TrainConfig
 from lmforge.data.tokenize import train_char
-from lmforge.errors import LmforgeError
-from lmforge.export import export_model_dir
+from lmforge.core.errors import LmforgeError
+from lmforge.export.modeldir import export_model_dir
 from lmforge.models import model_spec
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import stepped_logits, val_rows
-from lmforge.train import train
-from lmforge.verify import Bounds, check_prompts
+from lmforge.training.train import train
+from lmforge.export.verify import Bounds, check_prompts
 
 MANIFEST = {"name": "verify", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
             "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},

@@ -18,7 +18,7 @@ import pytest
 
 from lmforge.runtime import read_model_dir
 from lmforge.web.browser import Chromium, find_chromium
-from lmforge.web.serve import ORT_DIST, ORT_FILES, WEB
+from lmforge.web.server import ORT_DIST, ORT_FILES, WEB
 
 TEXT = ("why did the chicken cross the road? to get to the other side! the other side of the road was green, "
         "and the chicken liked green grass. it's 12 o'clock, said the farmer; the chicken did not care. "
@@ -68,7 +68,7 @@ def train(model, ids, steps: int = 200, block: int = 24, seed: int = 0):
 
 
 def export(model, tok, root: Path, name: str, kind: str) -> Path:
-    from lmforge.export import export_model_dir
+    from lmforge.export.modeldir import export_model_dir
     from lmforge.models import model_spec
 
     tok.save(str(root / f"{name}.tokenizer.json"))

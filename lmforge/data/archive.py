@@ -12,27 +12,14 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.core.limits import ArchiveLimits
+from lmforge.core.errors import LmforgeError
 
 MARKER = ".lmforge-extracted"
 _SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """What one archive may expand to; 0 lifts a limit. The config keys data.archive_max_* set them.
-
-    The defaults accept IMDB's aclImdb_v1.tar.gz, the largest archive a preset uses (84 MB compressed, about
-    100,000 members, about 480 MB uncompressed: a ratio near 6) with a wide margin, and refuse what a bomb needs:
-    8 GiB uncompressed, one million members, and a ratio of 100 (gzip/deflate shrink text 3-10 times; a run of
-    zeros shrinks about 1000 times)."""
-    max_bytes: int = 8 << 30
-    max_members: int = 1_000_000
-    max_ratio: float = 100.0
 
 
 def is_archive(path: Path) -> bool:

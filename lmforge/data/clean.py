@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from lmforge.config import CleanConfig
+from lmforge.core.config import CleanConfig
 
 HTML_TAG = re.compile(r"<[^<>]{1,200}>")
 URL_OR_MENTION = re.compile(r"(?:https?://|www\.)\S+|(?<!\w)@\w+")

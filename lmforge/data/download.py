@@ -2,7 +2,7 @@
 sha256-verified, landed atomically. A cached copy is used again when data.sha256 pins it, or after a conditional GET
 (its saved ETag / Last-Modified) answers 304: a URL that serves new content under the same name is downloaded
 again, so a nightly run sees the new data. Redirects are followed to http(s) only; credentials in the URL's userinfo are
-sent as HTTP Basic auth (to the URL's own origin only) and the URL is redacted (lmforge.redact) in every log line
+sent as HTTP Basic auth (to the URL's own origin only) and the URL is redacted (lmforge.core.redact) in every log line
 and error message."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
-from lmforge.atomic import write_json_atomic
-from lmforge.errors import LmforgeError
-from lmforge.redact import redact_text, redact_url, split_credentials
+from lmforge.core.atomic import write_json_atomic
+from lmforge.core.errors import LmforgeError
+from lmforge.core.redact import redact_text, redact_url, split_credentials
 
 log = logging.getLogger("lmforge.download")
 

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import pandas as pd
 
-from lmforge.data.rowfilter import RowFilter, parse as parse_filter
-from lmforge.errors import LmforgeError
+from lmforge.core.rowfilter import RowFilter, parse as parse_filter
+from lmforge.core.errors import LmforgeError
 
 ENCODING_HINT = "re-encode the file as UTF-8, or --set data.encoding_errors=replace"
 CHUNK_BYTES = 1 << 20
@@ -89,7 +89,7 @@ def split_text(chunks: Iterator[str], fmt: str, separator: str = "") -> Iterator
 def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = "",
                errors: str = "strict") -> Iterator[list[str]]:
     """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time; only the rows
-    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.data.rowfilter, never DataFrame.query)."""
+    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.core.rowfilter, never DataFrame.query)."""
     sep = "\t" if fmt == "tsv" else ","
     rows = row_filter if isinstance(row_filter, RowFilter) else parse_filter(row_filter) if row_filter else None
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.config import Config
+from lmforge.core.config import Config
 from lmforge.data.clean import make_dedupe
 from lmforge.data.formats import source_files
 from lmforge.data.prepare import (Split, SpillWriter, cached_meta, clean_to_spill, finish_cleaning, plan_split,

@@ -26,15 +26,15 @@ import numpy as np
 import pandas as pd
 from tokenizers import Tokenizer
 
-from lmforge import interrupt
-from lmforge.config import Config
+from lmforge.core import interrupt
+from lmforge.core.config import Config
 from lmforge.data.clean import clean_batches
 from lmforge.data.formats import detect_format, iter_batches
 from lmforge.data.shards import META, content_split, meta_for, shard_dtype, write_meta, write_split_files
 from lmforge.data.tokenize import build_tokenizer, frame, plain_encoder, special_ids
-from lmforge.data.rowfilter import all_of
-from lmforge.errors import LmforgeError
-from lmforge.redact import redact_text
+from lmforge.core.rowfilter import all_of
+from lmforge.core.errors import LmforgeError
+from lmforge.core.redact import redact_text
 
 PREPARED_FORMAT = 3  # bump when the shard layout or the pipeline's output changes (3: content-hash splits)
 MIN_DOCUMENT_SPLIT = 20  # fewer documents than this: a document split is too coarse, split the text instead

@@ -11,9 +11,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from lmforge import interrupt
-from lmforge.atomic import write_json_atomic
-from lmforge.errors import LmforgeError
+from lmforge.core import interrupt
+from lmforge.core.atomic import write_json_atomic
+from lmforge.core.errors import LmforgeError
 
 META = "meta.json"
 SPLITS = ("train", "val")

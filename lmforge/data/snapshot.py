@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from lmforge.data.shards import META
-from lmforge.records import PreparedData
+from lmforge.core.records import PreparedData
 
 FILES = ("tokenizer.json", "train.bin", "val.bin", META)  # meta.json last: its presence marks the copy complete
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.atomic import write_text_atomic
-from lmforge.config import DataConfig
-from lmforge.data.archive import ArchiveLimits, extract, is_archive
+from lmforge.core.atomic import write_text_atomic
+from lmforge.core.config import DataConfig
+from lmforge.core.limits import ArchiveLimits
+from lmforge.data.archive import extract, is_archive
 from lmforge.data.download import download
-from lmforge.envsubst import expand
-from lmforge.errors import LmforgeError
-from lmforge.redact import redact_text
-from lmforge.safepath import safe_component
+from lmforge.core.envsubst import expand
+from lmforge.core.errors import LmforgeError
+from lmforge.core.redact import redact_text
+from lmforge.core.safepath import safe_component
 
 
 def is_url(source: str) -> bool:

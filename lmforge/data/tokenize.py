@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = [PAD, UNK, BOS, EOS]

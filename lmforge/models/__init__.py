@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from lmforge.config import ModelConfig
-from lmforge.errors import LmforgeError
+from lmforge.core.config import ModelConfig
+from lmforge.core.errors import LmforgeError
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seed: int | None = None) -> nn.Module:

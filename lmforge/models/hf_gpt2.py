@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 from lmforge.models.gpt import GPT, GPTConfig
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")

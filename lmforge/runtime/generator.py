@@ -40,7 +40,7 @@ class Generator:
         by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
         portable graph there when they have one). `provider` is the provider that actually runs."""
         self.dir = read_model_dir(model_dir)
-        if variant.startswith("genai"):  # lmforge.export_genai's graphs read batch rows as right-padded
+        if variant.startswith("genai"):  # lmforge.export.genai's graphs read batch rows as right-padded
             raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph: load {self.dir.path} with "
                                 f"onnxruntime_genai.Model; lmforge decodes the same weights with variant='fp32'/'int8'")
         fast_variant = FAST_VARIANTS.get(variant)
@@ -48,7 +48,7 @@ class Generator:
         self.fast = has_fast if fast is None else bool(fast)
         if self.fast and not has_fast:
             raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}; "
-                                f"re-export it with lmforge.export (gpt models) or pass fast=False")
+                                f"re-export it with lmforge.export.modeldir (gpt models) or pass fast=False")
         self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
         if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
                 and variant in self.dir.variants()):

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.atomic import write_json_atomic
+from lmforge.core.atomic import write_json_atomic
 from lmforge.runtime import onnxwire
 from lmforge.runtime.errors import ModelDirError
 
@@ -16,7 +16,7 @@ FORMAT_VERSION = 1
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
                  "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx",
                  "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx"}
-# variant -> its fast graph (lmforge.export_fast), when present; int4 exists only as a fast graph
+# variant -> its fast graph (lmforge.export.fast), when present; int4 exists only as a fast graph
 FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8", "int4": "fast-int4", "fp16": "fast-fp16"}
 
 

@@ -54,7 +54,7 @@ def prefill_feeds(gen: Generator, ids: np.ndarray) -> dict[str, np.ndarray]:
 def val_loss(model_dir: str | Path, data: np.ndarray, block_size: int | None = None, max_windows: int = 128,
              variant: str = "fp32", batch_size: int = 8) -> float:
     """Mean next-token loss (nats) of the exported model over evenly spaced windows of `data`."""
-    from lmforge.errors import LmforgeError
+    from lmforge.core.errors import LmforgeError
 
     gen = Generator(model_dir, variant=variant, device="cpu", fast=False)
     T = int(block_size or gen.dir.model["block_size"])

@@ -1,0 +1,332 @@
+"""Presets: load configs/NAME.toml, apply `--set section.key=value` overrides, validate every key and type."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.core.limits import ArchiveLimits
+from lmforge.core.errors import LmforgeError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # a source checkout; site-packages in a plain `pip install .`
+DEFAULT_PRESET = "jokes-char"
+
+
+def in_checkout() -> bool:
+    """Whether lmforge runs from its source tree (an editable install or the repository itself)."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "configs").is_dir()
+
+
+@dataclass
+class DataConfig:
+    source: str = "pyjokes"          # pyjokes | http(s) URL | file | directory | .tar.gz/.zip archive
+    format: str = "auto"             # auto | text | lines | csv | tsv | imdb
+    column: str = ""                 # text column for csv/tsv
+    filter: str = ""                 # csv/tsv rows to keep, e.g. Country == "lebanon" (lmforge/core/rowfilter.py)
+    val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
+    separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
+    sha256: str = ""                 # expected digest of a downloaded file
+    max_bytes: int = 4 << 30         # largest download accepted; 0 = no limit (docs/security.md says why 4 GiB)
+    archive_max_bytes: int = ArchiveLimits.max_bytes      # total uncompressed bytes of an archive; 0 = no limit
+    archive_max_members: int = ArchiveLimits.max_members  # members in an archive; 0 = no limit
+    archive_max_ratio: float = ArchiveLimits.max_ratio    # uncompressed/compressed (whole, and per zip member)
+    encoding_errors: str = "strict"  # strict (error names file and offset) | replace
+    val_fraction: float = 0.1
+    split: str = "documents"         # documents (each document's side drawn from its content hash) | contiguous
+                                     # (the last val_fraction of the text: continuous text, nanoGPT's split)
+    seed: int = 1337
+    max_documents: int = 0           # 0 = all
+    parts: int = 1                   # > 1: clean and encode in parts, fanned out over the flow's task runner
+
+
+@dataclass
+class CleanConfig:
+    strip_html: bool = False
+    strip_urls: bool = False         # links and @mentions (tweets)
+    unicode_nfc: bool = True
+    normalize_whitespace: bool = True
+    lowercase: bool = False
+    min_chars: int = 1
+    max_chars: int = 0               # 0 = no limit
+    dedupe: bool = True
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"               # char | word | bpe | gpt2
+    vocab_size: int = 8192           # bpe
+    min_frequency: int = 1           # word, bpe
+    path: str = ""                   # gpt2: local directory with tokenizer files
+
+
+@dataclass
+class ModelConfig:
+    family: str = "gpt"              # gpt | lstm | gru | hf-gpt2
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_hidden: int = 256              # lstm / gru hidden size
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = False
+    pretrained: str = ""             # hf-gpt2: local checkpoint directory
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_iters: int = 20
+    early_stop_patience: int = 0     # evals without improvement before stopping; 0 = off
+    device: str = "auto"             # auto | cpu | cuda | mps
+    dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (autocast on cuda)
+    compile: bool = False
+    threads: int = 0                 # torch intra-op threads; 0 = torch default
+    seed: int = 1337
+    deterministic: bool = False      # torch.use_deterministic_algorithms: a resumed run repeats the same numbers
+    nproc: int = 1                   # > 1: torchrun --standalone with this many DDP processes on this host
+
+
+@dataclass
+class EvalConfig:
+    prompts: list[str] = field(default_factory=lambda: [""])
+    temperatures: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])
+    top_k: int = 0
+    max_new_tokens: int = 100
+    num_samples: int = 1
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    int8: bool = True
+    fp16: bool = False               # model.fp16.onnx, for the CUDA execution provider
+    optimize: bool = True            # model.opt.onnx: onnxruntime's extended graph optimisations, saved offline
+    parity_tolerance: float = 1e-3
+    int4: bool = False               # model.fast.int4.onnx: block-wise 4-bit weights (MatMulNBits), gpt only; opt-in:
+                                     # on a barely trained model 4-bit rounding flips near-tied choices past min_int4_agreement
+    # Checked at export through lmforge.runtime's own decoding state (docs/decode.md "Verification"); an export
+    # past a bound fails. fp32 graphs against torch:
+    max_abs_logit_diff: float = 1e-3
+    # quantised graphs against the fp32 graph of the same kind, on `check_positions` real val positions:
+    max_int8_loss_delta: float = 0.05    # nats/token
+    min_int8_agreement: float = 0.9      # share of positions with the same top-1 token
+    max_int4_loss_delta: float = 0.15
+    min_int4_agreement: float = 0.8
+    max_fp16_loss_delta: float = 0.01
+    min_fp16_agreement: float = 0.97
+    check_positions: int = 256
+    temperature: float = 0.8         # generation defaults written to lmforge.json
+    top_k: int = 40
+    top_p: float = 1.0
+    max_new_tokens: int = 100
+
+
+@dataclass
+class PromoteConfig:
+    margin: float = 0.01             # nats/token the candidate must beat the champion by
+    gate: float = 0.75               # a first champion must beat the unigram entropy of its val windows by this
+    windows: int = 128               # evenly spaced val windows both versions are scored on
+    auto: bool = False               # the pipeline ends with the promotion step (scheduled runs)
+
+
+@dataclass
+class Config:
+    name: str = DEFAULT_PRESET
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, object]:
+        """Dotted keys -> values, as logged to MLflow params."""
+        out: dict[str, object] = {"name": self.name}
+        for section in SECTIONS:
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+SECTIONS = ("data", "clean", "tokenizer", "model", "train", "eval", "export", "promote")
+CHOICES = {
+    "data.format": ("auto", "text", "lines", "csv", "tsv", "imdb"),
+    "data.encoding_errors": ("strict", "replace"),
+    "data.split": ("documents", "contiguous"),
+    "tokenizer.kind": ("char", "word", "bpe", "gpt2"),
+    "model.family": ("gpt", "lstm", "gru", "hf-gpt2"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
+def presets_dir() -> Path:
+    """$LMFORGE_PRESETS, else the checkout's configs/, else the presets installed with the package (configs/ is
+    shipped as the package lmforge.presets)."""
+    if os.environ.get("LMFORGE_PRESETS"):
+        return Path(os.environ["LMFORGE_PRESETS"])
+    if in_checkout():
+        return REPO_ROOT / "configs"
+    from importlib.resources import files
+
+    return Path(str(files("lmforge.presets")))
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    out = {}
+    for path in sorted(presets_dir().glob("*.toml")):
+        out[path.stem] = tomllib.loads(path.read_text()).get("description", "")
+    return out
+
+
+def valid_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s))]
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(Config)[section]
+
+
+def _coerce(key: str, value: object, annotation: object) -> object:
+    """Convert a TOML value or a --set string to the field's declared type, or explain why not."""
+    origin = typing.get_origin(annotation)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # nan / inf: never a useful setting
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if origin is list:
+            (item_type,) = typing.get_args(annotation)
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",")]
+            if not isinstance(value, list):
+                raise ValueError
+            return [_coerce(key, v, item_type) for v in value]
+    except (ValueError, TypeError, json.JSONDecodeError):
+        pass
+    else:
+        raise AssertionError(f"unsupported annotation {annotation}")
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise LmforgeError(f"config key {key} expects {type_name}, got {value!r}",
+                       hint=f"e.g. --set {key}={_example(annotation)}")
+
+
+def _example(annotation: object) -> str:
+    return {bool: "true", int: "100", float: "0.5", str: "text"}.get(annotation, "[1,2]")  # type: ignore[arg-type]
+
+
+def _apply(cfg: Config, key: str, value: object) -> None:
+    if key in ("name", "description"):
+        setattr(cfg, key, str(value))
+        return
+    section, _, attr = key.partition(".")
+    if section not in SECTIONS or attr not in {f.name for f in dataclasses.fields(_section_type(section))}:
+        close = difflib.get_close_matches(key, valid_keys(), n=1)
+        raise LmforgeError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                           hint="valid keys: " + ", ".join(valid_keys()))
+    annotation = typing.get_type_hints(_section_type(section))[attr]
+    value = _coerce(key, value, annotation)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise LmforgeError(f"config key {key} must be one of {', '.join(CHOICES[key])}, got {value!r}",
+                           hint=f"--set {key}={CHOICES[key][0]}")
+    setattr(getattr(cfg, section), attr, value)
+
+
+def _check(cfg: Config) -> None:
+    from lmforge.core.config_safety import check_untrusted_keys
+
+    check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
+    positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
+                "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
+                "train.eval_iters", "eval.max_new_tokens", "promote.windows", "export.check_positions"]
+    flat = cfg.flat()
+    for key in positive:
+        if flat[key] <= 0:  # type: ignore[operator]
+            raise LmforgeError(f"config key {key} must be > 0, got {flat[key]}", hint=f"--set {key}=1")
+    for key in ("promote.margin", "promote.gate"):  # below 0, a worse model wins: that is --force, by a person
+        if flat[key] < 0:  # type: ignore[operator]
+            raise LmforgeError(f"config key {key} must be >= 0, got {flat[key]}", hint=f"--set {key}=0.01")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise LmforgeError(f"data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}",
+                           hint="--set data.val_fraction=0.1")
+    if cfg.data.val_filter and cfg.data.split == "contiguous":
+        raise LmforgeError("data.val_filter picks val documents, but data.split=contiguous splits by position",
+                           hint="--set data.split=documents, or --set data.val_filter=")
+    if cfg.model.family == "gpt" and cfg.model.n_embd % cfg.model.n_head:
+        raise LmforgeError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})",
+                           hint="pick n_embd as a multiple of n_head")
+    if cfg.model.family == "hf-gpt2" and not cfg.model.pretrained:
+        raise LmforgeError("preset needs a local GPT-2 checkpoint directory",
+                           hint="--set model.pretrained=/path/to/gpt2 (a directory with config.json and weights)")
+
+
+def load_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict)."""
+    name = preset or DEFAULT_PRESET
+    path = Path(name) if name.endswith(".toml") else presets_dir() / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(list_presets()) or "none found"
+        raise LmforgeError(f"unknown preset {name!r}", hint=f"`lmforge presets` lists them: {known}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise LmforgeError(f"preset file {path} is not valid TOML: {exc}", hint="fix the file's syntax") from exc
+    cfg = Config(name=path.stem)
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise LmforgeError(f"unknown section [{key}] in {path}", hint="sections: " + ", ".join(SECTIONS))
+            for attr, v in value.items():
+                _apply(cfg, f"{key}.{attr}", v)
+        else:
+            _apply(cfg, key, value)
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    for key, value in items:
+        _apply(cfg, key, value)
+    if cfg.tokenizer.kind == "gpt2" and not cfg.tokenizer.path:  # a checkpoint ships its own tokenizer
+        cfg.tokenizer.path = cfg.model.pretrained
+    _check(cfg)
+    return cfg
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise LmforgeError(f"--set expects key=value, got {override!r}", hint="e.g. --set train.max_steps=50")
+    return key.strip(), value.strip()

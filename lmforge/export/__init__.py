@@ -1,0 +1,1 @@
+"""The exported model directory: ONNX graphs (portable, fast, onnxruntime-genai), variants, verification."""

@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, distributed launch, evaluation, progress."""
