@@ -189,7 +189,7 @@ def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     copied = [f for f in (tmp_path / "v" / "code").rglob("*") if f.is_file()]
     assert not [f for f in copied if "node_modules" in f.parts or "web" in f.parts]  # not the browser page
     assert sum(f.stat().st_size for f in copied) < 5 << 20
-    assert (tmp_path / "v" / "pyfunc_model.py").read_bytes() == (REPO / "lmforge" / "pyfunc_model.py").read_bytes()
+    assert (tmp_path / "v" / "pyfunc_model.py").read_bytes() == (REPO / "lmforge" / "registry" / "pyfunc_model.py").read_bytes()
     from importlib.metadata import version
 
     reqs = (tmp_path / "v" / "requirements.txt").read_text().split()

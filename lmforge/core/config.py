@@ -14,7 +14,7 @@ from pathlib import Path
 from lmforge.core.limits import ArchiveLimits
 from lmforge.core.errors import LmforgeError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # a source checkout; site-packages in a plain `pip install .`
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout; site-packages in a plain `pip install .`
 DEFAULT_PRESET = "jokes-char"
 
 

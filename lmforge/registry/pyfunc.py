@@ -98,10 +98,10 @@ def log_generate_model(model_dir: Path, example_prompt: str = "", name: str = "m
     with tempfile.TemporaryDirectory(prefix="lmforge-code-") as tmp:
         code = Path(tmp) / "lmforge"
         # the Python package only: not the browser page and its npm packages (lmforge/web, ~150 MB with node_modules)
-        shutil.copytree(Path(__file__).resolve().parent, code,
+        shutil.copytree(Path(__file__).resolve().parents[1], code,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "web", "node_modules"))
         try:
-            return mlflow.pyfunc.log_model(name=name, python_model=str(code / "pyfunc_model.py"),
+            return mlflow.pyfunc.log_model(name=name, python_model=str(code / "registry" / "pyfunc_model.py"),
                                            artifacts={ARTIFACT: str(model_dir)}, code_paths=[str(code)],
                                            signature=signature(), input_example=example,
                                            pip_requirements=requirements(), model_config=dict(DEFAULT_CONFIG))
