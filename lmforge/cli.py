@@ -3,6 +3,7 @@ happen inside each command, so `lmforge generate` never imports torch."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -84,9 +85,50 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True):
+    """Send what native libraries write straight to file descriptor 2 (a Rust panic's message and backtrace from
+    `tokenizers`, onnxruntime's C++ log lines) to /dev/null, while Python's sys.stderr and the logging handlers
+    on it keep writing to the terminal through a duplicate of it: the CLI's stderr holds lmforge's lines only.
+    A no-op when stderr is not file descriptor 2 (a test's capture) or when not `enabled` (--verbose)."""
+    try:
+        real = enabled and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    old = sys.stderr
+    old.flush()
+    dup = os.fdopen(os.dup(2), "w", buffering=1, encoding=old.encoding, errors=old.errors)
+    handlers = [h for h in logging.root.handlers if getattr(h, "stream", None) is old]
+    null = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(2)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = dup
+    for h in handlers:
+        h.setStream(dup)
+    try:
+        yield
+    finally:
+        dup.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = old
+        for h in handlers:
+            h.setStream(old)
+
+
 def cmd_generate(args) -> int:
     """Load, check the request, stream the text to stdout; speed on stderr (the order of onnxruntime-genai's
-    model-generate.py: model, tokenizer, params, generate, tokens/s)."""
+    model-generate.py: model, tokenizer, params, generate, tokens/s). Native libraries' own stderr lines are
+    silenced unless --verbose."""
+    with native_stderr_silenced(not args.verbose):
+        return _generate(args)
+
+
+def _generate(args) -> int:
     import time
 
     from lmforge.runtime import Generator, RowRequest

@@ -155,3 +155,20 @@ def test_a_bad_request_in_a_batch_is_refused_before_any_work(dirs):
         gen.stream_batch([RowRequest("why"), RowRequest("the", top_p=3.0)])
     with pytest.raises(RequestError, match="RowRequest"):
         gen.stream_batch(["why"])
+
+
+def test_readme_runtime_example_runs(dirs, capsys):
+    """README's "Using the runtime from Python" block as written, on a model directory of the test's."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8").split("## Using the runtime from Python", 1)[1]
+    source = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    assert '"artifacts/runs/jokes-char-XXXX/model"' in source and "stream_batch" in source
+    namespace: dict = {}
+    exec(compile(source.replace('"artifacts/runs/jokes-char-XXXX/model"', repr(str(dirs["gpt"]))), "README", "exec"),
+         namespace)  # noqa: S102
+    out = capsys.readouterr().out.splitlines()
+    finals = [line for line in out if line.endswith((" stop", " length"))]
+    assert len(finals) == 2 and isinstance(namespace["session"], BatchSession)

@@ -28,6 +28,7 @@ from lmforge.runtime.errors import RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, settle
 from lmforge.runtime.sampling import sample_rows
 from lmforge.runtime.stops import StopStrings
+from lmforge.runtime.tokenizer import guarded
 
 if TYPE_CHECKING:
     from lmforge.runtime.generator import Generator
@@ -41,7 +42,7 @@ class Row:
         self.tokens = list(prompt_ids)  # the context: prompt ids, then each sampled id (a slide re-prefills its tail)
         self.prompt_tokens = len(prompt_ids)
         self.rng = np.random.default_rng(req.seed)  # the row's own: the same seed, the same tokens, in any batch
-        self.detok = TextStream(gen.tokenizer)  # UTF-8 hold-back: whole characters only
+        self.detok = TextStream(gen.tokenizer)  # UTF-8 hold-back: whole characters (run inside `guarded`)
         self.stops = StopStrings(req.stop)  # stop-string hold-back
         self.pending = ""  # decoded text not yet emitted: at most a stop string's prefix plus one piece
         self.new_ids: list[int] = []  # ids sampled since the row's last event
@@ -61,7 +62,7 @@ class Row:
         self.new_ids.append(token)
         self.generated += 1
         self.last = token
-        piece = self.detok.push(token)
+        piece = guarded(self.detok.push, token)
         if piece:
             self._add(piece)
         if self.finish is None and self.sampled >= self.req.max_new_tokens:
@@ -72,7 +73,7 @@ class Row:
         """End the row: the text held back for UTF-8 (unless a stop string already cut it), all of it now."""
         if self.finish is None:
             self.finish = reason
-            self._add(self.detok.flush())
+            self._add(guarded(self.detok.flush))
         return self._ready()
 
     def _add(self, piece: str) -> None:
@@ -94,7 +95,7 @@ class Row:
 
 
 class BatchSession:
-    """Continuous batching over one Generator: `add(request)` queues a row (from any thread) and returns its id;
+    """Continuous batching over one Generator (Generator.batch_session(slots)): `add(request)` queues a row (from any thread) and returns its id;
     each `step()` (from one thread) runs one decode step for every row in a slot, lets queued rows join free
     slots, and returns the RowEvents of that step; `cancel(id)` ends a row at the next step. `busy` says whether
     any row is queued or running.
@@ -115,7 +116,10 @@ class BatchSession:
         self.dec = gen.decoder(self.slots, self.capacity)  # runtime.decoders: the graph's state, allocated once
         self.logits = np.zeros((self.slots, gen.vocab_size), np.float32)  # [slots, V] each slot's next-token logits
         self.seen: np.ndarray | None = None  # [slots, V] bool ids in each context, once a row has a repetition penalty
+        self._active = np.zeros(self.slots, bool)  # [slots] the rows a forward step runs
+        self._next_ids = np.zeros(self.slots, np.int64)  # [slots] the token each of them appends
         self.rows: list[Row | None] = [None] * self.slots  # the row in each slot
+        self.running = 0  # rows in slots
         self.queue: deque[Row] = deque()  # rows waiting for a free slot, in arrival order
         self.cancelled: set[int] = set()
         self._ids = iter(range(2**62))
@@ -143,7 +147,7 @@ class BatchSession:
 
     @property
     def busy(self) -> bool:
-        return bool(self.queue) or any(r is not None for r in self.rows)
+        return bool(self.queue) or self.running > 0
 
     def step(self) -> list[RowEvent]:
         events: list[RowEvent] = []
@@ -153,7 +157,7 @@ class BatchSession:
         if not rows:
             return events
         slots = [r.slot for r in rows]
-        ids = self.sample(self.logits[slots], rows, slots)  # 3. one call: every row's next token
+        ids = self.sample(rows, slots)  # 3. one call: every row's next token
         now = time.monotonic()
         for row, token in zip(rows, ids.tolist()):  # 4. each row: EOS, text, stop strings, limits
             text = row.accept(token, self.gen.eos)
@@ -161,40 +165,44 @@ class BatchSession:
                 text += row.end("cancelled")
             elif row.finish is None and now > row.deadline:
                 text += row.end("deadline")
-            if text or row.finish:
-                events.append(row.event(text))
+            events.append(row.event(text))  # every step: its token, its text (may be "": held back)
             if row.finish:
                 self._leave(row)
             elif self.seen is not None:
                 self.seen[row.slot, token] = True
         return events
 
-    def sample(self, logits: np.ndarray, rows: list[Row], slots: list[int]) -> np.ndarray:
-        """The one sampling call: next ids [n] from logits [n, V], each row with its own parameters and RNG."""
-        seen = None if self.seen is None else self.seen[slots]
+    def sample(self, rows: list[Row], slots: list[int]) -> np.ndarray:
+        """The one sampling call: next ids [n] for the rows in `slots`, from their logits, each row with its own
+        parameters and RNG (runtime.sampling.sample_rows)."""
+        every = len(slots) == self.slots and slots == list(range(self.slots))  # no copy of [slots, V] arrays
+        logits = self.logits if every else self.logits[slots]
+        seen = None if self.seen is None else self.seen if every else self.seen[slots]
         return sample_rows(logits, [r.params for r in rows], [r.rng for r in rows], seen)
 
     # -- the steps ----------------------------------------------------------------------------------------------
     def _forward(self) -> None:
-        feed = [r for r in self.rows if r is not None and r.last is not None]
-        if not feed:
-            return
-        active = np.zeros(self.slots, bool)  # [slots] rows stepped in the batched call
-        next_ids = np.zeros(self.slots, np.int64)  # [slots] their tokens
-        sliding = []
-        for r in feed:
-            if self.dec.full(r.slot):
+        active, next_ids = self._active, self._next_ids
+        active[:] = False
+        sliding, n = [], 0
+        for r in self.rows:
+            if r is None or r.last is None:
+                continue
+            if self.dec.lengths[r.slot] >= self.dec.capacity:  # full: no room for one more token
                 sliding.append(r)
             else:
-                active[r.slot], next_ids[r.slot] = True, r.last
+                active[r.slot], next_ids[r.slot], n = True, r.last, n + 1
             r.last = None
-        if active.any():
-            out = self.dec.step(next_ids, active)
-            self.logits[active] = out[active]
+        if n == self.slots:  # the usual step: every slot appends its token
+            np.copyto(self.logits, self.dec.step(next_ids))
+        elif n:
+            self.logits[active] = self.dec.step(next_ids, active)[active]
         for r in sliding:  # the context is full: re-prefill the row's last `window` tokens
             self.logits[r.slot] = self.dec.prefill_slot(r.slot, r.tokens[-self.window:])
 
     def _admit(self, events: list[RowEvent]) -> None:
+        if not self.queue:
+            return
         free = [s for s, r in enumerate(self.rows) if r is None]
         joining = []
         with self._lock:
@@ -213,6 +221,7 @@ class BatchSession:
                 self.logits[r.slot] = self.dec.prefill_slot(r.slot, r.tokens)
         for r in joining:
             self.rows[r.slot] = r
+            self.running += 1
             if r.params.repetition_penalty != 1.0 and self.seen is None:
                 self.seen = np.zeros((self.slots, self.gen.vocab_size), bool)
             if self.seen is not None:
@@ -221,6 +230,7 @@ class BatchSession:
 
     def _leave(self, row: Row) -> None:
         self.rows[row.slot] = None
+        self.running -= 1
         self.dec.release(row.slot)
         self.cancelled.discard(row.id)
         row.slot = -1

@@ -6,7 +6,7 @@
 
 Each has the same calls. A row joins a slot with `prefill_slot(slot, ids)` (alone, so its numbers are exactly
 those of a batch of one) while the other slots keep their state; `step(ids, active)` runs one token for every
-active slot in one call; `release(slot)` frees it; `full(slot)` says the row has no room for another token. The
+active slot in one call (`active` None: every slot); `release(slot)` frees it; `full(slot)` says the row has no room for another token. The
 batch-at-once calls `prefill(rows)` / `step(ids)` / `full()` (lmforge.runtime.scoring) run every slot. Logits come
 back on the host as float32 [slots, vocab] (sampling runs in numpy)."""
 from __future__ import annotations
@@ -162,15 +162,21 @@ class KVBuffers(Slots):
         return out[0, -1]
 
     def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
-        """Append one token to each active slot (default: every slot with a row); returns the logits [slots, V]
+        """Append one token to each active slot (default: every slot); returns the logits [slots, V]
         (on the CPU a view reused by the next step). An inactive slot runs a pad token at position 0 into its own
         cache and keeps its length: its output is ignored."""
-        active = self.live if active is None else active
-        live = np.where(active, self.lengths, 0)
-        self.ids[:, 0] = np.where(active, next_ids, self.pad)
-        self.pos[:, 0] = live
-        self.seqlens[:] = live
-        self.total[...] = live.max() + 1
+        if active is None:  # the usual step: every slot appends its token
+            active = 1
+            self.ids[:, 0] = next_ids
+            self.pos[:, 0] = self.lengths
+            self.seqlens[:] = self.lengths
+            self.total[...] = self.lengths.max() + 1
+        else:
+            live = np.where(active, self.lengths, 0)
+            self.ids[:, 0] = np.where(active, next_ids, self.pad)
+            self.pos[:, 0] = live
+            self.seqlens[:] = live
+            self.total[...] = live.max() + 1
         if self.device != "cpu":
             for name, array in self.host.items():
                 self.values[name].update_inplace(array)
@@ -236,7 +242,7 @@ class PortableKV(Slots):
             self.mask = self.mask[:, cut:]
 
     def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
-        active = self.live if active is None else active
+        active = np.ones(self.slots, bool) if active is None else active
         pad = self.gen.pad if self.gen.pad is not None else 0
         ids = np.where(active, next_ids, pad).astype(np.int64)[:, None]
         # an inactive slot's new column is masked: a full row waiting to slide keeps its last position in range
@@ -263,7 +269,7 @@ class RecurrentState(Slots):
         return logits[0]
 
     def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
-        active = self.live if active is None else active
+        active = np.ones(self.slots, bool) if active is None else active
         pad = self.gen.pad if self.gen.pad is not None else 0
         ids = np.where(active, next_ids, pad).astype(np.int64)[:, None]
         logits, self.state = forward(self.gen, ids, None, self.state)

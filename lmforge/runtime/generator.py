@@ -6,7 +6,7 @@ apps call, in order of use:
     for piece in gen.stream("Why", max_new_tokens=60): ...                           # text pieces, whole characters
     for ev in gen.stream_batch([RowRequest("Why", seed=1), RowRequest("A", temperature=0)]):
         ev.row, ev.text, ev.finish_reason                                            # each row its own request
-    session = gen.session(slots=8); session.add(RowRequest(...)); session.step()    # continuous batching
+    session = gen.batch_session(slots=8); session.add(RowRequest(...)); session.step()  # continuous
 
 The decode loop itself is runtime.batch (a flat state machine over rows), on the graph states of
 runtime.decoders; sampling is runtime.sampling."""
@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from lmforge.runtime.batch import BatchSession
-from lmforge.runtime.decoders import KVBuffers, PortableKV, RecurrentState
+from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
 from lmforge.runtime.limits import ServingLimits, lowered
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
+from lmforge.runtime.schema import check_graph
+from lmforge.runtime.tokenizer import SafeTokenizer, load_tokenizer
 from lmforge.runtime.session import create_session
 
 log = logging.getLogger("lmforge.runtime")
@@ -62,26 +62,54 @@ class Generator:
             self.fast = False
             self.session, self.provider = self._load(variant, device, threads)
         self.variant = variant
-        try:
-            self.tokenizer = Tokenizer.from_file(str(self.dir.tokenizer_path))
-        except Exception as exc:  # tokenizers raises a plain Exception on malformed JSON
-            raise ModelDirError(f"cannot read tokenizer {self.dir.tokenizer_path}: "
-                                f"{str(exc).splitlines()[0][:160]}") from None
         spec = self.dir.model
-        self.block_size = int(spec["block_size"])
         self.vocab_size = int(spec["vocab_size"])
-        if self.tokenizer.get_vocab_size() > self.vocab_size:
-            raise ModelDirError(f"tokenizer has {self.tokenizer.get_vocab_size()} tokens but the model only "
-                             f"{self.vocab_size}: the tokenizer does not belong to this model")
         self.state_io = self.dir.io["state"]
         self.rnn = any(s.get("kind") == "rnn" for s in self.state_io)
         if self.rnn:  # a recurrent state has no context limit: no prompt truncation, no sliding window
             self.block_size = 2**62
         else:
+            self.block_size = int(spec["block_size"])
             self.n_head, self.head_dim = int(spec["n_head"]), int(spec["head_dim"])
+        check_graph(self.session, self, self.dir.io["fast"] if self.fast else self.dir.io, str(self.dir.path))
+        self.tokenizer = load_tokenizer(self.dir.tokenizer_path, self.vocab_size)
+        self.text = SafeTokenizer(self.tokenizer, self.dir.tokenizer_path.name)  # every call guarded
         self.bos, self.eos, self.pad = (self.dir.tokens.get(k) for k in ("bos", "eos", "pad"))
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
+        self._probe()
+
+    def _probe(self) -> None:
+        """One token through the graph, batch 1, at the context's last position, on buffers of the graph's own
+        checked sizes: a block_size past the graph's position table, or any other mismatch, is refused here."""
+        last = self.block_size - 1
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        feeds = {"input_ids": np.zeros((1, 1), np.int64)}
+        if self.rnn:
+            feeds.update(self.empty_state(1))
+        else:
+            feeds["position_ids"] = np.full((1, 1), last, np.int64)
+            if self.fast:
+                feeds.update(seqlens_k=np.zeros(1, np.int32), total_sequence_length=np.array(1, np.int32))
+                feeds.update({s["input"]: np.zeros((1, self.n_head, 1, self.head_dim),
+                                                   ORT_DTYPES.get(types.get(s["input"]), np.float32))
+                              for s in self.dir.io["fast"]["state"]})
+            else:
+                feeds["attention_mask"] = np.ones((1, 1), np.int64)
+                feeds.update(self.empty_state(1))
+        logits_name = (self.dir.io["fast"] if self.fast else self.dir.io)["logits"]
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, once, not also by onnxruntime's logger
+        try:
+            logits = self.session.run([logits_name], feeds, quiet)[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
+            reason = str(exc).splitlines()[0].split("Status Message: ")[-1][:160]
+            raise ModelDirError(f"{self.dir.path}: the graph fails on one token at position {last}, the last of "
+                                f"lmforge.json's block_size {self.block_size if not self.rnn else '-'} ({reason}) "
+                                "(hint: re-export the model)") from None
+        if logits.shape[-1] != self.vocab_size:
+            raise ModelDirError(f"{self.dir.path}: the graph gives {logits.shape[-1]} logits, lmforge.json "
+                                f"says vocab_size {self.vocab_size}")
 
     def _load(self, files_key: str, device: str, threads: int | None):
         onnx_file = self.dir.onnx_path(files_key)
@@ -123,16 +151,16 @@ class Generator:
             return iter(())
         need = max(len(ids) + req.max_new_tokens for req, ids in settled)
         session = BatchSession(self, slots=len(settled), capacity=need)
-        order = {session.enqueue(s): i for i, s in enumerate(settled)}
+        for i, s in enumerate(settled):
+            assert session.enqueue(s) == i  # a fresh session numbers its rows 0, 1, ...: ev.row is the index
 
         def events() -> Iterator[RowEvent]:
             while session.busy:
-                for ev in session.step():
-                    yield replace(ev, row=order[ev.row])
+                yield from session.step()
 
         return events()
 
-    def session(self, slots: int | None = None) -> BatchSession:
+    def batch_session(self, slots: int | None = None) -> BatchSession:
         """A continuous-batching session (runtime.batch.BatchSession): add(RowRequest) rows between step()s."""
         return BatchSession(self, slots=slots)
 
@@ -155,22 +183,10 @@ class Generator:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids as the model reads them: [bos] + the tokenizer's ids (the one place a prompt is encoded)."""
-        ids = self._tokenizer_call(self.tokenizer.encode, text, add_special_tokens=False).ids
+        ids = self.text.encode(text, add_special_tokens=False).ids
         if self.unk is not None and self.unk in ids:
             log.info("prompt has %d unseen token(s); they are read as <unk>", ids.count(self.unk))
         return ([self.bos] if self.bos is not None else []) + ids
-
-    def _tokenizer_call(self, fn, *args, **kwargs):
-        """A call into the Rust tokenizer: any failure of it, a panic included (pyo3's PanicException, a
-        BaseException an app's `except Exception` misses), is a ModelDirError naming the tokenizer."""
-        try:
-            return fn(*args, **kwargs)
-        except (KeyboardInterrupt, SystemExit, GeneratorExit):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - PanicException derives from BaseException
-            raise ModelDirError(f"the tokenizer {self.dir.tokenizer_path.name} of {self.dir.path} failed "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
-                                ) from None
 
     def empty_state(self, batch: int) -> dict[str, np.ndarray]:
         """The state inputs of the portable graph before any token: an empty KV cache [batch, heads, 0, head_dim]

@@ -31,11 +31,12 @@ class RowRequest:
 
 @dataclass(frozen=True)
 class RowEvent:
-    """New text of one row. Every row ends with exactly one event whose finish_reason is set (its text may be
-    empty); the events of a row, joined, are exactly the text it gets when decoded alone."""
+    """One step of one row: the token it sampled and the text that is now safe to show. A running row has one
+    event per step (its text may be "": a character or a stop string's prefix held back); every row ends with
+    exactly one event whose finish_reason is set. A row's texts, joined, are exactly the text it gets alone."""
     row: int  # the request's index in stream_batch's list, or the id BatchSession.add returned
     text: str  # whole characters only; never a part of a stop string
-    token_ids: tuple[int, ...]  # the ids sampled since the row's previous event (EOS left out)
+    token_ids: tuple[int, ...]  # the id sampled this step (none for EOS, or for a row that ended unsampled)
     finish_reason: str | None  # None while the row runs; then one of FINISH_REASONS
     prompt_tokens: int  # the prompt's ids as decoded (after the cut to the context)
     completion_tokens: int  # ids generated so far (EOS left out)
@@ -115,12 +116,15 @@ def settle(req: RowRequest, defaults: dict, limits: ServingLimits) -> Settled:
 
     def pick(name: str, fallback):
         value = getattr(req, name)
-        return defaults.get(name, fallback) if value is None else value
+        if value is None:
+            value = defaults.get(name)
+        return fallback if value is None else value
 
-    n = _integer("max_new_tokens", pick("max_new_tokens", min(100, limits.max_new_tokens)), 1,
-                 limits.max_new_tokens, "limits.max_new_tokens")
-    top_k = pick("top_k", 0)
-    params = SamplingParams(temperature=pick("temperature", 1.0), top_k=top_k, top_p=pick("top_p", 1.0),
+    if req.max_new_tokens is None:  # the model's default, at most the limit (an app may have lowered it)
+        n = min(int(defaults.get("max_new_tokens") or 100), limits.max_new_tokens)
+    else:
+        n = _integer("max_new_tokens", req.max_new_tokens, 1, limits.max_new_tokens, "limits.max_new_tokens")
+    params = SamplingParams(temperature=pick("temperature", 1.0), top_k=pick("top_k", 0), top_p=pick("top_p", 1.0),
                             repetition_penalty=pick("repetition_penalty", 1.0))
     seed = req.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**64):
