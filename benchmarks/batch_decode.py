@@ -88,7 +88,8 @@ def run_arrivals(gen, reqs, slots: int, every: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    rows = ["| contender | tokens/s | wall s | first token p50 ms | same ids as alone |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| contender | tokens/s | wall s | first token p50 ms | same ids as alone |",
+            "| --- | --- | --- | --- | --- |"]
     rows += [f"| {r['name']} | {r['tokens_per_s']} | {r['seconds']} | {r['first_token_p50_ms']} | {r['same_ids']} |"
              for r in report["results"]]
     return "\n".join(rows) + f"\n\nload average {report['load_average']}, {report['setup']}"

@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="", help="the text to continue (default: none, the model starts from <bos>)")
     g.add_argument("--max-new-tokens", type=int, metavar="N",
                    help="tokens to generate at most (default: the model's lmforge.json `generation`)")
-    g.add_argument("--temperature", type=float, metavar="T", help="0 = greedy; higher = more random (default: the model's)")
+    g.add_argument("--temperature", type=float, metavar="T",
+                   help="0 = greedy; higher = more random (default: the model's)")
     g.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest tokens only; 0 = off")
     g.add_argument("--top-p", type=float, metavar="P", help="sample from the likeliest tokens holding P of the "
                    "probability (nucleus); 1 = off")

@@ -131,7 +131,7 @@ def test_rows_joining_a_running_batch_equal_each_alone(dirs, graph):
 
 
 def test_cancel_and_deadline_end_rows_with_their_reason(dirs):
-    gen = Generator(dirs["gpt"], limits={"deadline_s": 0.5})
+    gen = Generator(dirs["gpt"])
     session = BatchSession(gen, slots=1)
     a = session.add(RowRequest("why", max_new_tokens=5, temperature=0))
     b = session.add(RowRequest("the", max_new_tokens=5, temperature=0))  # queued behind a
@@ -140,7 +140,9 @@ def test_cancel_and_deadline_end_rows_with_their_reason(dirs):
     while session.busy:
         reasons.update({ev.row: ev.finish_reason for ev in session.step() if ev.finish_reason})
     assert reasons == {a: "length", b: "cancelled"}
-    session.add(RowRequest("why", max_new_tokens=2000, temperature=0))  # far more than half a second of steps
+    gen = Generator(dirs["gpt"], limits={"deadline_s": 0.001})  # 2000 tokens never fit in a millisecond
+    session = BatchSession(gen, slots=1)
+    session.add(RowRequest("why", max_new_tokens=2000, temperature=0))
     events = []
     while session.busy:
         events += session.step()

@@ -56,3 +56,30 @@ def test_generate_native_stderr_silenced_unless_verbose(tmp_path):
     assert len(quiet.stderr.strip().splitlines()) == 1 and quiet.stderr.startswith("error: ")
     assert "panicked" in loud.stderr and loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
     shutil.rmtree(d)
+
+
+def test_every_generate_flag_has_help_and_the_speed_line(capsys, tmp_path):
+    """`lmforge generate --help` explains every flag; a run prints tokens/s and the time to the first token on
+    stderr (one line), which --quiet hides; --json carries the same figures."""
+    import json
+    import re
+
+    from test_bad_input import tiny_model_dir
+
+    from lmforge.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
+    flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) == 15 and [a.dest for a in flags if not a.help] == []
+    d = tiny_model_dir(tmp_path / "model")
+    base = ["generate", "--model", str(d), "--prompt", "why", "--max-new-tokens", "6", "--temperature", "0"]
+    assert main(base) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("why") and re.fullmatch(
+        r"\d tokens in [\d.]+ s: [\d.]+ tokens/s, time to first token \d+ ms, finish (length|stop) "
+        r"\[\w+ExecutionProvider, fp32\]", err.strip()), err
+    assert main(base + ["--quiet"]) == 0 and capsys.readouterr().err == ""
+    assert main(base + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["completion_tokens"] <= 6 and result["tokens_per_second"] > 0
+    assert result["time_to_first_token_s"] > 0 and result["finish_reason"] in ("length", "stop")

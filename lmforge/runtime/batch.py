@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from lmforge.runtime.generator import Generator
 
 
+DEFAULT_SLOTS = 8
+
+
 class Row:
     """One request's decoding state: what llama2.c's generate() keeps in locals, once per row of a batch."""
 
@@ -95,10 +98,10 @@ class Row:
 
 
 class BatchSession:
-    """Continuous batching over one Generator (Generator.batch_session(slots)): `add(request)` queues a row (from any thread) and returns its id;
-    each `step()` (from one thread) runs one decode step for every row in a slot, lets queued rows join free
-    slots, and returns the RowEvents of that step; `cancel(id)` ends a row at the next step. `busy` says whether
-    any row is queued or running.
+    """Continuous batching over one Generator (also Generator.batch_session(slots)): `add(request)` queues a row
+    (from any thread) and returns its id; each `step()` (from one thread) runs one decode step for every row in a
+    slot, lets queued rows join free slots, and returns the RowEvents of that step (one per row); `cancel(id)`
+    ends a row at the next step. `busy` says whether any row is queued or running.
 
         session = BatchSession(gen, slots=8)
         a = session.add(RowRequest("Why", max_new_tokens=40, seed=1))
@@ -106,12 +109,13 @@ class BatchSession:
             for ev in session.step():
                 ...  # ev.row, ev.text, ev.finish_reason; add() more requests between steps
 
-    slots: rows decoded at once (at most limits.max_batch); capacity: KV positions per slot on the fast graph
-    (default the model's context; less only when every row's prompt + max_new_tokens fits it)."""
+    slots: rows decoded at once (default 8, at most limits.max_batch; the fast graph's KV cache is allocated for
+    all of them at once); capacity: KV positions per slot on the fast graph (default the model's context; less
+    only when every row's prompt + max_new_tokens fits it, as stream_batch sizes it)."""
 
     def __init__(self, gen: Generator, slots: int | None = None, capacity: int | None = None):
         self.gen = gen
-        self.slots = max(1, min(int(slots or gen.limits.max_batch), gen.limits.max_batch))
+        self.slots = max(1, min(int(slots or DEFAULT_SLOTS), gen.limits.max_batch))
         self.capacity = min(gen.block_size, capacity or gen.block_size)
         self.dec = gen.decoder(self.slots, self.capacity)  # runtime.decoders: the graph's state, allocated once
         self.logits = np.zeros((self.slots, gen.vocab_size), np.float32)  # [slots, V] each slot's next-token logits

@@ -6,8 +6,8 @@
 
 Each has the same calls. A row joins a slot with `prefill_slot(slot, ids)` (alone, so its numbers are exactly
 those of a batch of one) while the other slots keep their state; `step(ids, active)` runs one token for every
-active slot in one call (`active` None: every slot); `release(slot)` frees it; `full(slot)` says the row has no room for another token. The
-batch-at-once calls `prefill(rows)` / `step(ids)` / `full()` (lmforge.runtime.scoring) run every slot. Logits come
+active slot in one call (`active` None: every slot); `release(slot)` frees it; `full(slot)` says the row has no
+room for another token. The batch-at-once calls `prefill(rows)` / `step(ids)` / `full()` (lmforge.runtime.scoring) run every slot. Logits come
 back on the host as float32 [slots, vocab] (sampling runs in numpy)."""
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ class KVBuffers(Slots):
         self.kv_io: list[tuple[str, str, type]] = []  # (input name, output name, numpy dtype) per cache
         for s in io["state"]:
             dtype = ORT_DTYPES.get(types.get(s["input"]), np.float32)
-            buf = ort.OrtValue.ortvalue_from_numpy(np.zeros((slots, H, capacity, D), dtype), self.device, 0)  # zeroed: no NaN
+            zeros = np.zeros((slots, H, capacity, D), dtype)  # zeroed: a padded slot is never NaN
+            buf = ort.OrtValue.ortvalue_from_numpy(zeros, self.device, 0)
             self.kv.append(buf)
             self.kv_io.append((s["input"], s["output"], dtype))
             self.binding.bind_ortvalue_input(s["input"], buf)

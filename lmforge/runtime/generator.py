@@ -37,7 +37,7 @@ class Generator:
     """Load an exported model directory once; generate from many threads (each call keeps its own state)."""
 
     def __init__(self, model_dir: str | Path, variant: str = "fp32", device: str = "auto", threads: int | None = None,
-                 fast: bool | None = None, limits: dict | None = None):
+                 fast: bool | None = None, *, limits: dict | None = None):
         """limits: {name: value} of runtime.limits.ServingLimits, each at most the model directory's (lmforge.json
         `limits`, else the built-in defaults): an app may lower them, never raise them.
         fast: use the variant's fast graph (model.fast*.onnx: fused attention over in-place KV buffers);

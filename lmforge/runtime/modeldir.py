@@ -128,7 +128,8 @@ def read_model_dir(directory: str | Path) -> ModelDir:
     manifest = _load_manifest(path / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelDirError(f"{path / MANIFEST} has format {str(manifest.get('format'))[:40]!r} version "
-                            f"{str(manifest.get('format_version'))[:20]!r}; this runtime reads {FORMAT} v{FORMAT_VERSION}")
+                            f"{str(manifest.get('format_version'))[:20]!r}; "
+                            f"this runtime reads {FORMAT} v{FORMAT_VERSION}")
     for key in ("model", "io", "tokens", "tokenizer", "files"):
         if key not in manifest:
             raise ModelDirError(f"{path / MANIFEST} lacks the {key!r} section")
