@@ -51,6 +51,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "vocab_size": 8192, "block_size": 512}
 PROMPT_LEN = 16
 VARIANTS = ("fp32", "int8", "int4")
+CORPORA = Path(os.environ.get("LMFORGE_CORPORA") or Path(__file__).resolve().parents[2] / "shared" / "corpora")
 
 
 # -- load -------------------------------------------------------------------------------------------------------
@@ -242,26 +243,29 @@ class Contender:
 
 
 def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fast: bool | None) -> Contender:
-    """lmforge.runtime.Generator as an app streams text with it: stream() at batch 1 (a text piece per token),
-    the batch path of generate() at batch 8 (its (row, piece) stream), greedy."""
-    from lmforge.runtime import Generator
+    """lmforge.runtime.Generator as an app streams text with it, greedy: stream() at batch 1 (a text piece per
+    token), stream_batch() at batch 8 (a RowEvent per row and step)."""
+    from lmforge.runtime import Generator, RowRequest
 
     gen = Generator(model_dir, variant=variant, threads=threads, fast=fast)
-    to_text = lambda ids: gen.tokenizer.decode(ids)  # char tokenizer: one char per id
 
     def open_(prompts: list[list[int]], n: int) -> Lane:
         made: list[list[int]] = [[] for _ in prompts]
-        texts = [to_text(p) for p in prompts]
-        if len(prompts) == 1:
-            it = ((0, piece) for piece in gen.stream(texts[0], max_new_tokens=n, temperature=0))
-        else:
-            it = gen._pieces(texts, gen._request(max_new_tokens=n, temperature=0))
+        texts = [gen.tokenizer.decode(p) for p in prompts]  # char tokenizer: one char per id, and back
         B = len(prompts)
+        if B == 1:
+            pieces = gen.stream(texts[0], max_new_tokens=n, temperature=0)
 
-        def advance(k: int) -> None:
-            for _ in range(k * B):  # every id of this tokenizer is one whole character: one piece per token
-                row, piece = next(it)
-                made[row].append(gen.tokenizer.token_to_id(piece))
+            def advance(k: int) -> None:
+                for _ in range(k):  # every id of this tokenizer is one whole character: one piece per token
+                    made[0].append(gen.tokenizer.token_to_id(next(pieces)))
+        else:
+            events = gen.stream_batch([RowRequest(t, max_new_tokens=n, temperature=0) for t in texts])
+
+            def advance(k: int) -> None:
+                for _ in range(k * B):  # one event per row and step
+                    ev = next(events)
+                    made[ev.row] += ev.token_ids
 
         advance(1)
         return Lane(advance, lambda: made)
@@ -365,6 +369,79 @@ def same_tokens(a: list[list[int]], b: list[list[int]]) -> float:
     """Share of positions where two runs made the same id (rows compared up to the shorter)."""
     pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
     return round(sum(x == y for x, y in pairs) / max(1, len(pairs)), 4)
+
+
+# -- what each loop costs per token, robust to load ---------------------------------------------------------------------
+def loop_cost(directory: Path, n: int = 256, rounds: int = 5) -> dict:
+    """CPU microseconds per token of the calling thread (time.thread_time, which a busy machine does not inflate the
+    way it does wall time) on a 1-layer, 64-wide model with the reference vocabulary and one intra-op thread, so
+    the graph's own run is short and every loop's own cost shows: the graph alone (run_with_iobinding with the
+    step inputs updated in place, numpy argmax), lmforge's Generator.stream (text pieces) and onnxruntime-genai's
+    loop over the same directory's genai graph (ids). Minimum over `rounds` runs of `n` tokens."""
+    import torch
+
+    from lmforge.models.gpt import GPT, GPTConfig
+    from lmforge.runtime import Generator
+
+    global SHAPE
+    saved, SHAPE = SHAPE, {**SHAPE, "n_layer": 1, "n_head": 2, "n_embd": 64}
+    try:
+        torch.manual_seed(0)
+        model_dir = export_reference(GPT(GPTConfig(**SHAPE)).eval(), directory)
+    finally:
+        SHAPE = saved
+    gen = Generator(model_dir, threads=1)
+    rng = np.random.default_rng(0)
+    prompt = lambda: rng.integers(4, SHAPE["vocab_size"], PROMPT_LEN).tolist()
+
+    def graph() -> float:
+        dec = gen.decoder(1, PROMPT_LEN + n)
+        logits = dec.prefill([prompt()])
+        t = time.thread_time()
+        for _ in range(n - 1):
+            logits = dec.step(logits.argmax(-1))
+        return time.thread_time() - t
+
+    def stream() -> float:
+        pieces = gen.stream(gen.tokenizer.decode(prompt()), max_new_tokens=n, temperature=0)
+        next(pieces)
+        t = time.thread_time()
+        for _ in pieces:
+            pass
+        return time.thread_time() - t
+
+    runs = {"graph + numpy argmax (the floor)": graph, "lmforge Generator.stream": stream}
+    try:
+        import onnxruntime_genai as og
+
+        from lmforge.export.genai import select_graph
+
+        cfg = select_graph(model_dir, "fp32")
+        cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": 1,
+                                                                          "inter_op_num_threads": 1}}}}))
+        model = og.Model(cfg)
+
+        def genai() -> float:
+            params = og.GeneratorParams(model)
+            params.set_search_options(do_sample=False, max_length=PROMPT_LEN + n, min_length=PROMPT_LEN + n)
+            g = og.Generator(model, params)
+            g.append_tokens(np.array([prompt()], np.int32))
+            g.generate_next_token()
+            t = time.thread_time()
+            while not g.is_done():
+                g.generate_next_token()
+                g.get_next_tokens()
+            return time.thread_time() - t
+
+        runs["onnxruntime-genai loop (genai graph)"] = genai
+    except ImportError:
+        pass
+    meter = LoadMeter()
+    best = {k: min(f() for _ in range(rounds)) / (n - 1) * 1e6 for k, f in runs.items()}
+    floor = best["graph + numpy argmax (the floor)"]
+    return {"load": meter.read(), "shape": "gpt 1 layer x 64, vocab 8192, 1 thread",
+            "rows": [{"loop": k, "cpu_us_per_token": round(v, 1), "over_floor_us": round(v - floor, 1)}
+                     for k, v in best.items()]}
 
 
 # -- onnxruntime's profiler, the weight-bytes bound -------------------------------------------------------------------
@@ -500,41 +577,49 @@ def genai_greedy(model_dir: Path, variant: str, prompts: list[list[int]], n: int
     return [greedy(model, ids, n) for ids in prompts]
 
 
-def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
-    """shakespeare-char trained `steps` steps through lmforge's preparation and train(), exported with its genai
-    graphs: per quantised variant, greedy agreement with fp32 over 8 prompts x 32 tokens (each runtime's own
-    loop), teacher-forced top-1 agreement over 256 val positions, and val-loss delta on 32 val windows."""
+def train_shakespeare(steps: int, threads: int, corpora: Path, work: Path):
+    """shakespeare-char trained `steps` steps through lmforge's preparation and train() in `work`, exported (every
+    fast variant, int4 included) to work/model: (model, model directory, val tokens, config, train result, s)."""
     import torch
 
     from lmforge.core.config import load_config
     from lmforge.data.prepare import prepare_corpus
     from lmforge.data.shards import open_shard
-    from lmforge.export.genai import GENAI_FILES
     from lmforge.export.modeldir import export_model_dir
     from lmforge.models import build_model, model_spec
-    from lmforge.runtime import Generator
-    from lmforge.runtime.scoring import greedy_ids, val_loss, windows
     from lmforge.training.train import train
 
     source = corpora / "tinyshakespeare.txt"
-    if not source.is_file():
-        return {"skipped": f"{source} not found"}
     cfg = load_config("shakespeare-char", {"data.source": str(source), "train.max_steps": steps,
                                            "train.eval_interval": max(1, steps // 2), "train.threads": threads,
                                            "train.device": "cpu"})
+    meta = prepare_corpus(source, cfg, work / "data")
+    tr, va = open_shard(work / "data", "train"), open_shard(work / "data", "val")
+    model = build_model(cfg.model, meta["vocab_size"], seed=cfg.train.seed)
+    t0 = time.perf_counter()
+    result = train(model, tr, va, cfg.model.block_size, cfg.train, work / "ckpt", resume=False)
+    train_s = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
+                "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
+    out, _ = export_model_dir(model, model_spec(model), work / "data" / "tokenizer.json", work / "model",
+                              manifest, optimize=False, int4=True)
+    return model, out, va, cfg, result, train_s
+
+
+def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
+    """shakespeare-char trained `steps` steps through lmforge's preparation and train(), exported with its genai
+    graphs: per quantised variant, greedy agreement with fp32 over 8 prompts x 32 tokens (each runtime's own
+    loop), teacher-forced top-1 agreement over 256 val positions, and val-loss delta on 32 val windows."""
+    from lmforge.export.genai import GENAI_FILES
+    from lmforge.models import model_spec
+    from lmforge.runtime import Generator
+    from lmforge.runtime.scoring import greedy_ids, val_loss, windows
+
+    if not (corpora / "tinyshakespeare.txt").is_file():
+        return {"skipped": f"{corpora / 'tinyshakespeare.txt'} not found"}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        meta = prepare_corpus(source, cfg, work / "data")
-        tr, va = open_shard(work / "data", "train"), open_shard(work / "data", "val")
-        model = build_model(cfg.model, meta["vocab_size"], seed=cfg.train.seed)
-        t0 = time.perf_counter()
-        result = train(model, tr, va, cfg.model.block_size, cfg.train, work / "ckpt", resume=False)
-        train_s = time.perf_counter() - t0
-        torch.set_num_threads(threads)
-        manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
-                    "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
-        out, _ = export_model_dir(model, model_spec(model), work / "data" / "tokenizer.json", work / "model",
-                                  manifest, optimize=False, int4=True)
+        model, out, va, cfg, result, train_s = train_shakespeare(steps, threads, corpora, Path(tmp))
         spec = model_spec(model)
         T = cfg.model.block_size
         starts = windows(len(va), T, 32)
@@ -569,7 +654,8 @@ ROW_KEYS = ["name", "tokens_per_s", "ttft_ms", "step_ms", "step_p90_ms", "batch8
 
 
 def markdown(report: dict) -> str:
-    out = [f"Load: batch 1 phase {load_text(report['load']['batch1'])}; batch 8 phase "
+    out = [f"`lmforge bench decode {' '.join(report.get('argv', []))}` ({report.get('time', '')}). "
+           f"Load: batch 1 phase {load_text(report['load']['batch1'])}; batch 8 phase "
            f"{load_text(report['load']['batch8'])}.", "",
            "| " + " | ".join(ROW_KEYS) + " |", "|" + " --- |" * len(ROW_KEYS)]
     out += ["| " + " | ".join(str(r.get(k, "—") if r.get(k) is not None else "—") for k in ROW_KEYS) + " |"
@@ -578,6 +664,12 @@ def markdown(report: dict) -> str:
             "| --- | --- | --- | --- | --- | --- |"]
     out += [f"| {r['label']} | {r['batch']} | {r['ratio']} | {r['min']}-{r['max']} | {r['rounds']} | "
             f"{load_text(report['load']['batch1' if r['batch'] == 1 else 'batch8'])} |" for r in report["ratios"]]
+    lc = report.get("loop_cost")
+    if lc:
+        out += ["", f"What each loop costs per token ({lc['shape']}; CPU time of the calling thread, minimum of "
+                    f"5 runs; {load_text(lc['load'])}):", "", "| loop | CPU us/token | over the floor |",
+                "| --- | --- | --- |", *(f"| {r['loop']} | {r['cpu_us_per_token']} | {r['over_floor_us']} |"
+                                        for r in lc["rows"])]
     out += ["", *(f"- {k}: {v}" for k, v in report["summary"].items())]
     for p in report.get("profile") or []:
         out.append(f"- profile {p['file']} at cache length {p['past']}: {p['ms_per_step']} ms/step, {p['nodes']} "
@@ -626,18 +718,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true",
-                   help="64 new tokens, 3 rounds, no torch-nocache/portable/transformers rows (same quality rows)")
+                   help="64 new tokens, 5 rounds, no torch/transformers/portable rows (the same quality rows)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--profile", action="store_true", help="add onnxruntime's per-node profile of one decode step")
     p.add_argument("--train-steps", type=int, default=300,
                    help="steps of shakespeare-char training for the quality rows (0: skip them)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per batch size (default 7; 3 --quick)")
-    p.add_argument("--block", type=int, default=8, help="decode steps a contender makes per turn in a sweep")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per batch size (default 7; 5 --quick)")
+    p.add_argument("--block", type=int, default=4, help="decode steps a contender makes per turn in a sweep")
     p.add_argument("--no-builder", action="store_true", help="skip onnxruntime-genai's builder models")
-    p.add_argument("--corpora", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpora")
+    p.add_argument("--corpora", type=Path, default=CORPORA, help="where tinyshakespeare.txt is (default "
+                   "$LMFORGE_CORPORA, else ../shared/corpora beside the repository)")
     args = p.parse_args(argv)
     n = 64 if args.quick and args.new_tokens == 256 else args.new_tokens
-    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.rounds = args.rounds or (5 if args.quick else 7)
     if n < 2:
         p.error("--new-tokens must be >= 2")
     if args.block < 1 or args.rounds < 1:
@@ -731,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
             for pr, f in zip(profile, files):
                 pr["file"] = f"{f.parent.name}/{f.name}" if f.parent.name.startswith("builder") else f.name
         provider = contenders[0].runtime.provider
+        (Path(tmp) / "loop-cost").mkdir()
+        cost = loop_cost(Path(tmp) / "loop-cost")
     for r in results:  # decode steps at the median against bandwidth / weight bytes per step
         wb = r.pop("weight_bytes", None) or fp32_torch_bytes
         r["weight_mb"] = round(wb / 1e6, 1)
@@ -757,7 +852,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"python {platform.python_version()}, onnxruntime {ort.__version__}, "
                          f"onnxruntime-genai {og.__version__ if og else None}, torch {torch.__version__}",
               "provider": provider, "argv": sys.argv[1:] if argv is None else list(argv),
+              "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "raw": {k: {"ttft_s": v["ttft"], "step_ms": v["steps"]} for k, v in phases.items()}}
+    report["loop_cost"] = cost
     if quality:
         report["quality"] = quality
     if profile:
