@@ -79,14 +79,15 @@ def export_family(gpt_dir: Path, out: Path, family: str, **flags) -> Path:
     """A random-weight `family` model exported by lmforge.export.modeldir.export_model_dir with the pipeline export's
     tokenizer and provenance."""
     from lmforge.core.config import ModelConfig
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import build_model, model_spec
+    from lmforge.models import build_model
 
     manifest = json.loads((gpt_dir / "lmforge.json").read_text())
     provenance = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "model", "io", "files")}
     cfg = ModelConfig(family=family, n_layer=2, n_head=2, n_embd=16, n_hidden=24, block_size=32)
     model = build_model(cfg, manifest["model"]["vocab_size"], seed=0)
-    return export_model_dir(model, model_spec(model), gpt_dir / "tokenizer.json", out, provenance, **flags)[0]
+    return export_model_dir(model, gpt_dir / "tokenizer.json", out, provenance, ExportConfig(**flags))[0]
 
 
 @pytest.fixture(scope="module")

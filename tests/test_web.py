@@ -68,14 +68,14 @@ def train(model, ids, steps: int = 200, block: int = 24, seed: int = 0):
 
 
 def export(model, tok, root: Path, name: str, kind: str) -> Path:
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     tok.save(str(root / f"{name}.tokenizer.json"))
     manifest = {"name": name, "tokenizer": {"kind": kind, "file": "tokenizer.json"}, "tokens": SPECIALS,
                 "generation": {"temperature": 0.0, "max_new_tokens": 40}}
-    out, _ = export_model_dir(model, model_spec(model), root / f"{name}.tokenizer.json", root / name, manifest,
-                              int8=True, optimize=False)
+    out, _ = export_model_dir(model, root / f"{name}.tokenizer.json", root / name, manifest,
+                              ExportConfig(int8=True, optimize=False))
     return out
 
 

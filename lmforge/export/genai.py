@@ -262,16 +262,13 @@ def genai_greedy(model, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def export_genai_files(model, spec: dict, directory: Path, tokenizer_file: Path, manifest: dict, files: dict,
-                       metrics: dict, int8: bool, parity_tolerance: float) -> dict:
-    """export_model_dir's hook: the genai files of a gpt / hf-gpt2 model (their names added to `files`, their
-    metrics to `metrics`), or why there are none. Returns lmforge.json `genai`."""
+def export_genai_files(model, spec: dict, directory: Path, tokenizer_file: Path, manifest: dict,
+                       e) -> tuple[dict, dict, dict]:
+    """export_model_dir's step for onnxruntime-genai, with the `[export]` config `e` (int8, parity_tolerance):
+    the genai files of a gpt / hf-gpt2 model. Returns (lmforge.json `files` entries written, lmforge.json
+    `genai`, export metrics); for another family, no files and `genai` says why."""
     family = spec.get("family", "gpt")
     if family not in ("gpt", "hf-gpt2"):
-        return unsupported(family)
-    new_files, record, new_metrics = write_genai(model, spec, directory, tokenizer_file, manifest.get("tokens", {}),
-                                                 manifest.get("generation", {}), int8=int8,
-                                                 parity_tolerance=parity_tolerance)
-    files.update(new_files)
-    metrics.update(new_metrics)
-    return record
+        return {}, unsupported(family), {}
+    return write_genai(model, spec, directory, tokenizer_file, manifest.get("tokens", {}),
+                       manifest.get("generation", {}), int8=e.int8, parity_tolerance=e.parity_tolerance)
