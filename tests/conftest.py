@@ -140,3 +140,15 @@ def uniform_loss(model_dir) -> float:
 
 
 BEATS_UNIFORM = 0.25  # nats/token below log(vocab): what even 30 steps of a tiny model learn of English letters
+
+
+def gpt2_tokenizer_files(bpe, directory: Path) -> None:
+    """A GPT-2-format tokenizer (vocab.json + merges.txt, as a downloaded GPT-2 tokenizer is): a byte-level BPE
+    with no <pad>/<unk>/<bos>/<eos>; lmforge's gpt2 kind adds <|endoftext|>, its only special token."""
+    import json
+
+    model = json.loads(bpe.to_str())["model"]
+    tokens = sorted((i, t) for t, i in model["vocab"].items() if not (t.startswith("<") and t.endswith(">")))
+    (directory / "vocab.json").write_text(json.dumps({t: n for n, (_, t) in enumerate(tokens)}))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

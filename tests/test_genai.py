@@ -179,7 +179,9 @@ def test_genai_int4_runs_its_graph_and_agrees_with_fp32(trained):
     assert agree / count > 0.3, agree / count  # int4 of a 64-wide model drifts, but stays the same model
 
 
-def test_char_tokenizer_export_runs_on_token_ids_and_says_why(tmp_path):
+def test_char_tokenizer_export_runs_with_genai_tokenizer(tmp_path):
+    """A char vocabulary is written as a BPE with no merges (lmforge.export.tokenizer), which ort-genai's tokenizer
+    reads: its ids (and <bos> with add_special_tokens) are lmforge's, and so are the greedy tokens."""
     text = "why did the chicken cross the road? to get to the other side! " * 4
     tok = train_char([text])
     tok.save(str(tmp_path / "tokenizer.json"))
@@ -187,14 +189,17 @@ def test_char_tokenizer_export_runs_on_token_ids_and_says_why(tmp_path):
     out, _ = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "m", manifest(tok, "char"),
                               ExportConfig(int8=False, optimize=False))
     genai = json.loads((out / "lmforge.json").read_text())["genai"]
-    assert genai["supported"] and genai["tokenizer"] is False and "WordLevel" in genai["tokenizer_reason"]
-    assert not (out / "tokenizer_config.json").exists() and "genai-int8" not in genai["graphs"]
-    with pytest.raises(RuntimeError, match="tokenizer_config.json"):
-        og.Tokenizer(og.Model(str(out)))  # onnxruntime-extensions cannot read a WordLevel tokenizer
+    assert genai["supported"] and genai["tokenizer"] is True and "genai-int8" not in genai["graphs"]
+    assert (out / "tokenizer_config.json").is_file()
+    tokenizer = og.Tokenizer(og.Model(str(out)))
+    tokenizer.update_options(add_special_tokens="true")
     gen = Generator(out, device="cpu")
-    ids = gen.encode("the chicken")
+    ids = [int(i) for i in tokenizer.encode("the chicken")]
+    assert ids == gen.encode("the chicken") and ids[0] == genai["prepend_bos"]
     n = 32 - len(ids)
-    assert genai_greedy(out, "fp32", ids, n) == greedy_ids(gen, ids, n)
+    got = genai_greedy(out, "fp32", ids, n)
+    assert got == greedy_ids(gen, ids, n)
+    assert tokenizer.decode(np.array(got, np.int32)) == gen.tokenizer.decode(got)
 
 
 def test_hf_gpt2_export_loads_in_genai(tmp_path):

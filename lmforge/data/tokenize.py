@@ -2,6 +2,10 @@
 them: char (code points), word (words, digits and punctuation with their leading space, <unk> for unseen),
 byte-level BPE trained on the corpus, and a pretrained GPT-2 tokenizer read from a local directory.
 Every trained kind reserves ids 0-3 for <pad> <unk> <bos> <eos> (special tokens: skipped when decoding).
+Every kind's post-processor puts <bos> (GPT-2's: <|endoftext|>) before an encoded text, as Hugging Face
+tokenizers do with their special tokens, so `encode(text)` in `tokenizers`, `transformers`, onnxruntime-genai and
+the browser gives what the model was trained on (each document framed [bos] + ids + [eos]); the data pipeline
+encodes with add_special_tokens=False and frames documents itself.
 
 What round-trips (decode(encode(s), skip_special_tokens=False) == s):
   char: s with every character absent from the vocabulary replaced by "<unk>";
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from lmforge.core.errors import LmforgeError
 
@@ -90,19 +94,35 @@ def load_gpt2(directory: str) -> Tokenizer:
 
 def build_tokenizer(kind: str, docs: Iterable[str], vocab_size: int = 8192, min_frequency: int = 1,
                     path: str = "") -> Tokenizer:
-    """Train (char, word, bpe) on docs, which may be a lazy iterable, or load (gpt2)."""
+    """Train (char, word, bpe) on docs, which may be a lazy iterable, or load (gpt2); its post-processor puts
+    <bos> first (with_bos)."""
     if kind == "char":
-        return train_char(docs)
+        return with_bos(train_char(docs))
     if kind == "word":
-        return train_word(docs, min_frequency)
+        return with_bos(train_word(docs, min_frequency))
     if kind == "bpe":
         if vocab_size < 256 + len(SPECIALS):
             raise LmforgeError(f"tokenizer.vocab_size {vocab_size} is below the 260 byte-level BPE needs",
                                hint="--set tokenizer.vocab_size=8192")
-        return train_bpe(docs, vocab_size, max(min_frequency, 2))
+        return with_bos(train_bpe(docs, vocab_size, max(min_frequency, 2)))
     if kind == "gpt2":
-        return load_gpt2(path)
+        return with_bos(load_gpt2(path))
     raise LmforgeError(f"unknown tokenizer kind {kind!r}", hint="tokenizer.kind is one of char, word, bpe, gpt2")
+
+
+def with_bos(tok: Tokenizer) -> Tokenizer:
+    """`tok` whose post-processor puts its bos token (special_ids) before every encoded text, kept after any
+    post-processor it already has (GPT-2's ByteLevel offsets); unchanged when it has no bos token or its
+    post-processor already adds special tokens."""
+    bos = special_ids(tok)["bos"]
+    if bos is None or tok.num_special_tokens_to_add(False) > 0:
+        return tok
+    content = tok.id_to_token(bos)
+    template = processors.TemplateProcessing(single=f"{content} $A", pair=f"{content} $A $B",
+                                             special_tokens=[(content, bos)])
+    tok.post_processor = template if tok.post_processor is None else processors.Sequence([tok.post_processor,
+                                                                                          template])
+    return tok
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

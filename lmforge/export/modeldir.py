@@ -18,6 +18,7 @@ from lmforge.core.errors import LmforgeError
 from lmforge.models import model_spec
 from lmforge.runtime.modeldir import VARIANT_FILES, write_manifest
 from lmforge.export.genai import export_genai_files
+from lmforge.export.tokenizer import export_tokenizer
 from lmforge.export.variants import convert_fp16, optimize_graph, quantize_int8
 from lmforge.runtime.names import kv_names, rnn_names
 from lmforge.data.shards import open_shard
@@ -248,24 +249,65 @@ def export_model_dir(model: torch.nn.Module, tokenizer_file: Path, out_dir: Path
     return out_dir, metrics
 
 
+GQA_HEAD_MULTIPLE = 8  # onnxruntime's GroupQueryAttention kernel: "head_size must be a multiple of 8"
+
+
+def check_exportable(spec: dict) -> None:
+    """Refuse, in one line before anything is written, a gpt whose heads the fast and genai graphs cannot hold."""
+    if spec.get("family", "gpt") in ("gpt", "hf-gpt2") and spec["head_dim"] % GQA_HEAD_MULTIPLE:
+        raise LmforgeError(f"head_dim {spec['head_dim']} (n_embd {spec['n_embd']} / n_head {spec['n_head']}) is not a "
+                           f"multiple of {GQA_HEAD_MULTIPLE}, which onnxruntime's GroupQueryAttention (the fast and "
+                           "onnxruntime-genai graphs) needs", hint="choose model.n_embd and model.n_head so that "
+                                                                  "n_embd / n_head is a multiple of 8")
+
+
 def write_model_files(model, tokenizer_file: Path, tmp: Path, provenance: dict, e: ExportConfig) -> tuple[dict, dict]:
     """Every graph, the tokenizer and lmforge.json (not yet verified) into `tmp`: (the manifest, export metrics)."""
     spec = model_spec(model)
+    check_exportable(spec)
     files, metrics = export_portable_variants(model, spec, tmp, e)
     io = io_spec(spec)
     if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
         fast_files, io["fast"] = export_fast_variants(model, spec, tmp, e)
         files.update(fast_files)
+    # one tokenizer.json that every consumer encodes alike (lmforge.export.tokenizer)
+    tokenizer = export_tokenizer(tokenizer_file, spec["block_size"])
+    tokenizer.save(tmp, with_config=False)
     # onnxruntime-genai's graphs and config (gpt, hf-gpt2), made from the fast graphs written above
-    genai_files, genai, genai_metrics = export_genai_files(model, spec, tmp, tokenizer_file, provenance, e)
+    genai_files, genai, genai_metrics = export_genai_files(model, spec, tmp, tokenizer, provenance, e)
     files.update(genai_files)
     metrics.update(genai_metrics)
     for key, name in files.items():
         metrics[f"onnx_{key.replace('-', '_')}_bytes"] = (tmp / name).stat().st_size
-    shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-    manifest = {**provenance, "model": spec, "io": io, "files": files, "genai": genai}
+    ecosystem, ecosystem_metrics = export_ecosystem_files(model, spec, tmp, provenance, tokenizer, e)
+    metrics.update(ecosystem_metrics)
+    manifest = {**provenance, "model": spec, "io": io, "files": files, "genai": genai, **ecosystem}
     write_manifest(tmp, manifest)
     return manifest, metrics
+
+
+def export_ecosystem_files(model, spec: dict, tmp: Path, provenance: dict, tokenizer,
+                           e: ExportConfig) -> tuple[dict, dict]:
+    """The Hugging Face folder (hf/, export.hf) and the GGUF file (model.<type>.gguf, export.gguf) of a gpt /
+    hf-gpt2 model: (lmforge.json `hf` and `gguf`, export metrics); for lstm / gru both say why there are none."""
+    from lmforge.export.gguf import FILE, write_gguf
+    from lmforge.export.hf import FOLDER, unsupported, write_hf_folder
+
+    family = spec.get("family", "gpt")
+    if family not in ("gpt", "hf-gpt2"):
+        return {"hf": unsupported(family), "gguf": unsupported(family)}, {}
+    manifest = {**provenance, "model": spec}
+    records = {"hf": {"supported": False, "reason": "export.hf is false"},
+               "gguf": {"supported": False, "reason": "export.gguf is none"}}
+    metrics = {}
+    if e.hf:
+        records["hf"] = write_hf_folder(model, spec, manifest, tokenizer, tmp / FOLDER)
+        metrics["hf_bytes"] = sum(p.stat().st_size for p in (tmp / FOLDER).iterdir())
+    if e.gguf != "none":
+        path = tmp / FILE.format(type=e.gguf)
+        records["gguf"] = write_gguf(model, spec, manifest, tokenizer, path, e.gguf)
+        metrics["gguf_bytes"] = path.stat().st_size
+    return records, metrics
 
 
 def verify(model, tmp: Path, val: np.ndarray | None, e: ExportConfig, manifest: dict, metrics: dict) -> dict:

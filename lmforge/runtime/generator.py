@@ -100,10 +100,13 @@ class Generator:
             yield piece
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        # tokenizer.json's post-processor puts <bos> first (as every consumer of the file encodes); an export
+        # written before it had one gets it prepended here
+        builtin = self.tokenizer.num_special_tokens_to_add(False) > 0
+        ids = self.tokenizer.encode(text, add_special_tokens=builtin).ids
         if self.unk is not None and self.unk in ids:
             log.info("prompt has %d unseen token(s); they are read as <unk>", ids.count(self.unk))
-        return ([self.bos] if self.bos is not None else []) + ids
+        return ids if builtin or self.bos is None else [self.bos] + ids
 
     # -- internals --------------------------------------------------------------------------------------------
     def _request(self, max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
