@@ -228,6 +228,20 @@ def test_genai_tokenizer_round_trips(exports, kind, tmp_path):
         assert "no <unk>" in genai["tokenizer_unseen"]
 
 
+def test_an_export_without_the_post_processor_still_encodes_bos_first(tmp_path):
+    """A directory exported before tokenizer.json had a post-processor: the runtime prepends <bos> itself."""
+    d = word_export(tmp_path)
+    gen = Generator(d, device="cpu")
+    want = gen.encode("Why did the chicken")
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["post_processor"] = None
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    old = Generator(d, device="cpu")
+    assert old.tokenizer.encode("Why did the chicken").ids == want[1:]  # no <bos> from the file itself
+    assert old.encode("Why did the chicken") == want and want[0] == old.bos
+    assert old.generate("Why", max_new_tokens=8, temperature=0) == gen.generate("Why", max_new_tokens=8, temperature=0)
+
+
 # -- GGUF: llama-cpp-python ------------------------------------------------------------------------------------
 def llama(path: Path, **kw):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extra (see pyproject.toml)")

@@ -171,6 +171,8 @@ def test_the_run_directory_and_the_generation_defaults(gpt):
     from lmforge.runtime import Generator
 
     assert gpt.name == "model" and gpt.parent.parent.name == "runs" and gpt.parent.name.startswith("jokes-char-")
+    card = (gpt / "hf" / "README.md").read_text()  # the pipeline's samples step wrote them into the model card
+    assert card.startswith("---\n") and "## Samples" in card and "temperature 1.0" in card
     gen, defaults = Generator(gpt), manifest(gpt)["generation"]
     assert gen.generate("Why", seed=3) == gen.generate("Why", seed=3, **defaults)  # used when a caller gives none
     assert gen.generate("Why", seed=3) != gen.generate("Why", seed=3, temperature=0)
