@@ -14,12 +14,13 @@ What round-trips (decode(encode(s), skip_special_tokens=False) == s):
   bpe/gpt2: any string (byte-level: every byte has a token)."""
 from __future__ import annotations
 
+import json
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.core.errors import LmforgeError
 
@@ -111,18 +112,31 @@ def build_tokenizer(kind: str, docs: Iterable[str], vocab_size: int = 8192, min_
 
 
 def with_bos(tok: Tokenizer) -> Tokenizer:
-    """`tok` whose post-processor puts its bos token (special_ids) before every encoded text, kept after any
-    post-processor it already has (GPT-2's ByteLevel offsets); unchanged when it has no bos token or its
-    post-processor already adds special tokens."""
+    """`tok` whose post-processor puts its bos token (special_ids) before every encoded text; unchanged when it has
+    no bos token or its post-processor already adds special tokens."""
     bos = special_ids(tok)["bos"]
     if bos is None or tok.num_special_tokens_to_add(False) > 0:
         return tok
-    content = tok.id_to_token(bos)
-    template = processors.TemplateProcessing(single=f"{content} $A", pair=f"{content} $A $B",
-                                             special_tokens=[(content, bos)])
-    tok.post_processor = template if tok.post_processor is None else processors.Sequence([tok.post_processor,
-                                                                                          template])
-    return tok
+    return set_bos(tok, bos)
+
+
+def set_bos(tok: Tokenizer, bos: int | None) -> Tokenizer:
+    """A copy of `tok` whose post-processor puts token `bos` before every encoded text (None: adds nothing),
+    after any post-processor it has that adds no tokens (GPT-2's ByteLevel offsets)."""
+    data = json.loads(tok.to_str())
+    old = data.get("post_processor")
+    steps = old["processors"] if old and old["type"] == "Sequence" else [old] if old else []
+    steps = [p for p in steps if p["type"] != "TemplateProcessing"]
+    if bos is not None:
+        content = tok.id_to_token(bos)
+        special = {"SpecialToken": {"id": content, "type_id": 0}}
+        steps.append({"type": "TemplateProcessing",
+                      "single": [special, {"Sequence": {"id": "A", "type_id": 0}}],
+                      "pair": [special, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                      "special_tokens": {content: {"id": content, "ids": [bos], "tokens": [content]}}})
+    data["post_processor"] = None if not steps else steps[0] if len(steps) == 1 else {"type": "Sequence",
+                                                                                      "processors": steps}
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

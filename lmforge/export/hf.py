@@ -37,13 +37,11 @@ def unsupported(family: str) -> dict:
 
 
 def check_shape(spec: dict) -> None:
-    """Refuse (one line) a model GPT-2's config cannot describe."""
+    """Refuse (one line) a model GPT-2's config cannot describe (any gpt's shape is one: n_embd = n_head x
+    head_dim, learned positions up to block_size)."""
     if spec.get("family", "gpt") not in ("gpt", "hf-gpt2"):
         raise LmforgeError(f"a {spec.get('family')} model has no Hugging Face form: {unsupported(spec['family'])['reason']}",
                            hint="export a gpt model (model.family=gpt) for transformers and llama.cpp")
-    if spec["n_embd"] != spec["n_head"] * spec["head_dim"]:
-        raise LmforgeError(f"n_embd {spec['n_embd']} is not n_head {spec['n_head']} x head_dim {spec['head_dim']}",
-                           hint="choose model.n_embd divisible by model.n_head")
 
 
 def gpt2_config(spec: dict, tokens: dict) -> dict:

@@ -271,7 +271,7 @@ def write_model_files(model, tokenizer_file: Path, tmp: Path, provenance: dict, 
         fast_files, io["fast"] = export_fast_variants(model, spec, tmp, e)
         files.update(fast_files)
     # one tokenizer.json that every consumer encodes alike (lmforge.export.tokenizer)
-    tokenizer = export_tokenizer(tokenizer_file, spec["block_size"])
+    tokenizer = export_tokenizer(tokenizer_file, spec["block_size"], provenance.get("tokens"))
     tokenizer.save(tmp, with_config=False)
     # onnxruntime-genai's graphs and config (gpt, hf-gpt2), made from the fast graphs written above
     genai_files, genai, genai_metrics = export_genai_files(model, spec, tmp, tokenizer, provenance, e)

@@ -2,8 +2,8 @@
 `tokenizers`, `transformers`, onnxruntime-genai's tokenizer, the browser page), and the tokenizer_config.json
 that `transformers` and onnxruntime-genai read beside it.
 
-- Its post-processor puts <bos> first (lmforge.data.tokenize.with_bos; added here to a tokenizer prepared before
-  it had one), so `encode(text)` gives what the model was trained on.
+- Its post-processor puts <bos> first (lmforge.data.tokenize.set_bos with lmforge.json `tokens`, also for a
+  tokenizer prepared before it had one), so `encode(text)` gives what the model was trained on.
 - A char tokenizer is written as a BPE with no merges over the same ids: a character vocabulary is exactly that
   (each character its own symbol, an unseen one <unk>), spaces spelled "▁" as SentencePiece-converted
   tokenizers do (a normalizer maps " " to "▁" and a literal "▁" to a character outside the vocabulary, so
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers
 
-from lmforge.data.tokenize import CHAR_PATTERN, special_ids, with_bos
+from lmforge.data.tokenize import CHAR_PATTERN, load_tokenizer, set_bos, special_ids, with_bos
 
 SPACE = "\u2581"  # "▁", SentencePiece's space
 # characters a literal "▁" is mapped to (the first one outside the vocabulary), so it encodes as <unk>
@@ -76,28 +76,31 @@ def char_as_bpe(tok: Tokenizer) -> Tokenizer | None:
     added = sorted(tok.get_added_tokens_decoder().items())
     bpe.add_special_tokens([t for _, t in added if t.special])
     bpe.add_tokens([t for _, t in added if not t.special])
-    bpe.post_processor = with_bos(tok).post_processor
+    bpe.post_processor = tok.post_processor
     texts = [CHECK_TEXT, "".join(sorted(plain)), " ".join(plain)]
     same = all(bpe.encode(t).ids == tok.encode(t).ids and bpe.decode(tok.encode(t).ids) == tok.decode(tok.encode(t).ids)
                for t in texts)
     return bpe if same and len(bpe.get_vocab()) == len(vocab) else None
 
 
-def hf_tokenizer_config(tok: Tokenizer, block_size: int) -> dict:
+def hf_tokenizer_config(tok: Tokenizer, block_size: int, tokens: dict | None = None) -> dict:
     """tokenizer_config.json: the generic PreTrainedTokenizerFast over tokenizer.json (no custom code, every
     kind), its special tokens by name, <bos> added on encode as the post-processor does (transformers reads the
     post-processor; onnxruntime-genai add_bos_token, with update_options(add_special_tokens="true"))."""
-    ids = special_ids(tok)
+    ids = tokens or special_ids(tok)
     named = {f"{k}_token": tok.id_to_token(v) for k, v in ids.items() if v is not None}
-    return {"tokenizer_class": "PreTrainedTokenizerFast", **named, "add_bos_token": ids["bos"] is not None,
+    return {"tokenizer_class": "PreTrainedTokenizerFast", **named, "add_bos_token": ids.get("bos") is not None,
             "add_eos_token": False, "clean_up_tokenization_spaces": False, "model_max_length": int(block_size),
             # not token_type_ids: GPT-2 adds their embeddings (wte rows) to the input when it is given them
             "model_input_names": ["input_ids", "attention_mask"]}
 
 
-def export_tokenizer(tokenizer_file: Path, block_size: int) -> ExportedTokenizer:
-    """The tokenizer to write into an exported directory, from the prepared data's tokenizer.json."""
-    tok = with_bos(Tokenizer.from_file(str(tokenizer_file)))
+def export_tokenizer(tokenizer_file: Path, block_size: int, tokens: dict | None = None) -> ExportedTokenizer:
+    """The tokenizer to write into an exported directory, from the prepared data's tokenizer.json; its
+    post-processor puts `tokens["bos"]` first (lmforge.json `tokens`, what the model was trained with; without
+    `tokens`, the tokenizer's own <bos>)."""
+    tok = load_tokenizer(Path(tokenizer_file))
+    tok = with_bos(tok) if tokens is None else set_bos(tok, tokens.get("bos"))
     data = json.loads(tok.to_str())
     form = "byte-bpe"
     if is_char_tokenizer(tok):
@@ -107,4 +110,4 @@ def export_tokenizer(tokenizer_file: Path, block_size: int) -> ExportedTokenizer
         form = "wordlevel"
     elif data.get("pre_tokenizer") is None and data.get("normalizer") is not None:
         form = "char-bpe"  # already written by char_as_bpe (an exported directory's tokenizer.json)
-    return ExportedTokenizer(tok, form, hf_tokenizer_config(tok, block_size))
+    return ExportedTokenizer(tok, form, hf_tokenizer_config(tok, block_size, tokens))
