@@ -154,6 +154,33 @@ def test_served_bad_params_are_a_400_naming_the_parameter(server):
     assert status == 400 and "max_new_tokens" in out["message"]
 
 
+def test_served_requests_over_a_limit_are_a_400_naming_the_limit(server):
+    """The serving limits live in lmforge.runtime, so `mlflow models serve` enforces them without code of its own."""
+    server, _ = server
+    for params, limit in (({"max_new_tokens": 10**7}, "limits.max_new_tokens"),
+                          ({"stop": ["x"] * 17}, "limits.max_stop_strings"),
+                          ({"stop": ["x" * 5000]}, "limits.max_stop_chars")):
+        status, out = post(server, {"dataframe_records": [{"prompt": "Why"}], "params": params})
+        assert status == 400 and limit in out["message"], (params, out)
+    status, out = post(server, {"dataframe_records": [{"prompt": "Why " * 300_000}], "params": {"max_new_tokens": 5}})
+    assert status == 400 and "limits.max_prompt_bytes" in out["message"]
+
+
+def test_pyfunc_model_config_lowers_the_limits(champion):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model(URI, model_config={"limits": {"max_new_tokens": 8, "max_stop_strings": 1}})
+    assert model.unwrap_python_model().generator.limits.max_new_tokens == 8
+    with pytest.raises(MlflowException, match="limits.max_new_tokens"):
+        model.predict(pd.DataFrame({"prompt": ["Why"]}), params={"max_new_tokens": 9})
+    with pytest.raises(MlflowException, match="limits.max_stop_strings"):
+        model.predict(pd.DataFrame({"prompt": ["Why"]}), params={"stop": ["a", "b"]})
+    short = model.predict(pd.DataFrame({"prompt": ["Why"]}), params={"greedy": True})[0]  # default cut to 8 tokens
+    assert 0 < len(short) <= 8  # jokes-char is a character model: a token is at most one character
+
+
 def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     import mlflow
     import pandas as pd

@@ -11,7 +11,12 @@ What is logged (docs/model-format.md, "MLflow serving"):
                      max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, greedy, stop
 Params left out of a request take the model's own defaults (lmforge.json `generation`); `greedy: true` means
 temperature 0; seed null (the default) draws a fresh random seed per request. model_config (at log time, or
-`load_model(uri, model_config=...)`): `variant` (fp32, int8, ...) and `device` (auto, cpu, cuda)."""
+`load_model(uri, model_config=...)`): `variant` (fp32, int8, ...), `device` (auto, cpu, cuda) and `limits`, the
+serving limits of lmforge.runtime.limits ({"max_new_tokens": 256, "max_prompt_bytes": 65536, "max_stop_strings":
+4, "max_stop_chars": 64, "deadline_s": 30, "max_batch": 8}, any subset), which may only lower the model
+directory's own (lmforge.json `limits`, else the runtime's defaults); for `mlflow models serve`, MLflow's
+MLFLOW_PYFUNC_INFERENCE_CONFIG='{"limits": {...}}' sets them. A request over a limit, like a bad parameter, is
+an HTTP 400 naming it."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -29,7 +34,7 @@ PARAMS = {"max_new_tokens": ("long", None), "temperature": ("double", None), "to
           "top_p": ("double", None), "repetition_penalty": ("double", 1.0), "seed": ("long", None),
           "greedy": ("boolean", False), "stop": ("string", [])}
 LIST_PARAMS = {"stop"}
-DEFAULT_CONFIG = {"variant": "fp32", "device": "auto"}
+DEFAULT_CONFIG = {"variant": "fp32", "device": "auto", "limits": {}}  # MLflow lets load_model override logged keys only
 
 
 class GenerateModel(mlflow.pyfunc.PythonModel):
@@ -40,7 +45,8 @@ class GenerateModel(mlflow.pyfunc.PythonModel):
 
         config = {**DEFAULT_CONFIG, **(context.model_config or {})}
         self.generator = Generator(context.artifacts[ARTIFACT], variant=str(config["variant"]),
-                                   device=str(config["device"]), threads=config.get("threads"))
+                                   device=str(config["device"]), threads=config.get("threads"),
+                                   limits=config.get("limits"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from mlflow.exceptions import MlflowException
@@ -53,7 +59,7 @@ class GenerateModel(mlflow.pyfunc.PythonModel):
         kwargs["stop"] = [str(s) for s in p.get("stop", [])]
         try:
             return self.generator.generate(prompts(model_input), **kwargs)
-        except ValueError as exc:  # a sampling parameter out of range: the caller's error (HTTP 400), not ours
+        except ValueError as exc:  # a parameter out of range, a limit passed: the caller's error (HTTP 400)
             raise MlflowException.invalid_parameter_value(str(exc)) from None
 
 
