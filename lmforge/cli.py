@@ -86,26 +86,49 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from lmforge.runtime import Generator
+    """Load, check the request, stream the text to stdout; speed on stderr (the order of onnxruntime-genai's
+    model-generate.py: model, tokenizer, params, generate, tokens/s)."""
+    import time
+
+    from lmforge.runtime import Generator, RowRequest
+    from lmforge.runtime.requests import check_finished
 
     model = args.model
     if model.startswith("models:/"):
         from lmforge.registry.tracking import fetch_model_dir
 
-        model = str(fetch_model_dir(model))
+        model = str(fetch_model_dir(model, quiet=not args.verbose))
     gen = Generator(model, variant=args.variant, device=args.device, threads=args.threads)
-    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
+    request = RowRequest(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                         stop=args.stop, seed=args.seed)
+    start = time.perf_counter()
+    events = gen.stream_batch([request])  # checks the request (a non-UTF-8 prompt, a limit) before any output
+    if not args.json:
+        sys.stdout.write(args.prompt)
+    pieces, first, last = [], None, None
+    for ev in events:
+        if first is None and ev.token_ids:
+            first = time.perf_counter() - start  # the first token, as soon as it is text
+        pieces.append(ev.text)
+        last = ev
+        if not args.json:
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+    seconds = time.perf_counter() - start
+    check_finished(last)
+    speed = last.completion_tokens / seconds if seconds > 0 else 0.0
     if args.json:
-        text = gen.generate(args.prompt, **kwargs)
-        print(json.dumps({"prompt": args.prompt, "text": text, "provider": gen.provider, "model": model}))
+        print(json.dumps({"prompt": args.prompt, "text": "".join(pieces), "provider": gen.provider, "model": model,
+                          "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
+                          "completion_tokens": last.completion_tokens, "tokens_per_second": round(speed, 2),
+                          "time_to_first_token_s": None if first is None else round(first, 4)}))
         return 0
-    sys.stdout.write(args.prompt)
-    for piece in gen.stream(args.prompt, **kwargs):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
     sys.stdout.write("\n")
-    print(f"[{gen.provider}, {gen.variant}]", file=sys.stderr)
+    if not args.quiet:
+        ttft = "-" if first is None else f"{first * 1000:.0f} ms"
+        print(f"{last.completion_tokens} tokens in {seconds:.2f} s: {speed:.1f} tokens/s, time to first token {ttft}, "
+              f"finish {last.finish_reason} [{gen.provider}, {gen.variant}]", file=sys.stderr)
     return 0
 
 
@@ -286,19 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop at once when another process holds this config's data or run directory")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
-    g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS")
-    g.add_argument("--prompt", default="")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--stop", action="append", help="stop when this string appears (repeatable)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS (or /VERSION)")
+    g.add_argument("--prompt", default="", help="the text to continue (default: none, the model starts from <bos>)")
+    g.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help="tokens to generate at most (default: the model's lmforge.json `generation`)")
+    g.add_argument("--temperature", type=float, metavar="T", help="0 = greedy; higher = more random (default: the model's)")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest tokens only; 0 = off")
+    g.add_argument("--top-p", type=float, metavar="P", help="sample from the likeliest tokens holding P of the "
+                   "probability (nucleus); 1 = off")
+    g.add_argument("--repetition-penalty", type=float, metavar="R", help="> 1 makes tokens already in the text "
+                   "less likely (CTRL-style); 1 = off (default)")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="end the text before TEXT appears (repeatable)")
+    g.add_argument("--seed", type=int, help="random seed: the same seed gives the same text (default: fresh)")
     g.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 | optimized (as exported)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int)
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where onnxruntime runs: auto = CUDA when it loads, else CPU")
+    g.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
+    g.add_argument("--json", action="store_true", help="print one JSON line: text, provider, finish reason, "
+                   "token counts, tokens/s, time to first token")
+    g.add_argument("--quiet", action="store_true", help="no speed line on stderr (tokens/s, time to first token)")
+    g.add_argument("--verbose", action="store_true", help="let MLflow show its download progress for models:/")
 
     b = add("bench", "Run a benchmark side by side and write benchmarks/results/ (JSON + markdown).", cmd_bench)
     b.add_argument("what", choices=["decode"], help="decode: torch vs transformers vs onnxruntime decoding speed")

@@ -9,6 +9,7 @@ from pathlib import Path
 from lmforge.core.atomic import write_json_atomic
 from lmforge.runtime import onnxwire
 from lmforge.runtime.errors import ModelDirError
+from lmforge.runtime.limits import ServingLimits, model_limits
 
 MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
@@ -42,6 +43,10 @@ class ModelDir:
     @property
     def generation(self) -> dict:
         return self.manifest.get("generation", {})
+
+    @property
+    def limits(self) -> ServingLimits:
+        return model_limits(self.manifest.get("limits"), str(self.path / MANIFEST))
 
     @property
     def tokenizer_path(self) -> Path:
