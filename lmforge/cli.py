@@ -248,7 +248,6 @@ def cmd_web(args) -> int:
 
 
 def cmd_serve_model(args) -> int:
-    from lmforge.serving.protocol import Limits
     from lmforge.serving.server import serve
 
     model = args.model
@@ -256,11 +255,12 @@ def cmd_serve_model(args) -> int:
         from lmforge.registry.tracking import fetch_model_dir
 
         model = str(fetch_model_dir(model))
-    limits = Limits(max_tokens=args.max_tokens, max_prompt_bytes=args.max_prompt_bytes, max_stop=args.max_stop,
-                    max_stop_chars=args.max_stop_chars, max_queue=args.max_queue)
+    limits = {"max_new_tokens": args.max_new_tokens, "max_prompt_bytes": args.max_prompt_bytes,
+              "max_stop_strings": args.max_stop_strings, "max_stop_chars": args.max_stop_chars,
+              "deadline_s": args.deadline}
     serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.name, limits=limits,
           variant=args.variant, device=args.device, threads=args.threads, max_batch=args.max_batch,
-          source=args.model)
+          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model)
     return 0
 
 
@@ -364,9 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_model_command(add) -> None:
-    from lmforge.serving.protocol import Limits
-
-    d = Limits()
     s = add("serve-model", "Serve a model directory or models:/NAME@ALIAS over HTTP: OpenAI-compatible "
             "/v1/completions (streamed or not), concurrent requests decoded as one batch (docs/serving.md).",
             cmd_serve_model)
@@ -375,12 +372,16 @@ def _add_serve_model_command(add) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--name", help="the model id clients send (default: the model's name in lmforge.json)")
     s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
-    s.add_argument("--max-tokens", type=int, default=d.max_tokens, help="most tokens one request may ask for")
-    s.add_argument("--max-prompt-bytes", type=int, default=d.max_prompt_bytes, help="largest prompt, UTF-8 bytes")
-    s.add_argument("--max-stop", type=int, default=d.max_stop, help="most stop strings per request")
-    s.add_argument("--max-stop-chars", type=int, default=d.max_stop_chars, help="longest stop string")
-    s.add_argument("--max-queue", type=int, default=d.max_queue,
+    s.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for a first token before new ones get 503 (0 = no limit)")
+    lim = "a serving limit; lowers the model's own (lmforge.json `limits`), never raises it"
+    s.add_argument("--max-new-tokens", type=int, help=f"most tokens one request may ask for: {lim}")
+    s.add_argument("--max-prompt-bytes", type=int, help=f"largest prompt in UTF-8 bytes: {lim}")
+    s.add_argument("--max-stop-strings", type=int, help=f"most stop strings per request: {lim}")
+    s.add_argument("--max-stop-chars", type=int, help=f"longest stop string: {lim}")
+    s.add_argument("--deadline", type=float, metavar="SECONDS", help=f"time from arrival to last token: {lim}")
+    s.add_argument("--flush-ms", type=float, default=20.0,
+                   help="after a request's first text, send its text at most this often (default 20 ms)")
     s.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 (as exported)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")

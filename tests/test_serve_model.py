@@ -97,8 +97,8 @@ def ready(proc, url: str, log: Path) -> str:
 def servers(models, tmp_path_factory):
     """One server per family, started together; the gpt one with low limits for the 400 tests."""
     tmp = tmp_path_factory.mktemp("serve-logs")
-    started = {f: start(str(d), *(["--max-tokens", "64", "--max-prompt-bytes", "256"] if f == "gpt" else []),
-                        cwd=tmp) for f, d in models.items()}
+    low = ["--max-new-tokens", "64", "--max-prompt-bytes", "256", "--max-stop-strings", "4", "--max-stop-chars", "32"]
+    started = {f: start(str(d), *(low if f == "gpt" else []), cwd=tmp) for f, d in models.items()}
     try:
         yield {f: ready(*s) for f, s in started.items()}
     finally:
@@ -114,6 +114,13 @@ def solo(model_dir: Path, prompt: str, **kw) -> str:
     from lmforge.runtime import Generator
 
     return Generator(model_dir).generate(prompt, **kw)
+
+
+def last_event(model_dir: Path, prompt: str, **kw):
+    """The runtime's own last RowEvent for one request: its finish reason and token counts."""
+    from lmforge.runtime import Generator, RowRequest
+
+    return list(Generator(model_dir).stream_batch([RowRequest(prompt, **kw)]))[-1]
 
 
 @pytest.mark.parametrize("family", ["gpt", "gru", "lstm", "hf-gpt2"])
@@ -139,22 +146,26 @@ def test_each_family_answers_the_runtimes_greedy_text_streamed_and_not(models, s
 def test_max_tokens_stop_strings_usage_and_defaults(models, servers):
     c, gen_dir = client(servers["gpt"]), models["gpt"]
     full = solo(gen_dir, "why", max_new_tokens=30, temperature=0)
+    prompt_tokens = last_event(gen_dir, "why", max_new_tokens=1).prompt_tokens
     got = c.completions.create(model="tiny-gpt", prompt="why", max_tokens=30, temperature=0)
     assert got.choices[0].text == full and got.choices[0].finish_reason == "length"
-    assert (got.usage.prompt_tokens, got.usage.completion_tokens, got.usage.total_tokens) == (3, 30, 33)
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens, got.usage.total_tokens) == \
+        (prompt_tokens, 30, prompt_tokens + 30)  # the model has no EOS: always max_tokens
     stop = full[10:12]
     cut = full[:full.find(stop)]
+    ref = last_event(gen_dir, "why", max_new_tokens=30, temperature=0, stop=[stop])
+    assert ref.finish_reason == "stop" and ref.completion_tokens < 30
     got = c.completions.create(model="tiny-gpt", prompt="why", max_tokens=30, temperature=0, stop=[stop, "@@"])
     assert got.choices[0].text == cut and got.choices[0].finish_reason == "stop"
-    assert got.usage.completion_tokens == len(cut) + len(stop)  # char tokens: up to the one completing the stop
+    assert got.usage.completion_tokens == ref.completion_tokens
     chunks = list(c.completions.create(model="tiny-gpt", prompt="why", max_tokens=30, temperature=0, stop=stop,
                                        stream=True, stream_options={"include_usage": True}))
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == cut
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(cut) + len(stop)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == ref.completion_tokens
     # no max_tokens, no temperature: lmforge.json's generation defaults (24 tokens, greedy)
     got = c.completions.create(model="tiny-gpt", prompt="why")
-    assert got.choices[0].text == full[:24] and got.usage.completion_tokens == 24
+    assert got.choices[0].text == solo(gen_dir, "why") and got.usage.completion_tokens == 24
     # a seed gives the same sampled text as the runtime with that seed
     got = c.completions.create(model="tiny-gpt", prompt="why", max_tokens=25, temperature=1.0, top_p=0.9, seed=7)
     assert got.choices[0].text == solo(gen_dir, "why", max_new_tokens=25, temperature=1.0, top_p=0.9, seed=7)
@@ -183,22 +194,24 @@ def test_sixteen_concurrent_streams_each_get_their_solo_text(models, servers):
     assert got == expected
 
 
-@pytest.mark.parametrize("ask, named", [
-    ({"max_tokens": 65}, "max_tokens"),
-    ({"prompt": "x" * 257}, "max_prompt_bytes"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "max_stop"),
-    ({"stop": "s" * 257}, "max_stop_chars"),
-    ({"temperature": -1}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"n": 2}, "n=2"),
-    ({"extra_body": {"top_k": -3}}, "top_k"),
+@pytest.mark.parametrize("ask, named, param", [
+    ({"max_tokens": 65}, "limits.max_new_tokens", "max_tokens"),
+    ({"prompt": "x" * 257}, "limits.max_prompt_bytes", "prompt"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "limits.max_stop_strings", "stop"),
+    ({"stop": "s" * 33}, "limits.max_stop_chars", "stop"),
+    ({"temperature": -1}, "temperature", "temperature"),
+    ({"top_p": 0}, "top_p", "top_p"),
+    ({"n": 2}, "n=2", "n"),
+    ({"extra_body": {"top_k": -3}}, "top_k", "top_k"),
 ])
-def test_over_limit_and_invalid_requests_are_400s_naming_the_limit(servers, ask, named):
+def test_over_limit_and_invalid_requests_are_400s_naming_the_limit(servers, ask, named, param):
+    """The serve-model flags lowered the runtime's limits; the runtime's RequestError is the 400's message."""
     c = client(servers["gpt"])
     body = {"model": "tiny-gpt", "prompt": "why", **ask}
     with pytest.raises(openai.BadRequestError) as err:
         c.completions.create(**body)
     assert err.value.status_code == 400 and named in err.value.message
+    assert err.value.body["param"] == param
     with pytest.raises(openai.BadRequestError):  # streamed: refused before any event, with the same status
         c.completions.create(stream=True, **body)
 
@@ -230,7 +243,7 @@ def test_the_docs_curl_sse_and_openai_examples_run(models, servers, tmp_path):
     words[words.index("-d") + 1] = json.dumps(body)
     out = subprocess.run(words, capture_output=True, text=True, timeout=120, check=True).stdout
     events = [line[len("data: "):] for line in out.splitlines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]" and len(events) > 3
+    assert events[-1] == "[DONE]" and len(events) >= 3  # the first text at once, the rest after it
     assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]
                    if json.loads(e)["choices"]) == expected
     script = tmp_path / "example.py"
@@ -262,8 +275,9 @@ def test_health_models_and_prometheus_metrics(servers):
     assert value("lmforge_tokens_per_second", "lmforge_tokens_per_second") > 0
 
 
-def test_a_bad_model_or_host_is_one_error_line(tmp_path):
-    for argv in (["serve-model", str(tmp_path / "nowhere")], ["serve-model", str(tmp_path), "--host", "10.1.2.3"]):
+def test_a_bad_model_host_or_limit_is_one_error_line(models, tmp_path):
+    for argv in (["serve-model", str(tmp_path / "nowhere")], ["serve-model", str(tmp_path), "--host", "10.1.2.3"],
+                 ["serve-model", str(models["gpt"]), "--max-new-tokens", str(10**9)]):
         got = subprocess.run([LMFORGE, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert got.returncode == 2 and got.stdout == ""
         assert len(got.stderr.strip().splitlines()) == 1 and got.stderr.startswith("error: ")

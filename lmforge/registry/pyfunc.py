@@ -61,12 +61,21 @@ class GenerateModel(mlflow.pyfunc.PythonModel):
         batch = prompts(model_input)
         if len(batch) != 1:
             raise MlflowException.invalid_parameter_value(f"predict_stream takes one prompt, got {len(batch)}")
-        try:
-            kwargs = generate_kwargs(params)
-            self.generator._request(**kwargs)  # a bad parameter fails at the call, not at the first next()
+        from lmforge.runtime import RowRequest
+        from lmforge.runtime.requests import check_finished
+
+        try:  # checked here (limits, parameters), so a bad request fails at the call, not at the first next()
+            events = self.generator.stream_batch([RowRequest(batch[0], **generate_kwargs(params))])
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
-        return self.generator.stream(batch[0], **kwargs)
+
+        def pieces() -> Iterator[str]:  # as Generator.stream: a row cut by its deadline raises at the end
+            for ev in events:
+                if ev.text:
+                    yield ev.text
+                check_finished(ev)
+
+        return pieces()
 
 
 def generate_kwargs(params: dict | None) -> dict:

@@ -7,13 +7,13 @@ Accepted: model, prompt (a string, or a list of one string), max_tokens, tempera
 list), seed, n=1, stream, stream_options.include_usage, echo=false, best_of=1, logprobs=null, user; and two
 fields vLLM and llama.cpp accept too: top_k and repetition_penalty. Fields left out take the model's own
 `lmforge.json` generation defaults. Anything else named by OpenAI that would change the text (presence/frequency
-penalties, logit_bias, suffix, n > 1) is refused with a 400 naming it, never silently ignored."""
+penalties, logit_bias, suffix, n > 1) is refused with a 400 naming it, never silently ignored. Values are checked
+by the runtime itself (lmforge.runtime: ranges, types, the serving limits), whose RequestError is a 400 too."""
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -33,43 +33,18 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of this server (0 lifts a limit). The runtime checks its own ceilings too
-    (lmforge.runtime RequestError); whichever is lower refuses first, each as a 400 naming itself."""
-    max_tokens: int = 2048          # completion tokens per request
-    max_prompt_bytes: int = 65536   # UTF-8 bytes of the prompt
-    max_stop: int = 4               # stop strings per request (OpenAI's own maximum)
-    max_stop_chars: int = 256       # characters per stop string
+    """The HTTP side's own limit. The limits on one request's work (max_new_tokens, prompt bytes, stop strings,
+    deadline, batch) are the runtime's (lmforge.runtime.limits.ServingLimits): it checks every request and its
+    RequestError is answered with a 400 naming the limit."""
     max_queue: int = 256            # requests waiting for their first token; past it: 503, retry later
-
-    def flags(self) -> dict[str, str]:
-        """Each limit's command-line flag, named in refusals."""
-        return {name: "--" + name.replace("_", "-") for name in asdict(self)}
-
-
-@dataclass
-class Job:
-    """One completion request as the inference worker decodes it; None = the model's own default."""
-    key: str
-    prompt: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    def sampling(self) -> dict:
-        """The keyword arguments of lmforge.runtime.Generator.generate/stream."""
-        return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_k": self.top_k,
-                "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "stop": list(self.stop),
-                "seed": self.seed}
+    max_body_bytes: int = 8 << 20   # a request body (a JSON-escaped prompt takes up to 6 bytes a byte)
 
 
 @dataclass
 class Completion:
-    """A checked request: the job plus what only the HTTP side needs."""
-    job: Job
+    """A checked request: the runtime's RowRequest fields (None = the model's own default) and what only the
+    HTTP side needs."""
+    request: dict
     model: str
     stream: bool
     include_usage: bool
@@ -81,28 +56,10 @@ REFUSED = {  # OpenAI fields whose non-default value would change the text: refu
 }
 
 
-def _number(body: dict, name: str, kind: type, low: float | None = None, high: float | None = None,
-            low_open: bool = False):
-    value = body.get(name)
-    if value is None:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or not math.isfinite(value):
-        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
-    if low is not None and (value <= low if low_open else value < low):
-        raise BadRequest(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}", name)
-    if high is not None and value > high:
-        raise BadRequest(f"{name} must be <= {high}, got {value!r}", name)
-    return kind(value)
-
-
-def parse_completion(body: object, model: str, limits: Limits) -> Completion:
-    """The checked request of a `POST /v1/completions` JSON body, or BadRequest naming the field or limit."""
+def parse_completion(body: object, model: str) -> Completion:
+    """The request of a `POST /v1/completions` JSON body, or BadRequest naming the field."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    flags = limits.flags()
     for name, defaults in REFUSED.items():
         if name in body and body[name] not in defaults:
             raise BadRequest(f"{name}={body[name]!r} is not supported by this server "
@@ -117,41 +74,29 @@ def parse_completion(body: object, model: str, limits: Limits) -> Completion:
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string (or a list of one string); token-id prompts and batches of "
                          "prompts are not served: send one request per prompt", "prompt")
-    size = len(prompt.encode("utf-8", "surrogatepass"))
-    if limits.max_prompt_bytes and size > limits.max_prompt_bytes:
-        raise BadRequest(f"prompt is {size} bytes, over this server's max_prompt_bytes limit of "
-                         f"{limits.max_prompt_bytes} ({flags['max_prompt_bytes']})", "prompt", code="max_prompt_bytes")
-    max_tokens = _number(body, "max_tokens", int, low=1)
-    if max_tokens is not None and limits.max_tokens and max_tokens > limits.max_tokens:
-        raise BadRequest(f"max_tokens={max_tokens} is over this server's max_tokens limit of {limits.max_tokens} "
-                         f"({flags['max_tokens']})", "max_tokens", code="max_tokens")
-    stop = body.get("stop")
-    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("stop must be a string or a list of strings", "stop")
-    if limits.max_stop and len(stop) > limits.max_stop:
-        raise BadRequest(f"{len(stop)} stop strings is over this server's max_stop limit of {limits.max_stop} "
-                         f"({flags['max_stop']})", "stop", code="max_stop")
-    longest = max(map(len, stop), default=0)
-    if limits.max_stop_chars and longest > limits.max_stop_chars:
-        raise BadRequest(f"a stop string of {longest} characters is over this server's max_stop_chars limit of "
-                         f"{limits.max_stop_chars} ({flags['max_stop_chars']})", "stop", code="max_stop_chars")
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", "stream_options")
-    seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-        raise BadRequest(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
-    job = Job(key="", prompt=prompt, max_tokens=max_tokens,
-              temperature=_number(body, "temperature", float, low=0),
-              top_p=_number(body, "top_p", float, low=0, high=1, low_open=True),
-              top_k=_number(body, "top_k", int, low=0),
-              repetition_penalty=_number(body, "repetition_penalty", float, low=0, low_open=True) or 1.0,
-              stop=[s for s in stop if s], seed=seed)
-    return Completion(job, model, stream, bool(options.get("include_usage")))
+    request = {"prompt": prompt, "max_new_tokens": body.get("max_tokens"), "stop": body.get("stop"),
+               **{k: body.get(k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed")}}
+    return Completion(request, model, stream, bool(options.get("include_usage")))
+
+
+PARAMS = {"max_new_tokens": "max_tokens", "prompt": "prompt", "stop": "stop", "temperature": "temperature",
+          "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repetition_penalty", "seed": "seed"}
+
+
+def refused(message: str) -> BadRequest:
+    """The runtime's RequestError as a 400: its message names the limit or parameter; `param` is the request
+    field it is about (the runtime's max_new_tokens is the API's max_tokens)."""
+    head = message.split(" ", 2)
+    word = next((w for w in head if w in PARAMS), None)
+    if word is None and "stop string" in message:
+        word = "stop"
+    return BadRequest(message, PARAMS.get(word), code="limit" if "limit" in message else None)
 
 
 def completion_id() -> str:

@@ -19,41 +19,49 @@ from lmforge.serving.protocol import Limits
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
 MAX_BATCH = 16
+FAST_QUEUE = False  # LitServe's multiprocessing queues: faster than its ZeroMQ broker here (serve_libraries.py)
 
 
-def check_model(model_dir: str | Path, variant: str, device: str) -> dict:
-    """Load the model once here, so that a bad directory is one `error:` line before any process starts; returns
-    what GET /v1/models tells about it."""
-    from lmforge.runtime import Generator, RuntimeInputError
+def check_model(model_dir: str | Path, variant: str, device: str, limits: dict | None) -> dict:
+    """Load the model once here, so that a bad directory or limit is one `error:` line before any process starts;
+    returns what GET /v1/models tells about it."""
+    from lmforge.runtime import Generator, RequestError, RuntimeInputError
 
     try:
-        gen = Generator(model_dir, variant=variant, device=device, threads=1)
+        gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits)
+    except RequestError as exc:  # a flag above the model's own limit: flags may only lower them
+        raise LmforgeError(str(exc), hint="serving flags may only lower the model's limits (lmforge.json `limits`)"
+                           ) from None
     except RuntimeInputError as exc:
         raise LmforgeError(str(exc), hint="pass an exported model directory or models:/NAME@ALIAS") from None
     return {"name": str(gen.dir.manifest.get("name") or Path(model_dir).name), "provider": gen.provider,
             "family": gen.dir.model.get("family"), "tokenizer": gen.dir.manifest["tokenizer"].get("kind"),
-            "context": None if gen.rnn else gen.block_size}
+            "context": None if gen.rnn else gen.block_size, "limits": dict(vars(gen.limits))}
 
 
-def build(model_dir: str | Path, name: str | None = None, limits: Limits | None = None, variant: str = "fp32",
-          device: str = "auto", threads: int | None = None, max_batch: int = MAX_BATCH, source: str | None = None):
-    """The LitServer for one model directory (not started)."""
+def build(model_dir: str | Path, name: str | None = None, limits: dict | None = None, variant: str = "fp32",
+          device: str = "auto", threads: int | None = None, max_batch: int = MAX_BATCH, max_queue: int = 256,
+          flush_ms: float = 20.0, source: str | None = None):
+    """The LitServer for one model directory (not started). limits: the runtime's ServingLimits to lower
+    ({name: value}); max_batch: rows decoded together (at most limits.max_batch)."""
     import litserve as ls
 
     from lmforge.serving.spec import CompletionsSpec
     from lmforge.serving.worker import CompletionAPI
 
-    limits = limits or Limits()
-    about = check_model(model_dir, variant, device)
+    limits = {k: v for k, v in (limits or {}).items() if v is not None}
+    about = check_model(model_dir, variant, device, limits)
+    max_batch = max(1, min(max_batch, about["limits"]["max_batch"]))
     name = name or about["name"]
+    http = Limits(max_queue=max_queue,
+                  max_body_bytes=8 * about["limits"]["max_prompt_bytes"] + (64 << 10))
     info = {"lmforge": {"source": source or str(model_dir), "variant": variant, **about, "max_batch": max_batch,
-                        "limits": {k: v for k, v in vars(limits).items()}}}
-    spec = CompletionsSpec(name, limits, info=info)
+                        "max_queue": max_queue}}
+    spec = CompletionsSpec(name, http, info=info)
     api = CompletionAPI(str(Path(model_dir).resolve()), variant=variant, device=device, threads=threads,
-                        max_batch=max_batch, spec=spec)
-    payload = None if not limits.max_prompt_bytes else 8 * limits.max_prompt_bytes + (64 << 10)
+                        max_batch=max_batch, limits=limits, flush_s=flush_ms / 1e3, spec=spec)
     return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=False,
-                        max_payload_size=payload, fast_queue=True, model_metadata={"model": name})
+                        max_payload_size=http.max_body_bytes, fast_queue=FAST_QUEUE, model_metadata={"model": name})
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",

@@ -12,6 +12,7 @@ import logging
 import pickle
 import time
 import uuid
+from collections import deque
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -75,16 +76,15 @@ class CompletionsSpec(LitSpec):
                 body = json.loads(await request.body())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-            req = protocol.parse_completion(body, self.model, self.limits)
+            req = protocol.parse_completion(body, self.model)
             if self.limits.max_queue and self.metrics.waiting >= self.limits.max_queue:
-                raise BadRequest(f"{self.metrics.waiting} requests are waiting, this server's max_queue limit "
-                                 f"({self.limits.flags()['max_queue']}): retry later", status=503, code="max_queue")
+                raise BadRequest(f"{self.metrics.waiting} requests are waiting for a first token, this server's "
+                                 f"limit (--max-queue): retry later", status=503, code="max_queue")
         except BadRequest as exc:
             self.metrics.refused(exc.status)
             return JSONResponse(exc.body(), status_code=exc.status,
                                 headers={"Retry-After": "1"} if exc.status == 503 else None)
         uid = str(uuid.uuid4())
-        req.job.key = uid
         queue, event = self._submit(uid, req)
         self.metrics.accepted()
         messages = self._messages(queue, event)
@@ -94,10 +94,10 @@ class CompletionsSpec(LitSpec):
             self._cancel(uid)
             self.metrics.finished(started, None, failed=True)
             raise
-        if "error" in first:  # the runtime refused the request: nothing was generated
+        if "error" in first:  # the runtime refused the request (a limit, a parameter): nothing was generated
             self.response_buffer.pop(uid, None)
             self.metrics.finished(started, None, failed=True, status=400)
-            return JSONResponse(BadRequest(first["error"]).body(), status_code=400)
+            return JSONResponse(protocol.refused(first["error"]).body(), status_code=400)
         ttft = time.perf_counter() - started
         self.metrics.first_token(ttft)
         cid = protocol.completion_id()
@@ -123,15 +123,9 @@ class CompletionsSpec(LitSpec):
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _submit(self, uid: str, req) -> tuple:
-        from dataclasses import asdict
-
-        from collections import deque
-
         queue, event = deque(), asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(response_queue=queue, event=event)
-        job = asdict(req.job)
-        job.pop("key")
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
+        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), req.request))
         return queue, event
 
     def _cancel(self, uid: str) -> None:

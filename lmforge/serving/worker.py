@@ -15,41 +15,49 @@ import litserve as ls
 from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
 from litserve.utils import LitAPIStatus, LoopResponseType
 
-from lmforge.serving.engine import Scheduler, SerialRows
-from lmforge.serving.protocol import Job
+from lmforge.serving.engine import Engine
 
 log = logging.getLogger("lmforge.serving")
 
 
 class CompletionAPI(ls.LitAPI):
     def __init__(self, model_dir: str, variant: str = "fp32", device: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, spec=None):
+                 max_batch: int = 16, limits: dict | None = None, flush_s: float = 0.02, spec=None):
         super().__init__(max_batch_size=max_batch, stream=True, spec=spec, loop=RowLoop())
         self.model_dir, self.variant, self.device_name, self.threads = model_dir, variant, device, threads
+        self.limits, self.flush_s = limits, flush_s
 
     def setup(self, device) -> None:
         from lmforge.runtime import Generator
 
-        self.gen = Generator(self.model_dir, variant=self.variant, device=self.device_name, threads=self.threads)
-        self.scheduler = Scheduler(SerialRows(self.gen), self.max_batch_size)
+        self.gen = Generator(self.model_dir, variant=self.variant, device=self.device_name, threads=self.threads,
+                             limits=self.limits)
+        self.engine = self.new_engine()
         log.info("worker %d: %s on %s (%s)", os.getpid(), self.model_dir, self.gen.provider, self.variant)
+
+    def new_engine(self) -> Engine:
+        from lmforge.runtime import BatchSession
+
+        return Engine(BatchSession(self.gen, slots=self.max_batch_size), self.flush_s)
 
     # -- LitServe's continuous-batching hooks -------------------------------------------------------------------
     def add_request(self, uid: str, request: dict) -> None:
+        from lmforge.runtime import RowRequest
+
         if "cancel" in request:
-            self.scheduler.cancel(request["cancel"])
+            self.engine.cancel(request["cancel"])
             return
-        self.scheduler.submit(Job(key=uid, **request))
+        self.engine.submit(uid, RowRequest(**request))
 
     def has_capacity(self) -> bool:  # the scheduler queues what the batch cannot take yet
         return True
 
     def has_active_requests(self) -> bool:
-        return self.scheduler.busy()
+        return self.engine.busy()
 
     def step(self, prev_outputs) -> list[Output]:
         out = []
-        for ev in self.scheduler.step():
+        for ev in self.engine.step():
             if ev.error is not None:
                 out.append(Output(ev.key, {"error": ev.error}, LitAPIStatus.OK))
                 out.append(Output(ev.key, None, LitAPIStatus.FINISH_STREAMING))
@@ -78,7 +86,9 @@ class RowLoop(ContinuousBatchingLoop):
 
     def add_request(self, uid, request, lit_api, lit_spec, transport=None) -> None:
         lit_api.add_request(uid, request)
-        if "cancel" not in request:
+        if "cancel" in request:  # nothing is ever sent for a cancel message
+            self.response_queue_ids.pop(uid, None)
+        else:
             self.active_sequences[uid] = True
         if self.wake is not None:
             self.wake.set()
@@ -115,4 +125,4 @@ class RowLoop(ContinuousBatchingLoop):
                 self.put_error_response(transport, queue_id, uid, exc, LoopResponseType.STREAMING)
             self.response_queue_ids.clear()
             self.active_sequences.clear()
-            lit_api.scheduler = Scheduler(SerialRows(lit_api.gen), lit_api.max_batch_size)
+            lit_api.engine = lit_api.new_engine()
