@@ -235,15 +235,15 @@ def test_pyfunc_predict_stream_yields_predicts_text_piece_by_piece(champion):
     model_dir, _ = champion
     model = mlflow.pyfunc.load_model(URI)
     params = {"max_new_tokens": 30, "greedy": True}
-    pieces = list(model.predict_stream("Why", params=params))
+    pieces = list(model.predict_stream({"prompt": "Why"}, params=params))
     assert len(pieces) > 1 and all(isinstance(p, str) and p for p in pieces)
     whole = model.predict(pd.DataFrame({"prompt": ["Why"]}), params=params)[0]
     assert "".join(pieces) == whole == Generator(model_dir).generate("Why", max_new_tokens=30, temperature=0)
     seeded = {"max_new_tokens": 20, "temperature": 1.0, "seed": 3}
     assert "".join(model.predict_stream({"prompt": "Why"}, params=seeded)) == \
         Generator(model_dir).generate("Why", **seeded)
-    with pytest.raises(MlflowException, match="temperature"):  # refused at the call, before any text
-        model.predict_stream("Why", params={"temperature": -1.0})
+    with pytest.raises(MlflowException, match="temperature"):  # refused before any text
+        next(iter(model.predict_stream({"prompt": "Why"}, params={"temperature": -1.0})))
 
 
 def test_serve_model_resolves_a_registry_uri_once_at_start(champion, tmp_path):

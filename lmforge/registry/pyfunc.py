@@ -9,7 +9,7 @@ What is logged (docs/model-format.md, "MLflow serving"):
                      its load_context builds lmforge.runtime.Generator from the artifact
   MLmodel            signature: input column `prompt` (string), output one string per prompt, params
                      max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, greedy, stop;
-                     streamable: `predict_stream(prompt, params)` yields the text of one prompt piece by piece
+                     streamable: `predict_stream({"prompt": ...}, params)` yields the text of one prompt piece by piece
 Params left out of a request take the model's own defaults (lmforge.json `generation`); `greedy: true` means
 temperature 0; seed null (the default) draws a fresh random seed per request. model_config (at log time, or
 `load_model(uri, model_config=...)`): `variant` (fp32, int8, ...) and `device` (auto, cpu, cuda)."""
@@ -54,7 +54,7 @@ class GenerateModel(mlflow.pyfunc.PythonModel):
 
     def predict_stream(self, context, model_input, params: dict | None = None) -> Iterator[str]:
         """The continuation of one prompt as text pieces, each yielded as soon as it is whole (lmforge.runtime's
-        Generator.stream): `mlflow.pyfunc.load_model(uri).predict_stream("Why", params={...})` in-process.
+        Generator.stream): `mlflow.pyfunc.load_model(uri).predict_stream({"prompt": "Why"}, params={...})`.
         The pieces join to exactly predict()'s text for the same prompt and params."""
         from mlflow.exceptions import MlflowException
 
@@ -64,7 +64,7 @@ class GenerateModel(mlflow.pyfunc.PythonModel):
         from lmforge.runtime import RowRequest
         from lmforge.runtime.requests import check_finished
 
-        try:  # checked here (limits, parameters), so a bad request fails at the call, not at the first next()
+        try:  # checked before any decoding (limits, parameters): an invalid-parameter error, not a crash
             events = self.generator.stream_batch([RowRequest(batch[0], **generate_kwargs(params))])
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
