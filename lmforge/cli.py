@@ -29,6 +29,7 @@ EXAMPLES = {
                 "  lmforge schedule on jokes-char",
     "serve": "lmforge serve jokes-char shakespeare-char",
     "web": "lmforge web artifacts/runs/<run>/model --port 8765",
+    "serve-model": "lmforge serve-model models:/jokes-char@champion --port 8000",
 }
 
 
@@ -288,6 +289,23 @@ def cmd_web(args) -> int:
     return 0
 
 
+def cmd_serve_model(args) -> int:
+    from lmforge.serving.server import serve
+
+    model = args.model
+    if model.startswith("models:/"):  # resolved once, at start: a later alias move does not change what is served
+        from lmforge.registry.tracking import fetch_model_dir
+
+        model = str(fetch_model_dir(model))
+    limits = {"max_new_tokens": args.max_new_tokens, "max_prompt_bytes": args.max_prompt_bytes,
+              "max_stop_strings": args.max_stop_strings, "max_stop_chars": args.max_stop_chars,
+              "deadline_s": args.deadline}
+    serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.name, limits=limits,
+          variant=args.variant, device=args.device, threads=args.threads, max_batch=args.max_batch,
+          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model)
+    return 0
+
+
 def cmd_report(args) -> int:
     from lmforge.registry.report import write_report
     from lmforge.registry.tracking import resolve_run_id
@@ -383,8 +401,34 @@ def build_parser() -> argparse.ArgumentParser:
             "a prompt, watch the tokens stream.", cmd_web)
     w.add_argument("dir", metavar="DIR", help="exported model directory")
     w.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    _add_serve_model_command(add)
     _add_operate_commands(add)
     return p
+
+
+def _add_serve_model_command(add) -> None:
+    s = add("serve-model", "Serve a model directory or models:/NAME@ALIAS over HTTP: OpenAI-compatible "
+            "/v1/completions (streamed or not), concurrent requests decoded as one batch (docs/serving.md).",
+            cmd_serve_model)
+    s.add_argument("model", metavar="MODEL", help="exported model directory or models:/NAME@ALIAS (resolved at start)")
+    s.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (LitServe binds these)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--name", help="the model id clients send (default: the model's name in lmforge.json)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a first token before new ones get 503 (0 = no limit)")
+    lim = "a serving limit; lowers the model's own (lmforge.json `limits`), never raises it"
+    s.add_argument("--max-new-tokens", type=int, help=f"most tokens one request may ask for: {lim}")
+    s.add_argument("--max-prompt-bytes", type=int, help=f"largest prompt in UTF-8 bytes: {lim}")
+    s.add_argument("--max-stop-strings", type=int, help=f"most stop strings per request: {lim}")
+    s.add_argument("--max-stop-chars", type=int, help=f"longest stop string: {lim}")
+    s.add_argument("--deadline", type=float, metavar="SECONDS", help=f"time from arrival to last token: {lim}")
+    s.add_argument("--flush-ms", type=float, default=20.0,
+                   help="after a request's first text, send its text at most this often (default 20 ms)")
+    s.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 (as exported)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def _add_operate_commands(add) -> None:
@@ -418,6 +462,8 @@ def _add_operate_commands(add) -> None:
 PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes",
                     "safetensors", "rich", "matplotlib"}
 
+SERVE_MODULES = {"litserve", "prometheus_client", "fastapi", "uvicorn", "zmq"}
+
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -444,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name == "onnxruntime":
             print(f"error: `lmforge {args.command}` needs onnxruntime, which lmforge leaves to you to pick (hint: "
                   'pip install "lmforge[cpu]", or "lmforge[cuda]" on a CUDA host)', file=sys.stderr)
+            return 2
+        if exc.name in SERVE_MODULES:
+            print(f"error: `lmforge {args.command}` needs {exc.name}, which only the serve extra installs "
+                  '(hint: pip install "lmforge[serve,cpu]")', file=sys.stderr)
             return 2
         if exc.name not in PIPELINE_MODULES:
             raise
