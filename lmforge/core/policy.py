@@ -205,13 +205,12 @@ class Policy:
 
     # --- ${NAME} -------------------------------------------------------------------------------------------
 
-    def expand(self, text: str, key: str = "data.source", environ: dict | None = None) -> str:
-        """`text` with each ${NAME} replaced by its value, when the policy allows NAME for where `text` goes: the
-        URL's scheme, host and port (a ${NAME} in the scheme, host or port is never expanded), or `local` for a
-        path. An expanded URL must still name the same scheme, host and port."""
+    def check_references(self, text: str, key: str = "data.source") -> tuple | None:
+        """Refuse each ${NAME} in `text` that the policy does not allow for where `text` goes (without reading the
+        environment: a config is checked where it is loaded). Returns that target, or None without references."""
         names = envsubst.references(text, key)
         if not names:
-            return text
+            return None
         target = _target(text, key)
         for name in names:
             if not any(n == name and _target_matches(t, target) for n, t in self.secrets):
@@ -219,6 +218,15 @@ class Policy:
                 raise PolicyError(f"{key} refers to ${{{name}}}, which {self.origin} does not allow to be sent to "
                                   f"{where}", hint=f"the operator allows it with LMFORGE_ALLOWED_SECRETS={name}@"
                                                    f"{_target_text(target)} ({DOCS})")
+        return target
+
+    def expand(self, text: str, key: str = "data.source", environ: dict | None = None) -> str:
+        """`text` with each ${NAME} replaced by its value, when the policy allows NAME for where `text` goes: the
+        URL's scheme, host and port (a ${NAME} in the scheme, host or port is never expanded), or `local` for a
+        path. An expanded URL must still name the same scheme, host and port."""
+        target = self.check_references(text, key)
+        if target is None:
+            return text
         expanded = envsubst.expand(text, key, environ)
         if target[0] != LOCAL and _target(expanded, key, check=False) != target:
             raise PolicyError(f"{key}: a ${{NAME}} value changes where {_redacted(text)!r} goes",
@@ -237,14 +245,18 @@ class Policy:
     def bounded(self, name: str, value: float, key: str | None = None) -> float:
         """`value` when 0 < value <= ceiling(name); else one PolicyError naming the key and the ceiling."""
         key = key or name
-        top = self.ceiling(name)
+        top = _num(self.ceiling(name))
         if value <= 0:
-            raise PolicyError(f"config key {key} must be > 0, got {value:g} (0 no longer lifts a limit)",
-                              hint=f"--set {key}=N up to the operator's ceiling {top:g}")
-        if value > top:
-            raise PolicyError(f"config key {key}={value:g} is over the operator's ceiling {top:g} ({self.origin})",
+            raise PolicyError(f"config key {key} must be > 0, got {_num(value)} (0 no longer lifts a limit)",
+                              hint=f"--set {key}=N up to the operator's ceiling {top}")
+        if value > self.ceiling(name):
+            raise PolicyError(f"config key {key}={_num(value)} is over the operator's ceiling {top} ({self.origin})",
                               hint=f"lower it, or the operator raises the ceiling: LMFORGE_CEILINGS={name}=N ({DOCS})")
         return value
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def address_class(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
