@@ -482,3 +482,24 @@ def test_a_deployment_run_refuses_a_local_path_and_a_host_outside_the_policy(dep
     state, log = deployment({"data.source": a.url("/ok/c.txt"), "data.format": "lines"}, worker)
     assert state.is_completed(), log[-3000:]  # the allowed source, on the same path
     assert [p for p, _ in a.requests] == ["/ok/c.txt"]
+
+
+# --- what a registered version may name ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("artifact_path", ["../../etc", "/etc", "artifacts/link"])
+def test_an_mlmodel_naming_a_directory_outside_the_version_is_refused(tmp_path, artifact_path):
+    """The MLmodel file of a downloaded version names its model directory; whoever writes the artifact store
+    writes it. fetch_model_dir keeps it inside the download, judged on real paths (a symlink out too)."""
+    from lmforge.registry.pyfunc import model_dir_in
+    from lmforge.registry.tracking import confined_model_dir
+
+    root = tmp_path / "version"
+    (root / "artifacts").mkdir(parents=True)
+    (root / "artifacts" / "link").symlink_to("/etc")
+    (root / "artifacts" / "model").mkdir()
+    mlmodel = "flavors:\n  python_function:\n    artifacts:\n      model_dir:\n        path: {}\n"
+    (root / "MLmodel").write_text(mlmodel.format(artifact_path))
+    with pytest.raises(LmforgeError, match="outside the downloaded version"):
+        confined_model_dir("models:/m/1", root, model_dir_in(root))
+    (root / "MLmodel").write_text(mlmodel.format("artifacts/model"))
+    assert confined_model_dir("models:/m/1", root, model_dir_in(root)) == root / "artifacts" / "model"
