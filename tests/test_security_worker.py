@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler

@@ -9,7 +9,7 @@ import re
 from typing import TYPE_CHECKING
 
 from lmforge.core.errors import LmforgeError
-from lmforge.core.policy import CEILINGS, Policy
+from lmforge.core.policy import Policy
 from lmforge.core.rowfilter import parse as parse_filter
 from lmforge.core.safepath import check_slug
 
@@ -100,5 +100,3 @@ def estimated_params(cfg: "Config") -> int:
         return first + gates * (m.n_layer - 1) * 2 * m.n_hidden ** 2 + vocab * (m.n_embd + m.n_hidden)
     return 1
 
-
-__all__ = ["CEILINGS", "LIMIT_KEYS", "SIZE_KEYS", "check_untrusted_keys", "clamp_limits", "estimated_params"]
