@@ -502,3 +502,10 @@ def test_an_mlmodel_naming_a_directory_outside_the_version_is_refused(tmp_path, 
         confined_model_dir("models:/m/1", root, model_dir_in(root))
     (root / "MLmodel").write_text(mlmodel.format("artifacts/model"))
     assert confined_model_dir("models:/m/1", root, model_dir_in(root)) == root / "artifacts" / "model"
+
+
+def test_docs_list_every_ceiling_with_its_default():
+    doc = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| ([\d,.]+) \|", doc, re.M))
+    assert {k: float(v.replace(",", "")) for k, v in rows.items() if k in policy_mod.CEILINGS} == \
+           {k: float(v) for k, (v, _) in policy_mod.CEILINGS.items()}

@@ -23,7 +23,8 @@ LIMIT_KEYS = ("data.max_bytes", "data.max_seconds", "data.archive_max_bytes", "d
 # Sizes a run needs: over the operator's ceiling is refused, from a preset too (lowering them would train
 # another model than the one asked for).
 SIZE_KEYS = ("data.parts", "tokenizer.vocab_size", "model.n_layer", "model.n_head", "model.n_embd",
-             "model.n_hidden", "model.block_size", "train.batch_size", "train.nproc", "eval.num_samples")
+             "model.n_hidden", "model.block_size", "train.batch_size", "train.grad_accum", "train.max_steps",
+             "train.eval_iters", "train.nproc", "eval.num_samples", "export.check_positions", "promote.windows")
 PATH_KEYS = ("model.pretrained", "tokenizer.path")
 
 
