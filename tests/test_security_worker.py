@@ -284,12 +284,13 @@ def test_a_fifo_or_device_inside_a_corpus_directory_is_one_line(tmp_path):
 # --- memory: crafted inputs, peak RSS of a child process -----------------------------------------------------
 
 CHILD = """
-import resource, sys
+import re, sys
 from pathlib import Path
 from lmforge.core.errors import LmforgeError
 from lmforge.data.archive import extract
 from lmforge.data.formats import read_documents
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak():  # this process's own high-water mark (ru_maxrss would carry the parent's across exec)
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 kind, path = sys.argv[1], Path(sys.argv[2])
 before = peak()
 try:
