@@ -132,23 +132,17 @@ class Server:
         self.close()
 
 
-def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, monkeypatch, variant: str = "fp32"):
-    """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy, on `variant`. The ids are recorded from the
-    runtime's own sampler, which still does the picking."""
-    from lmforge.runtime import Generator, generator
+def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, variant: str = "fp32"):
+    """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy, on `variant`: the ids are the ones
+    its batch API reports with each piece of text (RowEvent.token_ids)."""
+    from lmforge.runtime import Generator, RowRequest
 
-    picked, real = [], generator.sample_next
-
-    def record(*args, **kwargs):
-        out = real(*args, **kwargs)
-        picked.append(int(out[0]))
-        return out
-
-    monkeypatch.setattr(generator, "sample_next", record)
     gen = Generator(model_dir, variant=variant, fast=fast)
-    text = gen.generate(prompt, max_new_tokens=n, temperature=0)
-    ids = [i for i in picked if i != gen.eos]
-    return gen.encode(prompt)[-(gen.block_size - 1):], ids, text
+    events = list(gen.stream_batch([RowRequest(prompt, max_new_tokens=n, temperature=0)]))
+    ids = [i for ev in events for i in ev.token_ids]
+    text = "".join(ev.text for ev in events)
+    assert text == gen.generate(prompt, max_new_tokens=n, temperature=0)
+    return gen.prompt_ids(prompt), ids, text
 
 
 DONE = "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
@@ -170,7 +164,7 @@ def run_page(browser, url: str, **query) -> dict:
     ("gpt", "fast", "fp32", ""), ("gpt", "fast", "fp32", "the chicken liked green grass and the road again"),
     ("gru", "rnn", "fp32", "why did the"), ("gru", "rnn", "int8", "the road"), ("lstm", "rnn", "fp32", " the chicken"),
     ("lstm", "rnn", "int8", "why")])
-def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, variant, prompt, monkeypatch):
+def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, variant, prompt):
     n = 80
     query = {"prompt": prompt, "n": n, "temperature": 0, "variant": variant}
     if graph == "portable":  # and on two wasm threads (the page is cross-origin isolated)
@@ -178,7 +172,7 @@ def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, v
     with Server(models[name]) as srv:
         got = run_page(browser, srv.url, **query)
     prompt_ids, ids, text = python_greedy(models[name], prompt, n, graph == "fast" if name == "gpt" else None,
-                                          monkeypatch, variant)
+                                          variant)
     assert got["graph"] == graph and got["file"] == read_model_dir(models[name]).manifest["files"][
         {("fast", "fp32"): "fast", ("fast", "int8"): "fast-int8"}.get((graph, variant), variant)]
     assert got["promptIds"] == prompt_ids
@@ -191,8 +185,8 @@ def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, v
         assert got["threads"] == 2 and got["crossOriginIsolated"]
 
 
-def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path, monkeypatch):
-    _, ids, _ = python_greedy(models["gpt"], "why did t", 40, None, monkeypatch)
+def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path):
+    _, ids, _ = python_greedy(models["gpt"], "why did t", 40, None)
     k = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])  # a token first picked at step k >= 3
     d = tmp_path / "m"
     shutil.copytree(models["gpt"], d)
@@ -201,11 +195,11 @@ def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path,
     (d / "lmforge.json").write_text(json.dumps(manifest))
     with Server(d) as srv:
         got = run_page(browser, srv.url, prompt="why did t", n=40, temperature=0)
-    _, ids_eos, text = python_greedy(d, "why did t", 40, None, monkeypatch)
+    _, ids_eos, text = python_greedy(d, "why did t", 40, None)
     assert got["ids"] == ids_eos == ids[:k] and got["text"] == text
 
 
-def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):
+def test_person_types_a_prompt_and_tokens_stream(browser, models):
     """The form, as a person uses it: type, press Generate, read the text the page wrote."""
     with Server(models["gpt"]) as srv:
         page = browser.open(srv.url)
@@ -218,7 +212,7 @@ def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):
         assert page.wait_for(DONE, timeout=120) == "done"
         shown = page.evaluate("document.getElementById('generated').textContent")
         stats = page.evaluate("document.getElementById('stats').textContent")
-    _, _, text = python_greedy(models["gpt"], "the road", 25, None, monkeypatch)
+    _, _, text = python_greedy(models["gpt"], "the road", 25, None)
     assert shown == text and "tokens/s" in stats
 
 
