@@ -81,10 +81,11 @@ CEILINGS: dict[str, tuple[float, str]] = {
     "train.nproc": (16, "training processes on one host"),
     "train.threads": (256, "torch threads per process"),
     "eval.num_samples": (100, "samples per prompt and temperature"),
-    "serve.max_new_tokens": (4096, "tokens one request may generate (also eval/export.max_new_tokens)"),
-    "serve.max_prompt_bytes": (1 << 20, "bytes of one prompt"),
+    # the runtime's own serving defaults (lmforge/runtime/limits.py), here bounding what a config may ask of them
+    "serve.max_new_tokens": (2048, "tokens one request may generate (eval/export.max_new_tokens)"),
+    "serve.max_prompt_bytes": (1 << 20, "bytes of one prompt (each of eval.prompts)"),
     "serve.max_stop_strings": (16, "stop strings of one request"),
-    "serve.max_stop_chars": (256, "characters of one stop string"),
+    "serve.max_stop_chars": (1024, "characters of one stop string"),
     "serve.deadline_s": (300, "seconds one request may run"),
 }
 
