@@ -115,7 +115,8 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | N
     returns the SpillWriter summary (spill, documents, chars, corpus_sha256, lines, clean_report)."""
     d = cfg.data
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = iter_batches(Path(path), d.format, d.column, d.filter, d.separator, d.encoding_errors, files)
+    batches = iter_batches(Path(path), d.format, d.column, d.filter, d.separator, d.encoding_errors, files=files,
+                           max_chars=d.max_record_chars)
     if d.max_documents:
         batches = limit_documents(batches, d.max_documents)
     report: list[dict] = []
@@ -154,7 +155,8 @@ def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
         raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
                            hint="--set data.format=csv (or tsv), or --set data.val_filter=")
     rows = all_of(("data.filter", d.filter), ("data.val_filter", d.val_filter))  # two trees, never one string
-    matching = iter_batches(Path(path), d.format, d.column, rows, d.separator, d.encoding_errors)
+    matching = iter_batches(Path(path), d.format, d.column, rows, d.separator, d.encoding_errors,
+                            max_chars=d.max_record_chars)
     eligible: set[int] = set()
     for docs in clean_batches(matching, dataclasses.replace(cfg.clean, dedupe=False), []):
         eligible.update(pd.util.hash_array(np.array(docs, dtype=object)).tolist())
