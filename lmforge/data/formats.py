@@ -5,14 +5,16 @@ tree. Invalid UTF-8 is an error naming the file and byte offset, or replaced wit
 from __future__ import annotations
 
 import codecs
+from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import pandas as pd
 
 from lmforge.core.rowfilter import RowFilter, parse as parse_filter
 from lmforge.core.errors import LmforgeError
+from lmforge.data.tables import choose_column
 
 ENCODING_HINT = "re-encode the file as UTF-8, or --set data.encoding_errors=replace"
 CHUNK_BYTES = 1 << 20
@@ -35,11 +37,12 @@ def _encoding_error(path: Path, offset: int, byte: int) -> LmforgeError:
     return err
 
 
-def iter_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
-    """Decoded text of path, CHUNK_BYTES at a time; a character split across reads is joined correctly."""
+def iter_text_chunks(path: Path, errors: str = "strict", stream: BinaryIO | None = None) -> Iterator[str]:
+    """Decoded text of path (or of `stream`, a decompressed view of it), CHUNK_BYTES at a time; a character split
+    across reads is joined correctly."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     offset = 0
-    with open(path, "rb") as f:
+    with open(path, "rb") if stream is None else nullcontext(stream) as f:
         while True:
             data = f.read(CHUNK_BYTES)
             try:
@@ -87,18 +90,21 @@ def split_text(chunks: Iterator[str], fmt: str, separator: str = "") -> Iterator
 
 
 def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = "",
-               errors: str = "strict") -> Iterator[list[str]]:
+               errors: str = "strict", stream: BinaryIO | None = None,
+               explicit_column: bool = True) -> Iterator[list[str]]:
     """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time; only the rows
-    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.core.rowfilter, never DataFrame.query)."""
+    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.core.rowfilter, never DataFrame.query).
+    `stream`: the file's decompressed bytes (lmforge.data.compressed). No column (or the preset's, absent): the one
+    column that holds text (lmforge.data.tables)."""
     sep = "\t" if fmt == "tsv" else ","
     rows = row_filter if isinstance(row_filter, RowFilter) else parse_filter(row_filter) if row_filter else None
     try:
-        reader = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=TABLE_ROWS,
+        reader = pd.read_csv(path if stream is None else stream, sep=sep, dtype=str, keep_default_na=False, chunksize=TABLE_ROWS,
                              encoding="utf-8", encoding_errors=errors)
         first = True
         for df in reader:
             if first:
-                _check_column(path, fmt, column, df)
+                column = _check_column(path, fmt, column, df, explicit_column)
                 first = False
             if rows is not None:
                 df = df[rows.mask(df, where=str(path))]
@@ -106,7 +112,7 @@ def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = 
             if docs:
                 yield docs
     except UnicodeDecodeError:
-        bad = first_bad_utf8(path)
+        bad = first_bad_utf8(path) if stream is None else None
         raise _encoding_error(path, *bad) if bad else LmforgeError(f"{path} is not valid UTF-8",
                                                                    hint=ENCODING_HINT) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -114,7 +120,9 @@ def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = 
                            hint="check data.format (csv or tsv) matches the file's delimiter") from None
 
 
-def _check_column(path: Path, fmt: str, column: str, df: pd.DataFrame) -> None:
+def _check_column(path: Path, fmt: str, column: str, df: pd.DataFrame, explicit: bool = True) -> str:
+    if len(df.columns) > 1 and (not column or (column not in df.columns and not explicit)):
+        return choose_column(str(path), {str(c): df[c].head(200).tolist() for c in df.columns}, column, explicit)
     if not column:
         raise LmforgeError(f"{path} is a table; name its text column",
                            hint=f"--set data.column=NAME (columns: {', '.join(map(str, df.columns[:12]))})")
@@ -123,6 +131,7 @@ def _check_column(path: Path, fmt: str, column: str, df: pd.DataFrame) -> None:
         hint = (f"the file has one column: it may be {other.upper()}; --set data.format={other}"
                 if len(df.columns) == 1 else f"columns are: {', '.join(map(str, df.columns[:12]))}")
         raise LmforgeError(f"column {column!r} not found in {path}", hint=hint)
+    return column
 
 
 def source_files(path: Path, fmt: str = "auto") -> list[Path] | None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from lmforge.core.atomic import write_text_atomic
 from lmforge.core.config import DataConfig
+from lmforge.data.detect import is_glob, listing
 from lmforge.core.limits import ArchiveLimits
 from lmforge.data.archive import extract, is_archive
 from lmforge.data.download import download
+from lmforge.data.objectstore import acquire_objects, is_object_url
 from lmforge.core.envsubst import expand
 from lmforge.core.errors import LmforgeError
 from lmforge.core.redact import redact_text
@@ -48,11 +50,14 @@ def acquire(source: str, cache_dir: Path, sha256: str = "", *, max_bytes: int = 
     if is_url(location):
         path = download(location, cache_dir / "downloads", sha256=sha256 or None, max_bytes=max_bytes or None,
                         configured=source)
+    elif is_object_url(location):  # s3:// gs:// az:// hf://: copied once per object version (objectstore.py)
+        path = acquire_objects(location, cache_dir, sha256=sha256, max_bytes=max_bytes or None, configured=source)
     else:
         path = Path(location).expanduser()
-        if not path.exists():
+        if not path.exists() and not (is_glob(path) and listing(Path("."), str(path))):
             raise LmforgeError(f"data source {redact_text(source)} does not exist",
-                               hint="--set data.source=PATH to a file, directory, archive or http(s) URL")
+                               hint="--set data.source=PATH to a file, directory, glob, archive, or an http(s) "
+                                    "or s3:// gs:// az:// URL")
     if path.is_file() and is_archive(path):
         name = safe_component(path.name.split(".")[0], fallback="archive")  # a local archive's name is anything
         return extract(path, cache_dir / "extracted" / name, archive_limits or ArchiveLimits())
