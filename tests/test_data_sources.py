@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -85,7 +86,7 @@ def test_every_format_reads_the_same_documents_choosing_the_one_text_column(plai
     assert docs(d / "t.jsonl", **{"data.column": "body.text"}) == plain["texts"]  # a nested key
 
 
-def test_row_filter_works_on_every_table_format_and_is_pushed_down_into_parquet(plain, caplog):
+def test_row_filter_works_on_every_table_format_and_is_pushed_down_into_parquet(plain):
     d = plain["dir"]
     want = [t for t, (i, lang) in zip(plain["texts"], ((i, "en" if i % 3 else "fr") for i in range(400)))
             if lang == "en" and i < 120]
@@ -135,11 +136,24 @@ def test_a_directory_or_glob_of_mixed_shards_is_one_corpus_in_a_stable_order(pla
     same_shards(prepared(root, tmp_path / "dir-out"), prepared(plain["dir"] / "t.csv", tmp_path / "csv-out"))
 
 
-def test_a_preset_format_gives_way_to_the_file_but_a_users_format_does_not(plain, tmp_path, caplog):
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_preset_format_gives_way_to_the_file_but_a_users_format_does_not(plain, tmp_path):
     cfg = load_config("jokes-char", {"data.source": str(plain["dir"] / "t.csv")})
-    with caplog.at_level("WARNING", "lmforge.data"):
+    lines, logger = Lines(), logging.getLogger("lmforge.data")
+    logger.addHandler(lines)
+    try:
         list(iter_batches(plain["dir"] / "t.csv", cfg.data, warn=True))
-    assert "t.csv is read as csv" in caplog.text and "data.format=lines" in caplog.text
+    finally:
+        logger.removeHandler(lines)
+    assert any("t.csv is read as csv" in m and "data.format=lines" in m for m in lines.messages), lines.messages
     lines = docs(plain["dir"] / "t.csv", **{"data.format": "lines"})  # asked for: the raw lines, header included
     assert lines[0] == "id,text,lang,score"
     two = tmp_path / "two.csv"
@@ -286,7 +300,7 @@ def sets(overrides: dict) -> list[str]:
 
 
 def test_lmforge_run_trains_from_an_s3_prefix_and_retrains_only_when_an_object_changes(prefect_server, s3, capsys,
-                                                                                       tmp_path, monkeypatch, caplog):
+                                                                                       tmp_path, monkeypatch):
     from lmforge.core.layout import RunLayout
     from lmforge.registry.tracking import client
 
@@ -296,17 +310,22 @@ def test_lmforge_run_trains_from_an_s3_prefix_and_retrains_only_when_an_object_c
     overrides = {**TINY, "name": "s3jokes", "data.source": "s3://corpora/jokes/"}
     layout = RunLayout.for_config(load_config("jokes-char", overrides))
 
+    def copies() -> dict:
+        """The cached copies of the objects: name -> (inode, mtime); a copy made again is a new file."""
+        found = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (layout.cache / "objects").rglob("*")
+                 if p.is_file() and p.parent.name == "files"}
+        return found
+
     def run() -> tuple[list[str], object]:
-        caplog.clear()
-        with caplog.at_level("INFO", "lmforge.download"):
-            rc, err = cli(capsys, "run", *sets(overrides))
+        before = copies() if (layout.cache / "objects").is_dir() else {}
+        rc, err = cli(capsys, "run", *sets(overrides))
         assert rc == 0, err
         exp = client().get_experiment_by_name("lmforge-s3jokes")
         latest = client().search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-        return [r.getMessage() for r in caplog.records if "copied" in r.getMessage()], latest
+        return sorted(k for k, v in copies().items() if before.get(k) != v), latest
 
     copied, first = run()
-    assert len(copied) == 3
+    assert copied == ["part-0.parquet", "part-1.parquet", "part-2.jsonl.gz"]
     mv = client().get_model_version("s3jokes", "1")
     for key, (version, etag) in versions.items():
         name = key.removeprefix("jokes/")
@@ -320,7 +339,7 @@ def test_lmforge_run_trains_from_an_s3_prefix_and_retrains_only_when_an_object_c
     new_version, new_etag = put(s3, "jokes/part-2.jsonl.gz", gzip.compress(
         "".join(json.dumps({"text": t.upper()}) + "\n" for t in texts[400:]).encode(), mtime=0))
     copied, third = run()
-    assert len(copied) == 1 and "part-2.jsonl.gz" in copied[0]  # only the replaced object
+    assert copied == ["part-2.jsonl.gz"]  # only the replaced object was copied again
     assert third.data.metrics["resumed_from"] == 0 and len(layout.run_dirs()) == 2  # new data: a run of its own
     mv2 = client().get_model_version("s3jokes", "2")
     assert f"part-2.jsonl.gz@version_id={new_version},etag={new_etag}" in mv2.tags["data_object_versions"]
