@@ -15,6 +15,10 @@ os.environ["LMFORGE_ARTIFACTS"] = str(_ARTIFACTS)
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_ARTIFACTS / 'mlflow.db'}"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("CI", "true")  # plain log lines instead of progress bars
+# The suite's HTTP servers listen on 127.0.0.1: the operator's policy (lmforge/core/policy.py) allows loopback
+# addresses for the whole session, as an operator with a loopback mirror would; the tests of the refusal
+# (tests/test_security_policy.py) take it away.
+os.environ["LMFORGE_ALLOWED_ADDRESSES"] = "loopback"
 
 # The tiny model every flow test trains: seconds on a CPU.
 TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "train.max_steps": 30,

@@ -171,14 +171,12 @@ def test_hostile_inputs_are_refused_within_their_bounds(plain, tmp_path, monkeyp
             f.write(b"\0" * (1 << 20))  # 200 MiB of zeros in ~200 KB
     with pytest.raises(LmforgeError, match="expands past"):
         docs(bomb)
-    monkeypatch.setattr(jsonl, "MAX_RECORD_BYTES", 1000)
     long_line = tmp_path / "long.jsonl"
     long_line.write_text(json.dumps({"text": "word " * 400}) + "\n")
     with pytest.raises(LmforgeError, match="line 1 of .* is longer than 1000 bytes"):
-        docs(long_line)
-    monkeypatch.setattr(columnar, "MAX_FIELD_BYTES", 20)
+        docs(long_line, **{"data.max_record_chars": "1000"})
     with pytest.raises(LmforgeError, match="over the limit of 20"):
-        docs(plain["dir"] / "t.parquet", **{"data.column": "text"})
+        docs(plain["dir"] / "t.parquet", **{"data.column": "text", "data.max_record_chars": "20"})
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../../etc/passwd"}]}))

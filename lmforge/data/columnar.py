@@ -28,7 +28,7 @@ log = logging.getLogger("lmforge.data")
 
 BATCH_BYTES = 2 << 20
 MAX_BATCH_ROWS = 20_000
-MAX_FIELD_BYTES = 64 << 20
+MAX_FIELD_BYTES = 16 << 20  # one text value, unless data.max_record_chars says otherwise (read as bytes)
 MAX_GROUP_BYTES = 4 << 30
 SAMPLE_ROWS = 200
 
@@ -77,16 +77,19 @@ def _check_filter(where: str, names: list[str], wanted: list[str]) -> None:
                                "backticks, e.g. `my column` == \"x\"")
 
 
-def _docs(batch, text: str, rows: RowFilter | None, wanted: list[str], where: str) -> list[str]:
+def _docs(batch, text: str, rows: RowFilter | None, wanted: list[str], where: str,
+          max_field: int | None = None) -> list[str]:
     """The kept, stripped, non-empty text values of one record batch."""
     pa, pc = _pa()
     values = batch.column(text)
     if len(values) and values.null_count < len(values):
         longest = pc.max(pc.binary_length(values.cast(pa.large_string()) if pa.types.is_dictionary(values.type)
                                           else values)).as_py()
-        if longest and longest > MAX_FIELD_BYTES:
+        limit = max_field or MAX_FIELD_BYTES
+        if longest and longest > limit:
             raise LmforgeError(f"a value of column {text!r} in {where} is {longest} bytes, over the limit of "
-                               f"{MAX_FIELD_BYTES}", hint="split such documents before training on them")
+                               f"{limit} (data.max_record_chars)", hint="split such documents before training on "
+                               "them, or raise data.max_record_chars (up to the operator's ceiling)")
     if rows is not None:
         frame = batch.select(wanted).to_pandas()
         keep = np.asarray(rows.mask(frame, where=where), dtype=bool)
@@ -191,7 +194,7 @@ def parquet_row_groups(path: Path, rows: RowFilter | None, schema=None) -> list[
 
 
 def read_parquet(path: Path, where: str, column: str = "", row_filter: RowFilter | None = None,
-                 explicit_column: bool = True) -> Iterator[list[str]]:
+                 explicit_column: bool = True, *, max_field: int | None = None) -> Iterator[list[str]]:
     """Documents from the text column of a parquet file, a batch of about BATCH_BYTES at a time."""
     pa, _ = _pa()
     import pyarrow.parquet as pq
@@ -214,7 +217,7 @@ def read_parquet(path: Path, where: str, column: str = "", row_filter: RowFilter
         rows = _batch_rows(meta, text, groups, where)
         for batch in pf.iter_batches(batch_size=rows, row_groups=groups, columns=[text, *wanted],
                                      use_threads=False):
-            docs = _docs(batch, text, row_filter, wanted, where)
+            docs = _docs(batch, text, row_filter, wanted, where, max_field)
             if docs:
                 yield docs
     except (pa.ArrowException, OSError) as exc:
@@ -266,7 +269,7 @@ def _slices(batch, text: str):
 
 
 def read_arrow(path: Path, where: str, column: str = "", row_filter: RowFilter | None = None,
-               explicit_column: bool = True) -> Iterator[list[str]]:
+               explicit_column: bool = True, *, max_field: int | None = None) -> Iterator[list[str]]:
     """Documents from the text column of one Arrow IPC file, a record batch at a time."""
     pa, _ = _pa()
     source, schema, batches = _arrow_batches(path, where)
@@ -279,7 +282,7 @@ def read_arrow(path: Path, where: str, column: str = "", row_filter: RowFilter |
                 text = _choose(where, schema, batch.slice(0, SAMPLE_ROWS), column, explicit_column)
             for piece in _slices(batch, text):
                 docs = _docs(piece.select([text, *[w for w in wanted if w != text]]) if wanted else
-                             piece.select([text]), text, row_filter, wanted, where)
+                             piece.select([text]), text, row_filter, wanted, where, max_field)
                 if docs:
                     yield docs
     except (pa.ArrowException, OSError) as exc:

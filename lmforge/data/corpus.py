@@ -82,7 +82,7 @@ def iter_batches(path: Path, data: DataConfig, files: list[Path] | None = None,
     rows = rows if isinstance(rows, RowFilter) or not rows else parse_filter(rows)
     if is_imdb_source(path, data.format):
         yield from formats.iter_batches(path, "imdb", data.column, rows or "", data.separator, data.encoding_errors,
-                                        files)
+                                        files=files, max_chars=data.max_record_chars)
         return
     found = members(path, data)
     if warn and (note := detect.override_note(found, data.format, _explicit(data, "format"))):
@@ -111,20 +111,21 @@ def read_member(m: detect.Member, data: DataConfig, rows: RowFilter | None,
         if m.compression:
             raise LmforgeError(f"{where} is a compressed parquet file", hint="parquet compresses its own pages: "
                                "store it uncompressed (write it with compression='zstd' inside instead)")
-        yield from read_parquet(m.path, where, column, rows, column_explicit)
+        yield from read_parquet(m.path, where, column, rows, column_explicit, max_field=data.max_record_chars)
     elif m.fmt == "hf":
-        yield from read_arrow(m.path, where, column, rows, column_explicit)
+        yield from read_arrow(m.path, where, column, rows, column_explicit, max_field=data.max_record_chars)
     elif m.fmt in ("jsonl", "json"):
         with closing(open_member(m.path, m.compression, limits_of(data))) as stream:
-            yield from read_jsonl(stream, where, column, rows, data.encoding_errors, column_explicit)
+            yield from read_jsonl(stream, where, column, rows, data.encoding_errors, column_explicit,
+                                  max_record=data.max_record_chars)
     elif m.fmt in ("csv", "tsv"):
         if m.compression:
             with closing(open_member(m.path, m.compression, limits_of(data))) as stream:
-                yield from formats.read_table(m.path, m.fmt, column, rows or "", data.encoding_errors, stream=stream,
-                                              explicit_column=column_explicit)
+                yield from formats.read_table(m.path, m.fmt, column, rows or "", data.encoding_errors,
+                                              data.max_record_chars, stream=stream, explicit_column=column_explicit)
         else:
             yield from formats.read_table(m.path, m.fmt, column, rows or "", data.encoding_errors,
-                                          explicit_column=column_explicit)
+                                          data.max_record_chars, explicit_column=column_explicit)
     else:
         if rows is not None:
             raise LmforgeError(f"data.filter selects table rows, but {where} is read as {m.fmt}",
@@ -132,7 +133,7 @@ def read_member(m: detect.Member, data: DataConfig, rows: RowFilter | None,
         if m.compression:
             with closing(open_member(m.path, m.compression, limits_of(data))) as stream:
                 yield from formats.split_text(formats.iter_text_chunks(m.path, data.encoding_errors, stream=stream),
-                                              m.fmt, data.separator)
+                                              m.fmt, data.separator, data.max_record_chars, m.path)
         else:
             yield from formats.split_text(formats.iter_text_chunks(m.path, data.encoding_errors), m.fmt,
-                                          data.separator)
+                                          data.separator, data.max_record_chars, m.path)

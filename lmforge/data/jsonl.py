@@ -17,7 +17,7 @@ from lmforge.core.errors import LmforgeError
 from lmforge.core.rowfilter import RowFilter
 from lmforge.data.tables import choose_column, filter_columns, shown
 
-MAX_RECORD_BYTES = 32 << 20   # one JSON line; far past any document worth training on
+MAX_RECORD_BYTES = 16 << 20   # one JSON line, unless data.max_record_chars says otherwise (read as bytes)
 MAX_ARRAY_BYTES = 256 << 20   # a `.json` array is parsed whole: past this, JSON lines are the way
 BATCH_BYTES = 1 << 20
 BATCH_ROWS = 20_000
@@ -94,8 +94,9 @@ def _lines(stream: BinaryIO, where: str, max_record: int) -> Iterator[bytes]:
             return
         number += 1
         if len(line) > max_record:
-            raise LmforgeError(f"line {number} of {where} is longer than {max_record} bytes",
-                               hint="split the record, or check the file is JSON lines (one object per line)")
+            raise LmforgeError(f"line {number} of {where} is longer than {max_record} bytes (data.max_record_chars)",
+                               hint="split the record, or check the file is JSON lines (one object per line); or "
+                                    "raise data.max_record_chars (up to the operator's ceiling)")
         yield line
 
 
@@ -120,11 +121,12 @@ def _array(stream: BinaryIO, where: str, errors: str) -> Iterator[list[dict]]:
 
 
 def read_jsonl(stream: BinaryIO, where: str, column: str = "", row_filter: RowFilter | None = None,
-               errors: str = "strict", explicit_column: bool = True) -> Iterator[list[str]]:
+               errors: str = "strict", explicit_column: bool = True, *,
+               max_record: int | None = None) -> Iterator[list[str]]:
     """Documents: the text field of each object (stripped, empty ones dropped) that `row_filter` keeps."""
     wanted = filter_columns(row_filter)
     chosen, checked = "", False
-    for records in iter_records(stream, where, errors):
+    for records in iter_records(stream, where, errors, max_record):
         if not chosen:
             chosen = _choose(records, where, column, explicit_column)
         texts = [lookup(r, chosen) for r in records]

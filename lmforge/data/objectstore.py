@@ -254,8 +254,9 @@ def _download(fs, full: str, info: dict, local: Path, shown: str, budget: int, d
                     raise LmforgeError(f"{shown} exceeded the limit of data.max_bytes while reading {full}",
                                        hint="raise data.max_bytes (0 = no limit) if this is expected")
                 if time.monotonic() > deadline:
-                    raise LmforgeError(f"copying {shown} took longer than {DEADLINE_S:.0f} s",
-                                       hint="check the network, or copy the data nearer and point data.source at it")
+                    raise LmforgeError(f"copying {shown} took longer than data.max_seconds",
+                                       hint="check the network, raise data.max_seconds (up to the operator's "
+                                            "ceiling), or copy the data nearer and point data.source at it")
                 h.update(chunk)
                 out.write(chunk)
             out.flush()

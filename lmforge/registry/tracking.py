@@ -232,7 +232,19 @@ def fetch_model_dir(uri: str, dest: Path | None = None) -> Path:
                            hint="check the name and alias (`lmforge runs`), and MLFLOW_TRACKING_URI") from None
     from lmforge.registry.pyfunc import model_dir_in
 
-    return model_dir_in(root)
+    return confined_model_dir(uri, root, model_dir_in(root))
+
+
+def confined_model_dir(uri: str, root: Path, model_dir: Path) -> Path:
+    """`model_dir` if it lies inside the downloaded version `root`, judged on real paths: the `MLmodel` file names
+    the artifact's path, and whoever can write the registry's artifact store writes that file (`../../etc`, an
+    absolute path, or a symlink out would make the runtime read the worker's files)."""
+    real_root, real = os.path.realpath(root), os.path.realpath(model_dir)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise LmforgeError(f"{uri}: its MLmodel names the model directory {str(model_dir)!r}, outside the "
+                           "downloaded version", hint="the registered version is malformed or malicious; "
+                                                      "register the model again with `lmforge run`")
+    return model_dir
 
 
 def _lmforge_experiments(c) -> list[str]:
