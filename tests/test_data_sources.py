@@ -168,9 +168,9 @@ def test_hostile_inputs_are_refused_within_their_bounds(plain, tmp_path, monkeyp
     bomb = tmp_path / "bomb.txt.gz"
     with gzip.open(bomb, "wb", compresslevel=9) as f:
         for _ in range(200):
-            f.write(b"\0" * (1 << 20))  # 200 MiB of zeros in ~200 KB
+            f.write(b"a\n" * (1 << 19))  # 200 MiB of short lines in ~200 KB
     with pytest.raises(LmforgeError, match="expands past"):
-        docs(bomb)
+        docs(bomb, **{"data.format": "lines"})
     long_line = tmp_path / "long.jsonl"
     long_line.write_text(json.dumps({"text": "word " * 400}) + "\n")
     with pytest.raises(LmforgeError, match="line 1 of .* is longer than 1000 bytes"):
@@ -377,3 +377,13 @@ def test_bad_sources_are_one_error_line_through_the_cli(prefect_server, s3, caps
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     rc, err = prepare(**{"data.source": "s3://corpora/jokes/"})
     one_line(rc, err, "no credentials to read s3://corpora/jokes/", "AWS_ACCESS_KEY_ID")
+
+
+def test_object_store_sources_go_through_the_operators_policy(tmp_path):
+    """A deployment run's default policy allows https:// only: an s3:// source is refused before any request."""
+    from lmforge.core.policy import Policy, PolicyError
+    from lmforge.data.sources import acquire
+
+    with pytest.raises(PolicyError, match="s3://corpora/jokes/.* is not allowed"):
+        acquire("s3://corpora/jokes/", tmp_path, policy=Policy(sources=("https://*",), deployment=True))
+    assert not (tmp_path / "objects").exists()
