@@ -59,6 +59,19 @@ def same_shards(a: dict, b: dict) -> None:
     assert a["data_fingerprint"] == b["data_fingerprint"] and a["documents"] == b["documents"]
 
 
+@pytest.fixture(autouse=True)
+def restore_log_streams():
+    """As in test_bad_input: a log handler set up while capsys captured keeps its closed stream; point it back."""
+    yield
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            handler.stream = sys.stderr
+            if hasattr(handler, "console"):
+                handler.console.file = sys.stderr
+
+
 # -- formats: the same documents and the same shards whatever the container ------------------------------------
 
 @pytest.fixture(scope="module")
