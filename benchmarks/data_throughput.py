@@ -1,6 +1,6 @@
 """Data-layer throughput: MB/s of read + clean + tokenize + shard (lmforge.data.prepare.prepare_corpus) for the
 char, word and BPE tokenizers, beside a bare Hugging Face `tokenizers` encode_batch baseline, with each
-contender's peak RSS. Every contender runs in its own subprocess (peak RSS from os.wait4's rusage).
+contender's peak RSS. Every contender runs in its own subprocess (peak RSS: its own VmHWM).
 
 The corpus is tinyshakespeare and the TinyStories sample repeated to --mb megabytes, written into a temporary
 directory (never committed). Repeats would all be dropped by dedupe, so the runs use clean.dedupe=false.
@@ -75,6 +75,8 @@ def worker(kind: str, corpus: Path, out_dir: Path, tokenizer: str) -> dict:
         for i in range(0, len(docs), 8192):
             tokens += sum(len(e.ids) for e in tok.encode_batch(docs[i:i + 8192], add_special_tokens=False))
         return {"seconds": time.perf_counter() - start, "tokens": tokens, "documents": len(docs)}
+    if kind.startswith("convert-"):  # here, not in the parent: a parent's peak RSS is inherited across exec
+        return {"seconds": 0.0, "tokens": 0, "documents": 0, "path": str(convert(corpus, kind.split("-", 1)[1]))}
     if kind == "pyarrow":  # the bare read of the same container, every value made a Python string
         start = time.perf_counter()
         if corpus.suffix == ".parquet":
@@ -106,7 +108,9 @@ def run_contender(kind: str, corpus: Path, out_dir: Path, tokenizer: str = "") -
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{kind} worker failed with status {status}")
-    return {**json.loads(out), "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux: ru_maxrss in KiB
+    result = json.loads(out)
+    # the worker's own VmHWM: rusage's ru_maxrss keeps the parent's peak at fork across exec (Linux)
+    return {**result, "peak_rss_mb": result.pop("vmhwm_kb", usage.ru_maxrss) / 1024}
 
 
 def markdown(rows: list[dict], command: str, machine: str) -> str:
@@ -136,7 +140,12 @@ def main() -> None:
     p.add_argument("--tokenizer", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.corpus, args.out_dir, args.tokenizer)))
+        result = worker(args.worker, args.corpus, args.out_dir, args.tokenizer)
+        status = Path("/proc/self/status")
+        if status.is_file():
+            result["vmhwm_kb"] = next(int(l.split()[1]) for l in status.read_text().splitlines()
+                                      if l.startswith("VmHWM"))
+        print(json.dumps(result))
         return
 
     command = "python benchmarks/data_throughput.py " + " ".join(sys.argv[1:]) + \
@@ -148,7 +157,7 @@ def main() -> None:
             corpus = Path(tmp) / f"corpus-{mb:g}mb.txt"
             size = build_corpus(corpus, mb)
             for fmt in args.formats:
-                source = corpus if fmt == "text" else convert(corpus, fmt)
+                source = corpus if fmt == "text" else Path(run_contender(f"convert-{fmt}", corpus, Path(tmp))["path"])
                 label = "" if fmt == "text" else f" ({fmt}, {source.stat().st_size / 1e6:.0f} MB file)"
                 for kind in args.kinds:
                     out_dir = Path(tmp) / f"{kind}-{fmt}-{mb:g}"
