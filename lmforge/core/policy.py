@@ -124,6 +124,7 @@ class Policy:
         self._check_url(url, key, shown)
 
     def _check_url(self, url: str, key: str, shown: str) -> None:
+        _target(url, key)  # a ${NAME} in the scheme, host or port: never expanded, so refused here already
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises on a malformed port
