@@ -196,6 +196,17 @@ def test_hostile_inputs_are_refused_within_their_bounds(plain, tmp_path, monkeyp
     (evil / "dataset_info.json").write_text("{}")
     with pytest.raises(LmforgeError, match="outside"):
         docs(evil)
+    stream = tmp_path / "data-00000-of-00001.arrow"
+    with pa.ipc.new_stream(stream, pa.schema([("text", pa.string())])) as w:
+        w.write_table(pa.table({"text": plain["texts"]}))
+    stream.write_bytes(stream.read_bytes()[:-300])  # cut inside its record batch
+    with pytest.raises(LmforgeError, match="not a readable Arrow"):
+        docs(stream)
+    monkeypatch.setattr(jsonl, "MAX_ARRAY_BYTES", 1000)
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"text": t} for t in plain["texts"]]))
+    with pytest.raises(LmforgeError, match="one JSON array larger than 1000 bytes"):
+        docs(array)
     trunc = tmp_path / "trunc.jsonl.zst"
     trunc.write_bytes((plain["dir"] / "t.jsonl.zst").read_bytes()[:-200])
     with pytest.raises(LmforgeError, match="not a valid compressed file"):
@@ -236,6 +247,7 @@ def test_a_parquet_file_larger_than_the_memory_bound_prepares_under_it(tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["documents"] == 42 * 10  # every row group was read: 10 kept rows in each
+    print(f"parquet of {path.stat().st_size >> 20} MiB prepared with peak RSS {result['peak_rss'] >> 20} MiB")
     assert result["peak_rss"] < bound, (result["peak_rss"] >> 20, path.stat().st_size >> 20)
 
 
