@@ -102,7 +102,7 @@ def detected_format(path: Path) -> tuple[str, str]:
     head = _head(path)
     compression = compression_of(path, head)
     fmt = format_by_name(path)
-    if not fmt or fmt == "text":
+    if not fmt:  # a name that says nothing (no suffix, .gz alone, .dat): the bytes decide; `.txt` is trusted
         by_content = format_by_content(_decompressed_head(path, compression) if compression else head)
         fmt = by_content or fmt
     return fmt, compression
