@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY
+from conftest import TINY, LogLines, restore_closed_log_streams
 from lmforge.cli import main
 from lmforge.core.config import load_config
 from lmforge.core.errors import LmforgeError
@@ -61,15 +60,8 @@ def same_shards(a: dict, b: dict) -> None:
 
 @pytest.fixture(autouse=True)
 def restore_log_streams():
-    """As in test_bad_input: a log handler set up while capsys captured keeps its closed stream; point it back."""
     yield
-    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(lg, logging.Logger))]
-    for handler in (h for lg in loggers for h in lg.handlers):
-        if getattr(getattr(handler, "stream", None), "closed", False):
-            handler.stream = sys.stderr
-            if hasattr(handler, "console"):
-                handler.console.file = sys.stderr
+    restore_closed_log_streams()  # as in test_bad_input: the CLI's log handlers keep capsys's closed stream
 
 
 # -- formats: the same documents and the same shards whatever the container ------------------------------------
@@ -149,18 +141,9 @@ def test_a_directory_or_glob_of_mixed_shards_is_one_corpus_in_a_stable_order(pla
     same_shards(prepared(root, tmp_path / "dir-out"), prepared(plain["dir"] / "t.csv", tmp_path / "csv-out"))
 
 
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_a_preset_format_gives_way_to_the_file_but_a_users_format_does_not(plain, tmp_path):
     cfg = load_config("jokes-char", {"data.source": str(plain["dir"] / "t.csv")})
-    lines, logger = Lines(), logging.getLogger("lmforge.data")
+    lines, logger = LogLines(), logging.getLogger("lmforge.data")
     logger.addHandler(lines)
     try:
         list(iter_batches(plain["dir"] / "t.csv", cfg.data, warn=True))
