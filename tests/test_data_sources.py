@@ -395,3 +395,34 @@ def test_object_store_sources_go_through_the_operators_policy(tmp_path):
     with pytest.raises(PolicyError, match="s3://corpora/jokes/.* is not allowed"):
         acquire("s3://corpora/jokes/", tmp_path, policy=Policy(sources=("https://*",), deployment=True))
     assert not (tmp_path / "objects").exists()
+
+
+def test_object_store_guarantees_byte_cap_sha256_pin_and_gone_objects(s3, tmp_path):
+    """The http(s) guarantees for an S3 prefix, straight through acquire (no training): the listed total over
+    data.max_bytes is refused before anything is copied; data.sha256 pins one object's bytes, or a prefix's
+    manifest digest; an object deleted upstream leaves the local mirror too."""
+    import hashlib
+
+    from lmforge.data.objectstore import MANIFEST
+    from lmforge.data.sources import acquire
+
+    for i in range(3):
+        put(s3, f"pins/doc-{i}.txt", f"document number {i}\n".encode() * 50)
+    with pytest.raises(LmforgeError, match="holds 2700 bytes, over the limit of 1000"):
+        acquire("s3://corpora/pins/", tmp_path, max_bytes=1000)
+    assert not list((tmp_path / "objects").rglob("doc-*"))  # refused before any copy
+
+    one = acquire("s3://corpora/pins/doc-1.txt", tmp_path,
+                  sha256=hashlib.sha256(b"document number 1\n" * 50).hexdigest())
+    assert one.read_bytes() == b"document number 1\n" * 50
+    with pytest.raises(LmforgeError, match="does not match data.sha256"):
+        acquire("s3://corpora/pins/doc-1.txt", tmp_path / "other", sha256="0" * 64)
+
+    folder = acquire("s3://corpora/pins/", tmp_path)
+    digest = json.loads((folder.parent / MANIFEST).read_text())["digest"]
+    assert acquire("s3://corpora/pins/", tmp_path, sha256=digest) == folder
+    s3.delete_object(Bucket="corpora", Key="pins/doc-2.txt")
+    acquire("s3://corpora/pins/", tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["doc-0.txt", "doc-1.txt"]
+    with pytest.raises(LmforgeError, match="does not match data.sha256"):  # the prefix changed: the pin says so
+        acquire("s3://corpora/pins/", tmp_path, sha256=digest)
