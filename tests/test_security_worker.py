@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler
@@ -285,12 +284,13 @@ def test_a_fifo_or_device_inside_a_corpus_directory_is_one_line(tmp_path):
 # --- memory: crafted inputs, peak RSS of a child process -----------------------------------------------------
 
 CHILD = """
-import resource, sys
+import re, sys
 from pathlib import Path
 from lmforge.core.errors import LmforgeError
 from lmforge.data.archive import extract
 from lmforge.data.formats import read_documents
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak():  # this process's own high-water mark (ru_maxrss would carry the parent's across exec)
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 kind, path = sys.argv[1], Path(sys.argv[2])
 before = peak()
 try:
@@ -503,3 +503,10 @@ def test_an_mlmodel_naming_a_directory_outside_the_version_is_refused(tmp_path, 
         confined_model_dir("models:/m/1", root, model_dir_in(root))
     (root / "MLmodel").write_text(mlmodel.format("artifacts/model"))
     assert confined_model_dir("models:/m/1", root, model_dir_in(root)) == root / "artifacts" / "model"
+
+
+def test_docs_list_every_ceiling_with_its_default():
+    doc = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| ([\d,.]+) \|", doc, re.M))
+    assert {k: float(v.replace(",", "")) for k, v in rows.items() if k in policy_mod.CEILINGS} == \
+           {k: float(v) for k, (v, _) in policy_mod.CEILINGS.items()}

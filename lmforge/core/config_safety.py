@@ -9,7 +9,7 @@ import re
 from typing import TYPE_CHECKING
 
 from lmforge.core.errors import LmforgeError
-from lmforge.core.policy import CEILINGS, Policy
+from lmforge.core.policy import Policy
 from lmforge.core.rowfilter import parse as parse_filter
 from lmforge.core.safepath import check_slug
 
@@ -23,7 +23,8 @@ LIMIT_KEYS = ("data.max_bytes", "data.max_seconds", "data.archive_max_bytes", "d
 # Sizes a run needs: over the operator's ceiling is refused, from a preset too (lowering them would train
 # another model than the one asked for).
 SIZE_KEYS = ("data.parts", "tokenizer.vocab_size", "model.n_layer", "model.n_head", "model.n_embd",
-             "model.n_hidden", "model.block_size", "train.batch_size", "train.nproc", "eval.num_samples")
+             "model.n_hidden", "model.block_size", "train.batch_size", "train.grad_accum", "train.max_steps",
+             "train.eval_iters", "train.nproc", "eval.num_samples", "export.check_positions", "promote.windows")
 PATH_KEYS = ("model.pretrained", "tokenizer.path")
 
 
@@ -100,5 +101,3 @@ def estimated_params(cfg: "Config") -> int:
         return first + gates * (m.n_layer - 1) * 2 * m.n_hidden ** 2 + vocab * (m.n_embd + m.n_hidden)
     return 1
 
-
-__all__ = ["CEILINGS", "LIMIT_KEYS", "SIZE_KEYS", "check_untrusted_keys", "clamp_limits", "estimated_params"]
