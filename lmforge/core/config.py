@@ -26,9 +26,11 @@ def in_checkout() -> bool:
 
 @dataclass
 class DataConfig:
-    source: str = "pyjokes"          # pyjokes | http(s) URL | file | directory | .tar.gz/.zip archive
-    format: str = "auto"             # auto | text | lines | csv | tsv | imdb
-    column: str = ""                 # text column for csv/tsv
+    source: str = "pyjokes"          # pyjokes | http(s) URL | s3:// gs:// az:// hf:// URL (fsspec) | file | directory
+                                     # | glob | .tar.gz/.zip archive (docs/data.md)
+    format: str = "auto"             # auto | text | lines | csv | tsv | jsonl | json | parquet | hf (save_to_disk) | imdb
+    column: str = ""                 # the text column (csv/tsv/parquet/hf) or field (jsonl, nested a.b); "" = the
+                                     # one column that holds text
     filter: str = ""                 # csv/tsv rows to keep, e.g. Country == "lebanon" (lmforge/core/rowfilter.py)
     val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
@@ -47,6 +49,7 @@ class DataConfig:
     seed: int = 1337
     max_documents: int = 0           # 0 = all
     parts: int = 1                   # > 1: clean and encode in parts, fanned out over the flow's task runner
+    user_set: typing.ClassVar[frozenset] = frozenset()  # per instance, set by load_config: keys --set/overrides gave
 
 
 @dataclass
@@ -175,7 +178,7 @@ class Config:
 
 SECTIONS = ("data", "clean", "tokenizer", "model", "train", "eval", "export", "promote")
 CHOICES = {
-    "data.format": ("auto", "text", "lines", "csv", "tsv", "imdb"),
+    "data.format": ("auto", "text", "lines", "csv", "tsv", "jsonl", "json", "parquet", "hf", "imdb"),
     "data.encoding_errors": ("strict", "replace"),
     "data.split": ("documents", "contiguous"),
     "tokenizer.kind": ("char", "word", "bpe", "gpt2"),
@@ -329,9 +332,12 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
         else:
             _apply(cfg, key, value)
     clamp_limits(cfg, policy)  # the preset asks for "at most": the operator's ceiling wins
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or []))
     for key, value in items:
         _apply(cfg, key, value)
+    # the data keys the user set, not the preset: a preset's format/column give way to what the file is
+    # (lmforge.data.detect); an attribute, not a field: it is no part of the config's hash or params
+    cfg.data.user_set = frozenset(k.partition(".")[2] for k, _ in items if k.startswith("data."))
     if cfg.tokenizer.kind == "gpt2" and not cfg.tokenizer.path:  # a checkpoint ships its own tokenizer
         cfg.tokenizer.path = cfg.model.pretrained
     _check(cfg, policy)

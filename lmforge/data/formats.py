@@ -5,9 +5,10 @@ tree. Invalid UTF-8 is an error naming the file and byte offset, or replaced wit
 from __future__ import annotations
 
 import codecs
+from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import pandas as pd
 
@@ -15,6 +16,7 @@ from lmforge.core.config import DataConfig
 from lmforge.core.rowfilter import RowFilter, parse as parse_filter
 from lmforge.core.errors import LmforgeError
 from lmforge.data.bounded import lf, open_regular, split_documents, table_rows, too_long
+from lmforge.data.tables import choose_column
 
 ENCODING_HINT = "re-encode the file as UTF-8, or --set data.encoding_errors=replace"
 CHUNK_BYTES = 1 << 20
@@ -38,11 +40,12 @@ def _encoding_error(path: Path, offset: int, byte: int) -> LmforgeError:
     return err
 
 
-def iter_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
-    """Decoded text of path, CHUNK_BYTES at a time; a character split across reads is joined correctly."""
+def iter_text_chunks(path: Path, errors: str = "strict", stream: BinaryIO | None = None) -> Iterator[str]:
+    """Decoded text of path (or of `stream`, a decompressed view of it: lmforge.data.compressed), CHUNK_BYTES at a
+    time; a character split across reads is joined correctly."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     offset = 0
-    with open_regular(path) as f:
+    with open_regular(path) if stream is None else nullcontext(stream) as f:
         while True:
             data = f.read(CHUNK_BYTES)
             try:
@@ -84,29 +87,38 @@ def split_text(chunks: Iterator[str], fmt: str, separator: str = "", max_chars: 
 
 
 def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = "",
-               errors: str = "strict", max_chars: int = MAX_RECORD_CHARS) -> Iterator[list[str]]:
+               errors: str = "strict", max_chars: int = MAX_RECORD_CHARS, *, stream: BinaryIO | None = None,
+               explicit_column: bool = True) -> Iterator[list[str]]:
     """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time; only the rows
     `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.core.rowfilter, never DataFrame.query).
-    Rows come from lmforge.data.bounded.table_rows: a row over `max_chars` characters is an error, not a hang."""
+    Rows come from lmforge.data.bounded.table_rows: a row over `max_chars` characters is an error, not a hang.
+    `stream`: the file's decompressed bytes (lmforge.data.compressed). No data.column (or only the preset's, which
+    the table lacks): the one column that holds text, judged on the first batch (lmforge.data.tables)."""
     rows = row_filter if isinstance(row_filter, RowFilter) else parse_filter(row_filter) if row_filter else None
     try:
-        with open_regular(path) as raw:
+        with open_regular(path) if stream is None else nullcontext(stream) as raw:
             parsed = table_rows(raw, "\t" if fmt == "tsv" else ",", max_chars, errors, path)
-            columns = _columns(path, fmt, column, next(parsed, None))
+            header = next(parsed, None)
+            choose = len(header or []) > 1 and (not column or (column not in header and not explicit_column))
+            columns = _columns(path, fmt, "" if choose else column, header, check=not choose)
             while batch := list(islice(parsed, TABLE_ROWS)):
                 df = _frame(path, fmt, columns, batch)
+                if choose:
+                    column = choose_column(str(path), {c: df[c].head(200).tolist() for c in columns}, column,
+                                           explicit_column)
+                    choose = False
                 if rows is not None:
                     df = df[rows.mask(df, where=str(path))]
                 docs = [s for s in (t.strip() for t in df[column].tolist()) if s]
                 if docs:
                     yield docs
     except UnicodeDecodeError:
-        bad = first_bad_utf8(path)
+        bad = first_bad_utf8(path) if stream is None else None
         raise _encoding_error(path, *bad) if bad else LmforgeError(f"{path} is not valid UTF-8",
                                                                    hint=ENCODING_HINT) from None
 
 
-def _columns(path: Path, fmt: str, column: str, header: list[str] | None) -> list[str]:
+def _columns(path: Path, fmt: str, column: str, header: list[str] | None, check: bool = True) -> list[str]:
     """The header's names (a repeated name gets .1, .2, ... as pandas names them), checked for `column`."""
     if header is None:
         raise LmforgeError(f"cannot parse {path} as {fmt.upper()}: it has no header row",
@@ -118,7 +130,8 @@ def _columns(path: Path, fmt: str, column: str, header: list[str] | None) -> lis
             n += 1
             unique = f"{name}.{n}"
         names.append(unique)
-    _check_column(path, fmt, column, names)
+    if check:
+        _check_column(path, fmt, column, names)
     return names
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from lmforge.core.atomic import write_text_atomic
 from lmforge.core.config import DataConfig
+from lmforge.data.detect import is_glob, listing
 from lmforge.core.limits import ArchiveLimits
 from lmforge.data.archive import extract, is_archive
 from lmforge.data.download import download
+from lmforge.data.objectstore import acquire_objects, is_object_url
 from lmforge.core.errors import LmforgeError
 from lmforge.core.policy import Policy, load as load_policy
 from lmforge.core.redact import redact_text
@@ -57,6 +59,16 @@ def acquire(source: str, cache_dir: Path, sha256: str = "", *, max_bytes: int | 
     if is_url(location):
         path = download(location, cache_dir / "downloads", sha256=sha256 or None, max_bytes=max_bytes,
                         configured=source, policy=policy, max_seconds=max_seconds)
+    elif is_object_url(location):  # s3:// gs:// az:// hf://, allowed by the policy above: one copy per version
+        path = acquire_objects(location, cache_dir, sha256=sha256, configured=source,
+                               max_bytes=int(max_bytes or policy.ceiling("data.max_bytes")),
+                               deadline_s=float(max_seconds or policy.ceiling("data.max_seconds")))
+    elif is_glob(Path(location).expanduser()):  # a glob of local files: each one a regular file (detect.listing)
+        path = Path(location).expanduser()
+        if not listing(Path("."), str(path)):
+            raise LmforgeError(f"no file matches data source {redact_text(source)}",
+                               hint="check the pattern; files need a format suffix (.txt .csv .tsv .jsonl .json "
+                                    ".parquet .arrow, compressed or not)")
     else:
         path = local_source(Path(location).expanduser(), source)
     if path.is_file() and is_archive(path):
