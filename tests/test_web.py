@@ -312,6 +312,68 @@ def test_server_serves_only_the_page_ort_and_the_model_files(models, tmp_path):
             assert b" 501 " in s.recv(200).split(b"\r\n")[0]
 
 
+def test_server_serves_the_files_it_opened_at_start_even_once_one_becomes_a_symlink(models, tmp_path):
+    """Each file is opened when the server starts: a manifest replaced by a symlink to a worker's file afterwards
+    serves the manifest that was checked, never the file the link points at."""
+    _ort_web()
+    d = tmp_path / "m"
+    shutil.copytree(models["gpt"], d)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the worker's private file")
+    with Server(d) as srv:
+        base = srv.url.rstrip("/")
+        status, _, before = get(base + "/model/lmforge.json")
+        (d / "lmforge.json").unlink()
+        (d / "lmforge.json").symlink_to(secret)
+        status, headers, after = get(base + "/model/lmforge.json")
+        assert status == 200 and after == before and b"private" not in after
+        assert int(headers["Content-Length"]) == len(before)
+
+
+def test_idle_and_trickling_connections_are_closed_and_capped(models, monkeypatch):
+    """At most MAX_CONNECTIONS at once (one more: 503, closed at once); a silent connection is closed after the
+    read timeout; one that sends a byte just inside it every time is closed at the connection's deadline."""
+    import threading
+    import time
+
+    from lmforge.web import server as web
+
+    _ort_web()
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(web.Handler, "timeout", 3.0)
+    monkeypatch.setattr(web, "CONNECTION_SECONDS", 6.0)
+    srv = web.make_server(models["gpt"], 0)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in held:
+            s.sendall(b"GET / HTTP/1.0\r\n")  # half a request
+        closed = threading.Event()
+
+        def trickle(sock: socket.socket) -> None:  # a header byte every second: each read inside the timeout
+            for _ in range(30):
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    closed.set()
+                    return
+                time.sleep(1.0)
+
+        trickler = threading.Thread(target=trickle, args=(held[3],))
+        trickler.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+            assert extra.recv(100).startswith(b"HTTP/1.0 503")
+        assert [s.recv(100) for s in held[:3]] == [b"", b"", b""]  # silent ones: closed by the server
+        trickler.join()
+        assert closed.is_set()  # the trickling one: closed at the connection's deadline
+        status, _, body = get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"/app.js" in body  # the slots came back
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def lmforge_web(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmforge.cli", "web", *args], capture_output=True, text=True,
                           timeout=120, check=False)
