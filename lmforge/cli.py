@@ -1,4 +1,4 @@
-"""`lmforge run | prepare | generate | presets | runs | promote | doctor | schedule | serve | web ...`. Heavy imports
+"""`lmforge run | prepare | generate | export-hf | presets | runs | promote | doctor | schedule | serve | web ...`. Heavy imports
 happen inside each command, so `lmforge generate` never imports torch."""
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ EXAMPLES = {
                 "  lmforge schedule on jokes-char",
     "serve": "lmforge serve jokes-char shakespeare-char",
     "web": "lmforge web artifacts/runs/<run>/model --port 8765",
+    "export-hf": "lmforge export-hf models:/jokes-char@champion jokes-char-hf --gguf q8_0",
+    "serve-model": "lmforge serve-model models:/jokes-char@champion --port 8000",
 }
 
 
@@ -173,6 +175,24 @@ def _generate(args) -> int:
     return 0
 
 
+def cmd_export_hf(args) -> int:
+    from pathlib import Path
+
+    from lmforge.export.hf import export_hf
+
+    source, registered = args.source, None
+    if source.startswith("models:/"):
+        from lmforge.registry.tracking import fetch_model_dir
+
+        source, registered = fetch_model_dir(source), source
+    elif (Path(source) / "model" / "lmforge.json").is_file():  # a run directory
+        source = Path(source) / "model"
+    result = export_hf(Path(source), Path(args.out), gguf=args.gguf, registered=registered,
+                       push_to_hub=args.push_to_hub, private=not args.public)
+    _emit(result, args.json)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from lmforge.core.config import list_presets
 
@@ -288,6 +308,23 @@ def cmd_web(args) -> int:
     return 0
 
 
+def cmd_serve_model(args) -> int:
+    from lmforge.serving.server import serve
+
+    model = args.model
+    if model.startswith("models:/"):  # resolved once, at start: a later alias move does not change what is served
+        from lmforge.registry.tracking import fetch_model_dir
+
+        model = str(fetch_model_dir(model))
+    limits = {"max_new_tokens": args.max_new_tokens, "max_prompt_bytes": args.max_prompt_bytes,
+              "max_stop_strings": args.max_stop_strings, "max_stop_chars": args.max_stop_chars,
+              "deadline_s": args.deadline}
+    serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.name, limits=limits,
+          variant=args.variant, device=args.device, threads=args.threads, max_batch=args.max_batch,
+          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model)
+    return 0
+
+
 def cmd_report(args) -> int:
     from lmforge.registry.report import write_report
     from lmforge.registry.tracking import resolve_run_id
@@ -358,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no speed line on stderr (tokens/s, time to first token)")
     g.add_argument("--verbose", action="store_true", help="let MLflow show its download progress for models:/")
 
+    h = add("export-hf", "Copy a model's Hugging Face folder (transformers, the Hub) out of its export, optionally "
+            "with a GGUF file for llama.cpp and an upload to the Hub.", cmd_export_hf)
+    h.add_argument("source", metavar="SOURCE", help="exported model directory, run directory or models:/NAME@ALIAS")
+    h.add_argument("out", metavar="OUT", help="new directory to write (config.json, model.safetensors, ...)")
+    h.add_argument("--gguf", choices=["f32", "f16", "q8_0"], help="also write OUT/model.<type>.gguf")
+    h.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repo (needs a token; off by default)")
+    h.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
+    h.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
     b = add("bench", "Run a benchmark side by side and write benchmarks/results/ (JSON + markdown).", cmd_bench)
     b.add_argument("what", choices=["decode"], help="decode: torch vs transformers vs onnxruntime decoding speed")
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark: --quick, --new-tokens N, --json")
@@ -386,8 +432,34 @@ def build_parser() -> argparse.ArgumentParser:
             "a prompt, watch the tokens stream.", cmd_web)
     w.add_argument("dir", metavar="DIR", help="exported model directory")
     w.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    _add_serve_model_command(add)
     _add_operate_commands(add)
     return p
+
+
+def _add_serve_model_command(add) -> None:
+    s = add("serve-model", "Serve a model directory or models:/NAME@ALIAS over HTTP: OpenAI-compatible "
+            "/v1/completions (streamed or not), concurrent requests decoded as one batch (docs/serving.md).",
+            cmd_serve_model)
+    s.add_argument("model", metavar="MODEL", help="exported model directory or models:/NAME@ALIAS (resolved at start)")
+    s.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (LitServe binds these)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--name", help="the model id clients send (default: the model's name in lmforge.json)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a first token before new ones get 503 (0 = no limit)")
+    lim = "a serving limit; lowers the model's own (lmforge.json `limits`), never raises it"
+    s.add_argument("--max-new-tokens", type=int, help=f"most tokens one request may ask for: {lim}")
+    s.add_argument("--max-prompt-bytes", type=int, help=f"largest prompt in UTF-8 bytes: {lim}")
+    s.add_argument("--max-stop-strings", type=int, help=f"most stop strings per request: {lim}")
+    s.add_argument("--max-stop-chars", type=int, help=f"longest stop string: {lim}")
+    s.add_argument("--deadline", type=float, metavar="SECONDS", help=f"time from arrival to last token: {lim}")
+    s.add_argument("--flush-ms", type=float, default=20.0,
+                   help="after a request's first text, send its text at most this often (default 20 ms)")
+    s.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 (as exported)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def _add_operate_commands(add) -> None:
@@ -421,6 +493,8 @@ def _add_operate_commands(add) -> None:
 PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes",
                     "safetensors", "rich", "matplotlib"}
 
+SERVE_MODULES = {"litserve", "prometheus_client", "fastapi", "uvicorn", "zmq"}
+
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -447,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name == "onnxruntime":
             print(f"error: `lmforge {args.command}` needs onnxruntime, which lmforge leaves to you to pick (hint: "
                   'pip install "lmforge[cpu]", or "lmforge[cuda]" on a CUDA host)', file=sys.stderr)
+            return 2
+        if exc.name in SERVE_MODULES:
+            print(f"error: `lmforge {args.command}` needs {exc.name}, which only the serve extra installs "
+                  '(hint: pip install "lmforge[serve,cpu]")', file=sys.stderr)
             return 2
         if exc.name not in PIPELINE_MODULES:
             raise

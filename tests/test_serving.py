@@ -249,3 +249,47 @@ def test_directories_of_versions_registered_before_are_still_found(champion, tmp
     shutil.copytree(model_dir, old)
     (old / "MLmodel").write_text("flavors:\n  onnx: {data: model.onnx}\n")
     assert model_dir_in(old) == old
+
+
+def test_pyfunc_predict_stream_yields_predicts_text_piece_by_piece(champion):
+    """mlflow.pyfunc users stream in-process: the registered version's predict_stream (lmforge.registry.pyfunc)."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from lmforge.runtime import Generator
+
+    model_dir, _ = champion
+    model = mlflow.pyfunc.load_model(URI)
+    params = {"max_new_tokens": 30, "greedy": True}
+    pieces = list(model.predict_stream({"prompt": "Why"}, params=params))
+    assert len(pieces) > 1 and all(isinstance(p, str) and p for p in pieces)
+    whole = model.predict(pd.DataFrame({"prompt": ["Why"]}), params=params)[0]
+    assert "".join(pieces) == whole == Generator(model_dir).generate("Why", max_new_tokens=30, temperature=0)
+    seeded = {"max_new_tokens": 20, "temperature": 1.0, "seed": 3}
+    assert "".join(model.predict_stream({"prompt": "Why"}, params=seeded)) == \
+        Generator(model_dir).generate("Why", **seeded)
+    with pytest.raises(MlflowException, match="temperature"):  # refused before any text
+        next(iter(model.predict_stream({"prompt": "Why"}, params={"temperature": -1.0})))
+
+
+def test_serve_model_resolves_a_registry_uri_once_at_start(champion, tmp_path):
+    """`lmforge serve-model models:/jokes-char@champion`: the version's directory, fetched at start, answers the
+    openai client with the Generator's text."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("litserve")
+    from test_serve_model import ready, start
+
+    from lmforge.runtime import Generator
+
+    model_dir, uri = champion
+    proc, url, log = start(URI, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    try:
+        ready(proc, url, log)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        about = c.models.list().data[0]
+        assert about.id == "jokes-char" and about.lmforge["source"] == URI
+        got = c.completions.create(model="jokes-char", prompt="Why", max_tokens=20, temperature=0)
+        assert got.choices[0].text == Generator(model_dir).generate("Why", max_new_tokens=20, temperature=0)
+    finally:
+        stop(proc)

@@ -68,14 +68,14 @@ def train(model, ids, steps: int = 200, block: int = 24, seed: int = 0):
 
 
 def export(model, tok, root: Path, name: str, kind: str) -> Path:
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     tok.save(str(root / f"{name}.tokenizer.json"))
     manifest = {"name": name, "tokenizer": {"kind": kind, "file": "tokenizer.json"}, "tokens": SPECIALS,
                 "generation": {"temperature": 0.0, "max_new_tokens": 40}}
-    out, _ = export_model_dir(model, model_spec(model), root / f"{name}.tokenizer.json", root / name, manifest,
-                              int8=True, optimize=False)
+    out, _ = export_model_dir(model, root / f"{name}.tokenizer.json", root / name, manifest,
+                              ExportConfig(int8=True, optimize=False))
     return out
 
 
@@ -224,29 +224,43 @@ def test_page_samples_with_temperature_and_top_k(browser, models):
 
 def gpt2_tokenizer(bpe, tmp_path: Path):
     """lmforge's gpt2 kind, read from vocab.json + merges.txt (as a downloaded GPT-2 tokenizer is)."""
+    from conftest import gpt2_tokenizer_files
+
     from lmforge.data.tokenize import load_gpt2
 
-    bpe.model.save(str(tmp_path))
+    gpt2_tokenizer_files(bpe, tmp_path)
     return load_gpt2(str(tmp_path))
 
 
+@pytest.mark.parametrize("form", ["trained", "exported"])
 @pytest.mark.parametrize("kind", ["char", "word", "bpe", "gpt2"])
-def test_page_tokenizer_equals_tokenizers(browser, models, tokenizers_by_kind, kind, tmp_path):
+def test_page_tokenizer_equals_tokenizers(browser, models, tokenizers_by_kind, kind, form, tmp_path):
+    """As trained (an export from before the post-processor) and as exported (lmforge.export.tokenizer: <bos> in
+    the post-processor, a char vocabulary as a BPE): encode(s) with and without special tokens, and decode."""
+    from lmforge.export.tokenizer import export_tokenizer
+
     tok = gpt2_tokenizer(tokenizers_by_kind["bpe"], tmp_path) if kind == "gpt2" else tokenizers_by_kind[kind]
-    strings = STRINGS + [TEXT]
+    if form == "exported":
+        tok.save(str(tmp_path / "trained.json"))
+        tok = export_tokenizer(tmp_path / "trained.json", 64).tokenizer
+        assert tok.encode("why").ids[0] == (tok.token_to_id("<bos>") if kind != "gpt2" else tok.token_to_id("<|endoftext|>"))
+    strings = STRINGS + [TEXT, "a\u2581b \u2581"]
     with Server(models["gpt"]) as srv:
         page = browser.open(srv.url)
         page.wait_for("document.body.dataset.state === 'ready'", timeout=120)
-        expected_ids = [tok.encode(s, add_special_tokens=False).ids for s in strings]
+        expected_ids = [tok.encode(s).ids for s in strings]
+        plain_ids = [tok.encode(s, add_special_tokens=False).ids for s in strings]
         # every prefix of a byte-level encoding decodes as `tokenizers` does, split characters included
         prefixes = [ids[:k] for ids in expected_ids for k in range(len(ids) + 1)][:3000]
         got = page.evaluate(
             "(async () => { const { Tokenizer } = await import('/tokenizer.js');"
             f" const t = new Tokenizer({tok.to_str()}); const strings = {json.dumps(strings)};"
             f" const prefixes = {json.dumps(prefixes)};"
-            " return { ids: strings.map((s) => t.encode(s)), text: prefixes.map((p) => t.decode(p)) }; })()")
+            " return { ids: strings.map((s) => t.encode(s)), plain: strings.map((s) => t.encode(s, false)),"
+            " text: prefixes.map((p) => t.decode(p)) }; })()")
     for s, want, have in zip(strings, expected_ids, got["ids"]):
         assert have == want, s
+    assert got["plain"] == plain_ids
     assert got["text"] == [tok.decode(p) for p in prefixes]
 
 
@@ -296,6 +310,68 @@ def test_server_serves_only_the_page_ort_and_the_model_files(models, tmp_path):
         with socket.create_connection(("127.0.0.1", int(port))) as s:  # POST is not served
             s.sendall(f"POST / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n".encode())
             assert b" 501 " in s.recv(200).split(b"\r\n")[0]
+
+
+def test_server_serves_the_files_it_opened_at_start_even_once_one_becomes_a_symlink(models, tmp_path):
+    """Each file is opened when the server starts: a manifest replaced by a symlink to a worker's file afterwards
+    serves the manifest that was checked, never the file the link points at."""
+    _ort_web()
+    d = tmp_path / "m"
+    shutil.copytree(models["gpt"], d)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the worker's private file")
+    with Server(d) as srv:
+        base = srv.url.rstrip("/")
+        status, _, before = get(base + "/model/lmforge.json")
+        (d / "lmforge.json").unlink()
+        (d / "lmforge.json").symlink_to(secret)
+        status, headers, after = get(base + "/model/lmforge.json")
+        assert status == 200 and after == before and b"private" not in after
+        assert int(headers["Content-Length"]) == len(before)
+
+
+def test_idle_and_trickling_connections_are_closed_and_capped(models, monkeypatch):
+    """At most MAX_CONNECTIONS at once (one more: 503, closed at once); a silent connection is closed after the
+    read timeout; one that sends a byte just inside it every time is closed at the connection's deadline."""
+    import threading
+    import time
+
+    from lmforge.web import server as web
+
+    _ort_web()
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(web.Handler, "timeout", 3.0)
+    monkeypatch.setattr(web, "CONNECTION_SECONDS", 6.0)
+    srv = web.make_server(models["gpt"], 0)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in held:
+            s.sendall(b"GET / HTTP/1.0\r\n")  # half a request
+        closed = threading.Event()
+
+        def trickle(sock: socket.socket) -> None:  # a header byte every second: each read inside the timeout
+            for _ in range(30):
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    closed.set()
+                    return
+                time.sleep(1.0)
+
+        trickler = threading.Thread(target=trickle, args=(held[3],))
+        trickler.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+            assert extra.recv(100).startswith(b"HTTP/1.0 503")
+        assert [s.recv(100) for s in held[:3]] == [b"", b"", b""]  # silent ones: closed by the server
+        trickler.join()
+        assert closed.is_set()  # the trickling one: closed at the connection's deadline
+        status, _, body = get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"/app.js" in body  # the slots came back
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def lmforge_web(*args: str) -> subprocess.CompletedProcess:

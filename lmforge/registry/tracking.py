@@ -177,7 +177,7 @@ def identical_version(name: str, weights_sha256: str, data_fingerprint: str, exp
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
-def register_model(run_id: str, model_dir: Path, name: str, tags: dict, description: str = "",
+def register_model(run_id: str, model_dir: Path, name: str, tags: dict, *, description: str = "",
                    alias: str = "candidate", val_dir: Path | None = None, example_prompt: str = "") -> tuple[str, bool]:
     """Log the exported directory as the run's pyfunc "generate" model (lmforge.registry.pyfunc: the directory travels
     as its artifact, its predict answers prompts with text), register it under `name`, tag it and point `alias`
@@ -236,7 +236,19 @@ def fetch_model_dir(uri: str, dest: Path | None = None, quiet: bool = False) -> 
                            hint="check the name and alias (`lmforge runs`), and MLFLOW_TRACKING_URI") from None
     from lmforge.registry.pyfunc import model_dir_in
 
-    return model_dir_in(root)
+    return confined_model_dir(uri, root, model_dir_in(root))
+
+
+def confined_model_dir(uri: str, root: Path, model_dir: Path) -> Path:
+    """`model_dir` if it lies inside the downloaded version `root`, judged on real paths: the `MLmodel` file names
+    the artifact's path, and whoever can write the registry's artifact store writes that file (`../../etc`, an
+    absolute path, or a symlink out would make the runtime read the worker's files)."""
+    real_root, real = os.path.realpath(root), os.path.realpath(model_dir)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise LmforgeError(f"{uri}: its MLmodel names the model directory {str(model_dir)!r}, outside the "
+                           "downloaded version", hint="the registered version is malformed or malicious; "
+                                                      "register the model again with `lmforge run`")
+    return model_dir
 
 
 @contextlib.contextmanager
