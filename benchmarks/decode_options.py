@@ -276,7 +276,8 @@ def greedy_options(files: dict[str, Path], loops: dict[str, Path], threads: int,
     """Per precision: the three greedy options interleaved (module docstring); ms per token and speed ratios."""
     out = {}
     for precision, path in files.items():
-        step, loop = session(with_argmax(path, path.with_suffix(".argmax.onnx")), threads), session(loops[precision], threads)
+        step = session(with_argmax(path, path.with_suffix(".argmax.onnx")), threads)
+        loop = session(loops[precision], threads)
         kinds = {"step + numpy argmax": lambda ids: StepLane(step, ids, n, False),
                  "step + in-graph ArgMax": lambda ids: StepLane(step, ids, n, True),
                  f"Loop of {chunk} steps": lambda ids: LoopLane(step, loop, ids, n)}
@@ -302,8 +303,6 @@ def greedy_options(files: dict[str, Path], loops: dict[str, Path], threads: int,
                     times[k].append((time.perf_counter() - t) * 1e3 / min(chunk, left))
                 left -= min(chunk, left)
             toks = [lane.tokens[:n] for lane in lanes.values()]
-            if not all(t == toks[0] for t in toks):
-                print({k: len(lane.tokens) for k, lane in lanes.items()}, [sum(a != b for a, b in zip(t, toks[0])) for t in toks])
             same &= all(t == toks[0] for t in toks)
             for k in kinds:
                 per[k].append(float(np.median(times[k])))
