@@ -342,8 +342,11 @@ def cmd_bench(args) -> int:
     if not script.is_file():
         raise LmforgeError(f"benchmark script {script} not found",
                            hint="run `lmforge bench` from a source checkout (pip install -e .)")
+    import sys
+
     spec = importlib.util.spec_from_file_location(f"lmforge_bench_{args.what}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a module its own dataclasses can find while it loads
     spec.loader.exec_module(module)
     return module.main(args.args)
 

@@ -32,6 +32,20 @@ def tiny(tmp_path_factory):
     return model, out
 
 
+def test_fast_graph_is_the_documented_nodes(tiny):
+    """docs/decode.md: 8 nodes a layer + 4 (the two embedding Gathers, the final SkipLayerNormalization, the head),
+    no glue (Identity, Cast, Reshape, Add), and the first SkipLayerNormalization adds the two embeddings."""
+    import onnx
+
+    model, out = tiny
+    graph = onnx.load(str(out / "model.fast.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert len(ops) == 8 * model_spec(model)["n_layer"] + 4
+    assert not {"Identity", "Cast", "Reshape", "Add", "LayerNormalization"} & set(ops)
+    first = next(n for n in graph.node if n.op_type == "SkipLayerNormalization")
+    assert list(first.input[:2]) == ["tok_emb", "pos_emb"]
+
+
 @pytest.mark.parametrize("lengths", [(1,), (7,), (1, 7, 4)])
 def test_fast_graph_matches_torch(tiny, lengths):
     model, out = tiny
