@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
 from lmforge.flows.prepare import prepare_data
-from lmforge.core.config import load_config
+from lmforge.core.config import DEFAULT_PRESET, Config, load_config
 from lmforge.core.interrupt import Interrupted
 from lmforge.core.layout import RunLayout
 from lmforge.core.locks import hold
@@ -22,9 +22,11 @@ from lmforge.tasks.train import train_model
 
 
 @flow(name="lmforge-pipeline", log_prints=True, on_failure=[mark_mlflow_run_failed])
-def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bool = True) -> dict:
-    """`wait`: when another process holds this config's data or run directory, wait for it (else stop)."""
-    cfg = load_config(preset, overrides)
+def pipeline(preset: str = DEFAULT_PRESET, overrides: dict | None = None, wait: bool = True,
+             config: Config | None = None) -> dict:
+    """`wait`: when another process holds this config's data or run directory, wait for it (else stop).
+    `config`: the preset and overrides already parsed (the CLI's); a deployment's run parses them here."""
+    cfg = config or load_config(preset, overrides)
     layout = RunLayout.for_config(cfg)
     logger = get_run_logger()
     run_id = start_tracking(cfg, f"{cfg.name}-{layout.weights}")

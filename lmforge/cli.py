@@ -62,16 +62,17 @@ def _flow_call(args, module: str, name: str) -> dict:
     the API checked or a temporary server, Ctrl-C handled, on Dask workers with --dask)."""
     import importlib
 
-    from lmforge.core.config import load_config
+    from lmforge.core.config import DEFAULT_PRESET, load_config
     from lmforge.ops.orchestration import prefect_env, run_flow
 
     prefect_env()
     overrides = _overrides(args.set)
     if args.dask:
         overrides.setdefault("data.parts", str(DASK_PARTS))
-    load_config(args.preset, overrides)
+    cfg = load_config(args.preset, overrides)  # the one parse: the flow takes this Config as it is
     flow = getattr(importlib.import_module(module), name)
-    return run_flow(flow, args.dask, preset=args.preset or "jokes-char", overrides=overrides, wait=not args.no_wait)
+    return run_flow(flow, args.dask, preset=args.preset or DEFAULT_PRESET, overrides=overrides,
+                    wait=not args.no_wait, config=cfg)
 
 
 def cmd_run(args) -> int:

@@ -91,6 +91,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 250
     eval_iters: int = 20
+    log_interval: int = 10           # steps between progress reports: the loss is read (a GPU sync) only then
     early_stop_patience: int = 0     # evals without improvement before stopping; 0 = off
     device: str = "auto"             # auto | cpu | cuda | mps
     dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (autocast on cuda)
@@ -159,6 +160,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """The Config that to_dict gave (e.g. as JSON for another process), every key checked as a preset's."""
+        return _build(cls(), d, (), "a config dict")
 
     def flat(self) -> dict[str, object]:
         """Dotted keys -> values, as logged to MLflow params."""
@@ -274,7 +280,8 @@ def _check(cfg: Config) -> None:
     check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
-                "train.eval_iters", "eval.max_new_tokens", "promote.windows", "export.check_positions"]
+                "train.eval_iters", "train.log_interval", "eval.max_new_tokens", "promote.windows",
+                "export.check_positions"]
     flat = cfg.flat()
     for key in positive:
         if flat[key] <= 0:  # type: ignore[operator]
@@ -297,7 +304,9 @@ def _check(cfg: Config) -> None:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict)."""
+    """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict):
+    the one parse of a run's settings. Flows and tasks receive the Config it returns; a process that gets the
+    config as JSON (torchrun's ranks) rebuilds it with Config.from_dict, through the same checks."""
     name = preset or DEFAULT_PRESET
     path = Path(name) if name.endswith(".toml") else presets_dir() / f"{name}.toml"
     if not path.is_file():
@@ -307,17 +316,22 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise LmforgeError(f"preset file {path} is not valid TOML: {exc}", hint="fix the file's syntax") from exc
-    cfg = Config(name=path.stem)
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    return _build(Config(name=path.stem), raw, items, f"{path}")
+
+
+def _build(cfg: Config, raw: dict, overrides, where: str) -> Config:
+    """cfg with `raw` (sections of keys, as TOML or Config.to_dict give them) and then the overrides applied,
+    each value coerced and checked against its field; then the checks across keys."""
     for key, value in raw.items():
         if isinstance(value, dict):
             if key not in SECTIONS:
-                raise LmforgeError(f"unknown section [{key}] in {path}", hint="sections: " + ", ".join(SECTIONS))
+                raise LmforgeError(f"unknown section [{key}] in {where}", hint="sections: " + ", ".join(SECTIONS))
             for attr, v in value.items():
                 _apply(cfg, f"{key}.{attr}", v)
         else:
             _apply(cfg, key, value)
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
-    for key, value in items:
+    for key, value in overrides:
         _apply(cfg, key, value)
     if cfg.tokenizer.kind == "gpt2" and not cfg.tokenizer.path:  # a checkpoint ships its own tokenizer
         cfg.tokenizer.path = cfg.model.pretrained

@@ -11,7 +11,7 @@ A run is identified by what its weights depend on: the model and training config
 data it is trained on (the data fingerprint: corpus, tokenizer, split and shard hashes: lmforge.data.prepare). So a
 re-run of the same command on the same data resumes from its checkpoint; the same config on changed data
 trains from step 0 in a directory of its own; and changes that do not touch the weights (export.*, eval.*,
-promote.*, train.threads/device/compile, data.parts) re-use the trained checkpoint and redo only what they change."""
+promote.*, train.threads/device/compile/log_interval, data.parts) re-use the trained checkpoint and redo only what they change."""
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +25,8 @@ from lmforge.core.safepath import confined
 
 DATA_SECTIONS = ("data", "clean", "tokenizer")
 # config keys that change how a run is computed or what is done with its weights, never the weights themselves
-NOT_WEIGHTS = {"export": None, "eval": None, "promote": None, "train": ("threads", "device", "compile")}
+NOT_WEIGHTS = {"export": None, "eval": None, "promote": None,
+               "train": ("threads", "device", "compile", "log_interval")}
 
 
 def _hash(obj: object) -> str:
@@ -48,7 +49,7 @@ def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
 
 def weights_hash(cfg: Config) -> str:
     """Hash of the config keys the trained weights depend on, beside the data (model.*, train.* but threads,
-    device and compile). The data sections are left out: the data fingerprint stands for what they make."""
+    device, compile and log_interval). The data sections are left out: the data fingerprint stands for what they make."""
     d = cfg.to_dict()
     out = {"model": d["model"], "train": {k: v for k, v in d["train"].items() if k not in NOT_WEIGHTS["train"]}}
     return _hash(out)

@@ -7,6 +7,48 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class Cleaned:
+    """A corpus read and cleaned into a spill file (lmforge.data.prepare.SpillWriter, one JSON list of documents per
+    line): what the split, the tokenizer and the encoders read. Made by prepare.clean_to_spill (a part of the
+    source: partition.clean_part), completed by prepare.finish_cleaning, merged from parts by
+    partition.merge_cleaned."""
+    spill: Path
+    documents: int
+    chars: int
+    corpus_sha256: str
+    lines: tuple = ()                # (byte offset, documents) per spill line: where runs of lines start
+    clean_report: list = field(default_factory=list)
+    source: Path | None = None       # the corpus it was read from
+    val_ok: Path | None = None       # <spill>.val-ok.npy: a val-eligible flag per document (data.val_filter)
+    fingerprint: str = ""            # lmforge.data.prepare.source_fingerprint of the source
+    ran_on: tuple = ()               # host:pid of the processes that cleaned it (data.parts > 1)
+
+
+@dataclass(frozen=True)
+class PartsPlan:
+    """How a source is cleaned in parts (data.parts > 1): groups of its files (None: the whole source)."""
+    parts: list
+    fingerprint: str                 # lmforge.data.prepare.source_fingerprint of the source
+
+
+@dataclass(frozen=True)
+class EncodeRun:
+    """A run of spill lines one part encodes: byte offsets start..stop (None: to the end), its first document."""
+    start: int
+    stop: int | None
+    first_doc: int
+
+
+@dataclass(frozen=True)
+class EncodedPart:
+    """One part's shards (lmforge.data.shards.write_split_files) before they are joined, in order."""
+    train: Path
+    val: Path
+    counts: dict                     # {"train"|"val": {"tokens", "documents", "sha256"}}
+    val_chars: int
+    ran_on: str = ""
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -30,6 +72,8 @@ class PreparedData:
     cached: bool = False
     prepared_dir: Path | None = None
     ran_on: list = field(default_factory=list)  # host:pid of the processes that prepared parts (data.parts > 1)
+    train_documents: int = 0         # documents (or pieces of a contiguous stream) on each side
+    val_documents: int = 0
 
     @classmethod
     def from_meta(cls, meta: dict) -> "PreparedData":
@@ -42,7 +86,8 @@ class PreparedData:
                    val_sha256=meta["val"]["sha256"], clean_report=meta.get("clean_report", []),
                    cached=meta.get("cached", False),
                    prepared_dir=Path(meta["prepared_dir"]) if meta.get("prepared_dir") else None,
-                   ran_on=meta.get("ran_on", []))
+                   ran_on=meta.get("ran_on", []), train_documents=meta["train"].get("documents", 0),
+                   val_documents=meta["val"].get("documents", 0))
 
     @property
     def tokenizer_file(self) -> Path:
