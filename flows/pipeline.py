@@ -18,7 +18,7 @@ from lmforge.tasks.export import export_model, sample_model
 from lmforge.tasks.promote import promote_registered
 from lmforge.tasks.slots import gpu_slot
 from lmforge.tasks.tracking import end_tracking, mark_mlflow_run_failed, publish_summary, register_model, start_tracking
-from lmforge.tasks.train import train_model
+from lmforge.tasks.train import resolve_start, train_model
 
 
 @flow(name="lmforge-pipeline", log_prints=True, on_failure=[mark_mlflow_run_failed])
@@ -32,11 +32,13 @@ def pipeline(preset: str = DEFAULT_PRESET, overrides: dict | None = None, wait: 
     run_id = start_tracking(cfg, f"{cfg.name}-{layout.weights}")
     try:
         with hold(layout.prepared_lock, f"the prepared data of {cfg.name}", wait, logger):
-            data = snapshot_data(prepare_data(cfg, layout, run_id), layout, run_id)
-        run = layout.run_dir(data.fingerprint)
+            prepared = prepare_data(cfg, layout, run_id)
+            start = resolve_start(cfg, layout, prepared)  # fresh, a warm start, or --continue: part of the identity
+            data = snapshot_data(prepared, layout, start, run_id)
+        run = layout.run_dir(data.fingerprint, start)
         with hold(run.lock, f"the run directory {run.root.name}", wait, logger):
             with gpu_slot(cfg):  # one training per GPU of a GPU pool, across deployments (tasks/slots.py)
-                trained = train_model(cfg, data, layout, run_id)
+                trained = train_model(cfg, data, layout, start, run_id)
             metrics = evaluate_model(cfg, data, trained, run_id)
             exported = export_model(cfg, data, trained, metrics, run.model, run_id)
             samples = sample_model(cfg, exported.model_dir, run_id)

@@ -15,7 +15,7 @@ from lmforge.data.prepare import Split, check_fits_context, clean_or_reuse, clea
 from lmforge.data.snapshot import snapshot
 from lmforge.data.sources import acquire_for
 from lmforge.core.layout import RunLayout
-from lmforge.core.records import Cleaned, EncodedPart, EncodeRun, PartsPlan, PreparedData
+from lmforge.core.records import Cleaned, EncodedPart, EncodeRun, PartsPlan, PreparedData, StartFrom
 from lmforge.core.redact import redact_text
 from lmforge.tasks import retry_unless_user_error
 
@@ -126,9 +126,11 @@ def join_data_shards(cleaned: Cleaned, cfg: Config, out_dir: Path, split: Split,
 
 
 @task(name="snapshot-data")
-def snapshot_data(prepared: PreparedData, layout: RunLayout, run_id: str | None = None) -> PreparedData:
-    """The run's own links to the prepared files it trains on (lmforge.data.snapshot): its data from here on."""
-    run = layout.run_dir(prepared.fingerprint)
+def snapshot_data(prepared: PreparedData, layout: RunLayout, start: StartFrom | None = None,
+                  run_id: str | None = None) -> PreparedData:
+    """The run's own links to the prepared files it trains on (lmforge.data.snapshot): its data from here on.
+    `start`: where the run's weights start (tasks.train.resolve_start), part of which run directory it is."""
+    run = layout.run_dir(prepared.fingerprint, start)
     data = snapshot(prepared, run.data)
     get_run_logger().info("data %s (fingerprint %s) in %s", data.corpus_sha256[:12], data.fingerprint[:12], run.data)
     if run_id:

@@ -100,6 +100,12 @@ class TrainConfig:
     seed: int = 1337
     deterministic: bool = False      # torch.use_deterministic_algorithms: a resumed run repeats the same numbers
     nproc: int = 1                   # > 1: torchrun --standalone with this many DDP processes on this host
+    # Where the weights start (docs/scheduling.md "Warm starts and training longer"); default: a fresh init.
+    init_from: str = ""              # models:/NAME@ALIAS | models:/NAME/VERSION | a run directory | champion (this
+                                     # preset's champion, a fresh start while there is none): a warm start
+    init_optimizer: bool = False     # a warm start also takes the parent's AdamW moments (its run directory here)
+    continue_run: bool = False       # `lmforge run --continue`: go on from this config's finished run on this data
+                                     # with the most steps below max_steps
 
 
 @dataclass
@@ -298,9 +304,18 @@ def _check(cfg: Config) -> None:
     if cfg.model.family == "gpt" and cfg.model.n_embd % cfg.model.n_head:
         raise LmforgeError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})",
                            hint="pick n_embd as a multiple of n_head")
+    _check_start(cfg.train)
     if cfg.model.family == "hf-gpt2" and not cfg.model.pretrained:
         raise LmforgeError("preset needs a local GPT-2 checkpoint directory",
                            hint="--set model.pretrained=/path/to/gpt2 (a directory with config.json and weights)")
+
+
+def _check_start(t: TrainConfig) -> None:
+    if t.init_from and t.continue_run:
+        raise LmforgeError("train.init_from and --continue (train.continue_run) are both set: a continued run "
+                           "starts from its own finished run", hint="drop one: --set train.init_from= or no --continue")
+    if t.init_optimizer and not t.init_from:
+        raise LmforgeError("train.init_optimizer is set without train.init_from", hint="--set train.init_from=champion")
 
 
 def load_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> Config:

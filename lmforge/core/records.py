@@ -95,6 +95,48 @@ class PreparedData:
 
 
 @dataclass(frozen=True)
+class StartFrom:
+    """The weights a run starts from when not a fresh init (docs/scheduling.md "Warm starts and training longer"):
+    a warm start (train.init_from: a registered version or a run directory; lmforge.registry.warmstart) or a
+    finished run of the same config and data continued to more steps (--continue; lmforge.training.warmstart)."""
+    kind: str                        # warm-start | continue
+    source: str                      # train.init_from as given, or the continued run's directory
+    ckpt_dir: Path                   # the parent's checkpoints: best/ (a warm start's weights), last/ (the rest)
+    weights_sha256: str              # of the parent's weights: part of this run's identity (RunLayout.weights_for)
+    data_fingerprint: str            # what the parent was trained on
+    optimizer: bool = False          # the parent's AdamW moments too (always, for a continued run)
+    name: str = ""                   # registered model and version of the parent, when it came from the registry
+    version: str = ""
+    run_dir: Path | None = None      # the parent's run directory, when on this machine
+    tokenizer_file: Path | None = None  # the parent's tokenizer (a warm start compares the vocabularies)
+    step: int = 0                    # the parent's last step
+    rows: tuple | None = None        # warm start: the parent's token id for each of this run's ids (-1: new token,
+                                     # fresh row); None: the same vocabulary
+    shared_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a trained version started from, as recorded on its MLflow run (tags()) and handed to the registry."""
+    kind: str = "fresh"              # fresh | warm-start | continue
+    source: str = ""                 # train.init_from as given, or the continued run's directory
+    parent_name: str = ""
+    parent_version: str = ""
+    parent_data_fingerprint: str = ""
+    parent_weights_sha256: str = ""
+    from_step: int = 0               # continue: the parent's finished step
+    shared_tokens: int = 0           # warm start: rows carried over from the parent's embedding
+    new_tokens: int = 0              # warm start: rows initialised fresh (tokens the parent did not have)
+    optimizer: bool = False          # the parent's AdamW moments were loaded too
+    schedule: str = ""               # the learning-rate schedule this run's steps used
+
+    def tags(self) -> dict:
+        """lineage.* run tags (empty values left out)."""
+        return {f"lineage.{k}": str(v) for k, v in asdict(self).items() if v not in ("", 0, False)
+                or k == "kind"}
+
+
+@dataclass(frozen=True)
 class Trained:
     """Where the run's checkpoints are and what training did (lmforge.training.train.TrainResult, plus the run)."""
     run_dir: Path
@@ -110,9 +152,10 @@ class Trained:
     n_params: int
     weights_sha256: str              # of the weights exported (best/): equal for identical models
     history: list = field(default_factory=list)
+    lineage: Lineage = field(default_factory=Lineage)
 
     def summary(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "history"}
+        return {k: v for k, v in asdict(self).items() if k not in ("history", "lineage")}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ and the next batch is drawn (and its copy to the GPU started) before the current
 loss."""
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,9 +23,12 @@ import torch
 from lmforge.core import interrupt
 from lmforge.core.config import TrainConfig
 from lmforge.core.errors import LmforgeError
+from lmforge.core.records import StartFrom
 from lmforge.training import ddp
 from lmforge.training.checkpoint import Checkpoints, Identity, resume_point
 from lmforge.training.evaluate import evaluate_tokens
+from lmforge.training.schedule import lr_at
+from lmforge.training.warmstart import continue_note, load_warm_start
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, max_steps, loss, tokens/s)
 
@@ -123,11 +125,15 @@ class Loop:
     batches: Batches
     val_data: np.ndarray
     ckpts: Checkpoints
-    key: dict | None              # the run's identity, recorded in every checkpoint
+    identity: Identity | None     # the run's identity, recorded in every checkpoint
     hooks: Hooks
     run: Progress = field(default_factory=Progress)
     tokens: int = 0               # trained in this process (tokens/s)
     t0: float = 0.0
+
+    @property
+    def key(self) -> dict | None:
+        return self.identity.key() if self.identity else None
 
     @property
     def rank0(self) -> bool:
@@ -165,13 +171,6 @@ def autocast_for(device: str, dtype: str):
     return torch.autocast("cuda", dtype=torch_dtype), scaler
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -207,15 +206,17 @@ def seed_everything(cfg: TrainConfig, rank: int) -> None:
 
 def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, block_size: int,
           cfg: TrainConfig, ckpt_dir: Path, *, hooks: Hooks | None = None, resume: bool = True,
-          identity: Identity | None = None) -> TrainResult:
+          identity: Identity | None = None, start: StartFrom | None = None) -> TrainResult:
     """Train `model` on token arrays; checkpoints go to ckpt_dir/{last,best}. Returns with the best-val weights
     loaded. `identity` (the run's weights hash and data fingerprint) is recorded in every checkpoint; only a
-    checkpoint with the same identity is resumed. Under torchrun (more than one process) each rank draws its
-    own batches, gradients are averaged, rank 0 alone evaluates, logs and writes checkpoints."""
+    checkpoint with the same identity is resumed. `start`: the weights a run without a checkpoint of its own
+    starts from (a warm start, or the finished run a --continue extends; lmforge.training.warmstart). Under
+    torchrun (more than one process) each rank draws its own batches, gradients are averaged, rank 0 alone
+    evaluates, logs and writes checkpoints."""
     check_fits(train_data, val_data, block_size)
     loop = setup(model, cfg, Batches(train_data, block_size, cfg.batch_size), val_data, Checkpoints(ckpt_dir),
                  hooks=hooks or Hooks(), identity=identity)
-    start_or_resume(loop, resume, identity)
+    start_or_resume(loop, resume, start)
     resumed_from, run = loop.run.step, loop.run
     model.train()
     loop.t0 = time.perf_counter()
@@ -255,22 +256,30 @@ def setup(model: torch.nn.Module, cfg: TrainConfig, batches: Batches, val_data: 
         model, device_ids=[group.local_rank] if device == "cuda" else None) if group else model
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
     return Loop(cfg, model, step_model, optimizer, scaler, autocast, device, group, batches, val_data, ckpts,
-                identity.key() if identity else None, hooks)
+                identity, hooks)
 
 
-def start_or_resume(loop: Loop, resume: bool, identity: Identity | None) -> None:
-    """Rank 0 decides where training starts (and may set a foreign checkpoint aside); the other ranks follow;
-    a resumed run restores ckpt/last: weights, optimizer, scaler, RNG streams and bookkeeping."""
-    start = 0
+def start_or_resume(loop: Loop, resume: bool, start: StartFrom | None) -> None:
+    """Rank 0 decides where training starts (and may set a foreign checkpoint aside); the other ranks follow.
+    A resumed run restores ckpt/last: weights, optimizer, scaler, RNG streams and bookkeeping. A run without a
+    checkpoint of its own continues the finished run `start` (its checkpoints copied here, then restored) or
+    warm-starts from its weights at step 0."""
+    step, notes = 0, []
     if loop.rank0:
-        start, note = (resume_point(loop.ckpts, identity, loop.cfg.max_steps) if resume
-                       else (0, "training from step 0"))
-        if loop.hooks.note:
-            loop.hooks.note(note)
+        step, note = (resume_point(loop.ckpts, loop.identity, loop.cfg.max_steps) if resume
+                      else (0, "training from step 0"))
+        if step == 0 and start is not None and start.kind == "continue":
+            loop.ckpts.adopt(start.ckpt_dir, {"identity": loop.key, "stopped_early": False, "bad_evals": 0})
+            step, note = start.step, continue_note(start, loop.cfg.max_steps)
+        notes.append(note)
     if loop.group:
-        start = ddp.broadcast(start)
-    if start:
+        step = ddp.broadcast(step)
+    if step:
         restore(loop)
+    elif start is not None and start.kind == "warm-start":
+        notes.append(load_warm_start(loop.model, loop.optimizer, start))  # every rank: the same weights
+    for note in notes if loop.hooks.note else []:
+        loop.hooks.note(note)
 
 
 def finish(loop: Loop, resumed_from: int) -> TrainResult:
@@ -288,15 +297,17 @@ def finish(loop: Loop, resumed_from: int) -> TrainResult:
                        device=loop.device, resumed_from=resumed_from, stopped_early=run.stopped_early)
 
 
-def trained_record(result: TrainResult, run, n_params: int):
-    """What the training step hands on (lmforge.core.records.Trained) for a run directory (lmforge.core.layout.RunDir)."""
+def trained_record(result: TrainResult, run, n_params: int, lineage=None):
+    """What the training step hands on (lmforge.core.records.Trained) for a run directory
+    (lmforge.core.layout.RunDir); `lineage`: where its weights started (lmforge.training.warmstart.lineage_of)."""
     from lmforge.training.checkpoint import weights_sha256
-    from lmforge.core.records import Trained
+    from lmforge.core.records import Lineage, Trained
 
     return Trained(run_dir=run.root, ckpt_dir=run.ckpt, steps=result.steps, best_val_loss=result.best_val_loss,
                    final_train_loss=result.final_train_loss, tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
                    device=result.device, resumed_from=result.resumed_from, stopped_early=result.stopped_early,
-                   n_params=n_params, weights_sha256=weights_sha256(run.ckpt), history=result.history)
+                   n_params=n_params, weights_sha256=weights_sha256(run.ckpt), history=result.history,
+                   lineage=lineage or Lineage())
 
 
 def stop_requested(group, at_eval: bool) -> bool:
@@ -377,8 +388,10 @@ def save_last(loop: Loop) -> None:
     """ckpt/last at the current step, with every rank's data stream (all ranks call this; rank 0 writes)."""
     data_rng = torch.stack(ddp.gather(loop.batches.state())) if loop.group else loop.batches.state()
     if loop.rank0:
-        loop.ckpts.save("last", loop.model, loop.optimizer,
-                        {**loop.run.to_state(), "identity": loop.key, "data_rng": data_rng}, loop.scaler)
+        family = loop.identity.family if loop.identity else ""
+        loop.ckpts.save("last", loop.model, loop.optimizer, {**loop.run.to_state(), "identity": loop.key,
+                                                             "family": family, "max_steps": loop.cfg.max_steps,
+                                                             "data_rng": data_rng}, loop.scaler)
 
 
 def restore(loop: Loop) -> None:
