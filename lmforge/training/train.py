@@ -28,6 +28,7 @@ from lmforge.training import ddp
 from lmforge.training.checkpoint import Checkpoints, Identity, resume_point
 from lmforge.training.evaluate import evaluate_tokens
 from lmforge.training.schedule import lr_at
+from lmforge.training.threads import ThreadPicker
 from lmforge.training.warmstart import continue_note, load_warm_start
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, max_steps, loss, tokens/s)
@@ -127,6 +128,7 @@ class Loop:
     ckpts: Checkpoints
     identity: Identity | None     # the run's identity, recorded in every checkpoint
     hooks: Hooks
+    threads: ThreadPicker | None  # train.threads = 0: threads re-picked from the load (lmforge.training.threads)
     run: Progress = field(default_factory=Progress)
     tokens: int = 0               # trained in this process (tokens/s)
     t0: float = 0.0
@@ -196,12 +198,19 @@ def check_fits(train_data: np.ndarray, val_data: np.ndarray, block_size: int) ->
                                f"({block_size + 1})", hint="use a larger corpus or --set model.block_size=SMALLER")
 
 
-def seed_everything(cfg: TrainConfig, rank: int) -> None:
+def seed_everything(cfg: TrainConfig, rank: int) -> ThreadPicker | None:
+    """Threads (train.threads, or picked from the cores others leave free: lmforge.training.threads), the
+    deterministic switch and the seed; returns the picker that keeps re-picking threads, if any."""
+    picker = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    else:
+        picker = ThreadPicker(adjust=not cfg.deterministic)  # deterministic: one pick, kept
+        picker.start()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed + rank)
+    return picker
 
 
 def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, block_size: int,
@@ -226,6 +235,8 @@ def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, 
         run.step += 1
         run.loss_sum, run.loss_n = run.loss_sum + loss, run.loss_n + 1
         loop.tokens += loop.tokens_per_step
+        if loop.threads:
+            loop.threads.update()  # a clock read; every few seconds a look at the load
         if loop.hooks.progress and loop.rank0 and (run.step % cfg.log_interval == 0 or run.step == cfg.max_steps):
             loop.hooks.progress(run.step, cfg.max_steps, loss.item(), loop.tokens_per_s())  # the one .item()
         at_eval = run.step % cfg.eval_interval == 0 or run.step == cfg.max_steps
@@ -247,7 +258,7 @@ def setup(model: torch.nn.Module, cfg: TrainConfig, batches: Batches, val_data: 
     device = pick_device(cfg.device)
     group = ddp.setup(device)
     rank = group.rank if group else 0
-    seed_everything(cfg, rank)
+    picker = seed_everything(cfg, rank)
     model.to(device)
     batches.start(device, cfg.seed + rank)  # each rank its own stream of batches
     optimizer = make_optimizer(model, cfg, device)
@@ -256,7 +267,7 @@ def setup(model: torch.nn.Module, cfg: TrainConfig, batches: Batches, val_data: 
         model, device_ids=[group.local_rank] if device == "cuda" else None) if group else model
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
     return Loop(cfg, model, step_model, optimizer, scaler, autocast, device, group, batches, val_data, ckpts,
-                identity, hooks)
+                identity, hooks, picker)
 
 
 def start_or_resume(loop: Loop, resume: bool, start: StartFrom | None) -> None:
@@ -363,7 +374,7 @@ def evaluate_and_checkpoint(loop: Loop, lr: float) -> None:
         val = evaluate_tokens(loop.model, loop.val_data, loop.batches.block_size, cfg.batch_size,
                               cfg.eval_iters * cfg.batch_size, device=loop.device, autocast=loop.autocast)
         row = {"step": run.step, "train_loss": train_loss, "val_loss": val["loss"], "lr": lr,
-               "tokens_per_s": loop.tokens_per_s()}
+               "tokens_per_s": loop.tokens_per_s(), "threads": torch.get_num_threads()}
         run.history.append(row)
         if val["loss"] < run.best_val:
             run.best_val, run.bad_evals = val["loss"], 0
