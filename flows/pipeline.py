@@ -7,11 +7,12 @@ from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
 from lmforge.flows.prepare import prepare_data
-from lmforge.core.config import DEFAULT_PRESET, Config, load_config
+from lmforge.core.config import DEFAULT_PRESET, Config
 from lmforge.core.interrupt import Interrupted
 from lmforge.core.layout import RunLayout
 from lmforge.core.locks import hold
 from lmforge.registry.review import run_result
+from lmforge.tasks import parsed_config, run_policy
 from lmforge.tasks.data import snapshot_data
 from lmforge.tasks.evaluate import evaluate_model
 from lmforge.tasks.export import export_model, sample_model
@@ -26,13 +27,14 @@ def pipeline(preset: str = DEFAULT_PRESET, overrides: dict | None = None, wait: 
              config: Config | None = None) -> dict:
     """`wait`: when another process holds this config's data or run directory, wait for it (else stop).
     `config`: the preset and overrides already parsed (the CLI's); a deployment's run parses them here."""
-    cfg = config or load_config(preset, overrides)
+    policy = run_policy()  # the operator's: a deployment run gets the deployment defaults
+    cfg = parsed_config(preset, overrides, config, policy)
     layout = RunLayout.for_config(cfg)
     logger = get_run_logger()
     run_id = start_tracking(cfg, f"{cfg.name}-{layout.weights}")
     try:
         with hold(layout.prepared_lock, f"the prepared data of {cfg.name}", wait, logger):
-            prepared = prepare_data(cfg, layout, run_id)
+            prepared = prepare_data(cfg, layout, run_id, policy)
             start = resolve_start(cfg, layout, prepared)  # fresh, a warm start, or --continue: part of the identity
             data = snapshot_data(prepared, layout, start, run_id)
         run = layout.run_dir(data.fingerprint, start)

@@ -72,6 +72,7 @@ class PreparedData:
     cached: bool = False
     prepared_dir: Path | None = None
     ran_on: list = field(default_factory=list)  # host:pid of the processes that prepared parts (data.parts > 1)
+    source_objects: list = field(default_factory=list)  # object-store sources: key, etag/version, sha256 of each
     train_documents: int = 0         # documents (or pieces of a contiguous stream) on each side
     val_documents: int = 0
 
@@ -86,8 +87,8 @@ class PreparedData:
                    val_sha256=meta["val"]["sha256"], clean_report=meta.get("clean_report", []),
                    cached=meta.get("cached", False),
                    prepared_dir=Path(meta["prepared_dir"]) if meta.get("prepared_dir") else None,
-                   ran_on=meta.get("ran_on", []), train_documents=meta["train"].get("documents", 0),
-                   val_documents=meta["val"].get("documents", 0))
+                   ran_on=meta.get("ran_on", []), source_objects=meta.get("source_objects", []),
+                   train_documents=meta["train"].get("documents", 0), val_documents=meta["val"].get("documents", 0))
 
     @property
     def tokenizer_file(self) -> Path:

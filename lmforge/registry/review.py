@@ -6,6 +6,7 @@ from __future__ import annotations
 from lmforge.core.config import Config
 from lmforge.core.layout import config_hash
 from lmforge.core.records import Exported, PreparedData, Trained
+from lmforge.data.objectstore import version_tags as object_version_tags
 
 
 def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Exported, metrics: dict,
@@ -26,6 +27,7 @@ def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Ex
         tags.update(split_seed=split["seed"], split_val_filter=split["val_filter"] or "none")
     if "onnx_int8_bytes" in e:
         tags["onnx_int8_bytes"] = e["onnx_int8_bytes"]
+    tags.update(object_version_tags(data.source_objects))  # s3:// gs:// az://: which object versions it saw
     return tags
 
 
