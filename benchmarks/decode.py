@@ -113,15 +113,15 @@ def bench_hf(n: int) -> dict | None:
 def export_reference(model, directory: Path) -> Path:
     """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS."""
     from lmforge.data.tokenize import train_char
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     tok = train_char(["".join(chr(0x4E00 + i) for i in range(SHAPE["vocab_size"] - 4))])
     tok.save(str(directory / "tokenizer.json"))
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), directory / "tokenizer.json", directory / "model", manifest,
-                              int4=True)
+    out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest,
+                              ExportConfig(int4=True))
     return out
 
 
@@ -313,6 +313,7 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
     from lmforge.core.config import load_config
     from lmforge.data.prepare import prepare_corpus
     from lmforge.data.shards import open_shard
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
     from lmforge.export.genai import GENAI_FILES
     from lmforge.models import build_model, model_spec
@@ -337,8 +338,8 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
         torch.set_num_threads(threads)
         manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                     "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
-        out, _ = export_model_dir(model, model_spec(model), work / "data" / "tokenizer.json", work / "model",
-                                  manifest, optimize=False, int4=True)
+        out, _ = export_model_dir(model, work / "data" / "tokenizer.json", work / "model", manifest,
+                                  ExportConfig(optimize=False, int4=True))
         spec = model_spec(model)
         T = cfg.model.block_size
         starts = windows(len(va), T, 32)

@@ -11,8 +11,8 @@ from conftest import tiny_random_gpt
 
 from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
-from lmforge.models import model_spec
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
 
@@ -35,8 +35,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def all_variants(tiny):
     root, model, _ = tiny
-    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "all", MANIFEST,
-                              optimize=True, fp16=True, int4=True)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "all", MANIFEST,
+                              ExportConfig(optimize=True, fp16=True, int4=True))
     return out
 
 
@@ -50,8 +50,8 @@ def test_variant_files_written_only_when_enabled(tiny, all_variants):
     metrics = json.loads((all_variants / "lmforge.json").read_text())["metrics"]
     assert metrics["verify_fast_logit_max_abs"] <= 1e-3  # no val text given: fp32 graphs checked against torch only
     assert not any(k.endswith("_agreement") for k in metrics)
-    plain, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "plain", MANIFEST,
-                                int8=False, optimize=False, fp16=False, int4=False)
+    plain, _ = export_model_dir(model, root / "tokenizer.json", root / "plain", MANIFEST,
+                                ExportConfig(int8=False, optimize=False, fp16=False, int4=False))
     files = json.loads((plain / "lmforge.json").read_text())["files"]
     assert set(files) == {"fp32", "fast", "genai", "genai-int4"}  # genai: onnxruntime-genai (tests/test_genai.py)
     for name in ("model.int8.onnx", "model.opt.onnx", "model.fp16.onnx", "model.fast.int8.onnx",

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
     manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
                 "generation": {"temperature": 0.0, "max_new_tokens": 20}}
-    out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest)
+    out, metrics = export_model_dir(model, root / "tokenizer.json", root / "model", manifest)
     assert metrics["onnx_fast_parity_max_abs"] < 1e-4
     return model, out
 
