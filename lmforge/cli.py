@@ -65,16 +65,19 @@ def _flow_call(args, module: str, name: str) -> dict:
     the API checked or a temporary server, Ctrl-C handled, on Dask workers with --dask)."""
     import importlib
 
-    from lmforge.core.config import load_config
+    from lmforge.core.config import DEFAULT_PRESET, load_config
     from lmforge.ops.orchestration import prefect_env, run_flow
 
     prefect_env()
     overrides = _overrides(args.set)
     if args.dask:
         overrides.setdefault("data.parts", str(DASK_PARTS))
-    load_config(args.preset, overrides)
+    if getattr(args, "continue_run", False):
+        overrides["train.continue_run"] = "true"
+    cfg = load_config(args.preset, overrides)  # the one parse: the flow takes this Config as it is
     flow = getattr(importlib.import_module(module), name)
-    return run_flow(flow, args.dask, preset=args.preset or "jokes-char", overrides=overrides, wait=not args.no_wait)
+    return run_flow(flow, args.dask, preset=args.preset or DEFAULT_PRESET, overrides=overrides,
+                    wait=not args.no_wait, config=cfg)
 
 
 def cmd_run(args) -> int:
@@ -371,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"clean and encode data in parts on Dask workers (data.parts defaults to {DASK_PARTS})")
         sp.add_argument("--no-wait", action="store_true",
                         help="stop at once when another process holds this config's data or run directory")
+        if name == "run":
+            sp.add_argument("--continue", dest="continue_run", action="store_true",
+                            help="train a finished run of this config and data on to a larger train.max_steps, from "
+                                 "its last step (docs/scheduling.md); = --set train.continue_run=true")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
     g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS (or /VERSION)")
