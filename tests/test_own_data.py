@@ -19,17 +19,14 @@ import pytest
 from conftest import REPO, TINY, readme_commands
 
 BLOCK = readme_commands("### Bring your own data")
-JOKES = [f"Why did the {a} cross the {b}? To reach the {c} side." for a, b, c in
-         zip(["cat", "dog", "cow", "owl", "fox", "bee", "ant", "elk"] * 4,
-             ["road", "river", "bridge", "field", "street", "lake", "hill", "park"] * 4,
-             ["other", "sunny", "quiet", "green", "far", "near", "warm", "cold"] * 4)]
-STORIES = [f"Once upon a time a {a} found a {b}. It was {c}." for a, b, c in
-           zip(["girl", "boy", "king", "frog", "bird", "mouse", "bear", "duck"] * 4,
-               ["key", "box", "star", "coin", "shoe", "ring", "map", "cup"] * 4,
-               ["happy", "sad", "lost", "small", "big", "old", "new", "red"] * 4)]
+ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "elk"]
+JOKES = [f"Why did the {a} cross the {b}? To reach the other side." for a in ANIMALS
+         for b in ("road", "river", "bridge", "field", "street")]  # 40 different documents: a document split
+STORIES = [f"Once upon a time a {a} found a {b}. It was happy." for a in ANIMALS
+           for b in ("key", "box", "star", "coin", "shoe")]
 NOTES = [f"Note {i}: buy {w} and call {n}." for i, (w, n) in
-         enumerate(zip(["milk", "bread", "eggs", "tea", "rice", "soap", "salt", "jam"] * 4,
-                       ["Ann", "Bob", "Cy", "Di", "Ed", "Flo", "Gus", "Hal"] * 4))]
+         enumerate((w, n) for w in ("milk", "bread", "eggs", "tea", "rice") for n in ("Ann", "Bob", "Cy", "Di", "Ed",
+                                                                                        "Flo", "Gus", "Hal"))]
 EXPECTED = {"my_jokes.csv": ("my-jokes", JOKES), "stories.jsonl": ("stories", STORIES), "notes.txt": ("my-notes", NOTES)}
 
 
@@ -164,6 +161,7 @@ def test_readme_checkpoint_command_writes_what_jokes_gpt2_loads(tmp_path):
     presets = subprocess.run([sys.executable, "-m", "lmforge.cli", "presets"], capture_output=True, text=True,
                              cwd=REPO, timeout=60).stdout
     assert CHECKPOINT_COMMAND in presets and "lmforge run --preset jokes-gpt2 --set model.pretrained=" in presets
+    (tmp_path / "hub-copy").mkdir()
     hub = save_tiny_gpt2(tmp_path / "hub-copy")  # stands in for the hub's openai-community/gpt2, offline
     words = shlex.split(make.replace("openai-community/gpt2", str(hub)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -175,7 +173,9 @@ def test_readme_checkpoint_command_writes_what_jokes_gpt2_loads(tmp_path):
     assert run_line == "lmforge run --preset jokes-gpt2 --set model.pretrained=$PWD/gpt2-local"
     cfg = load_config("jokes-gpt2", {"model.pretrained": str(local)})
     assert cfg.tokenizer.path == str(local)
-    model = build_model(cfg.model, 300)
+    from tokenizers import Tokenizer
+
+    model = build_model(cfg.model, Tokenizer.from_file(str(local / "tokenizer.json")).get_vocab_size())
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

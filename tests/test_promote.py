@@ -270,3 +270,50 @@ def test_promote_without_candidate_is_a_clear_error(registry):
                          text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2
     assert "no `candidate` version" in out.stderr and "hint:" in out.stderr
+
+
+def test_report_compare_shows_both_versions_curves_scores_and_continuations(other_tokenizer, versions, tmp_path):
+    import base64
+    import html
+    import re
+
+    bpe, strong = other_tokenizer["run"]["model_version"], versions["strong"]["model_version"]
+    out = tmp_path / "compare.html"
+    done = cli("report", "--compare", f"jokes-char/{bpe}", f"models:/jokes-char/{strong}", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = out.read_text()
+    assert f"jokes-char v{bpe} vs jokes-char v{strong}" in page and "tokenizers\ndifferent" in page
+    png = re.search(r'alt="loss curves of v\d+ \(blue\) and v\d+ \(orange\)[^"]*"\nsrc="data:image/png;base64,([^"]+)"',
+                    page)
+    assert png and base64.b64decode(png.group(1)).startswith(b"\x89PNG")
+    side = page.split("<h2>Side by side</h2>", 1)[1].split("</table>", 1)[0]
+    for row in other_tokenizer["result"]["side_by_side"]:
+        if row["decoding"] == "greedy":  # greedy continuations are the same whenever they are decoded
+            assert html.escape(row["candidate"]) in side and html.escape(row["champion"]) in side
+    assert side.count("<tr>") == 1 + 4  # header, 2 prompts x (greedy, sampled)
+    bad = cli("report", "--compare", "jokes-char", "jokes-char@champion")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "names no registered version" in bad.stderr
+
+
+def test_promotion_defaults_have_one_source():
+    """docs/scheduling.md: margin and gate are written once, in PromoteConfig; every path reads them from a
+    config (CLI, flow, task and library take None to mean that)."""
+    import inspect
+    import re
+
+    from lmforge.cli import build_parser
+    from lmforge.core.config import PromoteConfig
+    from lmforge.flows.promote import promote as flow
+    from lmforge.registry import promote as library
+    from lmforge.tasks.promote import promote_candidate
+
+    doc = (REPO / "docs" / "scheduling.md").read_text()
+    margin, gate = re.search(r"`PromoteConfig`\): margin ([\d.]+) and gate ([\d.]+), in bits per byte", doc).groups()
+    assert (PromoteConfig().margin, PromoteConfig().gate) == (float(margin), float(gate))
+    for fn in (flow.fn, promote_candidate.fn, library.promote, library.promote_after_run):
+        params = inspect.signature(fn).parameters
+        assert params["margin"].default is None and params["gate"].default is None, fn
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["promote"]
+    assert {a.dest: a.default for a in sub._actions if a.dest in ("margin", "gate")} == {"margin": None, "gate": None}
+    for path in ("lmforge/cli.py", "flows/promote.py", "tasks/promote.py", "lmforge/registry/promote.py"):
+        assert not re.search(rf"\b({re.escape(margin)}|{re.escape(gate)})\b", (REPO / path).read_text()), path

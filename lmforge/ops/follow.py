@@ -19,7 +19,8 @@ LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNIN
 
 def find_run(client, which: str | None):
     """The flow run named or identified by `which`, or the newest lmforge deployment run (unfinished first)."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterName,
+                                                FlowRunFilterTags)
     from prefect.client.schemas.sorting import FlowRunSort
 
     if which:
@@ -33,14 +34,14 @@ def find_run(client, which: str | None):
             raise LmforgeError(f"no flow run {which!r} on the Prefect server",
                                hint="`prefect flow-run ls` lists them; or leave FLOW_RUN out for the newest")
         return found[0]
-    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["lmforge"])),
-                                 sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=20)
+    due = FlowRunFilter(tags=FlowRunFilterTags(all_=["lmforge"]),  # not the schedules' future runs
+                        expected_start_time=FlowRunFilterExpectedStartTime(
+                            before_=datetime.datetime.now(datetime.timezone.utc)))
+    runs = client.read_flow_runs(flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
     if not runs:
         raise LmforgeError("no run of an lmforge deployment on the Prefect server yet",
                            hint="prefect deployment run 'lmforge-pipeline/jokes-char'")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    live = [r for r in runs if r.state and not r.state.is_final() and
-            not (r.state.is_scheduled() and r.expected_start_time and r.expected_start_time > now)]
+    live = [r for r in runs if r.state and not r.state.is_final()]
     return (live or runs)[0]
 
 

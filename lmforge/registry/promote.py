@@ -394,7 +394,7 @@ def move_champion(name: str, expected: str | None, to: str) -> None:
 
 RECORDED = ("decision", "reason", "forced", "by", "margin", "gate", "score", "scored_on", "tokenizers",
             "candidate_bpb", "champion_bpb", "candidate_bpc", "champion_bpc", "unigram_bpb", "candidate_loss",
-            "champion_loss", "text_bytes", "text_from", "settings_from", "table")
+            "champion_loss", "candidate_unk", "champion_unk", "text_bytes", "text_from", "settings_from", "table")
 
 
 def record(name: str, version: str, r: dict, run_id: str | None = None) -> None:
@@ -476,6 +476,10 @@ def comparison_markdown(r: dict, cell_chars: int = 100) -> str:
                   f"| {champ} | champion before | {_fmt(r['champion_bpb'])} | {_fmt(r.get('champion_bpc'))} | "
                   f"{_fmt(r['champion_loss'])} |",
                   f"| - | unigram model of the candidate's tokens | {_fmt(r['unigram_bpb'])} | | |", ""]
+        unk = [f"v{r[f'{role}_version']} {r[f'{role}_unk']}" for role in ("candidate", "champion")
+               if r.get(f"{role}_unk")]
+        if unk:
+            lines += [f"Tokens read as <unk> (unseen characters, which cost only the <unk>): {', '.join(unk)}.", ""]
     else:
         lines += [f"Scored on: {r.get('scored_on') or 'not scored'}.", ""]
     lines += [f"margin {r.get('margin', 0):g} bits/byte, gate {r.get('gate', 0):g}, forced: {r['forced']}, "
