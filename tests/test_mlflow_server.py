@@ -83,8 +83,8 @@ def loss_image_width(server: str, version: str, timeout: float = 90) -> int:
         page = browser.open(f"{server}/#/models/jokes-char/versions/{version}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            width = page.evaluate("(() => { const i = [...document.images].find(i => i.alt.startsWith('loss curve'));"
-                                  " return i && i.complete ? i.naturalWidth : 0 })()")
+            width = page.evaluate("(() => { const i = [...document.images].find(i => i.src.includes("  # alt is sanitized
+                                  "'get-artifact?path=plots%2Floss.png')); return i && i.complete ? i.naturalWidth : 0 })()")
             if width:
                 return int(width)
             time.sleep(1)
