@@ -19,7 +19,8 @@ from lmforge.tasks.promote import artifact_key
 def start_tracking(cfg: Config, run_name: str) -> str:
     uri = tracking.check_tracking_server()
     run_id = tracking.start_run(f"lmforge-{cfg.name}", run_name, cfg.flat(),
-                                tags={"preset": cfg.name, "prefect_flow_run_id": str(flow_run.get_id())})
+                                tags={"model": cfg.name, "preset": cfg.preset,
+                                      "prefect_flow_run_id": str(flow_run.get_id())})
     get_run_logger().info("MLflow run %s at %s", run_id, redact_text(uri))
     return run_id
 
@@ -45,9 +46,9 @@ def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedD
     if scores:
         tracking.log_metrics(run_id, {"val_bits_per_byte": scores["bits_per_byte"],
                                       "val_bits_per_char": scores["bits_per_char"]}, trained.steps)
-    tags = {**version_tags(cfg, data, trained, exported, metrics, tracking.git_commit(), scores),
-            **lineage_tags(trained)}
-    card = model_card(cfg, data, metrics, samples, run_id, scores)
+    lineage = lineage_tags(trained)
+    tags = {**version_tags(cfg, data, trained, exported, metrics, tracking.git_commit(), scores), **lineage}
+    card = model_card(cfg, data, metrics, samples, run_id, scores, lineage)
     version, reused = tracking.register_model(run_id, exported.model_dir, cfg.name, tags, description=card,
                                               val_dir=data.dir, model_description=card.split("\n\n")[1],
                                               example_prompt=cfg.eval.prompts[0] if cfg.eval.prompts else "")

@@ -317,3 +317,25 @@ def test_promotion_defaults_have_one_source():
     assert {a.dest: a.default for a in sub._actions if a.dest in ("margin", "gate")} == {"margin": None, "gate": None}
     for path in ("lmforge/cli.py", "flows/promote.py", "tasks/promote.py", "lmforge/registry/promote.py"):
         assert not re.search(rf"\b({re.escape(margin)}|{re.escape(gate)})\b", (REPO / path).read_text()), path
+
+
+def test_a_warm_started_version_names_its_parent():
+    """The hook for the `train` branch's lineage record: a Trained whose lineage is a warm start gives the version
+    a `parent` tag and an `lmforge.lineage` group (read back flat by facts)."""
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    from lmforge.registry.review import facts as read
+    from lmforge.registry.review import lineage_tags
+
+    @dataclass(frozen=True)
+    class Lineage:  # the shape of lmforge.core.records.Lineage on the `train` branch
+        kind: str = "fresh"
+        parent_name: str = ""
+        parent_version: str = ""
+        parent_data_fingerprint: str = ""
+
+    assert lineage_tags(SimpleNamespace(lineage=Lineage())) == {}
+    tags = lineage_tags(SimpleNamespace(lineage=Lineage("warm-start", "jokes-char", "3", "f" * 64)))
+    assert tags["parent"] == "jokes-char v3"
+    assert read(tags)["lineage_parent_data_fingerprint"] == "f" * 64 and read(tags)["lineage_kind"] == "warm-start"

@@ -50,10 +50,22 @@ def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Ex
 
 
 def lineage_tags(trained: Trained) -> dict:
-    """The hook for warm starts (helper branch `train`): a Trained record that says what its weights started
-    from (`parent`: {"version", "data_fingerprint", ...}) becomes the version's `lmforge.lineage` tag."""
-    parent = getattr(trained, "parent", None) or getattr(trained, "lineage", None)
-    return {"lmforge.lineage": _group(dict(parent))} if parent else {}
+    """What the version's weights started from, for a warm start or a continued run (the `train` branch's
+    Trained.lineage: kind, source, parent_name, parent_version, parent_data_fingerprint, ...): the
+    `lmforge.lineage` group, and a flat `parent` tag naming the parent version. Nothing for a fresh start."""
+    import dataclasses
+
+    lineage = getattr(trained, "lineage", None)
+    if lineage is None or getattr(lineage, "kind", "fresh") == "fresh":
+        return {}
+    values = dataclasses.asdict(lineage) if dataclasses.is_dataclass(lineage) else dict(lineage)
+    values = {k: v for k, v in values.items() if v not in ("", 0, False, None)}
+    tags = {"lmforge.lineage": _group(values)}
+    if values.get("parent_version"):
+        tags["parent"] = f"{values.get('parent_name', '')} v{values['parent_version']}".strip()
+    elif values.get("source"):
+        tags["parent"] = str(values["source"])[:250]
+    return tags
 
 
 def _group(values: dict) -> str:
@@ -62,7 +74,7 @@ def _group(values: dict) -> str:
 
 def facts(version_or_tags) -> dict[str, str]:
     """A version's tags as one flat dict: the flat tags, and every group's entries beside them (the promotion
-    group's as promotion_<key>). Versions registered before the groups existed had these keys flat."""
+    group's as promotion_<key>, the lineage group's as lineage_<key>). Versions registered before the groups existed had these keys flat."""
     tags = dict(getattr(version_or_tags, "tags", version_or_tags) or {})
     out = {k: v for k, v in tags.items() if k not in GROUPS}
     for group in GROUPS:
@@ -70,7 +82,7 @@ def facts(version_or_tags) -> dict[str, str]:
             values = json.loads(tags.get(group) or "{}")
         except ValueError:
             continue
-        prefix = "promotion_" if group == PROMOTION_TAG else "parent_" if group == "lmforge.lineage" else ""
+        prefix = "promotion_" if group == PROMOTION_TAG else "lineage_" if group == "lmforge.lineage" else ""
         out.update({f"{prefix}{k}": str(v) for k, v in values.items()})
     return out
 
@@ -90,7 +102,7 @@ def _data_sentence(cfg: Config, data: PreparedData) -> str:
 
 
 def model_card(cfg: Config, data: PreparedData, metrics: dict, samples: list[dict], run_id: str = "",
-               scores: dict | None = None) -> str:
+               scores: dict | None = None, lineage: dict | None = None) -> str:
     """The version's description: what this model is (its name, its data; the preset's description only when
     the data is the preset's own), its scores, its loss curve, its samples with their prompt and settings, and
     which promotion is lmforge's."""
@@ -101,6 +113,10 @@ def model_card(cfg: Config, data: PreparedData, metrics: dict, samples: list[dic
              f"`{data.fingerprint[:16]}`, {split['method']} split, val {split['val_fraction']:g}", "",
              f"**Recipe**: preset `{cfg.preset}`; {m.family}, {m.n_layer} layers, {m.n_embd} wide, context "
              f"{m.block_size}", ""]
+    if lineage and lineage.get("parent"):
+        kind = facts(lineage).get("lineage_kind", "warm-start")
+        lines += [f"**Started from**: {lineage['parent']} ({kind}; the `lmforge.lineage` tag holds its data "
+                  "fingerprint)", ""]
     if scores:
         lines += [f"**Score**: {scores['bits_per_byte']:.4f} bits per byte ({scores['bits_per_char']:.4f} per "
                   f"character) on {scores['bytes']:,} bytes of its val text, in its own tokenization; val loss "

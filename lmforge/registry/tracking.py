@@ -258,7 +258,10 @@ def recent_runs(limit: int = 10) -> list[dict]:
         return []
     runs = c.search_runs(exps, order_by=["attributes.start_time DESC"], max_results=limit)
     aliases: dict[str, dict[str, list[str]]] = {}
-    for name in {r.data.tags.get("preset") for r in runs if r.data.tags.get("model_version")}:
+    def model_of(run) -> str | None:  # runs before the `model` tag carried the model's name as `preset`
+        return run.data.tags.get("model") or run.data.tags.get("preset")
+
+    for name in {model_of(r) for r in runs if r.data.tags.get("model_version")}:
         try:
             got = c.get_registered_model(name).aliases
         except Exception:  # noqa: BLE001 - deleted since
@@ -267,7 +270,7 @@ def recent_runs(limit: int = 10) -> list[dict]:
             aliases.setdefault(name, {}).setdefault(str(version), []).append(alias)
     out = []
     for r in runs:
-        name, version = r.data.tags.get("preset"), r.data.tags.get("model_version")
+        name, version = model_of(r), r.data.tags.get("model_version")
         out.append({"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
                     "start": datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
                     "model": name, "version": version,
