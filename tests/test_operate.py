@@ -12,7 +12,10 @@ HTTP receiver standing in for the alert webhook. In order:
   comparison is refused completes, kept, with the reason), and stops on Ctrl-C with the deployment paused;
 - meanwhile a run left Late and a run left Pending each fire their automation's webhook;
 - a run from the GPU pool trains holding a slot of the pool's global concurrency limit (the CPU pool's runs
-  none), and, better than the champion, replaces it."""
+  none), and, better than the champion, replaces it;
+- each promotion decision (promoted, kept, refused, a person's rollback) POSTs one alert with its reason and scores;
+- a run that fails inside a task and one whose process is killed (Crashed) each POST one alert.
+The nightly run is followed from the terminal with `lmforge runs --follow`, as README's block does."""
 from __future__ import annotations
 
 import http.server
@@ -562,7 +565,7 @@ def test_each_promotion_decision_posts_one_alert(ops, nightly, served, gpu_run, 
     assert kept["champion_after"] == first and set(kept["scores"]) >= {"candidate_bpb", "champion_bpb"}
     assert kept["scores"]["candidate_bpb"] > kept["scores"]["champion_bpb"]
     rolled = next(p for p in decision_posts(ops, first) if p["decision"] == "rolled back")
-    assert rolled["by"] == "carol" and rolled["champion_after"] == first and rolled["champion_before"] is None
+    assert rolled["by"] == "carol" and rolled["champion_after"] == first and rolled["champion_before"] == better
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ def decision_event(result: dict) -> dict | None:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     text = (f"lmforge: {name} v{result['candidate_version']} {decision}: {result.get('reason', '')}"
             + (f" ({shown})" if shown else "") + f"; champion {f'v{champion}' if champion else 'none'}")
+    before = result.get("replaced_version") if decision == "rolled back" else result.get("champion_version")
     payload = {"text": text, "model": name, "decision": decision, "reason": result.get("reason", ""),
-               "candidate_version": result.get("candidate_version"), "champion_before": result.get("champion_version"),
+               "candidate_version": result.get("candidate_version"), "champion_before": before,
                "champion_after": champion, "scores": scores, "by": result.get("by"), "forced": result.get("forced")}
     return {"event": f"lmforge.promotion.{decision.replace(' ', '-')}",
             "resource": {"prefect.resource.id": f"lmforge.model.{name}", "prefect.resource.name": name},
