@@ -43,9 +43,11 @@ def run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_every_package_is_in_the_wheel():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(REPO).parts) for pkg in ("lmforge", "tasks", "flows")
-             for p in (REPO / pkg).rglob("__init__.py")}
-    assert found <= listed and "lmforge.presets" in listed
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "lmforge").rglob("__init__.py")
+             if "node_modules" not in p.parts}
+    # flows/ and tasks/ install inside the package, never as top-level `flows` and `tasks` in site-packages
+    found |= {"lmforge.flows", "lmforge.tasks", "lmforge.presets"}
+    assert found <= listed and not {"flows", "tasks"} & listed
 
 
 def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_path):
@@ -56,6 +58,11 @@ def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_pa
                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.splitlines()
     assert all(str(installed) in line for line in where[:2]) and where[2] != "0+unknown"
     assert where[3] == str(tmp_path / "artifacts")  # the working directory's, never site-packages
+    tops = subprocess.run([str(installed / "bin" / "python"), "-c", "import importlib.util as u; "
+                           "print(u.find_spec('flows'), u.find_spec('tasks'), u.find_spec('lmforge.flows.pipeline').origin)"],
+                          capture_output=True, text=True, cwd=tmp_path, check=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.split()
+    assert tops[:2] == ["None", "None"] and tops[2].endswith("pipeline.py")  # no top-level flows/tasks installed
     presets = run(installed, "presets", cwd=tmp_path)
     assert presets.returncode == 0, presets.stderr
     assert {ln.split()[0] for ln in presets.stdout.splitlines()} == {p.stem for p in (REPO / "configs").glob("*.toml")}
