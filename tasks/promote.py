@@ -14,7 +14,7 @@ from lmforge.registry.promote import Refused, comparison_markdown, promote, prom
 
 
 @task(name="promote")
-def promote_candidate(name: str, margin: float | None = None, force: bool = False, version: str | None = None,
+def promote_candidate(name: str, *, margin: float | None = None, force: bool = False, version: str | None = None,
                       gate: float | None = None, by: str | None = None, preset: str | None = None) -> dict:
     """`lmforge promote`: margin and gate None read the candidate's (or `preset`'s) [promote] section. A refused
     comparison alerts as `refused` and fails the run with its reason."""

@@ -47,8 +47,9 @@ def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedD
         tracking.log_metrics(run_id, {"val_bits_per_byte": scores["bits_per_byte"],
                                       "val_bits_per_char": scores["bits_per_char"]}, trained.steps)
     lineage = lineage_tags(trained)
-    tags = {**version_tags(cfg, data, trained, exported, metrics, tracking.git_commit(), scores), **lineage}
-    card = model_card(cfg, data, metrics, samples, run_id, scores, lineage)
+    tags = {**version_tags(cfg, data, trained, exported, metrics, git_commit=tracking.git_commit(), scores=scores),
+            **lineage}
+    card = model_card(cfg, data, metrics, samples, run_id=run_id, scores=scores, lineage=lineage)
     version, reused = tracking.register_model(run_id, exported.model_dir, cfg.name, tags, description=card,
                                               val_dir=data.dir, model_description=card.split("\n\n")[1],
                                               example_prompt=cfg.eval.prompts[0] if cfg.eval.prompts else "")

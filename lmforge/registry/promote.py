@@ -301,7 +301,7 @@ def _base(name: str, cand, champ, s: Settings, force: bool, by: str) -> dict:
             "side_by_side": []}
 
 
-def promote(name: str, margin: float | None = None, force: bool = False, max_windows: int | None = None,
+def promote(name: str, *, margin: float | None = None, force: bool = False, max_windows: int | None = None,
             version: str | None = None, gate: float | None = None, by: str | None = None, preset: str | None = None,
             automatic: bool = False) -> dict:
     """Compare the candidate (or `version`) with the champion of registered model `name` and point `champion`
@@ -329,7 +329,7 @@ def promote(name: str, margin: float | None = None, force: bool = False, max_win
     return result
 
 
-def promote_after_run(name: str, registered, by: str, margin: float | None = None, gate: float | None = None,
+def promote_after_run(name: str, registered, by: str, *, margin: float | None = None, gate: float | None = None,
                       windows: int | None = None) -> dict:
     """The pipeline's last step under promote.auto: compare the version the run just registered with the champion,
     as `lmforge promote NAME --version V` would, with the run's own [promote] settings. A run that registered

@@ -22,7 +22,7 @@ PROMOTION_TAG = "lmforge.promotion"
 LOSS_PLOT = "plots/loss.png"  # logged by the evaluate task; the card shows it through the MLflow server
 
 
-def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Exported, metrics: dict,
+def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Exported, metrics: dict, *,
                  git_commit: str, scores: dict | None = None) -> dict:
     """The tags of a newly registered version (scores: lmforge.registry.promote.val_text_score, or None)."""
     split, e = data.split, exported.metrics
@@ -101,7 +101,7 @@ def _data_sentence(cfg: Config, data: PreparedData) -> str:
             f"{data.source}: {data.documents:,} documents, {data.chars:,} characters after cleaning.")
 
 
-def model_card(cfg: Config, data: PreparedData, metrics: dict, samples: list[dict], run_id: str = "",
+def model_card(cfg: Config, data: PreparedData, metrics: dict, samples: list[dict], *, run_id: str = "",
                scores: dict | None = None, lineage: dict | None = None) -> str:
     """The version's description: what this model is (its name, its data; the preset's description only when
     the data is the preset's own), its scores, its loss curve, its samples with their prompt and settings, and

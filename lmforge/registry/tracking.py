@@ -178,7 +178,7 @@ def identical_version(name: str, weights_sha256: str, data_fingerprint: str, exp
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
-def register_model(run_id: str, model_dir: Path, name: str, tags: dict, description: str = "",
+def register_model(run_id: str, model_dir: Path, name: str, tags: dict, *, description: str = "",
                    alias: str = "candidate", val_dir: Path | None = None, example_prompt: str = "",
                    model_description: str = "") -> tuple[str, bool]:
     """Log the exported directory as the run's pyfunc "generate" model (lmforge.registry.pyfunc: the directory travels
