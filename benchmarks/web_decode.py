@@ -45,23 +45,23 @@ def reference_dir(root: Path) -> Path:
 
 
 def python_run(model_dir: Path, n: int, threads: int, fast: bool, variant: str) -> dict:
-    from lmforge.runtime import Generator, generator
+    from lmforge.runtime import Generator, batch
 
     gen = Generator(model_dir, variant=variant, threads=threads, fast=fast)
     gen.generate(PROMPT, max_new_tokens=8, temperature=0)  # warm up
-    stamps, sample = [], generator.sample_next
+    stamps, sample = [], batch.sample_rows  # the decode loop's one sampling call
 
     def stamped(*a, **kw):  # a token is available once sampled (random weights pick ids the tokenizer lacks)
         out = sample(*a, **kw)
         stamps.append(time.perf_counter())
         return out
 
-    generator.sample_next = stamped
+    batch.sample_rows = stamped
     try:
         start = time.perf_counter()
         gen.generate(PROMPT, max_new_tokens=n, temperature=0)
     finally:
-        generator.sample_next = sample
+        batch.sample_rows = sample
     total = stamps[-1] - start
     return {"name": f"python-ort-{variant}-{'fast' if fast else 'portable'}", "tokens_per_s": round(n / total, 1),
             "decode_tokens_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 1),

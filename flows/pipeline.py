@@ -13,6 +13,7 @@ from lmforge.core.layout import RunLayout
 from lmforge.core.locks import hold
 from lmforge.registry.promote import decision_line
 from lmforge.registry.review import run_result
+from lmforge.tasks import run_policy
 from lmforge.tasks.data import snapshot_data
 from lmforge.tasks.evaluate import evaluate_model
 from lmforge.tasks.export import export_model, sample_model
@@ -25,13 +26,14 @@ from lmforge.tasks.train import train_model
 @flow(name="lmforge-pipeline", log_prints=True, on_failure=[mark_mlflow_run_failed])
 def pipeline(preset: str = "jokes-char", overrides: dict | None = None, wait: bool = True) -> dict:
     """`wait`: when another process holds this config's data or run directory, wait for it (else stop)."""
-    cfg = load_config(preset, overrides)
+    policy = run_policy()  # the operator's: a deployment run gets the deployment defaults
+    cfg = load_config(preset, overrides, policy)
     layout = RunLayout.for_config(cfg)
     logger = get_run_logger()
     run_id = start_tracking(cfg, f"{cfg.name}-{layout.weights}")
     try:
         with hold(layout.prepared_lock, f"the prepared data of {cfg.name}", wait, logger):
-            data = snapshot_data(prepare_data(cfg, layout, run_id), layout, run_id)
+            data = snapshot_data(prepare_data(cfg, layout, run_id, policy), layout, run_id)
         run = layout.run_dir(data.fingerprint)
         with hold(run.lock, f"the run directory {run.root.name}", wait, logger):
             with gpu_slot(cfg):  # one training per GPU of a GPU pool, across deployments (tasks/slots.py)

@@ -7,15 +7,18 @@ from prefect import flow, get_run_logger, unmapped
 from lmforge.core.config import Config, load_config
 from lmforge.core.layout import RunLayout
 from lmforge.core.locks import hold
+from lmforge.core.policy import Policy
+from lmforge.tasks import run_policy
 from lmforge.core.records import PreparedData
 from lmforge.tasks.data import (acquire_data, clean_data, clean_data_part, encode_data_part, join_data_shards,
                         merge_cleaned_parts, plan_data_parts, tokenize_data, train_data_tokenizer)
 
 
-def prepare_data(cfg: Config, layout: RunLayout, run_id: str | None = None) -> PreparedData:
+def prepare_data(cfg: Config, layout: RunLayout, run_id: str | None = None,
+                 policy: Policy | None = None) -> PreparedData:
     """The data tasks of a flow, in parts when data.parts > 1. The caller holds the prepared directory's lock."""
     out = layout.prepared
-    corpus = acquire_data(cfg, layout.cache)
+    corpus = acquire_data(cfg, layout.cache, policy)
     if cfg.data.parts == 1:
         return tokenize_data(clean_data(corpus, cfg, out, run_id), cfg, out, run_id)
     plan = plan_data_parts(corpus, cfg, out, run_id)
@@ -31,11 +34,12 @@ def prepare_data(cfg: Config, layout: RunLayout, run_id: str | None = None) -> P
 
 @flow(name="lmforge-prepare")
 def prepare(preset: str = "jokes-char", overrides: dict | None = None, wait: bool = True) -> dict:
-    cfg = load_config(preset, overrides)
+    policy = run_policy()  # the operator's: a deployment run gets the deployment defaults
+    cfg = load_config(preset, overrides, policy)
     layout = RunLayout.for_config(cfg)
     with hold(layout.prepared_lock, f"the prepared data of {cfg.name} ({layout.prepared})", wait,
               get_run_logger()):
-        data = prepare_data(cfg, layout)
+        data = prepare_data(cfg, layout, policy=policy)
     return {"documents": data.documents, "chars": data.chars, "vocab_size": data.vocab_size,
             "train_tokens": data.train_tokens, "val_tokens": data.val_tokens, "split": data.split["method"],
             "fingerprint": data.fingerprint, "shards": [f"{data.dir}/train.bin", f"{data.dir}/val.bin"],

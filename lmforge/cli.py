@@ -3,6 +3,7 @@ happen inside each command, so `lmforge generate` never imports torch."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -31,6 +32,7 @@ EXAMPLES = {
                 "  lmforge schedule on jokes-char",
     "serve": "lmforge serve jokes-char shakespeare-char",
     "web": "lmforge web artifacts/runs/<run>/model --port 8765",
+    "serve-model": "lmforge serve-model models:/jokes-char@champion --port 8000",
 }
 
 
@@ -89,27 +91,91 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True):
+    """Send what native libraries write straight to file descriptor 2 (a Rust panic's message and backtrace from
+    `tokenizers`, onnxruntime's C++ log lines) to /dev/null, while Python's sys.stderr and the logging handlers
+    on it keep writing to the terminal through a duplicate of it: the CLI's stderr holds lmforge's lines only.
+    A no-op when stderr is not file descriptor 2 (a test's capture) or when not `enabled` (--verbose)."""
+    try:
+        real = enabled and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    old = sys.stderr
+    old.flush()
+    dup = os.fdopen(os.dup(2), "w", buffering=1, encoding=old.encoding, errors=old.errors)
+    handlers = [h for h in logging.root.handlers if getattr(h, "stream", None) is old]
+    null = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(2)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stderr = dup
+    for h in handlers:
+        h.setStream(dup)
+    try:
+        yield
+    finally:
+        dup.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = old
+        for h in handlers:
+            h.setStream(old)
+
+
 def cmd_generate(args) -> int:
-    from lmforge.runtime import Generator
+    """Load, check the request, stream the text to stdout; speed on stderr (the order of onnxruntime-genai's
+    model-generate.py: model, tokenizer, params, generate, tokens/s). Native libraries' own stderr lines are
+    silenced unless --verbose."""
+    with native_stderr_silenced(not args.verbose):
+        return _generate(args)
+
+
+def _generate(args) -> int:
+    import time
+
+    from lmforge.runtime import Generator, RowRequest
+    from lmforge.runtime.requests import check_finished
 
     model = args.model
     if model.startswith("models:/"):
         from lmforge.registry.tracking import fetch_model_dir
 
-        model = str(fetch_model_dir(model))
+        model = str(fetch_model_dir(model, quiet=not args.verbose))
     gen = Generator(model, variant=args.variant, device=args.device, threads=args.threads)
-    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
+    request = RowRequest(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                         stop=args.stop, seed=args.seed)
+    start = time.perf_counter()
+    events = gen.stream_batch([request])  # checks the request (a non-UTF-8 prompt, a limit) before any output
+    if not args.json:
+        sys.stdout.write(args.prompt)
+    pieces, first, last = [], None, None
+    for ev in events:
+        if first is None and ev.token_ids:
+            first = time.perf_counter() - start  # the first token, as soon as it is text
+        pieces.append(ev.text)
+        last = ev
+        if not args.json:
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+    seconds = time.perf_counter() - start
+    check_finished(last)
+    speed = last.completion_tokens / seconds if seconds > 0 else 0.0
     if args.json:
-        text = gen.generate(args.prompt, **kwargs)
-        print(json.dumps({"prompt": args.prompt, "text": text, "provider": gen.provider, "model": model}))
+        print(json.dumps({"prompt": args.prompt, "text": "".join(pieces), "provider": gen.provider, "model": model,
+                          "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
+                          "completion_tokens": last.completion_tokens, "tokens_per_second": round(speed, 2),
+                          "time_to_first_token_s": None if first is None else round(first, 4)}))
         return 0
-    sys.stdout.write(args.prompt)
-    for piece in gen.stream(args.prompt, **kwargs):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
     sys.stdout.write("\n")
-    print(f"[{gen.provider}, {gen.variant}]", file=sys.stderr)
+    if not args.quiet:
+        ttft = "-" if first is None else f"{first * 1000:.0f} ms"
+        print(f"{last.completion_tokens} tokens in {seconds:.2f} s: {speed:.1f} tokens/s, time to first token {ttft}, "
+              f"finish {last.finish_reason} [{gen.provider}, {gen.variant}]", file=sys.stderr)
     return 0
 
 
@@ -249,6 +315,23 @@ def cmd_web(args) -> int:
     return 0
 
 
+def cmd_serve_model(args) -> int:
+    from lmforge.serving.server import serve
+
+    model = args.model
+    if model.startswith("models:/"):  # resolved once, at start: a later alias move does not change what is served
+        from lmforge.registry.tracking import fetch_model_dir
+
+        model = str(fetch_model_dir(model))
+    limits = {"max_new_tokens": args.max_new_tokens, "max_prompt_bytes": args.max_prompt_bytes,
+              "max_stop_strings": args.max_stop_strings, "max_stop_chars": args.max_stop_chars,
+              "deadline_s": args.deadline}
+    serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.name, limits=limits,
+          variant=args.variant, device=args.device, threads=args.threads, max_batch=args.max_batch,
+          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model)
+    return 0
+
+
 def cmd_report(args) -> int:
     if args.compare:
         from lmforge.registry.report import write_comparison
@@ -311,19 +394,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop at once when another process holds this config's data or run directory")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
-    g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS")
-    g.add_argument("--prompt", default="")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--stop", action="append", help="stop when this string appears (repeatable)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS (or /VERSION)")
+    g.add_argument("--prompt", default="", help="the text to continue (default: none, the model starts from <bos>)")
+    g.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help="tokens to generate at most (default: the model's lmforge.json `generation`)")
+    g.add_argument("--temperature", type=float, metavar="T",
+                   help="0 = greedy; higher = more random (default: the model's)")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest tokens only; 0 = off")
+    g.add_argument("--top-p", type=float, metavar="P", help="sample from the likeliest tokens holding P of the "
+                   "probability (nucleus); 1 = off")
+    g.add_argument("--repetition-penalty", type=float, metavar="R", help="> 1 makes tokens already in the text "
+                   "less likely (CTRL-style); 1 = off (default)")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="end the text before TEXT appears (repeatable)")
+    g.add_argument("--seed", type=int, help="random seed: the same seed gives the same text (default: fresh)")
     g.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 | optimized (as exported)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int)
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where onnxruntime runs: auto = CUDA when it loads, else CPU")
+    g.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
+    g.add_argument("--json", action="store_true", help="print one JSON line: text, provider, finish reason, "
+                   "token counts, tokens/s, time to first token")
+    g.add_argument("--quiet", action="store_true", help="no speed line on stderr (tokens/s, time to first token)")
+    g.add_argument("--verbose", action="store_true", help="let MLflow show its download progress for models:/")
 
     b = add("bench", "Run a benchmark side by side and write benchmarks/results/ (JSON + markdown).", cmd_bench)
     b.add_argument("what", choices=["decode"], help="decode: torch vs transformers vs onnxruntime decoding speed")
@@ -368,8 +459,34 @@ def build_parser() -> argparse.ArgumentParser:
             "a prompt, watch the tokens stream.", cmd_web)
     w.add_argument("dir", metavar="DIR", help="exported model directory")
     w.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    _add_serve_model_command(add)
     _add_operate_commands(add)
     return p
+
+
+def _add_serve_model_command(add) -> None:
+    s = add("serve-model", "Serve a model directory or models:/NAME@ALIAS over HTTP: OpenAI-compatible "
+            "/v1/completions (streamed or not), concurrent requests decoded as one batch (docs/serving.md).",
+            cmd_serve_model)
+    s.add_argument("model", metavar="MODEL", help="exported model directory or models:/NAME@ALIAS (resolved at start)")
+    s.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (LitServe binds these)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--name", help="the model id clients send (default: the model's name in lmforge.json)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a first token before new ones get 503 (0 = no limit)")
+    lim = "a serving limit; lowers the model's own (lmforge.json `limits`), never raises it"
+    s.add_argument("--max-new-tokens", type=int, help=f"most tokens one request may ask for: {lim}")
+    s.add_argument("--max-prompt-bytes", type=int, help=f"largest prompt in UTF-8 bytes: {lim}")
+    s.add_argument("--max-stop-strings", type=int, help=f"most stop strings per request: {lim}")
+    s.add_argument("--max-stop-chars", type=int, help=f"longest stop string: {lim}")
+    s.add_argument("--deadline", type=float, metavar="SECONDS", help=f"time from arrival to last token: {lim}")
+    s.add_argument("--flush-ms", type=float, default=20.0,
+                   help="after a request's first text, send its text at most this often (default 20 ms)")
+    s.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 (as exported)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def _add_operate_commands(add) -> None:
@@ -403,6 +520,8 @@ def _add_operate_commands(add) -> None:
 PIPELINE_MODULES = {"torch", "prefect", "prefect_dask", "distributed", "mlflow", "onnx", "pandas", "pyjokes",
                     "safetensors", "rich", "matplotlib"}
 
+SERVE_MODULES = {"litserve", "prometheus_client", "fastapi", "uvicorn", "zmq"}
+
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -429,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name == "onnxruntime":
             print(f"error: `lmforge {args.command}` needs onnxruntime, which lmforge leaves to you to pick (hint: "
                   'pip install "lmforge[cpu]", or "lmforge[cuda]" on a CUDA host)', file=sys.stderr)
+            return 2
+        if exc.name in SERVE_MODULES:
+            print(f"error: `lmforge {args.command}` needs {exc.name}, which only the serve extra installs "
+                  '(hint: pip install "lmforge[serve,cpu]")', file=sys.stderr)
             return 2
         if exc.name not in PIPELINE_MODULES:
             raise

@@ -14,14 +14,15 @@ from lmforge.data.prepare import check_fits_context, clean_or_reuse, clean_repor
 from lmforge.data.snapshot import snapshot
 from lmforge.data.sources import acquire_for
 from lmforge.core.layout import RunLayout
+from lmforge.core.policy import Policy
 from lmforge.core.records import PreparedData
 from lmforge.core.redact import redact_text
 from lmforge.tasks import retry_unless_user_error
 
 
 @task(name="acquire", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)
-def acquire_data(cfg: Config, cache_dir: Path) -> Path:
-    path = acquire_for(cfg.data, cache_dir)  # data.max_bytes and data.archive_max_* bound what arrives
+def acquire_data(cfg: Config, cache_dir: Path, policy: Policy | None = None) -> Path:
+    path = acquire_for(cfg.data, cache_dir, policy)  # within the operator's policy and the config's limits
     get_run_logger().info("corpus at %s", redact_text(str(path)))
     return path
 

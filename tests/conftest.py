@@ -1,7 +1,9 @@
 """Test session setup: an isolated artifacts directory and MLflow SQLite store, one Prefect test server."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,10 @@ os.environ["LMFORGE_ARTIFACTS"] = str(_ARTIFACTS)
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_ARTIFACTS / 'mlflow.db'}"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("CI", "true")  # plain log lines instead of progress bars
+# The suite's HTTP servers listen on 127.0.0.1: the operator's policy (lmforge/core/policy.py) allows loopback
+# addresses for the whole session, as an operator with a loopback mirror would; the tests of the refusal
+# (tests/test_security_policy.py) take it away.
+os.environ["LMFORGE_ALLOWED_ADDRESSES"] = "loopback"
 
 # The tiny model every flow test trains: seconds on a CPU.
 TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "train.max_steps": 30,
@@ -140,3 +146,26 @@ def uniform_loss(model_dir) -> float:
 
 
 BEATS_UNIFORM = 0.25  # nats/token below log(vocab): what even 30 steps of a tiny model learn of English letters
+
+
+class LogLines(logging.Handler):
+    """A logging handler that keeps the messages emitted while it is attached (Prefect's run loggers, lmforge's)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def restore_closed_log_streams() -> None:
+    """A log handler set up while capsys captures (Prefect's console handler, logging.basicConfig) keeps capsys's
+    stream, which is closed after the test; point such handlers back at stderr so later tests can still log."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
+            if hasattr(handler, "console"):  # Prefect's rich console handler writes through its own Console
+                handler.console.file = sys.stderr

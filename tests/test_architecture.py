@@ -23,10 +23,11 @@ LAYERS = {
     "export": {"core", "data", "models", "runtime", "training"},
     "registry": _BASE | {"training", "export"},
     "web": {"core", "runtime"},
+    "serving": {"core", "runtime"},
     "ops": _BASE | {"training", "export", "registry"},
     "tasks": _BASE | {"training", "export", "registry", "ops"},
     "flows": _BASE | {"training", "export", "registry", "ops", "tasks"},
-    "cli": _BASE | {"training", "export", "registry", "ops", "tasks", "flows", "web"},
+    "cli": _BASE | {"training", "export", "registry", "ops", "tasks", "flows", "web", "serving"},
 }
 RUNTIME_THIRD_PARTY = {"onnxruntime", "numpy", "tokenizers"}
 # Prefect's home: the tasks and flows, and the library modules that drive a Prefect server

@@ -3,32 +3,22 @@ artifact or registered version behind. Real Prefect flows, files, MLflow and onn
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, restore_closed_log_streams
 from lmforge.cli import main
 from lmforge.core.errors import LmforgeError
 
 
 @pytest.fixture(autouse=True)
 def restore_log_streams():
-    """A log handler set up while capsys captures (Prefect's console handler, logging.basicConfig) keeps capsys's
-    stream, which is closed after the test; point such handlers back at stderr so later tests can still log."""
     yield
-    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(lg, logging.Logger))]
-    for handler in (h for lg in loggers for h in lg.handlers):
-        if getattr(getattr(handler, "stream", None), "closed", False):
-            handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
-            if hasattr(handler, "console"):  # Prefect's rich console handler writes through its own Console
-                handler.console.file = sys.stderr
+    restore_closed_log_streams()
 
 
 def tiny_model_dir(path: Path, text: str = "hello world, why not? a joke.", block_size: int = 16) -> Path:

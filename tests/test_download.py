@@ -23,6 +23,11 @@ BODY = os.urandom(200_000)
 FAST = dict(backoff=0.01, timeout=5.0, progress=False)
 
 
+def listing(directory: Path) -> list[str]:
+    """The names in a download cache, less `.locks/` (one lock file per URL, kept: lmforge/data/download.py)."""
+    return sorted(p.name for p in directory.iterdir() if p.name != ".locks")
+
+
 class Server:
     """Serves BODY at every path; `script[path]` lists what to do on successive requests (the last repeats):
     "ok", "drop" (send half the body, then close), "ignore-range" (answer 200 with the whole body),
@@ -97,7 +102,7 @@ def test_download_then_a_pinned_cache_hit_makes_no_request(server, tmp_path):
     path = download(url, tmp_path, sha256=sha(BODY), **FAST)
     assert path == cache_path(url, tmp_path) and path.name.endswith("-data.bin")
     assert path.read_bytes() == BODY
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no .part left behind (no validator sent)
+    assert listing(tmp_path) == [path.name]  # no .part left behind (no validator sent)
     assert download(url, tmp_path, sha256=sha(BODY), **FAST) == path
     assert len(server.requests) == 1
     # unpinned, from a server that sends no ETag / Last-Modified: nothing to ask with, so it downloads again
@@ -161,7 +166,7 @@ def test_404_fails_fast_and_leaves_nothing(server, tmp_path):
         download(server.url("/nope.bin"), tmp_path, **FAST)
     assert "HTTP 404 Not Found" in e.value.message and e.value.hint
     assert len(server.requests) == 1
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 def test_sha256_mismatch_removes_everything(server, tmp_path):
@@ -169,7 +174,7 @@ def test_sha256_mismatch_removes_everything(server, tmp_path):
     with pytest.raises(DownloadError) as e:
         download(server.url("/data.bin"), tmp_path, sha256=wrong, **FAST)
     assert wrong in str(e.value) and sha(BODY) in str(e.value)
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize("action", ["ok", "nolength"])  # limit from Content-Length, and from bytes counted
@@ -178,7 +183,7 @@ def test_max_bytes_is_enforced(server, tmp_path, action):
     with pytest.raises(DownloadError, match="limit of 1000"):
         download(server.url("/data.bin"), tmp_path, max_bytes=1000, **FAST)
     assert len(server.requests) == 1
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == []
     assert download(server.url("/data.bin"), tmp_path, max_bytes=len(BODY), **FAST).read_bytes() == BODY
 
 

@@ -22,6 +22,7 @@ from lmforge.export.genai import GENAI_FILES, RNN_REASON, select_graph
 from lmforge.export.genai import genai_greedy as genai_loop
 from lmforge.models import build_model, model_spec
 from lmforge.runtime import Generator, ModelDirError
+from lmforge.runtime.decoders import forward
 from lmforge.runtime.names import kv_names
 from lmforge.runtime.scoring import greedy_ids
 
@@ -223,7 +224,7 @@ def test_hf_gpt2_export_loads_in_genai(tmp_path):
     state, mask, logits = gen.empty_state(1), np.ones((1, len(ids)), np.int64), None
     ref, step = [], np.array([ids], np.int64)
     for _ in range(n):
-        logits, state = gen._forward(step, mask, state)
+        logits, state = forward(gen, step, mask, state)  # the portable graph, one call
         ref.append(int(logits[0].argmax()))
         step, mask = np.array([ref[-1:]], np.int64), np.ones((1, mask.shape[1] + 1), np.int64)
     assert len(set(ref)) > 3 and genai_greedy(out, "fp32", ids, n) == ref

@@ -69,6 +69,24 @@ def test_generate_from_registry_without_torch(run_result):
     assert result["provider"] == expected_provider()  # the provider that ran: CUDA on a GPU machine
 
 
+def test_generate_from_registry_writes_only_lmforges_lines(run_result):
+    """`lmforge generate --model models:/...` as a user runs it: stdout the text, stderr one speed line and no
+    MLflow progress bar or log lines (--verbose lets MLflow's show; --quiet drops the speed line too)."""
+    import re
+
+    argv = [sys.executable, "-m", "lmforge.cli", "generate", "--model", "models:/jokes-char@candidate",
+            "--prompt", "Why", "--max-new-tokens", "8", "--seed", "1"]
+    run = lambda *extra: subprocess.run(argv + list(extra), capture_output=True, text=True, cwd=REPO, timeout=120)
+    plain, verbose, quiet = run(), run("--verbose"), run("--quiet")
+    assert plain.returncode == verbose.returncode == quiet.returncode == 0, plain.stderr[-2000:]
+    assert plain.stdout.startswith("Why") and plain.stdout == quiet.stdout == verbose.stdout
+    lines = plain.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"8 tokens in [\d.]+ s: [\d.]+ tokens/s, time to first token \d+ ms, "
+                                            r"finish length \[\w+ExecutionProvider, fp32\]", lines[0]), lines
+    assert quiet.stderr == ""
+    assert "Downloading artifacts" in verbose.stderr  # what the quiet default hides
+
+
 def test_runtime_import_is_torch_free():
     code = "import sys, lmforge.runtime; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -164,8 +164,8 @@ def test_prepare_errors_are_one_line_with_hint(prefect_server, tmp_path):
     err = cli_error(["--set", f"data.source={corpus('onelinefun.csv')}", "--set", "data.format=csv",
                      "--set", "data.column=joke"])
     assert "column 'joke' not found" in err and "ID, Joke" in err
-    err = cli_error(["--set", f"data.source={corpus('onelinefun.csv')}", "--set", "data.column=Joke"])
-    assert "is read as lines, not as a table" in err and "data.format=csv" in err
+    err = cli_error(["--set", f"data.source={tiny}", "--set", "data.column=Joke"])  # a text file is no table
+    assert "tiny.txt is read as lines, not as a table" in err and "data.format=csv" in err
 
 
 def test_val_filter_draws_val_only_from_matching_rows(tmp_path):

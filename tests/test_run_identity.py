@@ -12,7 +12,7 @@ from pathlib import Path
 import pyjokes
 import pytest
 
-from conftest import TINY
+from conftest import TINY, LogLines
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +35,6 @@ def registered_dir(version: str, tmp: Path) -> Path:
     return fetch_model_dir(f"models:/nightly/{version}", tmp / f"v{version}")
 
 
-class Lines(logging.Handler):
-    """The messages Prefect's run loggers emit while attached."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_changed_data_under_the_same_path_trains_again_and_registers_its_fingerprint(registry, tmp_path):
     from lmforge.registry.tracking import client
 
@@ -55,7 +44,7 @@ def test_changed_data_under_the_same_path_trains_again_and_registers_its_fingerp
     overrides = {**TINY, "name": "nightly", "data.source": str(source), "data.format": "lines"}
     first = run(overrides)
     source.write_text("\n".join(j.upper() for j in jokes[100:]) + "\n", encoding="utf-8")  # same path, new text
-    lines = Lines()
+    lines = LogLines()
     logging.getLogger("prefect").addHandler(lines)
     try:
         second = run(overrides)

@@ -111,16 +111,21 @@ def test_zip_whose_headers_understate_a_bomb_is_refused_while_extracting(tmp_pat
     assert_nothing_extracted(tmp_path, bomb)
 
 
-def test_archive_limits_come_from_the_config(tmp_path):
+def test_archive_limits_come_from_the_config(tmp_path, monkeypatch):
     bomb = zip_of(tmp_path / "bomb.zip", {"zeros.txt": b"\0" * ZEROS})
     cfg = load_config("jokes-char", {"data.source": str(bomb)})
     with pytest.raises(LmforgeError, match="data.archive_max_ratio=100"):
         acquire_for(cfg.data, tmp_path / "cache")
-    lifted = load_config("jokes-char", {"data.source": str(bomb), "data.archive_max_ratio": "0",
+    with pytest.raises(LmforgeError, match="must be > 0, got 0 \\(0 no longer lifts a limit\\)"):
+        load_config("jokes-char", {"data.source": str(bomb), "data.archive_max_ratio": "0"})
+    with pytest.raises(LmforgeError, match="data.archive_max_ratio=5000 is over the operator's ceiling 100"):
+        load_config("jokes-char", {"data.source": str(bomb), "data.archive_max_ratio": "5000"})
+    monkeypatch.setenv("LMFORGE_CEILINGS", "data.archive_max_ratio=5000")  # the operator raises the ceiling
+    lifted = load_config("jokes-char", {"data.source": str(bomb), "data.archive_max_ratio": "5000",
                                         "data.archive_max_bytes": str(ZEROS)})
     out = acquire_for(lifted.data, tmp_path / "cache")
-    assert (out / "zeros.txt").stat().st_size == ZEROS  # lifted on purpose, it extracts
-    with pytest.raises(LmforgeError, match="must be >= 0"):
+    assert (out / "zeros.txt").stat().st_size == ZEROS  # raised on purpose, by the operator, it extracts
+    with pytest.raises(LmforgeError, match="must be > 0"):
         load_config("jokes-char", {"data.archive_max_members": "-1"})
 
 

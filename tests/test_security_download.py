@@ -20,6 +20,7 @@ from lmforge.core.config import DataConfig
 from lmforge.data.download import DownloadError, cache_path, download
 from lmforge.data.sources import acquire, acquire_for
 from lmforge.core.errors import LmforgeError
+from test_download import listing
 from test_bad_input import restore_log_streams  # noqa: F401 - autouse: Prefect's handlers outlive capsys
 
 FAST = dict(backoff=0.01, timeout=5.0, progress=False)
@@ -118,7 +119,7 @@ def test_etag_change_between_attempts_gives_the_new_file_whole(server, tmp_path)
     assert "Range" not in first
     assert resume["Range"] == f"bytes={len(OLD) // 2}-" and resume["If-Range"] == '"v1"'
     # no .part, no .part.validator; NEW's validator kept beside it, to ask the server with next time
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".validator"]
+    assert listing(tmp_path) == [path.name, path.name + ".validator"]
 
 
 def test_server_ignoring_if_range_but_naming_a_new_etag_restarts_from_zero(server, tmp_path):
@@ -177,7 +178,7 @@ def test_data_max_bytes_caps_an_endless_body_on_the_pipelines_path(server, tmp_p
         acquire_for(cfg, tmp_path)
     assert "exceeded the limit of 300000 bytes" in info.value.message
     assert "data.max_bytes" in info.value.hint
-    assert [p for p in (tmp_path / "downloads").iterdir()] == []  # nothing half-written is left
+    assert listing(tmp_path / "downloads") == []  # nothing half-written is left
 
 
 def test_default_cap_is_applied_by_acquire(server, tmp_path):
@@ -194,7 +195,7 @@ def test_default_cap_is_applied_by_acquire(server, tmp_path):
         acquire_for(DataConfig(source=server.url("/huge.bin")), tmp_path)
     with pytest.raises(DownloadError, match="over the limit"):
         acquire(server.url("/huge.bin"), tmp_path)  # the library call's default is the same
-    assert list((tmp_path / "downloads").iterdir()) == []
+    assert listing(tmp_path / "downloads") == []
 
 
 def test_over_the_cap_through_the_cli_is_one_line(prefect_server, server, capsys, tmp_path):
@@ -221,7 +222,7 @@ def test_redirect_to_a_non_http_scheme_is_refused(server, tmp_path, location):
         download(server.url("/r"), tmp_path, **FAST)
     assert info.value.message == (f"download of {server.url('/r')} was redirected to {location!r}: only http:// "
                                   "and https:// redirects are followed")
-    assert len(server.requests) == 1 and list(tmp_path.iterdir()) == []
+    assert len(server.requests) == 1 and listing(tmp_path) == []
 
 
 def basic(user: str, password: str) -> str:
@@ -288,6 +289,12 @@ def test_source_reads_secrets_from_the_environment_at_download_time(server, tmp_
     server.routes[f"/{path_secret}/c.txt"] = guarded(body, "reader", "pw", TOKEN)
     template = f"http://reader:${{LMFORGE_TEST_PW}}@127.0.0.1:{server.httpd.server_address[1]}" \
                "/${LMFORGE_TEST_DIR}/c.txt?token=${LMFORGE_TEST_TOKEN}"
+    origin = f"http://127.0.0.1:{server.httpd.server_address[1]}"
+    with pytest.raises(LmforgeError) as info:  # expansion is off until the operator names the variable and host
+        acquire(template, tmp_path)
+    assert info.value.message.startswith("data.source refers to ${LMFORGE_TEST_PW}, which the operator's policy")
+    assert f"LMFORGE_ALLOWED_SECRETS=LMFORGE_TEST_PW@{origin}" in info.value.hint
+    monkeypatch.setenv("LMFORGE_ALLOWED_SECRETS", " ".join(f"LMFORGE_TEST_{n}@{origin}" for n in ("PW", "DIR", "TOKEN")))
     with pytest.raises(LmforgeError) as info:
         acquire(template, tmp_path)
     assert info.value.message == "data.source refers to ${LMFORGE_TEST_PW}, which is not set in this worker's " \

@@ -202,6 +202,8 @@ def test_a_run_reading_credentials_from_the_environment_leaves_no_secret_even_in
     monkeypatch.setenv("LMFORGE_TEST_SOURCE_USER", s["user"])
     monkeypatch.setenv("LMFORGE_TEST_SOURCE_PASSWORD", quote(s["password"], safe=""))
     monkeypatch.setenv("LMFORGE_TEST_SOURCE_TOKEN", s["token"])
+    monkeypatch.setenv("LMFORGE_ALLOWED_SECRETS", " ".join(  # the operator's policy names each variable and host
+        f"LMFORGE_TEST_SOURCE_{n}@http://127.0.0.1:{corpus_server.port}" for n in ("USER", "PASSWORD", "TOKEN")))
     template = (f"http://${{LMFORGE_TEST_SOURCE_USER}}:${{LMFORGE_TEST_SOURCE_PASSWORD}}@127.0.0.1:{corpus_server.port}"
                 "/jokes.txt?token=${LMFORGE_TEST_SOURCE_TOKEN}")
     assert run_cli("run", "--preset", str(preset), *as_args(tiny_overrides(template, 7002)), "--json") == 0
@@ -223,6 +225,7 @@ def test_a_run_reading_credentials_from_the_environment_leaves_no_secret_even_in
 
 def test_unset_environment_variable_is_one_line(prefect_server, capsys, preset, monkeypatch):
     monkeypatch.delenv("LMFORGE_TEST_UNSET", raising=False)
+    monkeypatch.setenv("LMFORGE_ALLOWED_SECRETS", "LMFORGE_TEST_UNSET@http://127.0.0.1:9")
     rc = run_cli("prepare", "--preset", str(preset), "--set",
                  "data.source=http://127.0.0.1:9/x?token=${LMFORGE_TEST_UNSET}")
     err = capsys.readouterr().err.strip().splitlines()

@@ -154,6 +154,33 @@ def test_served_bad_params_are_a_400_naming_the_parameter(server):
     assert status == 400 and "max_new_tokens" in out["message"]
 
 
+def test_served_requests_over_a_limit_are_a_400_naming_the_limit(server):
+    """The serving limits live in lmforge.runtime, so `mlflow models serve` enforces them without code of its own."""
+    server, _ = server
+    for params, limit in (({"max_new_tokens": 10**7}, "limits.max_new_tokens"),
+                          ({"stop": ["x"] * 17}, "limits.max_stop_strings"),
+                          ({"stop": ["x" * 5000]}, "limits.max_stop_chars")):
+        status, out = post(server, {"dataframe_records": [{"prompt": "Why"}], "params": params})
+        assert status == 400 and limit in out["message"], (params, out)
+    status, out = post(server, {"dataframe_records": [{"prompt": "Why " * 300_000}], "params": {"max_new_tokens": 5}})
+    assert status == 400 and "limits.max_prompt_bytes" in out["message"]
+
+
+def test_pyfunc_model_config_lowers_the_limits(champion):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model(URI, model_config={"limits": {"max_new_tokens": 8, "max_stop_strings": 1}})
+    assert model.unwrap_python_model().generator.limits.max_new_tokens == 8
+    with pytest.raises(MlflowException, match="limits.max_new_tokens"):
+        model.predict(pd.DataFrame({"prompt": ["Why"]}), params={"max_new_tokens": 9})
+    with pytest.raises(MlflowException, match="limits.max_stop_strings"):
+        model.predict(pd.DataFrame({"prompt": ["Why"]}), params={"stop": ["a", "b"]})
+    short = model.predict(pd.DataFrame({"prompt": ["Why"]}), params={"greedy": True})[0]  # default cut to 8 tokens
+    assert 0 < len(short) <= 8  # jokes-char is a character model: a token is at most one character
+
+
 def test_pyfunc_in_process_and_the_fetched_directory(champion, tmp_path):
     import mlflow
     import pandas as pd
@@ -222,3 +249,47 @@ def test_directories_of_versions_registered_before_are_still_found(champion, tmp
     shutil.copytree(model_dir, old)
     (old / "MLmodel").write_text("flavors:\n  onnx: {data: model.onnx}\n")
     assert model_dir_in(old) == old
+
+
+def test_pyfunc_predict_stream_yields_predicts_text_piece_by_piece(champion):
+    """mlflow.pyfunc users stream in-process: the registered version's predict_stream (lmforge.registry.pyfunc)."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from lmforge.runtime import Generator
+
+    model_dir, _ = champion
+    model = mlflow.pyfunc.load_model(URI)
+    params = {"max_new_tokens": 30, "greedy": True}
+    pieces = list(model.predict_stream({"prompt": "Why"}, params=params))
+    assert len(pieces) > 1 and all(isinstance(p, str) and p for p in pieces)
+    whole = model.predict(pd.DataFrame({"prompt": ["Why"]}), params=params)[0]
+    assert "".join(pieces) == whole == Generator(model_dir).generate("Why", max_new_tokens=30, temperature=0)
+    seeded = {"max_new_tokens": 20, "temperature": 1.0, "seed": 3}
+    assert "".join(model.predict_stream({"prompt": "Why"}, params=seeded)) == \
+        Generator(model_dir).generate("Why", **seeded)
+    with pytest.raises(MlflowException, match="temperature"):  # refused before any text
+        next(iter(model.predict_stream({"prompt": "Why"}, params={"temperature": -1.0})))
+
+
+def test_serve_model_resolves_a_registry_uri_once_at_start(champion, tmp_path):
+    """`lmforge serve-model models:/jokes-char@champion`: the version's directory, fetched at start, answers the
+    openai client with the Generator's text."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("litserve")
+    from test_serve_model import ready, start
+
+    from lmforge.runtime import Generator
+
+    model_dir, uri = champion
+    proc, url, log = start(URI, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    try:
+        ready(proc, url, log)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        about = c.models.list().data[0]
+        assert about.id == "jokes-char" and about.lmforge["source"] == URI
+        got = c.completions.create(model="jokes-char", prompt="Why", max_tokens=20, temperature=0)
+        assert got.choices[0].text == Generator(model_dir).generate("Why", max_new_tokens=20, temperature=0)
+    finally:
+        stop(proc)

@@ -132,23 +132,17 @@ class Server:
         self.close()
 
 
-def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, monkeypatch, variant: str = "fp32"):
-    """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy, on `variant`. The ids are recorded from the
-    runtime's own sampler, which still does the picking."""
-    from lmforge.runtime import Generator, generator
+def python_greedy(model_dir: Path, prompt: str, n: int, fast: bool | None, variant: str = "fp32"):
+    """(prompt ids, the ids lmforge.runtime.Generator picks, its text), greedy, on `variant`: the ids are the ones
+    its batch API reports with each piece of text (RowEvent.token_ids)."""
+    from lmforge.runtime import Generator, RowRequest
 
-    picked, real = [], generator.sample_next
-
-    def record(*args, **kwargs):
-        out = real(*args, **kwargs)
-        picked.append(int(out[0]))
-        return out
-
-    monkeypatch.setattr(generator, "sample_next", record)
     gen = Generator(model_dir, variant=variant, fast=fast)
-    text = gen.generate(prompt, max_new_tokens=n, temperature=0)
-    ids = [i for i in picked if i != gen.eos]
-    return gen.encode(prompt)[-(gen.block_size - 1):], ids, text
+    events = list(gen.stream_batch([RowRequest(prompt, max_new_tokens=n, temperature=0)]))
+    ids = [i for ev in events for i in ev.token_ids]
+    text = "".join(ev.text for ev in events)
+    assert text == gen.generate(prompt, max_new_tokens=n, temperature=0)
+    return gen.prompt_ids(prompt), ids, text
 
 
 DONE = "['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state"
@@ -170,7 +164,7 @@ def run_page(browser, url: str, **query) -> dict:
     ("gpt", "fast", "fp32", ""), ("gpt", "fast", "fp32", "the chicken liked green grass and the road again"),
     ("gru", "rnn", "fp32", "why did the"), ("gru", "rnn", "int8", "the road"), ("lstm", "rnn", "fp32", " the chicken"),
     ("lstm", "rnn", "int8", "why")])
-def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, variant, prompt, monkeypatch):
+def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, variant, prompt):
     n = 80
     query = {"prompt": prompt, "n": n, "temperature": 0, "variant": variant}
     if graph == "portable":  # and on two wasm threads (the page is cross-origin isolated)
@@ -178,7 +172,7 @@ def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, v
     with Server(models[name]) as srv:
         got = run_page(browser, srv.url, **query)
     prompt_ids, ids, text = python_greedy(models[name], prompt, n, graph == "fast" if name == "gpt" else None,
-                                          monkeypatch, variant)
+                                          variant)
     assert got["graph"] == graph and got["file"] == read_model_dir(models[name]).manifest["files"][
         {("fast", "fp32"): "fast", ("fast", "int8"): "fast-int8"}.get((graph, variant), variant)]
     assert got["promptIds"] == prompt_ids
@@ -191,8 +185,8 @@ def test_page_greedy_tokens_equal_python_runtime(browser, models, name, graph, v
         assert got["threads"] == 2 and got["crossOriginIsolated"]
 
 
-def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path, monkeypatch):
-    _, ids, _ = python_greedy(models["gpt"], "why did t", 40, None, monkeypatch)
+def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path):
+    _, ids, _ = python_greedy(models["gpt"], "why did t", 40, None)
     k = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])  # a token first picked at step k >= 3
     d = tmp_path / "m"
     shutil.copytree(models["gpt"], d)
@@ -201,11 +195,11 @@ def test_eos_ends_generation_in_the_page_as_in_python(browser, models, tmp_path,
     (d / "lmforge.json").write_text(json.dumps(manifest))
     with Server(d) as srv:
         got = run_page(browser, srv.url, prompt="why did t", n=40, temperature=0)
-    _, ids_eos, text = python_greedy(d, "why did t", 40, None, monkeypatch)
+    _, ids_eos, text = python_greedy(d, "why did t", 40, None)
     assert got["ids"] == ids_eos == ids[:k] and got["text"] == text
 
 
-def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):
+def test_person_types_a_prompt_and_tokens_stream(browser, models):
     """The form, as a person uses it: type, press Generate, read the text the page wrote."""
     with Server(models["gpt"]) as srv:
         page = browser.open(srv.url)
@@ -218,7 +212,7 @@ def test_person_types_a_prompt_and_tokens_stream(browser, models, monkeypatch):
         assert page.wait_for(DONE, timeout=120) == "done"
         shown = page.evaluate("document.getElementById('generated').textContent")
         stats = page.evaluate("document.getElementById('stats').textContent")
-    _, _, text = python_greedy(models["gpt"], "the road", 25, None, monkeypatch)
+    _, _, text = python_greedy(models["gpt"], "the road", 25, None)
     assert shown == text and "tokens/s" in stats
 
 
@@ -302,6 +296,68 @@ def test_server_serves_only_the_page_ort_and_the_model_files(models, tmp_path):
         with socket.create_connection(("127.0.0.1", int(port))) as s:  # POST is not served
             s.sendall(f"POST / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n".encode())
             assert b" 501 " in s.recv(200).split(b"\r\n")[0]
+
+
+def test_server_serves_the_files_it_opened_at_start_even_once_one_becomes_a_symlink(models, tmp_path):
+    """Each file is opened when the server starts: a manifest replaced by a symlink to a worker's file afterwards
+    serves the manifest that was checked, never the file the link points at."""
+    _ort_web()
+    d = tmp_path / "m"
+    shutil.copytree(models["gpt"], d)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the worker's private file")
+    with Server(d) as srv:
+        base = srv.url.rstrip("/")
+        status, _, before = get(base + "/model/lmforge.json")
+        (d / "lmforge.json").unlink()
+        (d / "lmforge.json").symlink_to(secret)
+        status, headers, after = get(base + "/model/lmforge.json")
+        assert status == 200 and after == before and b"private" not in after
+        assert int(headers["Content-Length"]) == len(before)
+
+
+def test_idle_and_trickling_connections_are_closed_and_capped(models, monkeypatch):
+    """At most MAX_CONNECTIONS at once (one more: 503, closed at once); a silent connection is closed after the
+    read timeout; one that sends a byte just inside it every time is closed at the connection's deadline."""
+    import threading
+    import time
+
+    from lmforge.web import server as web
+
+    _ort_web()
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(web.Handler, "timeout", 3.0)
+    monkeypatch.setattr(web, "CONNECTION_SECONDS", 6.0)
+    srv = web.make_server(models["gpt"], 0)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        for s in held:
+            s.sendall(b"GET / HTTP/1.0\r\n")  # half a request
+        closed = threading.Event()
+
+        def trickle(sock: socket.socket) -> None:  # a header byte every second: each read inside the timeout
+            for _ in range(30):
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    closed.set()
+                    return
+                time.sleep(1.0)
+
+        trickler = threading.Thread(target=trickle, args=(held[3],))
+        trickler.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+            assert extra.recv(100).startswith(b"HTTP/1.0 503")
+        assert [s.recv(100) for s in held[:3]] == [b"", b"", b""]  # silent ones: closed by the server
+        trickler.join()
+        assert closed.is_set()  # the trickling one: closed at the connection's deadline
+        status, _, body = get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"/app.js" in body  # the slots came back
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def lmforge_web(*args: str) -> subprocess.CompletedProcess:

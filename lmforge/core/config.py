@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmforge.core.limits import ArchiveLimits
 from lmforge.core.errors import LmforgeError
+from lmforge.core.policy import Policy, load as load_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout; site-packages in a plain `pip install .`
 DEFAULT_PRESET = "jokes-char"
@@ -25,17 +26,22 @@ def in_checkout() -> bool:
 
 @dataclass
 class DataConfig:
-    source: str = "pyjokes"          # pyjokes | http(s) URL | file | directory | .tar.gz/.zip archive
-    format: str = "auto"             # auto | text | lines | csv | tsv | imdb
-    column: str = ""                 # text column for csv/tsv
+    source: str = "pyjokes"          # pyjokes | http(s) URL | s3:// gs:// az:// hf:// URL (fsspec) | file | directory
+                                     # | glob | .tar.gz/.zip archive (docs/data.md)
+    format: str = "auto"             # auto | text | lines | csv | tsv | jsonl | json | parquet | hf (save_to_disk) | imdb
+    column: str = ""                 # the text column (csv/tsv/parquet/hf) or field (jsonl, nested a.b); "" = the
+                                     # one column that holds text
     filter: str = ""                 # csv/tsv rows to keep, e.g. Country == "lebanon" (lmforge/core/rowfilter.py)
     val_filter: str = ""             # same language: only matching rows can be drawn into val; other rows all train
     separator: str = ""              # document separator for text, e.g. <|endoftext|>; "" = blank lines
     sha256: str = ""                 # expected digest of a downloaded file
-    max_bytes: int = 4 << 30         # largest download accepted; 0 = no limit (docs/security.md says why 4 GiB)
-    archive_max_bytes: int = ArchiveLimits.max_bytes      # total uncompressed bytes of an archive; 0 = no limit
-    archive_max_members: int = ArchiveLimits.max_members  # members in an archive; 0 = no limit
+    # Limits, each at most the operator's ceiling of the same name (lmforge/core/policy.py; docs/security.md):
+    max_bytes: int = 4 << 30         # largest download accepted (docs/security.md says why 4 GiB)
+    max_seconds: int = 3600          # one download, all attempts and retries together
+    archive_max_bytes: int = ArchiveLimits.max_bytes      # total uncompressed bytes of an archive
+    archive_max_members: int = ArchiveLimits.max_members  # members in an archive
     archive_max_ratio: float = ArchiveLimits.max_ratio    # uncompressed/compressed (whole, and per zip member)
+    max_record_chars: int = 16 << 20  # one document, line, CSV/TSV field or row: longer is an error, not a hang
     encoding_errors: str = "strict"  # strict (error names file and offset) | replace
     val_fraction: float = 0.1
     split: str = "documents"         # documents (each document's side drawn from its content hash) | contiguous
@@ -43,6 +49,7 @@ class DataConfig:
     seed: int = 1337
     max_documents: int = 0           # 0 = all
     parts: int = 1                   # > 1: clean and encode in parts, fanned out over the flow's task runner
+    user_set: typing.ClassVar[frozenset] = frozenset()  # per instance, set by load_config: keys --set/overrides gave
 
 
 @dataclass
@@ -181,7 +188,7 @@ class Config:
 
 SECTIONS = ("data", "clean", "tokenizer", "model", "train", "eval", "export", "promote")
 CHOICES = {
-    "data.format": ("auto", "text", "lines", "csv", "tsv", "imdb"),
+    "data.format": ("auto", "text", "lines", "csv", "tsv", "jsonl", "json", "parquet", "hf", "imdb"),
     "data.encoding_errors": ("strict", "replace"),
     "data.split": ("documents", "contiguous"),
     "tokenizer.kind": ("char", "word", "bpe", "gpt2"),
@@ -291,10 +298,10 @@ def _apply(cfg: Config, key: str, value: object) -> None:
     setattr(getattr(cfg, section), attr, value)
 
 
-def _check(cfg: Config) -> None:
+def _check(cfg: Config, policy: Policy) -> None:
     from lmforge.core.config_safety import check_untrusted_keys
 
-    check_untrusted_keys(cfg)  # the keys whoever triggers a run sets, checked before Prefect starts
+    check_untrusted_keys(cfg, policy)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
                 "train.eval_iters", "eval.max_new_tokens", "promote.windows", "export.check_positions"]
@@ -331,10 +338,18 @@ CHECKPOINT_COMMAND = ('python -c "from transformers import AutoModelForCausalLM 
 CHECKPOINT_HOWTO = f"on a machine with network access and lmforge[pipeline]: {CHECKPOINT_COMMAND}"
 
 
-def load_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict)."""
+def load_config(preset: str | None = None, overrides: list[str] | dict | None = None,
+                policy: Policy | None = None) -> Config:
+    """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict),
+    within the operator's policy (default: the one in this process's environment, for a local run)."""
+    from lmforge.core.config_safety import clamp_limits
+
+    policy = policy or load_policy()
     name = preset or DEFAULT_PRESET
     path = Path(name) if name.endswith(".toml") else presets_dir() / f"{name}.toml"
+    if policy.deployment and path.parent.resolve() != presets_dir().resolve():
+        raise LmforgeError(f"preset {name!r} is a file outside the presets directory, which a deployment run "
+                           "does not read", hint=f"name a preset of {presets_dir()} (`lmforge presets`)")
     if not path.is_file():
         known = ", ".join(list_presets()) or "none found"
         raise LmforgeError(f"unknown preset {name!r}", hint=f"`lmforge presets` lists them: {known}")
@@ -351,9 +366,13 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
                 _apply(cfg, f"{key}.{attr}", v)
         else:
             _apply(cfg, key, value)
+    clamp_limits(cfg, policy)  # the preset asks for "at most": the operator's ceiling wins
     items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or []))
     for key, value in items:
         _apply(cfg, key, value)
+    # the data keys the user set, not the preset: a preset's format/column give way to what the file is
+    # (lmforge.data.detect); an attribute, not a field: it is no part of the config's hash or params
+    cfg.data.user_set = frozenset(k.partition(".")[2] for k, _ in items if k.startswith("data."))
     own_source = raw.get("data", {}).get("source", DataConfig.source) if isinstance(raw.get("data"), dict) \
         else DataConfig.source
     cfg.own_data = cfg.data.source == own_source
@@ -366,7 +385,7 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
         cfg.tokenizer.path = cfg.model.pretrained
     if cfg.eval.prompts_file:
         cfg.eval.prompts = read_prompts(path.parent, cfg.eval.prompts_file)
-    _check(cfg)
+    _check(cfg, policy)
     return cfg
 
 

@@ -33,7 +33,8 @@ def _hash(obj: object) -> str:
 
 
 # data keys that say how preparation runs or what it refuses, not what it makes
-NOT_CONTENT = ("parts", "sha256", "max_bytes", "archive_max_bytes", "archive_max_members", "archive_max_ratio")
+NOT_CONTENT = ("parts", "sha256", "max_bytes", "max_seconds", "archive_max_bytes", "archive_max_members",
+               "archive_max_ratio", "max_record_chars")
 
 
 def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """What one archive may expand to; 0 lifts a limit. The config keys data.archive_max_* set them.
+    """What one archive may expand to. The config keys data.archive_max_* set them, each > 0 and at most the
+    operator's ceiling (lmforge/core/policy.py); 0 lifts a limit only for a library caller that builds these itself.
 
     The defaults accept IMDB's aclImdb_v1.tar.gz, the largest archive a preset uses (84 MB compressed, about
     100,000 members, about 480 MB uncompressed: a ratio near 6) with a wide margin, and refuse what a bomb needs:

@@ -30,6 +30,7 @@ class PreparedData:
     cached: bool = False
     prepared_dir: Path | None = None
     ran_on: list = field(default_factory=list)  # host:pid of the processes that prepared parts (data.parts > 1)
+    source_objects: list = field(default_factory=list)  # object-store sources: key, etag/version, sha256 of each
 
     @classmethod
     def from_meta(cls, meta: dict) -> "PreparedData":
@@ -42,7 +43,7 @@ class PreparedData:
                    val_sha256=meta["val"]["sha256"], clean_report=meta.get("clean_report", []),
                    cached=meta.get("cached", False),
                    prepared_dir=Path(meta["prepared_dir"]) if meta.get("prepared_dir") else None,
-                   ran_on=meta.get("ran_on", []))
+                   ran_on=meta.get("ran_on", []), source_objects=meta.get("source_objects", []))
 
     @property
     def tokenizer_file(self) -> Path:

@@ -74,6 +74,10 @@ def _refuse(archive: Path, member: str, why: str) -> LmforgeError:
 def _check_name(archive: Path, name: str) -> str:
     """The member's normalised relative path, or an error if it is absolute or climbs out with '..'."""
     posix = name.replace("\\", "/")
+    if len(posix.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES or \
+            any(len(part.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for part in posix.split("/")):
+        raise _refuse(archive, name[:200] + "...", f"has a name longer than a file system takes ({MAX_NAME_BYTES} "
+                      f"bytes, {MAX_PART_BYTES} per component)")
     if posix.startswith("/") or (posix[1:2] == ":" and posix[0].isalpha()):
         raise _refuse(archive, name, "has an absolute path")
     if ".." in posix.split("/"):
@@ -125,53 +129,90 @@ def _over(archive: Path, what: str, key: str, value: float) -> LmforgeError:
                              f"(--set {key}=N; 0 = no limit)")
 
 
+# Headers that only carry data for the member after them (GNU long name / long link, PAX extended headers):
+# tarfile reads each one whole into memory, so its size is checked first, and how many come in a row.
+_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+               tarfile.SOLARIS_XHDTYPE)
+MAX_META_BYTES = 1 << 20  # a path is at most 4096 bytes; PAX records of a corpus file are a few hundred
+MAX_META_RUN = 8
+MAX_NAME_BYTES, MAX_PART_BYTES = 4096, 255  # PATH_MAX and NAME_MAX on Linux
+
+
+class _HeaderRefused(Exception):
+    def __init__(self, name: str, why: str):
+        super().__init__(why)
+        self.name, self.why = name, why
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo whose extended headers are checked before tarfile reads them: at most MAX_META_BYTES each and
+    MAX_META_RUN in a row (tarfile follows a run of them by recursion, holding each one)."""
+
+    def _proc_member(self, tf: tarfile.TarFile):
+        run = getattr(tf, "_lmforge_meta_run", 0) + 1 if self.type in _META_TYPES else 0
+        tf._lmforge_meta_run = run  # type: ignore[attr-defined]
+        if run and self.size > MAX_META_BYTES:
+            raise _HeaderRefused(self.name, f"has an extended header of {self.size} bytes (at most "
+                                            f"{MAX_META_BYTES} are read)")
+        if run > MAX_META_RUN:
+            raise _HeaderRefused(self.name, f"follows more than {MAX_META_RUN} extended headers in a row")
+        return super()._proc_member(tf)
+
+
 def _extract_tar(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
-    budget = _Budget(archive, limits)
     try:
-        tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        tf = tarfile.open(archive, "r:*", tarinfo=_BoundedTarInfo)
+        with tf:
+            members = _scan_tar(archive, tf, _Budget(archive, limits))
+            _write_tar(archive, tf, members, dest, _Budget(archive, limits))
+    except _HeaderRefused as e:
+        raise _refuse(archive, e.name[:200], e.why) from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # the data filter's refusals too
         raise _unreadable(archive, e) from None
-    with tf:
-        members: list[tarfile.TarInfo] = []
-        links: set[str] = set()
-        try:
-            for m in tf:  # headers one by one: the limits stop the walk before a bomb's data is decompressed
-                budget.member()
-                budget.add(m.size)
-                members.append(m)
-                name = _check_name(archive, m.name)
-                parents = Path(name).parents
-                if any(p.as_posix() in links for p in parents):
-                    raise _refuse(archive, m.name, "lies beneath a symlink in the archive")
-                if m.issym():
-                    _check_link_target(archive, m.name, posixpath.dirname(name), m.linkname)
-                    links.add(name)
-                elif m.islnk():
-                    _check_link_target(archive, m.name, "", m.linkname)
-                elif m.ischr() or m.isblk() or m.isfifo():
-                    raise _refuse(archive, m.name, "is a device file or FIFO")
-                elif not (m.isfile() or m.isdir()):
-                    raise _refuse(archive, m.name, "has an unsupported type")
-        except (tarfile.TarError, EOFError, zlib.error) as e:
-            raise _unreadable(archive, e) from None
-        extracting = _Budget(archive, limits)
 
-        def counted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
-            """Per member, as it is extracted: the data filter, then the limits again on its size."""
-            if hasattr(tarfile, "data_filter"):
-                member = tarfile.data_filter(member, path)
-            extracting.member()
-            extracting.add(member.size)
-            return member
 
-        try:
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter=counted)
-            else:  # Python without extraction filters: the checks above stand alone, counted per member
-                for m in members:
-                    tf.extract(counted(m, str(dest)), dest)
-        except (tarfile.TarError, EOFError, zlib.error) as e:  # includes the data filter's refusals
-            raise _unreadable(archive, e) from None
+def _scan_tar(archive: Path, tf: tarfile.TarFile, budget: _Budget) -> list[tarfile.TarInfo]:
+    """Every member's header, one by one: the limits stop the walk before a bomb's data is decompressed."""
+    members: list[tarfile.TarInfo] = []
+    links: set[str] = set()
+    for m in tf:
+        budget.member()
+        budget.add(m.size)
+        members.append(m)
+        _check_tar_member(archive, m, _check_name(archive, m.name), links)
+    return members
+
+
+def _check_tar_member(archive: Path, m: tarfile.TarInfo, name: str, links: set[str]) -> None:
+    """Refuse a member beneath a symlink of the archive, a link out of it, a device, a FIFO, or another type."""
+    if any(p.as_posix() in links for p in Path(name).parents):
+        raise _refuse(archive, m.name, "lies beneath a symlink in the archive")
+    if m.issym():
+        _check_link_target(archive, m.name, posixpath.dirname(name), m.linkname)
+        links.add(name)
+    elif m.islnk():
+        _check_link_target(archive, m.name, "", m.linkname)
+    elif m.ischr() or m.isblk() or m.isfifo():
+        raise _refuse(archive, m.name, "is a device file or FIFO")
+    elif not (m.isfile() or m.isdir()):
+        raise _refuse(archive, m.name, "has an unsupported type")
+
+
+def _write_tar(archive: Path, tf: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path,
+               budget: _Budget) -> None:
+    """Extract the scanned members, each through tarfile's data filter and counted against the limits again."""
+    def counted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        if hasattr(tarfile, "data_filter"):
+            member = tarfile.data_filter(member, path)
+        budget.member()
+        budget.add(member.size)
+        return member
+
+    if hasattr(tarfile, "data_filter"):
+        tf.extractall(dest, members=members, filter=counted)
+    else:  # Python without extraction filters: the checks above stand alone, counted per member
+        for m in members:
+            tf.extract(counted(m, str(dest)), dest)
 
 
 def _unreadable(archive: Path, e: Exception) -> LmforgeError:

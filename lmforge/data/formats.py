@@ -5,18 +5,23 @@ tree. Invalid UTF-8 is an error naming the file and byte offset, or replaced wit
 from __future__ import annotations
 
 import codecs
+from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import pandas as pd
 
+from lmforge.core.config import DataConfig
 from lmforge.core.rowfilter import RowFilter, parse as parse_filter
 from lmforge.core.errors import LmforgeError
+from lmforge.data.bounded import lf, open_regular, split_documents, table_rows, too_long
+from lmforge.data.tables import choose_column
 
 ENCODING_HINT = "re-encode the file as UTF-8, or --set data.encoding_errors=replace"
 CHUNK_BYTES = 1 << 20
 TABLE_ROWS = 20_000
+MAX_RECORD_CHARS = DataConfig.max_record_chars  # a document, line, field or row: data.max_record_chars
 
 
 def first_bad_utf8(path: Path) -> tuple[int, int] | None:
@@ -35,11 +40,12 @@ def _encoding_error(path: Path, offset: int, byte: int) -> LmforgeError:
     return err
 
 
-def iter_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
-    """Decoded text of path, CHUNK_BYTES at a time; a character split across reads is joined correctly."""
+def iter_text_chunks(path: Path, errors: str = "strict", stream: BinaryIO | None = None) -> Iterator[str]:
+    """Decoded text of path (or of `stream`, a decompressed view of it: lmforge.data.compressed), CHUNK_BYTES at a
+    time; a character split across reads is joined correctly."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     offset = 0
-    with open(path, "rb") as f:
+    with open_regular(path) if stream is None else nullcontext(stream) as f:
         while True:
             data = f.read(CHUNK_BYTES)
             try:
@@ -68,60 +74,87 @@ def detect_format(path: Path) -> str:
     return {".csv": "csv", ".tsv": "tsv"}.get(suffix, "text")
 
 
-def split_text(chunks: Iterator[str], fmt: str, separator: str = "") -> Iterator[list[str]]:
+def split_text(chunks: Iterator[str], fmt: str, separator: str = "", max_chars: int = MAX_RECORD_CHARS,
+               where: object = "text") -> Iterator[list[str]]:
     """Documents from a stream of text: split on `separator`, else one per line (fmt "lines"), else on blank
-    lines. Stripped; empty ones dropped. One list per chunk read."""
+    lines. Stripped; empty ones dropped. One list per chunk read. Linear in the text (lmforge.data.bounded); a
+    document over `max_chars` characters is an error naming `where`."""
     sep = separator or ("\n" if fmt == "lines" else "\n\n")
-    carry = ""
-    for chunk in chunks:
-        text = carry + chunk
-        if not separator:
-            text = text.replace("\r\n", "\n")
-        parts = text.split(sep)
-        carry = parts.pop()
-        docs = [s for s in (p.strip() for p in parts) if s]
+    for pieces in split_documents(chunks if separator else lf(chunks), sep, max_chars, where):
+        docs = [s for s in (p.strip() for p in pieces) if s]
         if docs:
             yield docs
-    if carry.strip():
-        yield [carry.strip()]
 
 
 def read_table(path: Path, fmt: str, column: str, row_filter: str | RowFilter = "",
-               errors: str = "strict") -> Iterator[list[str]]:
+               errors: str = "strict", max_chars: int = MAX_RECORD_CHARS, *, stream: BinaryIO | None = None,
+               explicit_column: bool = True) -> Iterator[list[str]]:
     """The text column of a CSV/TSV (quoted multi-line fields allowed), TABLE_ROWS rows at a time; only the rows
-    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.core.rowfilter, never DataFrame.query)."""
-    sep = "\t" if fmt == "tsv" else ","
+    `row_filter` keeps (data.filter text, or a parsed RowFilter: lmforge.core.rowfilter, never DataFrame.query).
+    Rows come from lmforge.data.bounded.table_rows: a row over `max_chars` characters is an error, not a hang.
+    `stream`: the file's decompressed bytes (lmforge.data.compressed). No data.column (or only the preset's, which
+    the table lacks): the one column that holds text, judged on the first batch (lmforge.data.tables)."""
     rows = row_filter if isinstance(row_filter, RowFilter) else parse_filter(row_filter) if row_filter else None
     try:
-        reader = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=TABLE_ROWS,
-                             encoding="utf-8", encoding_errors=errors)
-        first = True
-        for df in reader:
-            if first:
-                _check_column(path, fmt, column, df)
-                first = False
-            if rows is not None:
-                df = df[rows.mask(df, where=str(path))]
-            docs = [s for s in (t.strip() for t in df[column].tolist()) if s]
-            if docs:
-                yield docs
+        with open_regular(path) if stream is None else nullcontext(stream) as raw:
+            parsed = table_rows(raw, "\t" if fmt == "tsv" else ",", max_chars, errors, path)
+            header = next(parsed, None)
+            choose = len(header or []) > 1 and (not column or (column not in header and not explicit_column))
+            columns = _columns(path, fmt, "" if choose else column, header, check=not choose)
+            while batch := list(islice(parsed, TABLE_ROWS)):
+                df = _frame(path, fmt, columns, batch)
+                if choose:
+                    column = choose_column(str(path), {c: df[c].head(200).tolist() for c in columns}, column,
+                                           explicit_column)
+                    choose = False
+                if rows is not None:
+                    df = df[rows.mask(df, where=str(path))]
+                docs = [s for s in (t.strip() for t in df[column].tolist()) if s]
+                if docs:
+                    yield docs
     except UnicodeDecodeError:
-        bad = first_bad_utf8(path)
+        bad = first_bad_utf8(path) if stream is None else None
         raise _encoding_error(path, *bad) if bad else LmforgeError(f"{path} is not valid UTF-8",
                                                                    hint=ENCODING_HINT) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise LmforgeError(f"cannot parse {path} as {fmt.upper()}: {str(exc).strip()}",
-                           hint="check data.format (csv or tsv) matches the file's delimiter") from None
 
 
-def _check_column(path: Path, fmt: str, column: str, df: pd.DataFrame) -> None:
+def _columns(path: Path, fmt: str, column: str, header: list[str] | None, check: bool = True) -> list[str]:
+    """The header's names (a repeated name gets .1, .2, ... as pandas names them), checked for `column`."""
+    if header is None:
+        raise LmforgeError(f"cannot parse {path} as {fmt.upper()}: it has no header row",
+                           hint="the first row names the columns, e.g. text,label")
+    names: list[str] = []
+    for name in header:
+        n, unique = 0, name
+        while unique in names:
+            n += 1
+            unique = f"{name}.{n}"
+        names.append(unique)
+    if check:
+        _check_column(path, fmt, column, names)
+    return names
+
+
+def _frame(path: Path, fmt: str, columns: list[str], batch: list[list[str]]) -> pd.DataFrame:
+    """Rows as a text DataFrame; a short row is padded with empty cells, a long one is a parse error."""
+    width = len(columns)
+    for row in batch:
+        if len(row) > width:
+            raise LmforgeError(f"cannot parse {path} as {fmt.upper()}: a row has {len(row)} fields, the header "
+                               f"{width}", hint="check data.format (csv or tsv) matches the file's delimiter")
+        if len(row) < width:
+            row.extend([""] * (width - len(row)))
+    return pd.DataFrame(batch, columns=columns, dtype=object)
+
+
+def _check_column(path: Path, fmt: str, column: str, columns: list[str]) -> None:
     if not column:
         raise LmforgeError(f"{path} is a table; name its text column",
-                           hint=f"--set data.column=NAME (columns: {', '.join(map(str, df.columns[:12]))})")
-    if column not in df.columns:
+                           hint=f"--set data.column=NAME (columns: {', '.join(map(str, columns[:12]))})")
+    if column not in columns:
         other = "tsv" if fmt == "csv" else "csv"
         hint = (f"the file has one column: it may be {other.upper()}; --set data.format={other}"
-                if len(df.columns) == 1 else f"columns are: {', '.join(map(str, df.columns[:12]))}")
+                if len(columns) == 1 else f"columns are: {', '.join(map(str, columns[:12]))}")
         raise LmforgeError(f"column {column!r} not found in {path}", hint=hint)
 
 
@@ -135,17 +168,31 @@ def source_files(path: Path, fmt: str = "auto") -> list[Path] | None:
     return sorted(path.rglob("*.txt"))
 
 
-def read_imdb_files(files: list[Path], errors: str = "strict", batch: int = 1000) -> Iterator[list[str]]:
+def read_imdb_files(files: list[Path], errors: str = "strict", batch: int = 1000,
+                    max_chars: int = MAX_RECORD_CHARS) -> Iterator[list[str]]:
+    """One document per file; a file over `max_chars` characters is an error once that much has been read."""
     for i in range(0, len(files), batch):
-        docs = [s for s in (read_text(p, errors).strip() for p in files[i:i + batch]) if s]
+        docs = [s for s in (_read_document(p, errors, max_chars).strip() for p in files[i:i + batch]) if s]
         if docs:
             yield docs
 
 
+def _read_document(path: Path, errors: str, max_chars: int) -> str:
+    chunks, size = [], 0
+    for chunk in iter_text_chunks(path, errors):
+        size += len(chunk)
+        if size > max_chars:
+            raise too_long(path, "a document", max_chars, "one review per file")
+        chunks.append(chunk)
+    return "".join(chunks)
+
+
 def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: str | RowFilter = "",
-                 separator: str = "", errors: str = "strict", files: list[Path] | None = None) -> Iterator[list[str]]:
+                 separator: str = "", errors: str = "strict", *, files: list[Path] | None = None,
+                 max_chars: int = MAX_RECORD_CHARS) -> Iterator[list[str]]:
     """Batches of documents (non-empty, stripped strings) from a local file or directory, read lazily.
-    `files` restricts a directory source to some of its source_files (one part of a fanned-out preparation)."""
+    `files` restricts a directory source to some of its source_files (one part of a fanned-out preparation);
+    `max_chars` bounds one document, line, field or row (data.max_record_chars)."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if column and fmt not in ("csv", "tsv"):
         raise LmforgeError(f"data.column={column!r} is set but {path} is read as {fmt}, not as a table",
@@ -153,26 +200,25 @@ def iter_batches(path: Path, fmt: str = "auto", column: str = "", row_filter: st
     if fmt in ("csv", "tsv"):
         if path.is_dir():
             raise LmforgeError(f"{path} is a directory, not a {fmt.upper()} file", hint="point data.source at the file")
-        yield from read_table(path, fmt, column, row_filter, errors)
+        yield from read_table(path, fmt, column, row_filter, errors, max_chars)
     elif fmt == "imdb":
-        yield from read_imdb_files(source_files(path, fmt) if files is None else files, errors)
-    elif path.is_dir():
-        for p in source_files(path, fmt) if files is None else files:
-            yield from split_text(iter_text_chunks(p, errors), fmt, separator)
+        yield from read_imdb_files(source_files(path, fmt) if files is None else files, errors, max_chars=max_chars)
     else:
-        yield from split_text(iter_text_chunks(path, errors), fmt, separator)
+        for p in (source_files(path, fmt) if files is None else files) if path.is_dir() else [path]:
+            yield from split_text(iter_text_chunks(p, errors), fmt, separator, max_chars, p)
 
 
 def iter_documents(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "", separator: str = "",
-                   errors: str = "strict", limit: int = 0) -> Iterator[str]:
-    docs = (d for batch in iter_batches(path, fmt, column, row_filter, separator, errors) for d in batch)
+                   errors: str = "strict", *, limit: int = 0, max_chars: int = MAX_RECORD_CHARS) -> Iterator[str]:
+    docs = (d for batch in iter_batches(path, fmt, column, row_filter, separator, errors, max_chars=max_chars)
+            for d in batch)
     return islice(docs, limit) if limit else docs
 
 
 def read_documents(path: Path, fmt: str = "auto", column: str = "", row_filter: str = "",
-                   separator: str = "", errors: str = "strict") -> list[str]:
+                   separator: str = "", errors: str = "strict", *, max_chars: int = MAX_RECORD_CHARS) -> list[str]:
     """All documents as a list (small corpora, tests); raises when there are none."""
-    docs = list(iter_documents(path, fmt, column, row_filter, separator, errors))
+    docs = list(iter_documents(path, fmt, column, row_filter, separator, errors, max_chars=max_chars))
     if not docs:
         raise LmforgeError(f"no documents found in {path}", hint="point data.source at a non-empty corpus")
     return docs

@@ -18,7 +18,7 @@ import numpy as np
 
 from lmforge.core.config import Config
 from lmforge.data.clean import make_dedupe
-from lmforge.data.formats import source_files
+from lmforge.data.corpus import source_files
 from lmforge.data.prepare import (Split, SpillWriter, cached_meta, clean_to_spill, finish_cleaning, plan_split,
                                   read_spill, remove_spill, routed_batches, shard_meta, source_fingerprint,
                                   split_documents, train_tokenizer, write_prepared_meta)
@@ -40,7 +40,7 @@ def plan_or_reuse(path: Path, cfg: Config, out_dir: Path, n_parts: int) -> dict:
 def plan_parts(path: Path, cfg: Config, n_parts: int) -> list[list[str] | None]:
     """Up to n_parts groups of source files, contiguous in reading order and balanced by bytes; [None] (the
     whole source as one part) for a single file or table, or when data.max_documents caps the corpus."""
-    files = source_files(Path(path), cfg.data.format)
+    files = source_files(Path(path), cfg.data.format, cfg.data)
     if not files or n_parts <= 1 or cfg.data.max_documents:
         return [None]
     ends = np.cumsum([f.stat().st_size for f in files])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -29,12 +30,16 @@ from tokenizers import Tokenizer
 from lmforge.core import interrupt
 from lmforge.core.config import Config
 from lmforge.data.clean import clean_batches
-from lmforge.data.formats import detect_format, iter_batches
+from lmforge.data.corpus import describe, fingerprint_files, iter_batches
+from lmforge.data.detect import TABLE_FORMATS, source_format
+from lmforge.data.objectstore import manifest_for
 from lmforge.data.shards import META, content_split, meta_for, shard_dtype, write_meta, write_split_files
 from lmforge.data.tokenize import build_tokenizer, frame, plain_encoder, special_ids
 from lmforge.core.rowfilter import all_of
 from lmforge.core.errors import LmforgeError
 from lmforge.core.redact import redact_text
+
+log = logging.getLogger("lmforge.data")
 
 PREPARED_FORMAT = 3  # bump when the shard layout or the pipeline's output changes (3: content-hash splits)
 MIN_DOCUMENT_SPLIT = 20  # fewer documents than this: a document split is too coarse, split the text instead
@@ -43,11 +48,9 @@ MIN_DOCUMENT_SPLIT = 20  # fewer documents than this: a document split is too co
 def source_fingerprint(path: Path) -> str:
     """Identity of the corpus files: the relative path and the bytes of each. Content, not size and mtime: a
     file replaced by another of the same size (a copy that keeps times, a clock reset) is new data."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256(f"format={PREPARED_FORMAT}".encode())
-    for p in files:
-        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}\0{p.stat().st_size}\0".encode())
+    for name, p in fingerprint_files(Path(path)):
+        h.update(f"{name}\0{p.stat().st_size}\0".encode())
         with open(p, "rb") as f:
             while block := f.read(1 << 22):
                 h.update(block)
@@ -117,7 +120,9 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | N
     returns the SpillWriter summary (spill, documents, chars, corpus_sha256, lines, clean_report)."""
     d = cfg.data
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = iter_batches(Path(path), d.format, d.column, d.filter, d.separator, d.encoding_errors, files)
+    if files is None:
+        log.info("data source %s: %s", redact_text(d.source), describe(Path(path), d))
+    batches = iter_batches(Path(path), d, files, warn=files is None or spill_name.endswith("part-0000"))
     if d.max_documents:
         batches = limit_documents(batches, d.max_documents)
     report: list[dict] = []
@@ -152,11 +157,11 @@ def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
     """<spill>.val-ok.npy: a boolean per cleaned document, true when a table row matching data.val_filter
     cleans to the same text (one more streaming pass over the rows; memory is a hash per matching row)."""
     d = cfg.data
-    if (detect_format(Path(path)) if d.format == "auto" else d.format) not in ("csv", "tsv"):
+    if source_format(Path(path), d.format, "format" in getattr(d, "user_set", ())) not in TABLE_FORMATS:
         raise LmforgeError(f"data.val_filter selects table rows, but {path} is not read as a table",
-                           hint="--set data.format=csv (or tsv), or --set data.val_filter=")
+                           hint="--set data.format=csv (or tsv, jsonl, parquet), or --set data.val_filter=")
     rows = all_of(("data.filter", d.filter), ("data.val_filter", d.val_filter))  # two trees, never one string
-    matching = iter_batches(Path(path), d.format, d.column, rows, d.separator, d.encoding_errors)
+    matching = iter_batches(Path(path), d, row_filter=rows)
     eligible: set[int] = set()
     for docs in clean_batches(matching, dataclasses.replace(cfg.clean, dedupe=False), []):
         eligible.update(pd.util.hash_array(np.array(docs, dtype=object)).tolist())
@@ -409,7 +414,14 @@ def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val
             "val_chars": val_chars, "split": split.describe(), "corpus_sha256": cleaned["corpus_sha256"],
             "source": redact_text(cfg.data.source),  # redacted: no credentials
             "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
-            "clean_report": cleaned["clean_report"]}
+            "clean_report": cleaned["clean_report"], **source_objects(cleaned.get("path"))}
+
+
+def source_objects(path: str | None) -> dict:
+    """{"source_objects": [...]} for a source copied from an object store (each object's key, ETag/version and
+    sha256: lmforge.data.objectstore), else {}."""
+    manifest = manifest_for(Path(path)) if path else None
+    return {"source_objects": manifest["objects"]} if manifest else {}
 
 
 def write_prepared_meta(out_dir: Path, vocab_size: int, counts: dict, extra: dict) -> dict:

@@ -90,10 +90,13 @@ def genai_graph(fast: onnx.ModelProto) -> onnx.ModelProto:
 def quantize_int4(src: Path, dst: Path) -> Path:
     """MatMulNBits: 4-bit symmetric weights in blocks of 32 along the input axis, int8 compute (accuracy_level
     4), as onnxruntime-genai's builder makes int4 CPU models. Embedding Gathers stay float32."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from lmforge.export.variants import quiet_quantization
 
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4)
-    q.process()
+    with quiet_quantization():  # the quantiser's import configures logging and logs a line per node
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4)
+        q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
     onnx.checker.check_model(str(dst))
     return dst

@@ -2,18 +2,55 @@
 float16. Used by both exports (lmforge.export.modeldir, lmforge.export.genai); onnx and onnxruntime only."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 
 import onnx
 
+ADVICE = "Please consider to run pre-processing before quantization"  # onnxruntime, on every quantize_* call
+
+
+class _DropAdvice(logging.Filter):
+    """On the root logger: onnxruntime's quantisers' own root-logged lines below WARNING, and ADVICE."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        mine = "onnxruntime" in record.pathname and "quantization" in record.pathname
+        return not (str(record.msg).startswith(ADVICE) or mine and record.levelno < logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_quantization():
+    """onnxruntime's quantisers, without their chatter in the CLI's output: quantize_dynamic logs ADVICE (shape
+    inference pre-processing for static image models, nothing these graphs need) with logging.warning on the root
+    logger, and info lines per tensor there too; importing matmul_nbits_quantizer calls
+    logging.basicConfig(level=INFO) and logs a line per node. Inside: that advice and their info lines are dropped,
+    onnxruntime.quantization logs warnings and up only, and a root handler or level the import installed is
+    taken back afterwards. Real warnings and errors still show."""
+    root, drop = logging.getLogger(), _DropAdvice()
+    ort_log = logging.getLogger("onnxruntime.quantization")
+    handlers, root_level, ort_level = list(root.handlers), root.level, ort_log.level
+    root.addFilter(drop)
+    ort_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        ort_log.setLevel(ort_level)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(root_level)
+
 
 def quantize_int8(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with quiet_quantization():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # DefaultTensorType: shape inference cannot type the outputs of com.microsoft ops (the fast graph's attention)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        # DefaultTensorType: shape inference cannot type the outputs of com.microsoft ops (the fast graph's attention)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
 
 

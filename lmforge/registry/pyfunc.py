@@ -8,16 +8,23 @@ What is logged (docs/model-format.md, "MLflow serving"):
   pyfunc_model.py    the model's code (MLflow's models-from-code: no pickle), which makes a GenerateModel;
                      its load_context builds lmforge.runtime.Generator from the artifact
   MLmodel            signature: input column `prompt` (string), output one string per prompt, params
-                     max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, greedy, stop
+                     max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, greedy, stop;
+                     streamable: `predict_stream({"prompt": ...}, params)` yields the text of one prompt piece by piece
 Params left out of a request take the model's own defaults (lmforge.json `generation`); `greedy: true` means
 temperature 0; seed null (the default) draws a fresh random seed per request. model_config (at log time, or
-`load_model(uri, model_config=...)`): `variant` (fp32, int8, ...) and `device` (auto, cpu, cuda)."""
+`load_model(uri, model_config=...)`): `variant` (fp32, int8, ...), `device` (auto, cpu, cuda) and `limits`, the
+serving limits of lmforge.runtime.limits ({"max_new_tokens": 256, "max_prompt_bytes": 65536, "max_stop_strings":
+4, "max_stop_chars": 64, "deadline_s": 30, "max_batch": 8}, any subset), which may only lower the model
+directory's own (lmforge.json `limits`, else the runtime's defaults); for `mlflow models serve`, MLflow's
+MLFLOW_PYFUNC_INFERENCE_CONFIG='{"limits": {...}}' sets them. A request over a limit, like a bad parameter, is
+an HTTP 400 naming it."""
 from __future__ import annotations
 
 import importlib.metadata
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -29,7 +36,7 @@ PARAMS = {"max_new_tokens": ("long", None), "temperature": ("double", None), "to
           "top_p": ("double", None), "repetition_penalty": ("double", 1.0), "seed": ("long", None),
           "greedy": ("boolean", False), "stop": ("string", [])}
 LIST_PARAMS = {"stop"}
-DEFAULT_CONFIG = {"variant": "fp32", "device": "auto"}
+DEFAULT_CONFIG = {"variant": "fp32", "device": "auto", "limits": {}}  # MLflow lets load_model override logged keys only
 
 
 class GenerateModel(mlflow.pyfunc.PythonModel):
@@ -40,21 +47,52 @@ class GenerateModel(mlflow.pyfunc.PythonModel):
 
         config = {**DEFAULT_CONFIG, **(context.model_config or {})}
         self.generator = Generator(context.artifacts[ARTIFACT], variant=str(config["variant"]),
-                                   device=str(config["device"]), threads=config.get("threads"))
+                                   device=str(config["device"]), threads=config.get("threads"),
+                                   limits=config.get("limits"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from mlflow.exceptions import MlflowException
 
-        p = {k: v for k, v in (params or {}).items() if v is not None}
-        kwargs = {k: p[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
-                                    "seed") if k in p}
-        if p.get("greedy"):
-            kwargs["temperature"] = 0.0
-        kwargs["stop"] = [str(s) for s in p.get("stop", [])]
         try:
-            return self.generator.generate(prompts(model_input), **kwargs)
-        except ValueError as exc:  # a sampling parameter out of range: the caller's error (HTTP 400), not ours
+            return self.generator.generate(prompts(model_input), **generate_kwargs(params))
+        except ValueError as exc:  # a parameter out of range, a limit passed: the caller's error (HTTP 400)
             raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+    def predict_stream(self, context, model_input, params: dict | None = None) -> Iterator[str]:
+        """The continuation of one prompt as text pieces, each yielded as soon as it is whole (lmforge.runtime's
+        Generator.stream): `mlflow.pyfunc.load_model(uri).predict_stream({"prompt": "Why"}, params={...})`.
+        The pieces join to exactly predict()'s text for the same prompt and params."""
+        from mlflow.exceptions import MlflowException
+
+        batch = prompts(model_input)
+        if len(batch) != 1:
+            raise MlflowException.invalid_parameter_value(f"predict_stream takes one prompt, got {len(batch)}")
+        from lmforge.runtime import RowRequest
+        from lmforge.runtime.requests import check_finished
+
+        try:  # checked before any decoding (limits, parameters): an invalid-parameter error, not a crash
+            events = self.generator.stream_batch([RowRequest(batch[0], **generate_kwargs(params))])
+        except ValueError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+        def pieces() -> Iterator[str]:  # as Generator.stream: a row cut by its deadline raises at the end
+            for ev in events:
+                if ev.text:
+                    yield ev.text
+                check_finished(ev)
+
+        return pieces()
+
+
+def generate_kwargs(params: dict | None) -> dict:
+    """Generator.generate/stream keyword arguments from a request's params (None = the model's default)."""
+    p = {k: v for k, v in (params or {}).items() if v is not None}
+    kwargs = {k: p[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+              if k in p}
+    if p.get("greedy"):
+        kwargs["temperature"] = 0.0
+    kwargs["stop"] = [str(s) for s in p.get("stop", [])]
+    return kwargs
 
 
 def prompts(model_input) -> list[str]:
@@ -104,7 +142,8 @@ def log_generate_model(model_dir: Path, example_prompt: str = "", name: str = "m
             return mlflow.pyfunc.log_model(name=name, python_model=str(code / "registry" / "pyfunc_model.py"),
                                            artifacts={ARTIFACT: str(model_dir)}, code_paths=[str(code)],
                                            signature=signature(), input_example=example,
-                                           pip_requirements=requirements(), model_config=dict(DEFAULT_CONFIG))
+                                           pip_requirements=requirements(), model_config=dict(DEFAULT_CONFIG),
+                                           streamable=True)
         finally:
             sys.path[:] = path
 

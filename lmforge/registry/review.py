@@ -16,6 +16,7 @@ import urllib.parse
 from lmforge.core.config import Config
 from lmforge.core.layout import config_hash
 from lmforge.core.records import Exported, PreparedData, Trained
+from lmforge.data.objectstore import version_tags as object_version_tags
 
 GROUPS = ("lmforge.data", "lmforge.model", "lmforge.promotion", "lmforge.rollback", "lmforge.lineage")
 PROMOTION_TAG = "lmforge.promotion"
@@ -46,6 +47,7 @@ def version_tags(cfg: Config, data: PreparedData, trained: Trained, exported: Ex
             "lmforge.data": _group(data_group), "lmforge.model": _group(model_group)}
     if scores:
         tags["val_bpb"] = f"{scores['bits_per_byte']:.4f}"
+    tags.update(object_version_tags(data.source_objects))  # s3:// gs:// az://: which object versions it saw
     return tags
 
 

@@ -4,6 +4,7 @@ lmforge.registry.pyfunc) with tags, description and the `candidate` alias, and f
 by `models:/NAME@ALIAS`."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -226,21 +227,60 @@ def set_tags(run_id: str, tags: dict) -> None:
         with_retries(c.set_tag, run_id, k, redact_text(str(v)))
 
 
-def fetch_model_dir(uri: str, dest: Path | None = None) -> Path:
-    """Download `models:/NAME@ALIAS` (or models:/NAME/VERSION) and return the exported model directory in it."""
+def fetch_model_dir(uri: str, dest: Path | None = None, quiet: bool = False) -> Path:
+    """Download `models:/NAME@ALIAS` (or models:/NAME/VERSION) and return the exported model directory in it.
+    quiet: without MLflow's "Downloading artifacts" progress bar (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, read
+    when the download starts) and its info lines: the CLI's stderr keeps lmforge's own lines only."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     dest = Path(dest or tempfile.mkdtemp(prefix="lmforge-model-"))
     try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        with _quiet_mlflow(quiet):
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as exc:  # mlflow raises MlflowException / RestException with long bodies
         raise LmforgeError(f"cannot fetch {uri} from {redact_text(tracking_uri())}: "
                            f"{redact_text(str(exc).splitlines()[0][:200])}",
                            hint="check the name and alias (`lmforge runs`), and MLFLOW_TRACKING_URI") from None
     from lmforge.registry.pyfunc import model_dir_in
 
-    return model_dir_in(root)
+    return confined_model_dir(uri, root, model_dir_in(root))
+
+
+def confined_model_dir(uri: str, root: Path, model_dir: Path) -> Path:
+    """`model_dir` if it lies inside the downloaded version `root`, judged on real paths: the `MLmodel` file names
+    the artifact's path, and whoever can write the registry's artifact store writes that file (`../../etc`, an
+    absolute path, or a symlink out would make the runtime read the worker's files)."""
+    real_root, real = os.path.realpath(root), os.path.realpath(model_dir)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise LmforgeError(f"{uri}: its MLmodel names the model directory {str(model_dir)!r}, outside the "
+                           "downloaded version", hint="the registered version is malformed or malicious; "
+                                                      "register the model again with `lmforge run`")
+    return model_dir
+
+
+@contextlib.contextmanager
+def _quiet_mlflow(quiet: bool):
+    if not quiet:
+        yield
+        return
+    import logging
+
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    loggers = [logging.getLogger(n) for n in ("mlflow", "alembic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def _lmforge_experiments(c) -> list[str]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.core.atomic import write_json_atomic
-from lmforge.runtime import onnxwire
+from lmforge.runtime import onnxwire, schema
 from lmforge.runtime.errors import ModelDirError
+from lmforge.runtime.limits import ServingLimits, model_limits
 
 MANIFEST = "lmforge.json"
 FORMAT = "lmforge-model"
@@ -44,11 +45,15 @@ class ModelDir:
         return self.manifest.get("generation", {})
 
     @property
+    def limits(self) -> ServingLimits:
+        return model_limits(self.manifest.get("limits"), str(self.path / MANIFEST))
+
+    @property
     def tokenizer_path(self) -> Path:
         return self._inside(self.manifest["tokenizer"]["file"])
 
     def variants(self) -> list[str]:
-        return [v for v, f in self.manifest["files"].items() if (self.path / f).is_file()]
+        return [v for v, f in self.manifest["files"].items() if self._inside(f, must_exist=False).is_file()]
 
     def onnx_path(self, variant: str = "fp32") -> Path:
         files = self.manifest["files"]
@@ -59,13 +64,16 @@ class ModelDir:
             self._inside(location, named_by=path.name)  # external weights must lie in the directory too
         return path
 
-    def _inside(self, name: str, named_by: str = MANIFEST) -> Path:
+    def _inside(self, name: str, named_by: str = MANIFEST, must_exist: bool = True) -> Path:
         """Resolve a file named by the manifest, refusing anything outside the directory."""
         root = self.path.resolve()
-        target = (root / name).resolve()
+        try:
+            target = (root / name).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+            raise ModelDirError(f"{named_by} names {name!r}, which cannot be resolved: {exc}") from None
         if root not in target.parents:
             raise ModelDirError(f"{named_by} names {name!r}, which lies outside {self.path}")
-        if not target.is_file():
+        if must_exist and not target.is_file():
             raise ModelDirError(f"{self.path} is missing {name}: re-export the model")
         return target
 
@@ -93,20 +101,45 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
     return write_json_atomic(Path(directory) / MANIFEST, manifest)
 
 
+def _load_manifest(file: Path) -> dict:
+    """lmforge.json parsed within a size bound; any JSON it cannot be (too big, too deep, not UTF-8, an integer
+    of thousands of digits) is one ModelDirError."""
+    size = file.stat().st_size
+    if size > schema.MAX_MANIFEST_BYTES:
+        raise ModelDirError(f"{file} is {size} bytes, over the {schema.MAX_MANIFEST_BYTES} an lmforge.json may be")
+    try:
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise ModelDirError(f"{file} is nested too deeply to be an lmforge.json") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, int digit limit
+        raise ModelDirError(f"{file} is not valid JSON: {str(exc)[:160]}") from None
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{file} must hold a JSON object, not {type(manifest).__name__}")
+    return manifest
+
+
 def read_model_dir(directory: str | Path) -> ModelDir:
+    """Read and check a model directory's lmforge.json (runtime.schema: types, ranges, token ids, generation
+    defaults, serving limits) and that every file it names lies inside the directory, before anything is
+    loaded or allocated."""
     path = Path(directory)
     if not (path / MANIFEST).is_file():
         raise ModelDirError(f"{path} is not an lmforge model directory (no {MANIFEST})")
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{path / MANIFEST} is not valid JSON: {exc}") from None
+    manifest = _load_manifest(path / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{path / MANIFEST} has format {manifest.get('format')!r} version "
-                            f"{manifest.get('format_version')!r}; this runtime reads {FORMAT} v{FORMAT_VERSION}")
+        raise ModelDirError(f"{path / MANIFEST} has format {str(manifest.get('format'))[:40]!r} version "
+                            f"{str(manifest.get('format_version'))[:20]!r}; "
+                            f"this runtime reads {FORMAT} v{FORMAT_VERSION}")
     for key in ("model", "io", "tokens", "tokenizer", "files"):
         if key not in manifest:
             raise ModelDirError(f"{path / MANIFEST} lacks the {key!r} section")
+    schema.check_manifest(manifest, str(path / MANIFEST))
     md = ModelDir(path, manifest)
-    md.tokenizer_path  # noqa: B018 - validates presence and confinement
+    md.limits  # noqa: B018 - validates the `limits` section
+    for name in [*manifest["files"].values(), *schema.genai_paths(manifest)]:  # loaded or not: all confined
+        md._inside(name, must_exist=False)
+    tokenizer = md.tokenizer_path  # validates presence and confinement
+    if tokenizer.stat().st_size > schema.MAX_TOKENIZER_BYTES:
+        raise ModelDirError(f"{tokenizer} is {tokenizer.stat().st_size} bytes, over the "
+                            f"{schema.MAX_TOKENIZER_BYTES} a tokenizer.json may be")
     return md

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
 
@@ -39,13 +40,15 @@ class SamplingParams:
                "a finite number > 0 (1 = off)")
 
 
-def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | Sequence[np.random.Generator],
                 seen: np.ndarray | None = None) -> np.ndarray:
     """Return one token id per row of `logits` [batch, vocab] as int64 [batch].
 
-    `seen` is an optional bool mask [batch, vocab] of ids already in the context; the caller updates it in place.
-    Rows must have at least one finite logit. Greedy (temperature 0) draws nothing from `rng`; otherwise one
-    uniform per row, so the same seed gives the same tokens.
+    `rng` is one generator for the whole batch, or one per row (row i then draws only from rng[i], so a row gets
+    the same tokens in any batch as alone). `seen` is an optional bool mask [batch, vocab] of ids already in the
+    context; the caller updates it in place. Rows must have at least one finite logit. Greedy (temperature 0)
+    draws nothing; otherwise one uniform per row, so the same seed gives the same tokens. Every step is row by
+    row: a row's token never depends on the other rows of the batch.
     """
     x = np.asarray(logits, dtype=np.float32)
     if x.ndim != 2:
@@ -62,48 +65,84 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
 
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         scaled = x / np.float32(params.temperature)
-    if np.isnan(scaled).any() or np.isposinf(scaled).any():  # a temperature or penalty extreme enough to overflow
-        return np.argmax(np.nan_to_num(x, nan=-np.inf), axis=-1).astype(np.int64)  # float32: its limit, greedy
-    x = scaled
+    # a temperature or penalty extreme enough to overflow float32: that row is greedy at float32's limit
+    bad = np.isnan(scaled).any(axis=-1) | np.isposinf(scaled).any(axis=-1)
+    out = np.empty(len(x), np.int64)
+    if bad.any():
+        out[bad] = np.argmax(np.nan_to_num(x[bad], nan=-np.inf), axis=-1)
+        if bad.all():
+            return out
+        scaled = scaled[~bad]
+    good = np.flatnonzero(~bad)
+    if isinstance(rng, np.random.Generator):
+        uniforms = rng.random(len(good))
+    else:
+        uniforms = np.array([rng[i].random() for i in good])
+    out[good] = _sample_scaled(scaled, params, uniforms)
+    return out
+
+
+def sample_rows(logits: np.ndarray, params: Sequence[SamplingParams], rngs: Sequence[np.random.Generator],
+                seen: np.ndarray | None = None) -> np.ndarray:
+    """One token id per row of `logits` [batch, vocab], where each row has its own parameters and generator: rows
+    that share parameters are sampled in one sample_next call, each drawing from its own generator."""
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(p, []).append(i)
+    if len(groups) == 1:
+        return sample_next(logits, params[0], rngs, seen)
+    out = np.empty(len(params), np.int64)
+    for p, rows in groups.items():
+        out[rows] = sample_next(logits[rows], p, [rngs[i] for i in rows], None if seen is None else seen[rows])
+    return out
+
+
+def _sample_scaled(x: np.ndarray, params: SamplingParams, uniforms: np.ndarray) -> np.ndarray:
+    """Top-k, then top-p, then a draw, over temperature-scaled logits x [batch, vocab]."""
     vocab = x.shape[-1]
-    ids = None  # candidate column -> token id, once candidates are a subset or reordered
+    ids = None  # candidate column -> token id, once candidates are a subset
     if 0 < params.top_k < vocab:
         ids = np.argpartition(x, vocab - params.top_k, axis=-1)[:, vocab - params.top_k:]
         x = np.take_along_axis(x, ids, axis=-1)
     probs = np.exp(x - x.max(axis=-1, keepdims=True))  # unnormalised softmax; -inf -> 0
     if params.top_p < 1.0:  # keep the shortest prefix, by descending prob, whose mass reaches top_p
         mass = params.top_p * probs.sum(axis=-1, dtype=np.float64, keepdims=True)
-        order = _descending_head(probs, mass)
-        probs = np.take_along_axis(probs, order, axis=-1)
-        ids = order if ids is None else np.take_along_axis(ids, order, axis=-1)
-        probs = np.where(np.cumsum(probs, axis=-1, dtype=np.float64) - probs < mass, probs, 0)
-    choice = _inverse_cdf(probs, rng)
+        choice = np.empty(len(x), np.int64)
+        for rows, order in _descending_heads(probs, mass):
+            p = np.take_along_axis(probs[rows], order, axis=-1)
+            p = np.where(np.cumsum(p, axis=-1, dtype=np.float64) - p < mass[rows], p, 0)
+            choice[rows] = np.take_along_axis(order, _inverse_cdf(p, uniforms[rows])[:, None], axis=-1)[:, 0]
+    else:
+        choice = _inverse_cdf(probs, uniforms)
     if ids is not None:
         choice = np.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
     return choice.astype(np.int64)
 
 
-def _descending_head(probs: np.ndarray, mass: np.ndarray) -> np.ndarray:
-    """Columns of each row's largest probs, largest first, holding at least `mass` [batch, 1] of it.
-
-    Tries top-64, top-1024, ... with argpartition before falling back to the whole row, so top-p
-    sorts a short head rather than the vocab.
-    """
+def _descending_heads(probs: np.ndarray, mass: np.ndarray):
+    """(rows, columns [len(rows), k]): for each row, its k largest probs' columns, largest first, for the
+    smallest k of 64, 1024, 16384 or the whole row whose sum reaches `mass` [batch, 1] (argpartition, so top-p
+    sorts a short head rather than the vocab). Each row's k depends on that row alone."""
     n = probs.shape[-1]
-    head = np.broadcast_to(np.arange(n), probs.shape)
+    rows = np.arange(len(probs))
     for k in (64, 1024, 16384):
-        if k >= n:
+        if k >= n or not rows.size:
             break
-        top = np.argpartition(probs, n - k, axis=-1)[:, n - k:]
-        if (np.take_along_axis(probs, top, axis=-1).sum(axis=-1, dtype=np.float64) >= mass[:, 0]).all():
-            head = top
-            break
-    order = np.argsort(-np.take_along_axis(probs, head, axis=-1), axis=-1)
-    return np.take_along_axis(head, order, axis=-1)
+        p = probs[rows]
+        top = np.argpartition(p, n - k, axis=-1)[:, n - k:]
+        ok = np.take_along_axis(p, top, axis=-1).sum(axis=-1, dtype=np.float64) >= mass[rows, 0]
+        if ok.any():
+            head = top[ok]
+            yield rows[ok], np.take_along_axis(head, np.argsort(-np.take_along_axis(p[ok], head, axis=-1), axis=-1),
+                                               axis=-1)
+        rows = rows[~ok]
+    if rows.size:
+        yield rows, np.argsort(-probs[rows], axis=-1)
 
 
-def _inverse_cdf(probs: np.ndarray, rng: np.random.Generator, block: int = 256) -> np.ndarray:
-    """One column per row drawn with chance proportional to `probs` (>= 0, some > 0), one uniform per row.
+def _inverse_cdf(probs: np.ndarray, uniforms: np.ndarray, block: int = 256) -> np.ndarray:
+    """One column per row drawn with chance proportional to `probs` (>= 0, some > 0), given one uniform in [0, 1)
+    per row.
 
     Two levels, since a cumsum over the whole vocab is slow: pick a block of columns by its
     cumulative mass, then a column inside it. Each level takes the first cumulative sum above
@@ -116,7 +155,7 @@ def _inverse_cdf(probs: np.ndarray, rng: np.random.Generator, block: int = 256) 
     blocks = blocks.reshape(batch, -1, block)
     cum = np.cumsum(blocks.sum(axis=-1, dtype=np.float64), axis=-1)
     total = cum[:, -1]
-    target = np.minimum(rng.random(batch) * total, np.nextafter(total, 0))
+    target = np.minimum(uniforms * total, np.nextafter(total, 0))
     b = (cum <= target[:, None]).sum(axis=-1)
     rows = np.arange(batch)
     inner = np.cumsum(blocks[rows, b], axis=-1, dtype=np.float64)

@@ -1,0 +1,240 @@
+"""The decode loop: a flat state machine over a batch whose rows are separate requests (llama2.c's generate() is the
+model: prefill, then per step sample -> append -> decode text -> check the end -> forward).
+
+Each row is a Row: its own context tokens, RNG, sampling parameters, UTF-8 hold-back (runtime.detok) and
+stop-string hold-back (runtime.stops). A BatchSession holds a fixed number of slots in one decoding state
+(runtime.decoders); rows wait in a queue, join a free slot between steps (continuous batching), and leave it when
+they end. Every step reads top to bottom:
+
+    1. forward  each running row's last token in one batched call (a row whose context is full re-prefills
+                its last block_size // 2 tokens instead: the sliding window)
+    2. admit    queued rows into free slots: a prefill each, alone, so the other rows are untouched
+    3. sample   one call for every row (runtime.sampling.sample_rows; each row its own parameters and RNG)
+    4. advance  each row: EOS, text, stop strings, max_new_tokens, deadline -> RowEvents; ended rows leave
+
+Because a row is prefilled alone and the graphs keep each row to its own sequence length (or mask), and its
+tokens are drawn from its own RNG, a row's text is exactly what it gets decoded alone."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lmforge.runtime.detok import TextStream
+from lmforge.runtime.errors import RequestError
+from lmforge.runtime.requests import RowEvent, RowRequest, Settled, settle
+from lmforge.runtime.sampling import sample_rows
+from lmforge.runtime.stops import StopStrings
+from lmforge.runtime.tokenizer import guarded
+
+if TYPE_CHECKING:
+    from lmforge.runtime.generator import Generator
+
+
+DEFAULT_SLOTS = 8
+
+
+class Row:
+    """One request's decoding state: what llama2.c's generate() keeps in locals, once per row of a batch."""
+
+    def __init__(self, rid: int, req: Settled, prompt_ids: list[int], gen: Generator):
+        self.id, self.req, self.params = rid, req, req.params
+        self.tokens = list(prompt_ids)  # the context: prompt ids, then each sampled id (a slide re-prefills its tail)
+        self.prompt_tokens = len(prompt_ids)
+        self.rng = np.random.default_rng(req.seed)  # the row's own: the same seed, the same tokens, in any batch
+        self.detok = TextStream(gen.tokenizer)  # UTF-8 hold-back: whole characters (run inside `guarded`)
+        self.stops = StopStrings(req.stop)  # stop-string hold-back
+        self.pending = ""  # decoded text not yet emitted: at most a stop string's prefix plus one piece
+        self.new_ids: list[int] = []  # ids sampled since the row's last event
+        self.sampled = 0  # tokens sampled, EOS included (what max_new_tokens counts)
+        self.generated = 0  # tokens in the text (EOS left out)
+        self.last: int | None = None  # the token sampled last step, still to be fed to the graph
+        self.slot = -1  # its slot in the session's decoding state; -1 while queued
+        self.finish: str | None = None  # why it ended (requests.FINISH_REASONS)
+        self.deadline = time.monotonic() + gen.limits.deadline_s
+
+    def accept(self, token: int, eos: int | None) -> str:
+        """Take the row's sampled token; return the text now safe to show. Sets `finish` when the row ends."""
+        self.sampled += 1
+        if token == eos:
+            return self.end("stop")
+        self.tokens.append(token)
+        self.new_ids.append(token)
+        self.generated += 1
+        self.last = token
+        piece = guarded(self.detok.push, token)
+        if piece:
+            self._add(piece)
+        if self.finish is None and self.sampled >= self.req.max_new_tokens:
+            return self.end("length")
+        return self._ready()
+
+    def end(self, reason: str) -> str:
+        """End the row: the text held back for UTF-8 (unless a stop string already cut it), all of it now."""
+        if self.finish is None:
+            self.finish = reason
+            self._add(guarded(self.detok.flush))
+        return self._ready()
+
+    def _add(self, piece: str) -> None:
+        base = len(self.pending)
+        self.pending += piece
+        cut = self.stops.feed(piece)
+        if cut is not None:  # the text ends before the stop string
+            self.pending, self.finish = self.pending[:base + cut], "stop"
+
+    def _ready(self) -> str:
+        """The pending text less a tail that may start a stop string (all of it once the row has ended)."""
+        keep = 0 if self.finish else self.stops.held()
+        text, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return text
+
+    def event(self, text: str) -> RowEvent:
+        ids, self.new_ids = tuple(self.new_ids), []
+        return RowEvent(self.id, text, ids, self.finish, self.prompt_tokens, self.generated)
+
+
+class BatchSession:
+    """Continuous batching over one Generator (also Generator.batch_session(slots)): `add(request)` queues a row
+    (from any thread) and returns its id; each `step()` (from one thread) runs one decode step for every row in a
+    slot, lets queued rows join free slots, and returns the RowEvents of that step (one per row); `cancel(id)`
+    ends a row at the next step. `busy` says whether any row is queued or running.
+
+        session = BatchSession(gen, slots=8)
+        a = session.add(RowRequest("Why", max_new_tokens=40, seed=1))
+        while session.busy:
+            for ev in session.step():
+                ...  # ev.row, ev.text, ev.finish_reason; add() more requests between steps
+
+    slots: rows decoded at once (default 8, at most limits.max_batch; the fast graph's KV cache is allocated for
+    all of them at once); capacity: KV positions per slot on the fast graph (default the model's context; less
+    only when every row's prompt + max_new_tokens fits it, as stream_batch sizes it)."""
+
+    def __init__(self, gen: Generator, slots: int | None = None, capacity: int | None = None):
+        self.gen = gen
+        self.slots = max(1, min(int(slots or DEFAULT_SLOTS), gen.limits.max_batch))
+        self.capacity = min(gen.block_size, capacity or gen.block_size)
+        self.dec = gen.decoder(self.slots, self.capacity)  # runtime.decoders: the graph's state, allocated once
+        self.logits = np.zeros((self.slots, gen.vocab_size), np.float32)  # [slots, V] each slot's next-token logits
+        self.seen: np.ndarray | None = None  # [slots, V] bool ids in each context, once a row has a repetition penalty
+        self._active = np.zeros(self.slots, bool)  # [slots] the rows a forward step runs
+        self._next_ids = np.zeros(self.slots, np.int64)  # [slots] the token each of them appends
+        self.rows: list[Row | None] = [None] * self.slots  # the row in each slot
+        self.running = 0  # rows in slots
+        self.queue: deque[Row] = deque()  # rows waiting for a free slot, in arrival order
+        self.cancelled: set[int] = set()
+        self._ids = iter(range(2**62))
+        self._lock = threading.Lock()
+        self.window = max(1, gen.block_size // 2)  # tokens a full row keeps when it slides
+
+    # -- the API ------------------------------------------------------------------------------------------------
+    def add(self, request: RowRequest) -> int:
+        """Check and queue one request (RequestError at once when it breaks a limit); returns the row's id."""
+        return self.enqueue(self.gen.settle(request))
+
+    def enqueue(self, settled: tuple[Settled, list[int]]) -> int:
+        req, ids = settled
+        if self.capacity < self.gen.block_size and len(ids) + req.max_new_tokens > self.capacity:
+            raise RequestError(f"this batch's cache holds {self.capacity} positions, fewer than the prompt's "
+                               f"{len(ids)} + max_new_tokens {req.max_new_tokens}")
+        with self._lock:
+            row = Row(next(self._ids), req, ids, self.gen)
+            self.queue.append(row)
+        return row.id
+
+    def cancel(self, rid: int) -> None:
+        """End row `rid` at the next step (finish_reason "cancelled"): e.g. its client went away."""
+        self.cancelled.add(rid)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or self.running > 0
+
+    def step(self) -> list[RowEvent]:
+        events: list[RowEvent] = []
+        self._forward()  # 1. each running row's last token, in one call
+        self._admit(events)  # 2. queued rows into free slots
+        rows = [r for r in self.rows if r is not None]
+        if not rows:
+            return events
+        slots = [r.slot for r in rows]
+        ids = self.sample(rows, slots)  # 3. one call: every row's next token
+        now = time.monotonic()
+        for row, token in zip(rows, ids.tolist()):  # 4. each row: EOS, text, stop strings, limits
+            text = row.accept(token, self.gen.eos)
+            if row.finish is None and row.id in self.cancelled:
+                text += row.end("cancelled")
+            elif row.finish is None and now > row.deadline:
+                text += row.end("deadline")
+            events.append(row.event(text))  # every step: its token, its text (may be "": held back)
+            if row.finish:
+                self._leave(row)
+            elif self.seen is not None:
+                self.seen[row.slot, token] = True
+        return events
+
+    def sample(self, rows: list[Row], slots: list[int]) -> np.ndarray:
+        """The one sampling call: next ids [n] for the rows in `slots`, from their logits, each row with its own
+        parameters and RNG (runtime.sampling.sample_rows)."""
+        every = len(slots) == self.slots and slots == list(range(self.slots))  # no copy of [slots, V] arrays
+        logits = self.logits if every else self.logits[slots]
+        seen = None if self.seen is None else self.seen if every else self.seen[slots]
+        return sample_rows(logits, [r.params for r in rows], [r.rng for r in rows], seen)
+
+    # -- the steps ----------------------------------------------------------------------------------------------
+    def _forward(self) -> None:
+        active, next_ids = self._active, self._next_ids
+        active[:] = False
+        sliding, n = [], 0
+        for r in self.rows:
+            if r is None or r.last is None:
+                continue
+            if self.dec.lengths[r.slot] >= self.dec.capacity:  # full: no room for one more token
+                sliding.append(r)
+            else:
+                active[r.slot], next_ids[r.slot], n = True, r.last, n + 1
+            r.last = None
+        if n == self.slots:  # the usual step: every slot appends its token
+            np.copyto(self.logits, self.dec.step(next_ids))
+        elif n:
+            self.logits[active] = self.dec.step(next_ids, active)[active]
+        for r in sliding:  # the context is full: re-prefill the row's last `window` tokens
+            self.logits[r.slot] = self.dec.prefill_slot(r.slot, r.tokens[-self.window:])
+
+    def _admit(self, events: list[RowEvent]) -> None:
+        if not self.queue:
+            return
+        free = [s for s, r in enumerate(self.rows) if r is None]
+        joining = []
+        with self._lock:
+            while free and self.queue:
+                row = self.queue.popleft()
+                if row.id in self.cancelled or time.monotonic() > row.deadline:  # ended while it waited
+                    events.append(row.event(row.end("cancelled" if row.id in self.cancelled else "deadline")))
+                    self.cancelled.discard(row.id)
+                    continue
+                row.slot = free.pop(0)
+                joining.append(row)
+        if len(joining) == self.slots:  # every slot at once (a fresh batch): one batched prefill
+            self.logits[:] = self.dec.prefill([r.tokens for r in joining])
+        else:
+            for r in joining:
+                self.logits[r.slot] = self.dec.prefill_slot(r.slot, r.tokens)
+        for r in joining:
+            self.rows[r.slot] = r
+            self.running += 1
+            if r.params.repetition_penalty != 1.0 and self.seen is None:
+                self.seen = np.zeros((self.slots, self.gen.vocab_size), bool)
+            if self.seen is not None:
+                self.seen[r.slot] = False
+                self.seen[r.slot, r.tokens] = True
+
+    def _leave(self, row: Row) -> None:
+        self.rows[row.slot] = None
+        self.running -= 1
+        self.dec.release(row.slot)
+        self.cancelled.discard(row.id)
+        row.slot = -1

@@ -1,0 +1,278 @@
+"""The decoding state of one batch on each kind of exported graph, as a fixed number of row slots:
+
+    KVBuffers       the fast graph (lmforge.export.fast): GroupQueryAttention over a KV cache allocated once
+    PortableKV      the portable attention graph: a KV cache that grows one position per step, rows left-padded
+    RecurrentState  a GRU/LSTM graph: a fixed-size state per row, no context limit
+
+Each has the same calls. A row joins a slot with `prefill_slot(slot, ids)` (alone, so its numbers are exactly
+those of a batch of one) while the other slots keep their state; `step(ids, active)` runs one token for every
+active slot in one call (`active` None: every slot); `release(slot)` frees it; `full(slot)` says the row has no
+room for another token. The batch-at-once calls `prefill(rows)` / `step(ids)` / `full()` (lmforge.runtime.scoring) run every slot. Logits come
+back on the host as float32 [slots, vocab] (sampling runs in numpy)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from lmforge.runtime.generator import Generator
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def forward(gen: Generator, ids: np.ndarray, mask: np.ndarray | None, state: dict[str, np.ndarray]):
+    """One portable-graph call: (last logits [B, V], the new state by input name). ids [B, S]; mask [B, past + S]
+    (attention graphs only; positions count the real tokens of each row)."""
+    feeds = {"input_ids": ids, **state}
+    if mask is not None:
+        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -ids.shape[1]:]
+        feeds.update(position_ids=pos.astype(np.int64), attention_mask=mask)
+    out = gen.session.run(gen.output_names, feeds)
+    return out[0][:, -1, :], {s["input"]: o for s, o in zip(gen.state_io, out[1:])}
+
+
+class Slots:
+    """What every decoding state shares: per-slot lengths, and the batch-at-once calls in terms of the slot calls."""
+
+    capacity: int  # positions a slot's cache holds
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.lengths = np.zeros(slots, np.int64)  # [slots] tokens in each slot's context
+        self.live = np.zeros(slots, bool)  # [slots] slots holding a row
+
+    def full(self, slot: int | None = None) -> bool:
+        """Whether `slot` (None: any slot) has no room for one more token."""
+        n = self.lengths.max() if slot is None else self.lengths[slot]
+        return bool(n + 1 > self.capacity)
+
+    def release(self, slot: int) -> None:
+        self.live[slot], self.lengths[slot] = False, 0
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        """Run whole rows from an empty state, one per slot; the last real logits [B, V]."""
+        return np.stack([self.prefill_slot(i, r) for i, r in enumerate(rows)])
+
+    def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class KVBuffers(Slots):
+    """The fast graph's state: a fixed-size key/value cache per layer, bound once as both past and present
+    (GroupQueryAttention writes the new entries in place), and the step inputs bound once and updated in place,
+    so a decode step allocates nothing. Rows are right-padded: slot b holds lengths[b] tokens and the graph's
+    per-row sequence lengths (seqlens_k) keep each row to its own, so a row decodes exactly as it would alone.
+    A row joins by a prefill of its slot alone, through a second binding whose caches are views of that slot's
+    part of the shared buffers (bound by pointer), so the other slots are untouched.
+
+    Under the CUDA provider the caches, the step inputs and the logits are OrtValues on the GPU: a step copies
+    the new ids, positions and lengths up (a few bytes per row) and the logits [B, V] down, since sampling
+    (lmforge.runtime.sampling) runs in numpy on the host. total_sequence_length stays on the host: the kernel
+    reads it there."""
+
+    def __init__(self, gen: Generator, slots: int, capacity: int):
+        super().__init__(slots)
+        self.gen, self.capacity = gen, capacity
+        self.device = "cuda" if gen.provider == "CUDAExecutionProvider" else "cpu"
+        io = gen.dir.io["fast"]
+        types = {i.name: i.type for i in gen.session.get_inputs()}
+        H, D, V = gen.n_head, gen.head_dim, gen.vocab_size
+        self.binding = gen.session.io_binding()  # the step's binding: every buffer bound once, here
+        self.kv: list[ort.OrtValue] = []  # [slots, H, capacity, D] per state input, bound as its input and its output
+        self.kv_io: list[tuple[str, str, type]] = []  # (input name, output name, numpy dtype) per cache
+        for s in io["state"]:
+            dtype = ORT_DTYPES.get(types.get(s["input"]), np.float32)
+            zeros = np.zeros((slots, H, capacity, D), dtype)  # zeroed: a padded slot is never NaN
+            buf = ort.OrtValue.ortvalue_from_numpy(zeros, self.device, 0)
+            self.kv.append(buf)
+            self.kv_io.append((s["input"], s["output"], dtype))
+            self.binding.bind_ortvalue_input(s["input"], buf)
+            self.binding.bind_ortvalue_output(s["output"], buf)
+        self.ids = np.zeros((slots, 1), np.int64)  # [slots, 1] the token each slot appends
+        self.pos = np.zeros((slots, 1), np.int64)  # [slots, 1] its position
+        self.seqlens = np.zeros(slots, np.int32)  # [slots] tokens in each cache after the step, minus one
+        self.total = np.zeros((), np.int32)  # [] max over slots of seqlens + 1
+        self.logits = np.zeros((slots, 1, V), np.float32)  # [slots, 1, V] the step's output
+        self.host = {"input_ids": self.ids, "position_ids": self.pos, "seqlens_k": self.seqlens}
+        self.values = {n: self._value(a) for n, a in self.host.items()}
+        self.values["total_sequence_length"] = ort.OrtValue.ortvalue_from_numpy(self.total)
+        self.values["logits"] = self._value(self.logits)
+        self.logits_name = io["logits"]
+        self._bind(self.binding, self.values)
+        self.pad = gen.pad or 0
+
+    def _value(self, array: np.ndarray) -> ort.OrtValue:
+        """An OrtValue on the session's device; on the CPU it shares the numpy array's memory."""
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
+
+    def _bind(self, binding, values: dict) -> None:
+        for name, v in values.items():
+            if name == "logits":
+                binding.bind_ortvalue_output(self.logits_name, v)
+            else:
+                binding.bind_ortvalue_input(name, v)
+
+    def _run(self, binding, logits: ort.OrtValue, host_logits: np.ndarray | None) -> np.ndarray:
+        self.gen.session.run_with_iobinding(binding)
+        if self.device == "cpu":
+            return host_logits
+        binding.synchronize_outputs()
+        return logits.numpy()  # the one copy to the host: sampling runs in numpy
+
+    def _run_whole(self, binding, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Run right-padded rows ids [B, S] from position 0 (lengths [B] real tokens each): logits [B, S, V]."""
+        B, S = ids.shape
+        pos = np.where(np.arange(S) < lengths[:, None], np.arange(S), 0).astype(np.int64)
+        host = np.zeros((B, S, self.gen.vocab_size), np.float32) if self.device == "cpu" else None
+        logits = (self._value(host) if host is not None else
+                  ort.OrtValue.ortvalue_from_shape_and_type((B, S, self.gen.vocab_size), np.float32, self.device, 0))
+        self._bind(binding, {"input_ids": self._value(ids), "position_ids": self._value(pos),
+                             "seqlens_k": self._value((lengths - 1).astype(np.int32)),
+                             "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(np.array(S, np.int32)),
+                             "logits": logits})
+        return self._run(binding, logits, host)
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        """Every slot at once (one call), from position 0; the last real logits [B, V]."""
+        B, width = len(rows), max(len(r) for r in rows)
+        ids = np.zeros((B, width), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+        self.lengths[:] = [len(r) for r in rows]
+        self.live[:] = True
+        out = self._run_whole(self.binding, ids, self.lengths)
+        self._bind(self.binding, self.values)  # back to the step buffers
+        return out[np.arange(B), self.lengths - 1]
+
+    def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
+        """Run one row into `slot` alone, from position 0; its last logits [V]. The other slots keep theirs."""
+        binding = self.gen.session.io_binding()
+        shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
+        for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
+            ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots  # slot's [1, H, capacity, D]
+            binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
+            binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
+        lengths = np.array([len(ids)], np.int64)
+        out = self._run_whole(binding, np.array([ids], np.int64), lengths)
+        self.lengths[slot], self.live[slot] = len(ids), True
+        return out[0, -1]
+
+    def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Append one token to each active slot (default: every slot); returns the logits [slots, V]
+        (on the CPU a view reused by the next step). An inactive slot runs a pad token at position 0 into its own
+        cache and keeps its length: its output is ignored."""
+        if active is None:  # the usual step: every slot appends its token
+            active = 1
+            self.ids[:, 0] = next_ids
+            self.pos[:, 0] = self.lengths
+            self.seqlens[:] = self.lengths
+            self.total[...] = self.lengths.max() + 1
+        else:
+            live = np.where(active, self.lengths, 0)
+            self.ids[:, 0] = np.where(active, next_ids, self.pad)
+            self.pos[:, 0] = live
+            self.seqlens[:] = live
+            self.total[...] = live.max() + 1
+        if self.device != "cpu":
+            for name, array in self.host.items():
+                self.values[name].update_inplace(array)
+        out = self._run(self.binding, self.values["logits"], self.logits)
+        self.lengths += active
+        return out[:, 0]
+
+
+class PortableKV(Slots):
+    """The portable attention graph's state: past keys/values [slots, H, T, D] per layer and an attention mask
+    [slots, T] (1 = a real token), T the widest row; rows are left-padded and positions count real tokens only.
+    A step returns new arrays one position wider (past and present are separate graph values). A row joins by
+    a prefill alone, then its cache is placed at the right end of its slot; columns no live row uses are cut."""
+
+    def __init__(self, gen: Generator, slots: int):
+        super().__init__(slots)
+        self.gen, self.capacity = gen, gen.block_size
+        self.state = gen.empty_state(slots)  # {input name: [slots, H, T, D]}
+        self.mask = np.ones((slots, 0), np.int64)  # [slots, T]
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        """Every slot at once (one call): rows left-padded to one width."""
+        width = max(len(r) for r in rows)
+        pad = self.gen.pad if self.gen.pad is not None else 0
+        ids = np.full((len(rows), width), pad, np.int64)
+        self.mask = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = r
+            self.mask[i, width - len(r):] = 1
+        self.lengths[:] = [len(r) for r in rows]
+        self.live[:] = True
+        logits, self.state = forward(self.gen, ids, self.mask, self.gen.empty_state(len(rows)))
+        return logits
+
+    def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
+        S = len(ids)
+        logits, kv = forward(self.gen, np.array([ids], np.int64), np.ones((1, S), np.int64), self.gen.empty_state(1))
+        T = self.mask.shape[1]
+        if S > T:  # widen every slot on the left
+            self.state = {k: np.pad(v, ((0, 0), (0, 0), (S - T, 0), (0, 0))) for k, v in self.state.items()}
+            self.mask = np.pad(self.mask, ((0, 0), (S - T, 0)))
+            self.mask[~self.live] = 1  # a free slot attends to something: no NaN in its (ignored) rows
+            T = S
+        for k, v in self.state.items():
+            v[slot, :, :T - S] = 0
+            v[slot, :, T - S:] = kv[k][0]
+        self.mask[slot] = 0
+        self.mask[slot, T - S:] = 1
+        self.lengths[slot], self.live[slot] = S, True
+        self._trim()  # a re-prefilled window may have been the longest row
+        return logits[0]
+
+    def release(self, slot: int) -> None:
+        super().release(slot)
+        self.mask[slot] = 1
+        self._trim()
+
+    def _trim(self) -> None:
+        """Cut the leading columns that no live row uses, so T stays the longest live row's length."""
+        cut = self.mask.shape[1] - int(self.lengths[self.live].max(initial=0))
+        if cut > 0:
+            self.state = {k: v[:, :, cut:] for k, v in self.state.items()}
+            self.mask = self.mask[:, cut:]
+
+    def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        active = np.ones(self.slots, bool) if active is None else active
+        pad = self.gen.pad if self.gen.pad is not None else 0
+        ids = np.where(active, next_ids, pad).astype(np.int64)[:, None]
+        # an inactive slot's new column is masked: a full row waiting to slide keeps its last position in range
+        self.mask = np.concatenate([self.mask, active.astype(np.int64)[:, None]], axis=1)
+        logits, self.state = forward(self.gen, ids, self.mask, self.state)
+        self.lengths += active
+        return logits
+
+
+class RecurrentState(Slots):
+    """A GRU/LSTM graph's state: [n_layer, slots, hidden] per state input, zeros before a row's first token. No
+    context limit (never full); a row joins by a prefill alone, its state copied into its slot."""
+
+    def __init__(self, gen: Generator, slots: int):
+        super().__init__(slots)
+        self.gen, self.capacity = gen, 2**62
+        self.state = gen.empty_state(slots)  # {input name: [n_layer, slots, hidden]}
+
+    def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
+        logits, state = forward(self.gen, np.array([ids], np.int64), None, self.gen.empty_state(1))
+        for k, v in self.state.items():
+            v[:, slot] = state[k][:, 0]
+        self.lengths[slot], self.live[slot] = len(ids), True
+        return logits[0]
+
+    def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        active = np.ones(self.slots, bool) if active is None else active
+        pad = self.gen.pad if self.gen.pad is not None else 0
+        ids = np.where(active, next_ids, pad).astype(np.int64)[:, None]
+        logits, self.state = forward(self.gen, ids, None, self.state)
+        self.lengths += active
+        return logits

@@ -1,0 +1,90 @@
+"""`lmforge serve-model`: an exported model directory behind LitServe (docs/serving.md). One HTTP process
+(uvicorn, lmforge.serving.spec) and one inference worker (lmforge.serving.worker) that decodes every request in
+flight as one batch; LitServe's process manager, request queue and ZeroMQ transport in between.
+
+    GET  /health           200 "ok" once the model is loaded (the readiness probe), 503 before
+    GET  /v1/models        the served model
+    POST /v1/completions   OpenAI completions, streamed (server-sent events) or not
+    GET  /metrics          Prometheus text"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from lmforge.core.errors import LmforgeError
+from lmforge.serving.protocol import Limits
+
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
+MAX_BATCH = 16
+FAST_QUEUE = False  # LitServe's multiprocessing queues: faster than its ZeroMQ broker here (serve_libraries.py)
+
+
+def check_model(model_dir: str | Path, variant: str, device: str, limits: dict | None) -> dict:
+    """Load the model once here, so that a bad directory or limit is one `error:` line before any process starts;
+    returns what GET /v1/models tells about it."""
+    from lmforge.runtime import Generator, RequestError, RuntimeInputError
+
+    try:
+        gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits)
+    except RequestError as exc:  # a flag above the model's own limit: flags may only lower them
+        raise LmforgeError(str(exc), hint="serving flags may only lower the model's limits (lmforge.json `limits`)"
+                           ) from None
+    except RuntimeInputError as exc:
+        raise LmforgeError(str(exc), hint="pass an exported model directory or models:/NAME@ALIAS") from None
+    return {"name": str(gen.dir.manifest.get("name") or Path(model_dir).name), "provider": gen.provider,
+            "family": gen.dir.model.get("family"), "tokenizer": gen.dir.manifest["tokenizer"].get("kind"),
+            "context": None if gen.rnn else gen.block_size, "limits": dict(vars(gen.limits))}
+
+
+def build(model_dir: str | Path, name: str | None = None, limits: dict | None = None, variant: str = "fp32",
+          device: str = "auto", threads: int | None = None, max_batch: int = MAX_BATCH, max_queue: int = 256,
+          flush_ms: float = 20.0, source: str | None = None):
+    """The LitServer for one model directory (not started). limits: the runtime's ServingLimits to lower
+    ({name: value}); max_batch: rows decoded together (at most limits.max_batch)."""
+    import litserve as ls
+
+    from lmforge.serving.spec import CompletionsSpec
+    from lmforge.serving.worker import CompletionAPI
+
+    limits = {k: v for k, v in (limits or {}).items() if v is not None}
+    about = check_model(model_dir, variant, device, limits)
+    max_batch = max(1, min(max_batch, about["limits"]["max_batch"]))
+    name = name or about["name"]
+    http = Limits(max_queue=max_queue,
+                  max_body_bytes=8 * about["limits"]["max_prompt_bytes"] + (64 << 10))
+    info = {"lmforge": {"source": source or str(model_dir), "variant": variant, **about, "max_batch": max_batch,
+                        "max_queue": max_queue}}
+    spec = CompletionsSpec(name, http, info=info)
+    api = CompletionAPI(str(Path(model_dir).resolve()), variant=variant, device=device, threads=threads,
+                        max_batch=max_batch, limits=limits, flush_s=flush_ms / 1e3, spec=spec)
+    return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=False,
+                        max_payload_size=http.max_body_bytes, fast_queue=FAST_QUEUE, model_metadata={"model": name})
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
+          **kwargs) -> None:
+    """Run until Ctrl-C or SIGTERM (a container's stop), then stop the worker and the HTTP process."""
+    if host not in HOSTS:
+        raise LmforgeError(f"--host {host} cannot be bound by LitServe",
+                           hint="--host 127.0.0.1 (this machine only) or --host 0.0.0.0 (a container or replica)")
+    if not 1024 <= port <= 65535:
+        raise LmforgeError(f"--port {port} is outside 1024-65535", hint="--port 8000")
+    server = build(model_dir, **kwargs)
+
+    main_pid = os.getpid()
+
+    def stop(signum, frame):  # SIGTERM as Ctrl-C: LitServe's orderly shutdown of its processes
+        if os.getpid() != main_pid:  # a forked child (uvicorn re-raises the signal when it has stopped)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"serving {server.lit_api.spec.model} from {model_dir} on http://{host}:{port}/v1 "
+          f"(ready when GET /health answers 200)", file=sys.stderr, flush=True)
+    logging.getLogger("litserve").setLevel(log_level.upper())
+    server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
