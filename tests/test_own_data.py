@@ -130,6 +130,9 @@ def test_foreign_data_never_takes_a_presets_name(tmp_path):
     assert load_config("jokes-char", {"data.source": str(tmp_path / "Reddit Jokes.CSV")}).name == "reddit-jokes"
     assert load_config("shakespeare-char", {"data.source": "https://h/x/input.txt?token=1"}).name == "input"
     assert load_config("jokes-char", {"data.source": "x.csv", "name": "mine"}).name == "mine"
+    local_copy = {"data.source": "../shared/corpora/tinyshakespeare.txt"}  # README: --name PRESET keeps its name
+    assert load_config("shakespeare-char", local_copy).name == "tinyshakespeare"
+    assert load_config("shakespeare-char", {**local_copy, "name": "shakespeare-char"}).name == "shakespeare-char"
     with pytest.raises(LmforgeError, match="would be 'shakespeare-char', preset shakespeare-char's model"):
         load_config("jokes-char", {"data.source": str(tmp_path / "shakespeare-char.txt")})
 

@@ -3,7 +3,8 @@ MLflow UI renders as markdown), and the run's summary in markdown.
 
 Tags, grouped so the registered model's version list (one row per version, every tag shown) stays readable: a
 few flat tags a reviewer compares at a glance and searches by (`val_bpb`, `val_loss`, `preset`, `data_source`,
-`data_fingerprint`, `promotion`), and JSON-valued groups for the rest: `lmforge.data` (where the model comes
+`data_fingerprint`, `promotion`, `parent`; `data_object*` for an object-store source), and JSON-valued groups
+for the rest: `lmforge.data` (where the model comes
 from: corpus, tokenizer, split), `lmforge.model` (weights, export parity, sizes, variant deltas, the export's
 checks), `lmforge.promotion` (the last promotion decision: scores, reason, who, when), `lmforge.rollback` and
 `lmforge.lineage` (what a warm start began from). `facts()` reads them back
