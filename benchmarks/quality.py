@@ -27,7 +27,7 @@ from lmforge.core.config import load_config
 from lmforge.data.prepare import prepare_corpus
 from lmforge.data.shards import open_shard
 from lmforge.training.evaluate import evaluate_tokens
-from lmforge.models import build_model, model_spec
+from lmforge.models import build_model
 from lmforge.training.train import get_batch, lr_at, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -180,6 +180,7 @@ def bench_lebanon(cfg, meta, tr, va, work) -> list[dict]:
 
 
 def bench_tinystories(cfg, meta, tr, va, work) -> list[dict]:
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
     from lmforge.runtime import Generator
 
@@ -188,8 +189,8 @@ def bench_tinystories(cfg, meta, tr, va, work) -> list[dict]:
     uni = unigram_loss(tr, va, meta["vocab_size"])
     manifest = {"name": cfg.name, "tokenizer": {"kind": "word", "file": "tokenizer.json"},
                 "tokens": meta["special_ids"], "generation": {"temperature": 0.8, "top_k": 40}}
-    out, _ = export_model_dir(model, model_spec(model), work / cfg.name / "data" / "tokenizer.json",
-                              work / cfg.name / "model", manifest, int8=False)
+    out, _ = export_model_dir(model, work / cfg.name / "data" / "tokenizer.json", work / cfg.name / "model", manifest,
+                              ExportConfig(int8=False))
     text = Generator(out).generate(UNSEEN_PROMPT, max_new_tokens=30, seed=0)
     return [row(cfg.name, "val perplexity (words), unigram baseline from the train split", "-",
                 round(math.exp(uni), 1)),

@@ -122,8 +122,7 @@ def test_exported_rnn_directory_generates_like_torch(tmp_path):
                         tok.get_vocab_size()).eval()
     manifest = {"name": "t", "tokenizer": {"kind": "char", "file": "tokenizer.json"}, "tokens": special_ids(tok),
                 "generation": {"temperature": 0.0, "max_new_tokens": 20}}
-    out, metrics = export_model_dir(model, model_spec(model), tmp_path / "tokenizer.json", tmp_path / "model",
-                                    manifest)
+    out, metrics = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "model", manifest)
     assert metrics["onnx_parity_max_abs"] <= 1e-4
     gen = Generator(out)
     prompt = "the cat"

@@ -143,6 +143,8 @@ class ExportConfig:
     top_k: int = 40
     top_p: float = 1.0
     max_new_tokens: int = 100
+    hf: bool = True                  # hf/: the Hugging Face folder transformers loads (gpt, hf-gpt2; lmforge/export/hf.py)
+    gguf: str = "f16"                # model.<type>.gguf for llama.cpp: f32, f16, q8_0, or "none" (lmforge/export/gguf.py)
 
 
 @dataclass
@@ -195,6 +197,7 @@ CHOICES = {
     "model.family": ("gpt", "lstm", "gru", "hf-gpt2"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "export.gguf": ("f16", "f32", "q8_0", "none"),
 }
 
 
