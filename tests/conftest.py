@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from small_corpora import GENERATORS, REAL_FACTS, Corpus
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = Path(os.environ.get("LMFORGE_CORPORA") or REPO.parent / "shared" / "corpora")  # a clone elsewhere
 
@@ -59,12 +61,34 @@ def readme_commands(heading: str) -> list[str]:
     return lines
 
 
-def corpus(name: str) -> Path:
-    """A real corpus from ../shared/corpora, or skip: a user's clone has no ../shared."""
+_GENERATED: dict[str, Corpus] = {}
+
+
+def corpus_info(name: str, real: bool = False) -> Corpus:
+    """The corpus `name`: the real one from ../shared/corpora (CI has them; LMFORGE_CORPORA points elsewhere), else
+    a small one of the same format the tests write themselves (tests/small_corpora.py; a contributor's clone has
+    no ../shared), each with the facts a test may assert. real=True: the real one or skip, for the few checks only
+    its own bytes can pass (a pinned sha256)."""
     path = SHARED_CORPORA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found: real corpora live in ../shared/corpora beside the repo (CI has them)")
-    return path
+    if path.is_file():
+        return Corpus(path, True, REAL_FACTS[name])
+    if real:
+        pytest.skip(f"{path} not found: this check needs the real corpus (../shared/corpora beside the repo; CI has it)")
+    if name not in _GENERATED:
+        out = Path(tempfile.mkdtemp(prefix="lmforge-test-corpus-")) / name
+        _GENERATED[name] = Corpus(out, False, GENERATORS[name](out))
+    return _GENERATED[name]
+
+
+def corpus(name: str, real: bool = False) -> Path:
+    """The path of corpus_info(name): the real corpus, or the small generated one of the same format."""
+    return corpus_info(name, real).path
+
+
+def corpus_facts(name: str) -> dict:
+    """What is known about corpus `name` as corpus() gives it: the figures of the real one, or those counted while
+    writing the generated one (see tests/small_corpora.py for the keys)."""
+    return corpus_info(name).facts
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import corpus
+from conftest import corpus, corpus_facts
 from lmforge.core.config import CleanConfig
 from lmforge.data import formats
 from lmforge.data.clean import clean_batches, clean_documents, normalize_whitespace, normalize_whitespace_one
@@ -60,10 +60,10 @@ def test_invalid_utf8_names_file_and_offset_or_is_replaced(tmp_path, monkeypatch
 
 def test_onelinefun_csv_quoted_multiline_fields():
     docs = read_documents(corpus("onelinefun.csv"), "csv", column="Joke")
-    assert len(docs) == 2950
-    assert docs[1] == ('People used to laugh at me when I would say "I want to be a comedian", '
-                       "well nobody's laughing now.")
-    assert not any("\r" in d for d in docs)  # the file mixes CRLF and LF line ends
+    facts = corpus_facts("onelinefun.csv")
+    assert len(docs) == facts["documents"]  # the real file: 2950 jokes
+    assert docs[1] == facts["second"] and '"' in docs[1]  # "" inside a quoted field is one quote
+    assert not any("\r" in d for d in docs)  # the file ends its lines with CRLF (the generated one: a few LF)
 
 
 def test_csv_multiline_quoted_fields_across_chunks(tmp_path, monkeypatch):
@@ -76,8 +76,8 @@ def test_csv_multiline_quoted_fields_across_chunks(tmp_path, monkeypatch):
 
 
 def test_imdb_csv_keeps_html_until_cleaning():
-    docs = read_documents(corpus("imdb-reviews.csv"), "csv", column="review")
-    assert len(docs) == 2000 and "<br />" in docs[0]
+    docs = read_documents(corpus("imdb-reviews.csv"), "csv", column="review")  # ten empty trailing columns
+    assert len(docs) == corpus_facts("imdb-reviews.csv")["documents"] and "<br />" in docs[0]  # real: 2000
     cleaned, report = clean_documents(docs, CleanConfig(strip_html=True))
     assert not any("<br" in d for d in cleaned)
     assert report[0]["step"] == "strip_html" and report[0]["chars_removed"] > 0
@@ -85,13 +85,15 @@ def test_imdb_csv_keeps_html_until_cleaning():
 
 def test_arabic_tsv_filter_and_unharmed_by_cleaning():
     path = corpus("ArSenTD-LEV.tsv")
+    facts = corpus_facts("ArSenTD-LEV.tsv")  # the real file: 1000 Lebanese tweets, 673 of them unique
     docs = read_documents(path, "tsv", column="Tweet", row_filter='Country == "lebanon"')
-    assert len(docs) == 1000
-    assert docs[0].startswith('"أنا أؤمن بأن الانسان')  # "" inside a quoted field is one quote
+    assert len(docs) == facts["lebanon_rows"]
+    assert docs[0].startswith(facts["lebanon_first"])  # "" inside a quoted field is one quote
     cleaned, report = clean_documents(docs, CleanConfig())
     by_step = {r["step"]: r for r in report}
     assert by_step["unicode_nfc"]["chars_removed"] == 0
-    assert by_step["dedupe"]["docs_removed"] == 327 and len(cleaned) == 673  # real duplicate tweets
+    assert len(cleaned) == facts["lebanon_unique"] < len(docs)  # duplicate tweets (retweets) removed
+    assert by_step["dedupe"]["docs_removed"] == len(docs) - len(cleaned)
     assert cleaned[0] == " ".join(docs[0].split())
     assert all(unicodedata.is_normalized("NFC", d) for d in cleaned)
 

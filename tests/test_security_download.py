@@ -335,7 +335,7 @@ def test_shakespeare_preset_pins_the_hash_of_char_rnns_input_txt(server, tmp_pat
     from conftest import corpus
     from lmforge.core.config import load_config
 
-    text = corpus("tinyshakespeare.txt").read_bytes()
+    text = corpus("tinyshakespeare.txt", real=True).read_bytes()  # only the real bytes have the pinned hash
     cfg = load_config("shakespeare-char")
     assert len(text) == 1_115_394 and cfg.data.sha256 == hashlib.sha256(text).hexdigest()
     path = urlparse(cfg.data.source).path
