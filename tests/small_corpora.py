@@ -8,7 +8,7 @@ code under test. The real corpora's facts are the figures the tests always asser
 
     tinyshakespeare.txt     speaker lines, speeches separated by blank lines, two triple newlines, final newline
     tinystories-sample.txt  stories in paragraphs separated by blank lines
-    wizard-of-oz.txt        hard-wrapped prose: lines of at most 70 characters, paragraphs separated by blank lines
+    wizard-of-oz.txt        hard-wrapped prose: lines of at most 70 characters, no blank lines
     onelinefun.csv          "ID","Joke" with CRLF (and a few LF) line ends; quoted fields with "" and newlines
     imdb-reviews.csv        review,sentiment and ten empty trailing columns C..L; <br /><br /> inside reviews
     ArSenTD-LEV.tsv         Tweet, Country, Topic, Sentiment, Sentiment_Expression, Sentiment_Target; four
@@ -151,24 +151,24 @@ def write_stories(path: Path, stories: int = 400) -> dict:
     return {"opening": paragraphs[0][:40], "documents": len(paragraphs)}
 
 
-def write_wrapped(path: Path, paragraphs: int = 120, width: int = 70) -> dict:
-    """Prose hard-wrapped at `width` (a Gutenberg book): a paragraph's lines end mid-sentence."""
+def write_wrapped(path: Path, paragraphs: int = 300, width: int = 70) -> dict:
+    """Prose hard-wrapped at `width` (a Gutenberg book as the real file has it): no blank lines, a paragraph ends
+    on a short line, sentences run across line ends."""
     rng = random.Random(3)
     zipf = _Zipf(rng, ENGLISH + _pseudo_words(rng, 400))
-    paras = [" ".join(_sentence(zipf, rng, 6, 18, rng.choice([".", ".", ";", "!"])) for _ in range(rng.randint(2, 6)))
-             for _ in range(paragraphs)]
-    out = []
-    for p in paras:
-        lines, line = [], ""
-        for word in p.split():
+    lines = []
+    for _ in range(paragraphs):
+        line = ""
+        for word in " ".join(_sentence(zipf, rng, 6, 18, rng.choice([".", ".", ";", "!"]))
+                             for _ in range(rng.randint(2, 6))).split():
             if line and len(line) + 1 + len(word) > width:
                 lines.append(line)
                 line = word
             else:
                 line = f"{line} {word}" if line else word
-        out.append("\n".join(lines + [line]))
-    path.write_text("\n\n".join(out) + "\n", encoding="utf-8")
-    return {"opening": paras[0][:30], "documents": len(paras), "width": width}
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"opening": lines[0][:30], "lines": len(lines), "width": width}
 
 
 def _csv_row(values: list, terminator: str, **kw) -> str:
@@ -267,7 +267,7 @@ REAL_FACTS = {
     "tinyshakespeare.txt": {"opening": "First Citizen:\nBefore we proceed", "last_line": "Whiles thou art waking.",
                             "dropped_chars": 3, "contains": "Citizen"},
     "tinystories-sample.txt": {"opening": "One day, a little girl named Lily found a needle"},
-    "wizard-of-oz.txt": {"opening": "Dorothy lived in the midst of"},
+    "wizard-of-oz.txt": {"opening": "Dorothy lived in the midst of", "lines": 4286},
     "onelinefun.csv": {"documents": 2950, "opening": "I just asked my husband if he remembers what today is",
                        "second": 'People used to laugh at me when I would say "I want to be a comedian", '
                                  "well nobody's laughing now."},

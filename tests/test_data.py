@@ -133,6 +133,18 @@ def test_imdb_tree_and_empty(tmp_path):
         read_documents(empty)
 
 
+def test_hard_wrapped_book_is_one_text_document_or_a_document_a_line(monkeypatch):
+    """A book wrapped at ~70 columns without blank lines (wizard-of-oz.txt): `text` reads it as one document, line
+    breaks kept, `lines` as a document per line; the same through read chunks far smaller than the document."""
+    path = corpus("wizard-of-oz.txt")
+    facts = corpus_facts("wizard-of-oz.txt")
+    monkeypatch.setattr(formats, "CHUNK_BYTES", 4096)
+    (book,) = read_documents(path, "text")
+    assert book == path.read_text(encoding="utf-8").strip() and book.startswith(facts["opening"])
+    lines = read_documents(path, "lines")
+    assert len(lines) == facts["lines"] and lines == [line.strip() for line in book.split("\n")]
+
+
 def test_batches_are_lazy_and_bounded(monkeypatch):
     monkeypatch.setattr(formats, "CHUNK_BYTES", 1 << 16)
     batches = iter_batches(corpus("tinyshakespeare.txt"), "lines")
