@@ -210,7 +210,7 @@ def test_prompt_with_unseen_characters_generates(model_dir):
     gen = Generator(model_dir)
     assert gen.unk in gen.encode("\u4e2d\u6587 zq\U0001f600")  # characters the tokenizer never saw -> <unk>
     text = gen.generate("\u4e2d\u6587 zq\U0001f600", max_new_tokens=10, seed=0)
-    assert isinstance(text, str)
+    assert text == gen.generate("\u65e5\u672c zq\U0001f601", max_new_tokens=10, seed=0)  # other unseen ones: the same <unk>s
 
 
 def test_max_new_tokens_past_the_context_slides_the_window(copy_of):
