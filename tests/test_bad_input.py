@@ -96,9 +96,19 @@ def test_mistyped_set_key_suggests_the_close_match_and_lists_keys(capsys):
                    "valid keys:", "model.block_size")
 
 
-def test_wrong_value_type(capsys):
-    rc, err = cli(capsys, "run", "--set", "train.max_steps=many")
-    one_line_error(rc, err, "train.max_steps expects int", "'many'", "--set train.max_steps=")
+@pytest.mark.parametrize("key, value, type_name", [("train.max_steps", "many", "int"), ("train.lr", "fast", "float"),
+                                                   ("clean.strip_html", "maybe", "bool"),
+                                                   ("eval.temperatures", "0.5,hot", "float"),
+                                                   ("eval.prompts", "[oops", "list")])
+def test_wrong_value_type_names_the_type_and_a_value_that_works(capsys, key, value, type_name):
+    """README: a wrong type names the type the key expects, with an example -- one the config accepts."""
+    from lmforge.core.config import load_config
+
+    rc, err = cli(capsys, "run", "--set", f"{key}={value}")
+    one_line_error(rc, err, f"{key} expects {type_name}", "(hint: e.g. --set ")
+    example = err.rsplit("(hint: e.g. --set ", 1)[1].rstrip(")")
+    assert example.startswith(f"{key}=") and "valid keys" not in err
+    load_config("jokes-char", dict([example.split("=", 1)]))  # the example loads (a wrong one raises here)
 
 
 def test_set_without_equals(capsys):
