@@ -268,10 +268,11 @@ REAL_FACTS = {
                             "dropped_chars": 3, "contains": "Citizen"},
     "tinystories-sample.txt": {"opening": "One day, a little girl named Lily found a needle"},
     "wizard-of-oz.txt": {"opening": "Dorothy lived in the midst of", "lines": 4286},
-    "onelinefun.csv": {"documents": 2950, "opening": "I just asked my husband if he remembers what today is",
+    "onelinefun.csv": {"documents": 2950, "multiline": 0, "with_quotes": 191,
+                       "opening": "I just asked my husband if he remembers what today is",
                        "second": 'People used to laugh at me when I would say "I want to be a comedian", '
                                  "well nobody's laughing now."},
-    "imdb-reviews.csv": {"documents": 2000, "opening": "One of the other reviewers has mentioned"},
+    "imdb-reviews.csv": {"documents": 2000, "with_html": 1144, "opening": "One of the other reviewers has mentioned"},
     "ArSenTD-LEV.tsv": {"rows": 4000, "unique": 2809, "lebanon_rows": 1000, "lebanon_unique": 673,
                         "lebanon_first": '"أنا أؤمن بأن الانسان', "opening": "أنا أؤمن بأن الانسان"},
 }

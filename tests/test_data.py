@@ -63,6 +63,7 @@ def test_onelinefun_csv_quoted_multiline_fields():
     facts = corpus_facts("onelinefun.csv")
     assert len(docs) == facts["documents"]  # the real file: 2950 jokes
     assert docs[1] == facts["second"] and '"' in docs[1]  # "" inside a quoted field is one quote
+    assert sum('"' in d for d in docs) == facts["with_quotes"] and sum("\n" in d for d in docs) == facts["multiline"]
     assert not any("\r" in d for d in docs)  # the file ends its lines with CRLF (the generated one: a few LF)
 
 
@@ -77,7 +78,9 @@ def test_csv_multiline_quoted_fields_across_chunks(tmp_path, monkeypatch):
 
 def test_imdb_csv_keeps_html_until_cleaning():
     docs = read_documents(corpus("imdb-reviews.csv"), "csv", column="review")  # ten empty trailing columns
-    assert len(docs) == corpus_facts("imdb-reviews.csv")["documents"] and "<br />" in docs[0]  # real: 2000
+    facts = corpus_facts("imdb-reviews.csv")  # the real file: 2000 reviews, 1144 with <br />
+    assert len(docs) == facts["documents"] and sum("<br />" in d for d in docs) == facts["with_html"]
+    assert "<br />" in docs[0]
     cleaned, report = clean_documents(docs, CleanConfig(strip_html=True))
     assert not any("<br" in d for d in cleaned)
     assert report[0]["step"] == "strip_html" and report[0]["chars_removed"] > 0
