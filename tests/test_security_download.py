@@ -361,7 +361,7 @@ def test_a_cached_url_whose_content_changed_is_downloaded_again(server, tmp_path
     """A nightly source: same URL, new content. The next run gets the new file, not yesterday's copy."""
     server.routes["/f"] = Versioned([(OLD, {"ETag": '"v1"'}), (NEW, {"ETag": '"v2"'})], cut_first=False)
     assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == OLD
-    with caplog.at_level(logging.INFO, logger="lmforge.data.download"):
+    with caplog.at_level(logging.INFO, logger="lmforge.download"):
         assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == NEW
     assert "changed since it was cached" in caplog.text
     assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == NEW  # v2 kept: asked with "v2", 304
@@ -374,6 +374,6 @@ def test_an_unreachable_server_leaves_the_cached_copy_in_use_with_a_warning(serv
     path = download(url, tmp_path, **FAST)
     server.httpd.shutdown()
     server.httpd.server_close()
-    with caplog.at_level(logging.WARNING, logger="lmforge.data.download"):
+    with caplog.at_level(logging.WARNING, logger="lmforge.download"):
         assert download(url, tmp_path, **FAST) == path and path.read_bytes() == OLD
     assert "could not ask" in caplog.text and "using the copy cached at" in caplog.text
