@@ -1,18 +1,33 @@
 """Decoding speed, side by side in one run: torch without and with a KV cache, transformers' generate,
-lmforge.runtime.Generator on the exported directory (fp32, int8 and int4 fast graphs), and onnxruntime-genai on
-the genai graphs of the same directory (same weights: fp32, int8, int4).
+lmforge.runtime.Generator on the exported directory (fp32, int8 and int4 fast graphs), onnxruntime-genai's own loop
+on the genai graphs of the same directory (same weights), and onnxruntime-genai on the model its own builder makes
+(`python -m onnxruntime_genai.models.builder`) from a random-init Hugging Face Phi model of the same shape and FLOPs
+per token, at fp32, int8 and int4: the model a user of onnxruntime-genai would decode with.
 
 Reference shape: random-init lmforge gpt, 6 layers x 6 heads x 384 wide, vocab 8192, context 512 (~14M params);
-batch 1, 16-token prompt, 256 new greedy tokens, 2 threads. Per contender: tokens/s (prefill included), time to
-first token, per-token latency p50/p99 (decode steps), tokens/s for a batch of 8 prompts, and (decode steps at
-p50) the share of the weight-bytes bound: this machine's memory bandwidth, measured in the same run, divided by
-the bytes of weights one decode step reads.
+16-token prompts, 256 new greedy tokens, 2 threads, batch 1 and batch 8.
+
+Method (ratios that hold still on a shared machine): the onnxruntime contenders decode INTERLEAVED. Each round
+opens one decoding of the same prompts per contender (prefill + first token, timed: ttft), then advances them in
+sweeps of --block decode steps each, every sweep visiting the contenders in a fresh random order, until all have
+made the round's tokens. A load change then lands on every contender within one sweep (a few ms), not on one
+contender's whole run. Per round and contender: decode ms/step = the median over its sweeps; tokens/s = tokens /
+(ttft + (new tokens - 1) x that median). A ratio is computed per round (both contenders from the same sweeps) and
+reported as the median over rounds with the min-max beside it. The load is measured over each phase and written
+beside every figure: the 1-minute load average, and the CPU time other processes used while it ran
+(/proc/stat busy time minus this process's own, as a share of all cores).
+
+Per contender: tokens/s (prefill included), time to first token, decode ms/step (median, p90 of sweep averages),
+batch-8 tokens/s, and the share of the weight-bytes bound (this machine's memory bandwidth, measured in the same
+run, over the bytes of weights one decode step reads). Greedy tokens: every lmforge row is checked token for token
+against its verified graph run through lmforge.runtime.scoring.greedy_ids (the logits path), every ort-genai row
+over lmforge's graph against lmforge's row of the same weights.
 
 Quality on trained weights (never random init): shakespeare-char trained here for --train-steps steps through
 lmforge's own preparation and training, exported; each quantised variant's greedy agreement with fp32 over 256
 tokens (8 prompts x 32), its teacher-forced top-1 agreement over 256 val positions, and its val-loss delta.
 
-    python benchmarks/decode.py [--new-tokens N] [--quick] [--json] [--profile] [--train-steps N] [--rounds N]
+    python benchmarks/decode.py [--quick] [--json] [--profile] [--rounds N] [--block N] [--train-steps N]
 Writes benchmarks/results/decode-<time>.json and .md and prints the table (or the JSON with --json)."""
 from __future__ import annotations
 
@@ -22,8 +37,12 @@ import json
 import os
 import platform
 import random
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +50,58 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "vocab_size": 8192, "block_size": 512}
 PROMPT_LEN = 16
+VARIANTS = ("fp32", "int8", "int4")
+CORPORA = Path(os.environ.get("LMFORGE_CORPORA") or Path(__file__).resolve().parents[2] / "shared" / "corpora")
 
 
+# -- load -------------------------------------------------------------------------------------------------------
+class LoadMeter:
+    """The load while a phase runs: the 1-minute load average at its start and end, and the CPU time every
+    other process used meanwhile (/proc/stat busy jiffies minus this process's own CPU time), as a share of all
+    cores. On a machine without /proc/stat only the load average is given."""
+
+    def __init__(self):
+        self.t0, self.load0, self.busy0, self.own0 = time.perf_counter(), os.getloadavg()[0], _busy(), _own()
+
+    def read(self) -> dict:
+        elapsed = time.perf_counter() - self.t0
+        out = {"loadavg_start": round(self.load0, 2), "loadavg_end": round(os.getloadavg()[0], 2),
+               "seconds": round(elapsed, 1)}
+        busy = _busy()
+        if busy is not None and self.busy0 is not None and elapsed > 0:
+            others = (busy - self.busy0) - (_own() - self.own0)
+            out["background_cpu"] = round(max(0.0, others) / (elapsed * (os.cpu_count() or 1)), 3)
+        return out
+
+
+def _busy() -> float | None:
+    """Seconds of CPU time all processes spent (user, nice, system, irq, softirq, steal), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def load_text(load: dict) -> str:
+    bg = f", others used {100 * load['background_cpu']:.0f}% of the CPUs" if "background_cpu" in load else ""
+    return f"load {load['loadavg_start']}-{load['loadavg_end']}{bg}"
+
+
+# -- torch and transformers (one run each, not interleaved) -----------------------------------------------------
 def summary(name: str, stamps: list[float], start: float, batch8_tokens_per_s: float | None) -> dict:
     """stamps: the time each new token became available (batch 1, one call started at `start`)."""
     steps = np.diff(stamps) * 1e3
     return {"name": name, "tokens_per_s": round(len(stamps) / (stamps[-1] - start), 1),
             "ttft_ms": round((stamps[0] - start) * 1e3, 2),
-            "p50_ms": round(float(np.percentile(steps, 50)), 3), "p99_ms": round(float(np.percentile(steps, 99)), 3),
+            "step_ms": round(float(np.percentile(steps, 50)), 3),
+            "step_p90_ms": round(float(np.percentile(steps, 90)), 3),
             "batch8_tokens_per_s": None if batch8_tokens_per_s is None else round(batch8_tokens_per_s, 1)}
 
 
@@ -110,80 +173,327 @@ def bench_hf(n: int) -> dict | None:
     return summary("hf-generate", s.times, start, 8 * n / (time.perf_counter() - s8))
 
 
+# -- the model directories ---------------------------------------------------------------------------------------
 def export_reference(model, directory: Path) -> Path:
     """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS."""
     from lmforge.data.tokenize import train_char
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     tok = train_char(["".join(chr(0x4E00 + i) for i in range(SHAPE["vocab_size"] - 4))])
     tok.save(str(directory / "tokenizer.json"))
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), directory / "tokenizer.json", directory / "model", manifest,
-                              int4=True)
+    out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest,
+                              ExportConfig(int4=True))
     return out
 
 
-def bench_ort(model_dir: Path, variant: str, n: int, threads: int, fast: bool | None) -> tuple[dict, object]:
-    from lmforge.runtime import Generator
+def peer_hf_model(directory: Path, seed: int = 0) -> Path:
+    """A random-init Hugging Face Phi model (PhiForCausalLM, no download) of the reference shape and FLOPs per
+    token: 6 layers, 384 wide, 6 heads, MLP 4x (1536) with GELU, LayerNorm, vocab 8192, 512 positions; Phi's
+    rotary position embedding (half the head) instead of learned positions, parallel attention and MLP, an
+    untied LM head (the same MatMul as lmforge's tied one). Saved with a minimal tokenizer, which the builder
+    insists on reading."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    cfg = PhiConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["n_embd"], num_hidden_layers=SHAPE["n_layer"],
+                    num_attention_heads=SHAPE["n_head"], num_key_value_heads=SHAPE["n_head"],
+                    intermediate_size=4 * SHAPE["n_embd"], max_position_embeddings=SHAPE["block_size"],
+                    partial_rotary_factor=0.5, hidden_act="gelu_new", tie_word_embeddings=False,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    PhiForCausalLM(cfg).eval().save_pretrained(directory)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(directory)
+    return directory
+
+
+def build_peer(hf_dir: Path, out_dir: Path, precision: str, python: str = sys.executable) -> Path:
+    """onnxruntime-genai's model builder, run as its users run it, for the CPU at `precision`, by `python` (an
+    interpreter whose transformers the builder accepts: 0.18's imports Qwen3_5 classes, transformers 5)."""
+    cmd = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
+           "-p", precision, "-e", "cpu", "-c", str(out_dir.parent / "builder-cache")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 or not (out_dir / "genai_config.json").is_file():
+        raise RuntimeError(f"onnxruntime-genai's builder failed ({' '.join(cmd)}): {done.stderr[-800:]}")
+    return out_dir
+
+
+# -- contenders: one decoding of one batch of prompts, advanced a block of steps at a time --------------------------
+@dataclass
+class Lane:
+    """One contender's decoding of one batch of prompts; opening it ran the prefill and made the first token."""
+    advance: Callable[[int], None]  # make k more tokens per row
+    tokens: Callable[[], list[list[int]]]  # the ids made so far, per row
+
+
+@dataclass
+class Contender:
+    name: str
+    open: Callable[[list[list[int]], int], Lane]  # (prompt ids per row, new tokens) -> a lane
+    weight_bytes: int
+    group: str  # lmforge | ort-genai (lmforge's graph) | ort-genai builder
+    variant: str
+    runtime: object = field(default=None, repr=False)
+
+
+def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fast: bool | None) -> Contender:
+    """lmforge.runtime.Generator as an app streams text with it, greedy: stream() at batch 1 (a text piece per
+    token), stream_batch() at batch 8 (a RowEvent per row and step)."""
+    from lmforge.runtime import Generator, RowRequest
 
     gen = Generator(model_dir, variant=variant, threads=threads, fast=fast)
+
+    def open_(prompts: list[list[int]], n: int) -> Lane:
+        made: list[list[int]] = [[] for _ in prompts]
+        texts = [gen.tokenizer.decode(p) for p in prompts]  # char tokenizer: one char per id, and back
+        B = len(prompts)
+        if B == 1:
+            pieces = gen.stream(texts[0], max_new_tokens=n, temperature=0)
+
+            def advance(k: int) -> None:
+                for _ in range(k):  # every id of this tokenizer is one whole character: one piece per token
+                    made[0].append(gen.tokenizer.token_to_id(next(pieces)))
+        else:
+            events = gen.stream_batch([RowRequest(t, max_new_tokens=n, temperature=0) for t in texts])
+
+            def advance(k: int) -> None:
+                for _ in range(k * B):  # one event per row and step
+                    ev = next(events)
+                    made[ev.row] += ev.token_ids
+
+        advance(1)
+        return Lane(advance, lambda: made)
+
+    file = gen.dir.onnx_path(("fast-" + variant if variant != "fp32" else "fast") if gen.fast else variant)
+    return Contender(name, open_, weight_bytes(file), "lmforge", variant, gen)
+
+
+def genai_contender(name: str, config, weights: int, group: str, variant: str, threads: int) -> Contender:
+    """onnxruntime-genai's own loop as its streaming users run it: append_tokens, then generate_next_token and
+    get_next_tokens per token, greedy, exactly `n` new tokens (min_length = max_length)."""
+    import onnxruntime_genai as og
+
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
+                                                                         "inter_op_num_threads": 1}}}}))
+    model = og.Model(config)
+
+    def open_(prompts: list[list[int]], n: int) -> Lane:
+        ids = np.array(prompts, np.int32)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, batch_size=len(prompts), max_length=ids.shape[1] + n,
+                                  min_length=ids.shape[1] + n)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        made: list[list[int]] = [[] for _ in prompts]
+
+        def advance(k: int) -> None:
+            for _ in range(k):
+                gen.generate_next_token()
+                for row, t in zip(made, gen.get_next_tokens()):
+                    row.append(int(t))
+
+        advance(1)
+        return Lane(advance, lambda: made)
+
+    return Contender(name, open_, weights, group, variant, model)
+
+
+# -- the interleaved measurement --------------------------------------------------------------------------------------
+def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, block: int, seed: int) -> dict:
+    """Decode `rounds` rounds of `batch` prompts x `n` new tokens with every contender, interleaved sweep by
+    sweep (module docstring). Returns per contender its per-round ttft (s) and per-sweep ms/step, the tokens of
+    round 0, and the load over the phase."""
+    rng = random.Random(seed)
+    ids_rng = np.random.default_rng(seed)
+    meter = LoadMeter()
+    for c in contenders:  # warm up: sessions, allocators, the first-call costs
+        c.open([[5] * PROMPT_LEN] * batch, 4).advance(2)
+    ttft = {c.name: [] for c in contenders}
+    steps = {c.name: [] for c in contenders}  # [round][sweep] ms per step
+    tokens = {}
+    for r in range(rounds):
+        prompts = ids_rng.integers(4, SHAPE["vocab_size"], (batch, PROMPT_LEN)).tolist()
+        order = list(contenders)
+        rng.shuffle(order)
+        lanes = {}
+        for c in order:
+            t = time.perf_counter()
+            lanes[c.name] = c.open(prompts, n)
+            ttft[c.name].append(time.perf_counter() - t)
+            steps[c.name].append([])
+        left = n - 1
+        while left > 0:
+            k = min(block, left)
+            rng.shuffle(order)
+            for c in order:
+                t = time.perf_counter()
+                lanes[c.name].advance(k)
+                steps[c.name][-1].append((time.perf_counter() - t) * 1e3 / k)
+            left -= k
+        if r == 0:
+            tokens = {name: lane.tokens() for name, lane in lanes.items()}
+    return {"ttft": ttft, "steps": steps, "tokens": tokens, "load": meter.read(), "batch": batch, "n": n,
+            "rounds": rounds, "block": block}
+
+
+def rows_of(phase: dict) -> dict[str, dict]:
+    """Per contender: medians over rounds of ttft, decode ms/step (each round's median over its sweeps), p90 of
+    the sweep averages, and tokens/s; plus per-round tokens/s for the paired ratios."""
+    out = {}
+    B, n = phase["batch"], phase["n"]
+    for name, per_round in phase["steps"].items():
+        step = np.array([np.median(s) for s in per_round])  # ms per step, per round
+        ttft = np.array(phase["ttft"][name]) * 1e3
+        tps = B * n / ((ttft + (n - 1) * step) / 1e3)
+        out[name] = {"tokens_per_s": round(float(np.median(tps)), 1), "ttft_ms": round(float(np.median(ttft)), 2),
+                     "step_ms": round(float(np.median(step)), 3),
+                     "step_p90_ms": round(float(np.percentile(np.concatenate(per_round), 90)), 3),
+                     "per_round_tokens_per_s": [round(float(x), 1) for x in tps]}
+    return out
+
+
+def ratio(rows: dict, a: str, b: str) -> dict:
+    """tokens/s of a over b, per round (both from the same sweeps): the median and the min-max over rounds."""
+    r = np.array(rows[a]["per_round_tokens_per_s"]) / np.array(rows[b]["per_round_tokens_per_s"])
+    return {"a": a, "b": b, "ratio": round(float(np.median(r)), 3), "min": round(float(r.min()), 3),
+            "max": round(float(r.max()), 3), "rounds": len(r)}
+
+
+def same_tokens(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of positions where two runs made the same id (rows compared up to the shorter)."""
+    pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
+    return round(sum(x == y for x, y in pairs) / max(1, len(pairs)), 4)
+
+
+# -- what each loop costs per token, robust to load ---------------------------------------------------------------------
+def loop_cost(directory: Path, n: int = 256, rounds: int = 5) -> dict:
+    """CPU microseconds per token of the calling thread (time.thread_time, which a busy machine does not inflate the
+    way it does wall time) on a 1-layer, 64-wide model with the reference vocabulary and one intra-op thread, so
+    the graph's own run is short and every loop's own cost shows: the graph alone (run_with_iobinding with the
+    step inputs updated in place, numpy argmax), lmforge's Generator.stream (text pieces) and onnxruntime-genai's
+    loop over the same directory's genai graph (ids). Minimum over `rounds` runs of `n` tokens."""
+    import torch
+
+    from lmforge.models.gpt import GPT, GPTConfig
+    from lmforge.runtime import Generator
+
+    global SHAPE
+    saved, SHAPE = SHAPE, {**SHAPE, "n_layer": 1, "n_head": 2, "n_embd": 64}
+    try:
+        torch.manual_seed(0)
+        model_dir = export_reference(GPT(GPTConfig(**SHAPE)).eval(), directory)
+    finally:
+        SHAPE = saved
+    gen = Generator(model_dir, threads=1)
     rng = np.random.default_rng(0)
-    prompt = lambda: "".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, PROMPT_LEN))
-    gen.generate(prompt(), max_new_tokens=n, temperature=0)  # warm up
-    start, stamps = time.perf_counter(), []
-    for _ in gen.stream(prompt(), max_new_tokens=n, temperature=0):  # one char = one token = one piece
-        stamps.append(time.perf_counter())
-    prompts = [prompt() for _ in range(8)]
-    s8 = time.perf_counter()
-    gen.generate(prompts, max_new_tokens=n, temperature=0)
-    name = f"ort-{variant}" + ("" if gen.fast else "-portable")
-    return {**summary(name, stamps, start, 8 * n / (time.perf_counter() - s8))}, gen
+    prompt = lambda: rng.integers(4, SHAPE["vocab_size"], PROMPT_LEN).tolist()
+
+    def graph() -> float:
+        dec = gen.decoder(1, PROMPT_LEN + n)
+        logits = dec.prefill([prompt()])
+        t = time.thread_time()
+        for _ in range(n - 1):
+            logits = dec.step(logits.argmax(-1))
+        return time.thread_time() - t
+
+    def stream() -> float:
+        pieces = gen.stream(gen.tokenizer.decode(prompt()), max_new_tokens=n, temperature=0)
+        next(pieces)
+        t = time.thread_time()
+        for _ in pieces:
+            pass
+        return time.thread_time() - t
+
+    runs = {"graph + numpy argmax (the floor)": graph, "lmforge Generator.stream": stream}
+    try:
+        import onnxruntime_genai as og
+
+        from lmforge.export.genai import select_graph
+
+        cfg = select_graph(model_dir, "fp32")
+        cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": 1,
+                                                                          "inter_op_num_threads": 1}}}}))
+        model = og.Model(cfg)
+
+        def genai() -> float:
+            params = og.GeneratorParams(model)
+            params.set_search_options(do_sample=False, max_length=PROMPT_LEN + n, min_length=PROMPT_LEN + n)
+            g = og.Generator(model, params)
+            g.append_tokens(np.array([prompt()], np.int32))
+            g.generate_next_token()
+            t = time.thread_time()
+            while not g.is_done():
+                g.generate_next_token()
+                g.get_next_tokens()
+            return time.thread_time() - t
+
+        runs["onnxruntime-genai loop (genai graph)"] = genai
+    except ImportError:
+        pass
+    meter = LoadMeter()
+    best = {k: min(f() for _ in range(rounds)) / (n - 1) * 1e6 for k, f in runs.items()}
+    floor = best["graph + numpy argmax (the floor)"]
+    return {"load": meter.read(), "shape": "gpt 1 layer x 64, vocab 8192, 1 thread",
+            "rows": [{"loop": k, "cpu_us_per_token": round(v, 1), "over_floor_us": round(v - floor, 1)}
+                     for k, v in best.items()]}
 
 
-def profile_step(model_dir: Path, file: str, threads: int, past: int = 200, steps: int = 100) -> dict:
-    """onnxruntime's profiler over `steps` batch-1 decode steps of a fast or genai graph at cache length `past`:
-    {op type: share of kernel time}, plus the wall time per step in ms."""
-    import json as _json
-
+# -- onnxruntime's profiler, the weight-bytes bound -------------------------------------------------------------------
+def profile_step(path: Path, threads: int, past: int = 200, steps: int = 100, top_nodes: int = 0) -> dict:
+    """onnxruntime's profiler over `steps` batch-1 decode steps of a fast, genai or builder graph at cache length
+    `past`: {op type: share of kernel time} (and the `top_nodes` costliest nodes), plus wall ms per step."""
     import onnxruntime as ort
 
-    from lmforge.runtime.modeldir import read_model_dir
-
-    md = read_model_dir(model_dir)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_profiling = threads, 1, True
     opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lmforge-decode-profile")
-    sess = ort.InferenceSession(str(md.path / file), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     binding = sess.io_binding()
+    inputs = {i.name: i for i in sess.get_inputs()}
     feeds = {"input_ids": np.zeros((1, 1), np.int64), "position_ids": np.full((1, 1), past, np.int64),
-             "seqlens_k": np.full(1, past, np.int32), "total_sequence_length": np.array(past + 1, np.int32)}
-    if "attention_mask" in {i.name for i in sess.get_inputs()}:  # a genai graph derives both from the mask
-        feeds = {"input_ids": feeds["input_ids"], "attention_mask": np.ones((1, past + 1), np.int64),
-                 "position_ids": feeds["position_ids"]}
+             "seqlens_k": np.full(1, past, np.int32), "total_sequence_length": np.array(past + 1, np.int32),
+             "attention_mask": np.ones((1, past + 1), np.int64)}
     for name, value in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
-    for s in md.io["fast"]["state"]:
-        buf = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, SHAPE["n_head"], past + 1, SHAPE["n_embd"] // SHAPE["n_head"]),
-                                                        np.float32))
-        binding.bind_ortvalue_input(s["input"], buf)
-        binding.bind_ortvalue_output(s["output"], buf)
-    binding.bind_output("logits")
+        if name in inputs:
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values"):
+            dtype = np.float16 if "float16" in meta.type else np.float32
+            heads, dim = meta.shape[1], meta.shape[3]
+            buf = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, past + 1, dim), dtype))
+            binding.bind_ortvalue_input(name, buf)
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
+    for out in sess.get_outputs():
+        if not out.name.startswith("present"):
+            binding.bind_output(out.name)
     for _ in range(10):
         sess.run_with_iobinding(binding)
     start = time.perf_counter()
     for _ in range(steps):
         sess.run_with_iobinding(binding)
     ms = (time.perf_counter() - start) / steps * 1e3
-    events = _json.loads(Path(sess.end_profiling()).read_text())
+    events = json.loads(Path(sess.end_profiling()).read_text())
     by_op: dict[str, float] = {}
+    by_node: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             by_op[e["args"]["op_name"]] = by_op.get(e["args"]["op_name"], 0) + e["dur"]
+            by_node[e["name"][:-len("_kernel_time")]] = by_node.get(e["name"][:-len("_kernel_time")], 0) + e["dur"]
     total = sum(by_op.values())
-    shares = {k: f"{100 * v / total:.1f}%" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:6]}
-    return {"file": file, "past": past, "ms_per_step": round(ms, 3), "kernel_time": shares}
+    out = {"file": str(path.name), "past": past, "ms_per_step": round(ms, 3), "nodes": len(by_node),
+           "kernel_ms_per_step": round(total / 1e3 / (steps + 10), 3),
+           "kernel_time": {k: f"{100 * v / total:.1f}%" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
+    if top_nodes:
+        out["top_nodes"] = {k: f"{100 * v / total:.1f}%"
+                            for k, v in sorted(by_node.items(), key=lambda kv: -kv[1])[:top_nodes]}
+    return out
 
 
 def memory_bandwidth(threads: int, mb: int = 512, repeats: int = 7) -> float:
@@ -209,7 +519,7 @@ def memory_bandwidth(threads: int, mb: int = 512, repeats: int = 7) -> float:
 
 def weight_bytes(onnx_file: Path) -> int:
     """Bytes of weights one batch-1 decode step reads: every initializer, except that a table only Gathered
-    (token and position embeddings) is read one row at a time."""
+    (token and position embeddings) is read one row at a time, and rotary cos/sin caches one row."""
     import onnx
 
     graph = onnx.load(str(onnx_file)).graph
@@ -221,49 +531,13 @@ def weight_bytes(onnx_file: Path) -> int:
     for t in graph.initializer:
         n = onnx.numpy_helper.to_array(t).nbytes
         uses = users.get(t.name, [])
-        if uses and all(op == "Gather" and i == 0 for op, i in uses):
+        if uses and all(op == "Gather" and i == 0 for op, i in uses) or t.name in ("cos_cache", "sin_cache"):
             n = n // max(t.dims[0], 1)  # one row per token
         total += n
     return total
 
 
-def bench_genai(model_dir: Path, variant: str, n: int, threads: int) -> tuple[dict, int]:
-    """onnxruntime-genai's own loop (Generator, append_tokens, generate_next_token) on the directory's genai
-    graph of `variant`, token ids in (the reference tokenizer is a char one, which ort-genai cannot read).
-    Returns (row, bytes of weights per decode step)."""
-    import onnxruntime_genai as og
-
-    from lmforge.export.genai import GENAI_FILES, select_graph
-
-    cfg = select_graph(model_dir, variant)
-    cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
-                                                                      "inter_op_num_threads": 1}}}}))
-    model = og.Model(cfg)
-    rng = np.random.default_rng(0)
-
-    def run(batch: int, stamps: list | None = None) -> float:
-        ids = rng.integers(4, SHAPE["vocab_size"], (batch, PROMPT_LEN)).astype(np.int32)
-        start = time.perf_counter()
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, batch_size=batch, max_length=PROMPT_LEN + n,
-                                  min_length=PROMPT_LEN + n)
-        gen = og.Generator(model, params)
-        gen.append_tokens(ids)
-        while not gen.is_done():
-            gen.generate_next_token()
-            gen.get_next_tokens()
-            if stamps is not None:
-                stamps.append(time.perf_counter())
-        return start
-
-    run(1)  # warm up
-    stamps: list[float] = []
-    start = run(1, stamps)
-    s8 = run(8)
-    return summary(f"ort-genai-{variant}", stamps, start, 8 * n / (time.perf_counter() - s8)), \
-        weight_bytes(model_dir / GENAI_FILES[variant])
-
-
+# -- quality on trained weights ----------------------------------------------------------------------------------------
 def genai_window_scores(path: Path, spec: dict, val: np.ndarray, starts: np.ndarray, threads: int):
     """(mean next-token loss, argmax predictions [windows, T]) of a genai graph on whole val windows, run by
     onnxruntime as ort-genai feeds a prompt (attention_mask of ones, positions 0.., an empty cache buffer)."""
@@ -304,41 +578,50 @@ def genai_greedy(model_dir: Path, variant: str, prompts: list[list[int]], n: int
     return [greedy(model, ids, n) for ids in prompts]
 
 
-def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
-    """shakespeare-char trained `steps` steps through lmforge's preparation and train(), exported with its genai
-    graphs: per quantised variant, greedy agreement with fp32 over 8 prompts x 32 tokens (each runtime's own
-    loop), teacher-forced top-1 agreement over 256 val positions, and val-loss delta on 32 val windows."""
+def train_shakespeare(steps: int, threads: int, corpora: Path, work: Path):
+    """shakespeare-char trained `steps` steps through lmforge's preparation and train() in `work`, exported (every
+    fast variant, int4 included) to work/model: (model, model directory, val tokens, config, train result, s)."""
     import torch
 
     from lmforge.core.config import load_config
     from lmforge.data.prepare import prepare_corpus
     from lmforge.data.shards import open_shard
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.export.genai import GENAI_FILES
     from lmforge.models import build_model, model_spec
-    from lmforge.runtime import Generator
-    from lmforge.runtime.scoring import greedy_ids, val_loss, windows
     from lmforge.training.train import train
 
     source = corpora / "tinyshakespeare.txt"
-    if not source.is_file():
-        return {"skipped": f"{source} not found"}
     cfg = load_config("shakespeare-char", {"data.source": str(source), "train.max_steps": steps,
                                            "train.eval_interval": max(1, steps // 2), "train.threads": threads,
                                            "train.device": "cpu"})
+    meta = prepare_corpus(source, cfg, work / "data")
+    tr, va = open_shard(work / "data", "train"), open_shard(work / "data", "val")
+    model = build_model(cfg.model, meta["vocab_size"], seed=cfg.train.seed)
+    t0 = time.perf_counter()
+    result = train(model, tr, va, cfg.model.block_size, cfg.train, work / "ckpt", resume=False)
+    train_s = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
+                "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
+    out, _ = export_model_dir(model, work / "data" / "tokenizer.json", work / "model", manifest,
+                              ExportConfig(optimize=False, int4=True))
+    return model, out, va, cfg, result, train_s
+
+
+def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
+    """shakespeare-char trained `steps` steps through lmforge's preparation and train(), exported with its genai
+    graphs: per quantised variant, greedy agreement with fp32 over 8 prompts x 32 tokens (each runtime's own
+    loop), teacher-forced top-1 agreement over 256 val positions, and val-loss delta on 32 val windows."""
+    from lmforge.export.genai import GENAI_FILES
+    from lmforge.models import model_spec
+    from lmforge.runtime import Generator
+    from lmforge.runtime.scoring import greedy_ids, val_loss, windows
+
+    if not (corpora / "tinyshakespeare.txt").is_file():
+        return {"skipped": f"{corpora / 'tinyshakespeare.txt'} not found"}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        meta = prepare_corpus(source, cfg, work / "data")
-        tr, va = open_shard(work / "data", "train"), open_shard(work / "data", "val")
-        model = build_model(cfg.model, meta["vocab_size"], seed=cfg.train.seed)
-        t0 = time.perf_counter()
-        result = train(model, tr, va, cfg.model.block_size, cfg.train, work / "ckpt", resume=False)
-        train_s = time.perf_counter() - t0
-        torch.set_num_threads(threads)
-        manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
-                    "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
-        out, _ = export_model_dir(model, model_spec(model), work / "data" / "tokenizer.json", work / "model",
-                                  manifest, optimize=False, int4=True)
+        model, out, va, cfg, result, train_s = train_shakespeare(steps, threads, corpora, Path(tmp))
         spec = model_spec(model)
         T = cfg.model.block_size
         starts = windows(len(va), T, 32)
@@ -367,14 +650,32 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
                 "onnx_fp32_val_loss_genai_graph": round(scores["fp32"][0], 5), "rows": rows}
 
 
+# -- the report ---------------------------------------------------------------------------------------------------------
+ROW_KEYS = ["name", "tokens_per_s", "ttft_ms", "step_ms", "step_p90_ms", "batch8_tokens_per_s", "weight_mb",
+            "bound_share", "greedy_same", "quality"]
+
+
 def markdown(report: dict) -> str:
-    keys = ["name", "tokens_per_s", "ttft_ms", "p50_ms", "p99_ms", "batch8_tokens_per_s", "weight_mb",
-            "bound_share"]
-    rows = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    rows += ["| " + " | ".join(str(r.get(k, "—")) for k in keys) + " |" for r in report["results"]]
-    extra = [f"- profile {p['file']} at cache length {p['past']}: {p['ms_per_step']} ms/step, kernel time "
-             + ", ".join(f"{k} {v}" for k, v in p["kernel_time"].items()) for p in report.get("profile") or []]
-    out = rows + ["", *(f"- {k}: {v}" for k, v in report["summary"].items()), *extra]
+    out = [f"`lmforge bench decode {' '.join(report.get('argv', []))}` ({report.get('time', '')}). "
+           f"Load: batch 1 phase {load_text(report['load']['batch1'])}; batch 8 phase "
+           f"{load_text(report['load']['batch8'])}.", "",
+           "| " + " | ".join(ROW_KEYS) + " |", "|" + " --- |" * len(ROW_KEYS)]
+    out += ["| " + " | ".join(str(r.get(k, "—") if r.get(k) is not None else "—") for k in ROW_KEYS) + " |"
+            for r in report["results"]]
+    out += ["", "| ratio (tokens/s) | batch | median over rounds | min-max | rounds | load |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {r['label']} | {r['batch']} | {r['ratio']} | {r['min']}-{r['max']} | {r['rounds']} | "
+            f"{load_text(report['load']['batch1' if r['batch'] == 1 else 'batch8'])} |" for r in report["ratios"]]
+    lc = report.get("loop_cost")
+    if lc:
+        out += ["", f"What each loop costs per token ({lc['shape']}; CPU time of the calling thread, minimum of "
+                    f"5 runs; {load_text(lc['load'])}):", "", "| loop | CPU us/token | over the floor |",
+                "| --- | --- | --- |", *(f"| {r['loop']} | {r['cpu_us_per_token']} | {r['over_floor_us']} |"
+                                        for r in lc["rows"])]
+    out += ["", *(f"- {k}: {v}" for k, v in report["summary"].items())]
+    for p in report.get("profile") or []:
+        out.append(f"- profile {p['file']} at cache length {p['past']}: {p['ms_per_step']} ms/step, {p['nodes']} "
+                   "nodes, kernel time " + ", ".join(f"{k} {v}" for k, v in list(p["kernel_time"].items())[:6]))
     q = report.get("quality") or {}
     if q.get("rows"):
         qkeys = ["variant", "greedy_agreement_256", "teacher_forced_top1_256", "val_loss_delta"]
@@ -389,36 +690,56 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
-def median_row(rows: list[dict]) -> dict:
-    """One contender's rows from several rounds: the median of each figure, and how many rounds."""
-    out = {"name": rows[0]["name"], "rounds": len(rows)}
-    for k, v in rows[0].items():
-        if k != "name":
-            out[k] = None if v is None else round(float(np.median([r[k] for r in rows])), 3)
-    return out
+def write_report(report: dict, prefix: str = "decode", render: Callable[[dict], str] | None = None) -> Path:
+    """benchmarks/results/<prefix>-<time>.json and .md, each written whole or not at all."""
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    for suffix, text in ((".json", json.dumps(report, indent=2)), (".md", (render or markdown)(report) + "\n")):
+        tmp = stem.with_name(f".{stem.name}{suffix}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, stem.with_suffix(suffix))
+    return stem
 
 
-LMFORGE_FILES = {"ort-fp32": "model.fast.onnx", "ort-int8": "model.fast.int8.onnx", "ort-int4": "model.fast.int4.onnx",
-                 "ort-fp32-portable": "model.onnx", "ort-int8-portable": "model.int8.onnx"}
+def quality_note(name: str, quality: dict) -> str | None:
+    """The trained-model quality figures of the variant a speed row runs (the same graphs, trained weights)."""
+    rows = {r["variant"]: r for r in (quality or {}).get("rows", [])}
+    c = name.split("-")
+    if name.startswith("lmforge-") and c[1] in ("int8", "int4"):
+        r = rows.get(f"lmforge {c[1]} (model.fast.{c[1]}.onnx)")
+    elif name.startswith("ort-genai-lmforge-"):
+        r = rows.get(f"ort-genai {c[-1]}")
+    else:
+        return "fp32 reference" if name.startswith(("lmforge-fp32", "ort-genai-lmforge-fp32")) else None
+    return None if r is None else (f"loss {r['val_loss_delta']:+.5f}, top-1 {r['teacher_forced_top1_256']}, "
+                                   f"greedy {r['greedy_agreement_256']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lmforge bench decode", description=__doc__.splitlines()[0])
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="32 new tokens, skip torch-nocache and the portable graph")
+    p.add_argument("--quick", action="store_true",
+                   help="64 new tokens, 5 rounds, no torch/transformers/portable rows (the same quality rows)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
-    p.add_argument("--profile", action="store_true", help="add an onnxruntime profile of one decode step")
+    p.add_argument("--profile", action="store_true", help="add onnxruntime's per-node profile of one decode step")
     p.add_argument("--train-steps", type=int, default=300,
                    help="steps of shakespeare-char training for the quality rows (0: skip them)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds of the onnxruntime contenders, medians reported (default 3; 1 with --quick)")
-    p.add_argument("--corpora", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpora")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per batch size (default 7; 5 --quick)")
+    p.add_argument("--block", type=int, default=4, help="decode steps a contender makes per turn in a sweep")
+    p.add_argument("--no-builder", action="store_true", help="skip onnxruntime-genai's builder models")
+    p.add_argument("--builder-python", default=os.environ.get("LMFORGE_BUILDER_PYTHON", sys.executable),
+                   help="the Python that runs onnxruntime-genai's builder (default $LMFORGE_BUILDER_PYTHON, else "
+                        "this one); 0.18's builder needs transformers 5")
+    p.add_argument("--corpora", type=Path, default=CORPORA, help="where tinyshakespeare.txt is (default "
+                   "$LMFORGE_CORPORA, else ../shared/corpora beside the repository)")
     args = p.parse_args(argv)
-    n = 32 if args.quick and args.new_tokens == 256 else args.new_tokens
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    n = 64 if args.quick and args.new_tokens == 256 else args.new_tokens
+    args.rounds = args.rounds or (5 if args.quick else 7)
     if n < 2:
         p.error("--new-tokens must be >= 2")
+    if args.block < 1 or args.rounds < 1:
+        p.error("--block and --rounds must be >= 1")
     import onnxruntime as ort
     import torch
 
@@ -433,88 +754,123 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = GPT(GPTConfig(**SHAPE)).eval()
     results = []
+    meter = LoadMeter()
     if not args.quick:
-        results.append(bench_torch(model, n, cache=False))
-    results.append(bench_torch(model, n, cache=True))
-    hf = bench_hf(n)
-    if hf:
-        results.append(hf)
+        results += [bench_torch(model, n, cache=False), bench_torch(model, n, cache=True)]
+        hf = bench_hf(n)
+        if hf:
+            results.append(hf)
+    torch_load = meter.read()
+    fp32_torch_bytes = None
+    summ: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = export_reference(model, Path(tmp))
-        fp32_bytes = weight_bytes(model_dir / "model.fast.onnx")
-        sizes = {r["name"]: fp32_bytes for r in results}  # torch and transformers read fp32 weights
-        # the onnxruntime contenders (lmforge's Generator, ort-genai) in `rounds` rounds, each round in its own
-        # shuffled order, so a load change on a shared machine does not land on one contender; medians reported
-        runs = [("ort-fp32", lambda: bench_ort(model_dir, "fp32", n, args.threads, None)),
-                ("ort-int8", lambda: bench_ort(model_dir, "int8", n, args.threads, None)),
-                ("ort-int4", lambda: bench_ort(model_dir, "int4", n, args.threads, None))]
+        fp32_torch_bytes = weight_bytes(model_dir / "model.fast.onnx")
+        contenders = [lmforge_contender(f"lmforge-{v}", model_dir, v, args.threads, None) for v in VARIANTS]
         if not args.quick:
-            runs += [("ort-fp32-portable", lambda: bench_ort(model_dir, "fp32", n, args.threads, False)),
-                     ("ort-int8-portable", lambda: bench_ort(model_dir, "int8", n, args.threads, False))]
+            contenders += [lmforge_contender(f"lmforge-{v}-portable", model_dir, v, args.threads, False)
+                           for v in ("fp32", "int8")]
         if og is not None:
-            runs += [(f"ort-genai-{v}", lambda v=v: bench_genai(model_dir, v, n, args.threads))
-                     for v in ("fp32", "int8", "int4")]
-        rounds: dict[str, list[dict]] = {name: [] for name, _ in runs}
-        gens = {}
-        for r in range(args.rounds):
-            order = list(runs)
-            random.Random(r).shuffle(order)
-            for name, fn in order:
-                row, extra = fn()
-                rounds[name].append(row)
-                if isinstance(extra, int):
-                    sizes[name] = extra
-                else:
-                    gens[name] = extra
-        results += [median_row(rows) for rows in rounds.values()]
-        gen32 = gens["ort-fp32"]
-        sizes.update({name: weight_bytes(model_dir / f) for name, f in LMFORGE_FILES.items()})
-        files = ["model.fast.onnx", "model.fast.int8.onnx", "model.fast.int4.onnx"] + (
-            ["model.genai.int4.onnx"] if og else [])
-        profile = [profile_step(model_dir, f, args.threads) for f in files] if args.profile else None
-    for r in results:  # decode steps at p50 against bandwidth / weight bytes per step
-        if r["name"] in sizes:
-            r["weight_mb"] = round(sizes[r["name"]] / 1e6, 1)
-            r["bound_share"] = round((1e3 / r["p50_ms"]) / (bandwidth * 1e9 / sizes[r["name"]]), 2)
-    by = {r["name"]: r["tokens_per_s"] for r in results}
-    by8 = {r["name"]: r["batch8_tokens_per_s"] for r in results}
-    lm = {k: v for k, v in by.items() if k.startswith("ort-") and not k.startswith("ort-genai")}
-    ga = {k: v for k, v in by.items() if k.startswith("ort-genai")}
-    summ = {"ort-fp32 / hf-generate": round(by["ort-fp32"] / by["hf-generate"], 2) if hf else None,
-            "ort-int8 / ort-fp32": round(by["ort-int8"] / by["ort-fp32"], 2),
-            "ort-int4 / ort-fp32": round(by["ort-int4"] / by["ort-fp32"], 2)}
-    if ga:
-        fast_lm, fast_ga = max(lm, key=lm.get), max(ga, key=ga.get)
-        summ.update({
-            "lmforge fp32 / ort-genai fp32 (batch 1 tokens/s)": round(by["ort-fp32"] / by["ort-genai-fp32"], 2),
-            "lmforge fp32 / ort-genai fp32 (batch 8 tokens/s)": round(by8["ort-fp32"] / by8["ort-genai-fp32"], 2),
-            "lmforge int8 / ort-genai int8 (batch 1 tokens/s)": round(by["ort-int8"] / by["ort-genai-int8"], 2),
-            f"lmforge fastest ({fast_lm}) / ort-genai fastest ({fast_ga}) (batch 1)": round(lm[fast_lm] / ga[fast_ga], 2),
-        })
-    else:
-        summ["ort-genai"] = "not installed (pip install onnxruntime-genai): no ort-genai rows"
-    summ[f"memory bandwidth ({args.threads}-thread numpy copy of 512 MB, read + write, GB/s)"] = round(bandwidth, 1)
-    summ["bound_share"] = "(1000 / p50_ms) / (bandwidth / weight bytes per decode step), batch 1"
-    summ["shape"] = f"gpt {SHAPE}, batch 1, prompt {PROMPT_LEN}, {n} new tokens greedy, {args.threads} threads"
-    summ["rounds"] = (f"onnxruntime rows: median of {args.rounds} rounds, each in a shuffled order; "
-                      "torch / transformers rows: one run")
+            from lmforge.export.genai import GENAI_FILES, select_graph
+
+            contenders += [genai_contender(f"ort-genai-lmforge-{v}", select_graph(model_dir, v),
+                                           weight_bytes(model_dir / GENAI_FILES[v]), "ort-genai (lmforge graph)",
+                                           v, args.threads) for v in VARIANTS]
+            if not args.no_builder:
+                hf_dir = peer_hf_model(Path(tmp) / "hf-phi")
+                try:
+                    for v in VARIANTS:
+                        built = build_peer(hf_dir, Path(tmp) / f"builder-{v}", v, args.builder_python)
+                        contenders.append(genai_contender(f"ort-genai-builder-{v}", og.Config(str(built)),
+                                                          weight_bytes(built / "model.onnx"),
+                                                          "ort-genai builder (phi)", v, args.threads))
+                except RuntimeError as exc:  # e.g. a transformers the builder cannot import: rows left out, said why
+                    contenders = [c for c in contenders if not c.name.startswith("ort-genai-builder")]
+                    summ["ort-genai builder"] = f"left out: {str(exc)[-300:]} (hint: --builder-python PYTHON)"
+        phases = {"batch1": interleave(contenders, 1, n, args.rounds, args.block, seed=1),
+                  "batch8": interleave(contenders, 8, n, args.rounds, args.block, seed=8)}
+        rows1, rows8 = rows_of(phases["batch1"]), rows_of(phases["batch8"])
+        # greedy tokens: each lmforge row against its verified graph through the logits path; ort-genai over
+        # lmforge's graph against lmforge's row of the same weights
+        from lmforge.runtime.scoring import greedy_ids
+
+        prompt0 = np.random.default_rng(1).integers(4, SHAPE["vocab_size"], (1, PROMPT_LEN)).tolist()[0]
+        same = {}
+        for c in contenders:
+            got = phases["batch1"]["tokens"][c.name]
+            if c.group == "lmforge":
+                same[c.name] = same_tokens(got, [greedy_ids(c.runtime, prompt0, n)])
+            elif c.group.startswith("ort-genai (lmforge"):
+                same[c.name] = same_tokens(got, phases["batch1"]["tokens"][f"lmforge-{c.variant}"])
+        for c in contenders:
+            r1, r8 = rows1[c.name], rows8[c.name]
+            results.append({"name": c.name, **{k: v for k, v in r1.items() if k != "per_round_tokens_per_s"},
+                            "batch8_tokens_per_s": r8["tokens_per_s"], "weight_bytes": c.weight_bytes,
+                            "greedy_same": same.get(c.name)})
+        ratios = []
+        by_name = {c.name: c for c in contenders}
+        for batch, rows in ((1, rows1), (8, rows8)):
+            for v in ("fp32", "int8"):
+                for peer in (f"ort-genai-lmforge-{v}", f"ort-genai-builder-{v}"):
+                    if peer in rows:
+                        ratios.append({"label": f"lmforge-{v} / {peer}", "batch": batch,
+                                       **ratio(rows, f"lmforge-{v}", peer)})
+            lm = max((c for c in by_name if by_name[c].group == "lmforge"), key=lambda k: rows[k]["tokens_per_s"])
+            for group in ("ort-genai (lmforge graph)", "ort-genai builder (phi)"):
+                peers = [c for c in by_name if by_name[c].group == group]
+                if peers:
+                    best = max(peers, key=lambda k: rows[k]["tokens_per_s"])
+                    ratios.append({"label": f"fastest: {lm} / {best}", "batch": batch, **ratio(rows, lm, best)})
+            ratios.append({"label": "lmforge-int4 / lmforge-fp32", "batch": batch,
+                           **ratio(rows, "lmforge-int4", "lmforge-fp32")})
+        profile = None
+        if args.profile:
+            files = [model_dir / f for f in ("model.fast.onnx", "model.fast.int8.onnx", "model.fast.int4.onnx",
+                                             "model.genai.int4.onnx")]
+            if og is not None and not args.no_builder:
+                files += [Path(tmp) / f"builder-{v}" / "model.onnx" for v in ("int8", "int4")]
+            profile = [profile_step(f, args.threads, top_nodes=12) for f in files]
+            for pr, f in zip(profile, files):
+                pr["file"] = f"{f.parent.name}/{f.name}" if f.parent.name.startswith("builder") else f.name
+        provider = contenders[0].runtime.provider
+        (Path(tmp) / "loop-cost").mkdir()
+        cost = loop_cost(Path(tmp) / "loop-cost")
+    for r in results:  # decode steps at the median against bandwidth / weight bytes per step
+        wb = r.pop("weight_bytes", None) or fp32_torch_bytes
+        r["weight_mb"] = round(wb / 1e6, 1)
+        r["bound_share"] = round((1e3 / r["step_ms"]) / (bandwidth * 1e9 / wb), 2)
     quality = trained_quality(args.train_steps, args.threads, args.corpora) if args.train_steps and og else None
-    report = {"results": results, "summary": summ,
+    for r in results:
+        r["quality"] = quality_note(r["name"], quality)
+    summ[f"memory bandwidth ({args.threads}-thread numpy copy of 512 MB, read + write, GB/s)"] = round(bandwidth, 1)
+    summ["bound_share"] = "(1000 / step_ms) / (bandwidth / weight bytes per decode step), batch 1"
+    summ["shape"] = (f"gpt {SHAPE}, prompts of {PROMPT_LEN} tokens, {n} new tokens greedy, {args.threads} threads; "
+                     "ort-genai-builder-*: onnxruntime-genai's builder on a random-init HF Phi of the same shape")
+    summ["method"] = (f"onnxruntime rows interleaved: {args.rounds} rounds per batch size, sweeps of {args.block} "
+                      "steps per contender in a fresh random order; figures are medians over rounds, ratios "
+                      "per round then median (min-max); torch / transformers rows: one run each "
+                      f"({load_text(torch_load)})")
+    summ["greedy_same"] = ("lmforge-*: share of batch-1 tokens equal to its verified graph's greedy ids "
+                           "(runtime.scoring.greedy_ids); ort-genai-lmforge-*: equal to lmforge's row of the same "
+                           "weights")
+    if og is None:
+        summ["ort-genai"] = "not installed (pip install onnxruntime-genai): no ort-genai rows"
+    report = {"results": results, "ratios": ratios, "summary": summ,
+              "load": {"batch1": phases["batch1"]["load"], "batch8": phases["batch8"]["load"], "torch": torch_load},
               "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, "
                          f"python {platform.python_version()}, onnxruntime {ort.__version__}, "
                          f"onnxruntime-genai {og.__version__ if og else None}, torch {torch.__version__}",
-              "load_average": os.getloadavg(), "provider": gen32.provider}
+              "provider": provider, "argv": sys.argv[1:] if argv is None else list(argv),
+              "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "raw": {k: {"ttft_s": v["ttft"], "step_ms": v["steps"]} for k, v in phases.items()}}
+    report["loop_cost"] = cost
     if quality:
         report["quality"] = quality
     if profile:
         report["profile"] = profile
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / time.strftime("decode-%Y%m%d-%H%M%S")
-    for suffix, text in ((".json", json.dumps(report, indent=2)), (".md", markdown(report) + "\n")):
-        tmp = stem.with_name(f".{stem.name}{suffix}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_suffix(suffix))
-    print(json.dumps(report, indent=2) if args.json else markdown(report))
+    stem = write_report(report)
+    print(json.dumps({k: v for k, v in report.items() if k != "raw"}, indent=2) if args.json else markdown(report))
+    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
     return 0
 
 

@@ -44,8 +44,8 @@ def jokes_char_shaped(root: Path) -> Path:
     import torch
 
     from lmforge.data.tokenize import special_ids, train_char
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
     from lmforge.models.gpt import GPT, GPTConfig
 
     tok = train_char([string.printable])
@@ -54,8 +54,8 @@ def jokes_char_shaped(root: Path) -> Path:
     model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=96, n_layer=4, n_head=4, n_embd=160)).eval()
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {**special_ids(tok), "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest,
-                              int8=False, optimize=False)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "model", manifest,
+                              ExportConfig(int8=False, optimize=False))
     return out
 
 

@@ -31,7 +31,7 @@ tok.save(str(out.parent / "tokenizer.json"))
 model = build_model(ModelConfig(n_layer=3, n_head=4, n_embd=128, block_size=128), tok.get_vocab_size())
 manifest = {"name": "soak", "tokenizer": {"kind": "char", "file": "tokenizer.json"}, "tokens": special_ids(tok),
             "generation": {"temperature": 0.8, "top_k": 20, "max_new_tokens": 100}}
-export_model_dir(model, model_spec(model), out.parent / "tokenizer.json", out, manifest)
+export_model_dir(model, out.parent / "tokenizer.json", out, manifest)
 """
 
 

@@ -29,8 +29,8 @@ def reference_dir(root: Path) -> Path:
     import torch
 
     from lmforge.data.tokenize import train_char
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
     from lmforge.models.gpt import GPT, GPTConfig
 
     tok = train_char(["abcdefghijklmnopqrstuvwxyz ,.!?"])
@@ -39,8 +39,8 @@ def reference_dir(root: Path) -> Path:
     model = GPT(GPTConfig(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": 2, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest,
-                              int8=True, optimize=False)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "model", manifest,
+                              ExportConfig(int8=True, optimize=False))
     return out
 
 

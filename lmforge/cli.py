@@ -1,4 +1,4 @@
-"""`lmforge run | prepare | generate | presets | runs | promote | doctor | schedule | serve | web ...`. Heavy imports
+"""`lmforge run | prepare | generate | export-hf | presets | runs | promote | doctor | schedule | serve | web ...`. Heavy imports
 happen inside each command, so `lmforge generate` never imports torch."""
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ EXAMPLES = {
                 "  lmforge schedule on jokes-char",
     "serve": "lmforge serve jokes-char shakespeare-char",
     "web": "lmforge web artifacts/runs/<run>/model --port 8765",
+    "export-hf": "lmforge export-hf models:/jokes-char@champion jokes-char-hf --gguf q8_0",
     "serve-model": "lmforge serve-model models:/jokes-char@champion --port 8000",
 }
 
@@ -64,16 +65,19 @@ def _flow_call(args, module: str, name: str) -> dict:
     the API checked or a temporary server, Ctrl-C handled, on Dask workers with --dask)."""
     import importlib
 
-    from lmforge.core.config import load_config
+    from lmforge.core.config import DEFAULT_PRESET, load_config
     from lmforge.ops.orchestration import prefect_env, run_flow
 
     prefect_env()
     overrides = _overrides(args.set)
     if args.dask:
         overrides.setdefault("data.parts", str(DASK_PARTS))
-    load_config(args.preset, overrides)
+    if getattr(args, "continue_run", False):
+        overrides["train.continue_run"] = "true"
+    cfg = load_config(args.preset, overrides)  # the one parse: the flow takes this Config as it is
     flow = getattr(importlib.import_module(module), name)
-    return run_flow(flow, args.dask, preset=args.preset or "jokes-char", overrides=overrides, wait=not args.no_wait)
+    return run_flow(flow, args.dask, preset=args.preset or DEFAULT_PRESET, overrides=overrides,
+                    wait=not args.no_wait, config=cfg)
 
 
 def cmd_run(args) -> int:
@@ -171,6 +175,24 @@ def _generate(args) -> int:
         ttft = "-" if first is None else f"{first * 1000:.0f} ms"
         print(f"{last.completion_tokens} tokens in {seconds:.2f} s: {speed:.1f} tokens/s, time to first token {ttft}, "
               f"finish {last.finish_reason} [{gen.provider}, {gen.variant}]", file=sys.stderr)
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from pathlib import Path
+
+    from lmforge.export.hf import export_hf
+
+    source, registered = args.source, None
+    if source.startswith("models:/"):
+        from lmforge.registry.tracking import fetch_model_dir
+
+        source, registered = fetch_model_dir(source), source
+    elif (Path(source) / "model" / "lmforge.json").is_file():  # a run directory
+        source = Path(source) / "model"
+    result = export_hf(Path(source), Path(args.out), gguf=args.gguf, registered=registered,
+                       push_to_hub=args.push_to_hub, private=not args.public)
+    _emit(result, args.json)
     return 0
 
 
@@ -323,8 +345,11 @@ def cmd_bench(args) -> int:
     if not script.is_file():
         raise LmforgeError(f"benchmark script {script} not found",
                            hint="run `lmforge bench` from a source checkout (pip install -e .)")
+    import sys
+
     spec = importlib.util.spec_from_file_location(f"lmforge_bench_{args.what}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a module its own dataclasses can find while it loads
     spec.loader.exec_module(module)
     return module.main(args.args)
 
@@ -349,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"clean and encode data in parts on Dask workers (data.parts defaults to {DASK_PARTS})")
         sp.add_argument("--no-wait", action="store_true",
                         help="stop at once when another process holds this config's data or run directory")
+        if name == "run":
+            sp.add_argument("--continue", dest="continue_run", action="store_true",
+                            help="train a finished run of this config and data on to a larger train.max_steps, from "
+                                 "its last step (docs/scheduling.md); = --set train.continue_run=true")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
     g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS (or /VERSION)")
@@ -372,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "token counts, tokens/s, time to first token")
     g.add_argument("--quiet", action="store_true", help="no speed line on stderr (tokens/s, time to first token)")
     g.add_argument("--verbose", action="store_true", help="let MLflow show its download progress for models:/")
+
+    h = add("export-hf", "Copy a model's Hugging Face folder (transformers, the Hub) out of its export, optionally "
+            "with a GGUF file for llama.cpp and an upload to the Hub.", cmd_export_hf)
+    h.add_argument("source", metavar="SOURCE", help="exported model directory, run directory or models:/NAME@ALIAS")
+    h.add_argument("out", metavar="OUT", help="new directory to write (config.json, model.safetensors, ...)")
+    h.add_argument("--gguf", choices=["f32", "f16", "q8_0"], help="also write OUT/model.<type>.gguf")
+    h.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repo (needs a token; off by default)")
+    h.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public (default private)")
+    h.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
     b = add("bench", "Run a benchmark side by side and write benchmarks/results/ (JSON + markdown).", cmd_bench)
     b.add_argument("what", choices=["decode"], help="decode: torch vs transformers vs onnxruntime decoding speed")

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from lmforge.registry import tracking
 from lmforge.core.config import Config
 from lmforge.training.evaluate import exported_samples
+from lmforge.export.hf import write_model_card
 from lmforge.export.modeldir import export_run
 from lmforge.core.records import Exported, PreparedData, Trained
 
@@ -27,8 +28,10 @@ def export_model(cfg: Config, data: PreparedData, trained: Trained, metrics: dic
 
 @task(name="samples")
 def sample_model(cfg: Config, model_dir: Path, run_id: str | None = None) -> list[dict]:
-    """Generate from the exported directory (onnxruntime) at each configured temperature."""
+    """Generate from the exported directory (onnxruntime) at each configured temperature; they go into the
+    Hugging Face folder's model card too."""
     samples = exported_samples(cfg, model_dir)
+    write_model_card(model_dir, samples)  # hf/README.md: the model card, now with its samples
     logger = get_run_logger()
     for s in samples:
         logger.info("T=%.1f  %r", s["temperature"], s["text"][:200])

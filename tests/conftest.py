@@ -193,3 +193,15 @@ def restore_closed_log_streams() -> None:
             handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
             if hasattr(handler, "console"):  # Prefect's rich console handler writes through its own Console
                 handler.console.file = sys.stderr
+
+
+def gpt2_tokenizer_files(bpe, directory: Path) -> None:
+    """A GPT-2-format tokenizer (vocab.json + merges.txt, as a downloaded GPT-2 tokenizer is): a byte-level BPE
+    with no <pad>/<unk>/<bos>/<eos>; lmforge's gpt2 kind adds <|endoftext|>, its only special token."""
+    import json
+
+    model = json.loads(bpe.to_str())["model"]
+    tokens = sorted((i, t) for t, i in model["vocab"].items() if not (t.startswith("<") and t.endswith(">")))
+    (directory / "vocab.json").write_text(json.dumps({t: n for n, (_, t) in enumerate(tokens)}))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

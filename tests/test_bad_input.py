@@ -27,8 +27,9 @@ def tiny_model_dir(path: Path, text: str = "hello world, why not? a joke.", bloc
 
     from lmforge.core.config import ModelConfig
     from lmforge.data.tokenize import special_ids, train_char
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import build_model, model_spec
+    from lmforge.models import build_model
 
     torch.manual_seed(0)
     tok = train_char([text])
@@ -38,7 +39,7 @@ def tiny_model_dir(path: Path, text: str = "hello world, why not? a joke.", bloc
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=block_size), tok.get_vocab_size())
     manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"}, "tokens": special_ids(tok),
                 "generation": {"temperature": 1.0, "top_k": 0, "max_new_tokens": 20}}
-    export_model_dir(model, model_spec(model), tok_file, path, manifest, int8=False)
+    export_model_dir(model, tok_file, path, manifest, ExportConfig(int8=False))
     return path
 
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_random_gpt
 
 from lmforge.data.tokenize import train_char
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
-from lmforge.models import model_spec
 from lmforge.runtime import BatchSession, Generator, RequestError, RowRequest
 
 TEXT = "why did the chicken cross the road? to get to the other side! café naïve"
@@ -44,15 +44,15 @@ def dirs(tmp_path_factory, one_torch_thread):
     manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
     model = tiny_random_gpt(tok.get_vocab_size())
-    gpt, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "gpt", manifest, int8=False,
-                              optimize=False)
+    gpt, _ = export_model_dir(model, root / "tokenizer.json", root / "gpt", manifest,
+                              ExportConfig(int8=False, optimize=False))
     torch.manual_seed(0)
     gru = GRU(RNNConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=16, n_hidden=32)).eval()
     with torch.no_grad():
         for p in gru.parameters():
             p.normal_(0, 0.5)
-    rnn, _ = export_model_dir(gru, model_spec(gru), root / "tokenizer.json", root / "gru", manifest, int8=False,
-                              optimize=False)
+    rnn, _ = export_model_dir(gru, root / "tokenizer.json", root / "gru", manifest,
+                              ExportConfig(int8=False, optimize=False))
     return {"gpt": gpt, "gru": rnn}
 
 

@@ -114,7 +114,8 @@ def test_readme_scheduling_block_creates_all_six_deployments(readme_sequence):
     for name, pool in DEPLOYMENTS.items():
         shown = json.loads(prefect(env, "deployment", "inspect", f"lmforge-pipeline/{name}", "--output",
                                    "json").stdout)
-        assert shown["parameters"] == {"preset": name, "overrides": {"promote.auto": True}}  # nightly promotion
+        warm = {"train.init_from": "champion"} if name == "jokes-char" else {}  # nightly warm starts
+        assert shown["parameters"] == {"preset": name, "overrides": {"promote.auto": True, **warm}}  # and promotion
         assert shown["work_pool_name"] == pool
         assert shown["global_concurrency_limit"]["limit"] == 1  # one run at a time; the next one waits
         assert shown["concurrency_options"]["collision_strategy"] == "ENQUEUE"

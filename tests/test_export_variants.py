@@ -11,8 +11,8 @@ from conftest import tiny_random_gpt
 
 from lmforge.data.shards import open_shard, write_shards
 from lmforge.data.tokenize import train_char
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
-from lmforge.models import model_spec
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import prefill_feeds, val_loss, variant_val_loss_deltas
 
@@ -35,8 +35,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def all_variants(tiny):
     root, model, _ = tiny
-    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "all", MANIFEST,
-                              optimize=True, fp16=True, int4=True)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "all", MANIFEST,
+                              ExportConfig(optimize=True, fp16=True, int4=True))
     return out
 
 
@@ -50,8 +50,8 @@ def test_variant_files_written_only_when_enabled(tiny, all_variants):
     metrics = json.loads((all_variants / "lmforge.json").read_text())["metrics"]
     assert metrics["verify_fast_logit_max_abs"] <= 1e-3  # no val text given: fp32 graphs checked against torch only
     assert not any(k.endswith("_agreement") for k in metrics)
-    plain, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "plain", MANIFEST,
-                                int8=False, optimize=False, fp16=False, int4=False)
+    plain, _ = export_model_dir(model, root / "tokenizer.json", root / "plain", MANIFEST,
+                                ExportConfig(int8=False, optimize=False, fp16=False, int4=False))
     files = json.loads((plain / "lmforge.json").read_text())["files"]
     assert set(files) == {"fp32", "fast", "genai", "genai-int4"}  # genai: onnxruntime-genai (tests/test_genai.py)
     for name in ("model.int8.onnx", "model.opt.onnx", "model.fp16.onnx", "model.fast.int8.onnx",
@@ -101,30 +101,41 @@ def test_val_loss_deltas_in_manifest(tiny, all_variants, tmp_path):
     assert metrics["onnx_fp32_val_loss"] > 0
 
 
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (4, True), (8, False), (8, True)])
 @pytest.mark.parametrize("K", [64, 40])  # whole blocks, and a last block padded with zeros
-def test_int4_blocks_are_what_matmulnbits_computes(K):
-    """onnxruntime's MatMulNBits on lmforge's packing equals x @ the dequantised weights, each within half a
-    block's step of the original."""
+def test_nbits_blocks_are_what_matmulnbits_computes(K, bits, symmetric):
+    """onnxruntime's MatMulNBits on lmforge's packing (4 or 8 bits, with or without zero points) equals x @ the
+    dequantised weights, each within half a block's step of the original (symmetric: the value of largest
+    magnitude exactly)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from lmforge.export.fast import int4_blocks
+    from lmforge.export.fast import nbits_blocks
 
     rng = np.random.default_rng(0)
-    N = 24
+    N, block = 24, 32
     w = rng.normal(0, 1, (N, K)).astype(np.float32)
-    packed, scales, zp = int4_blocks(w)
-    nb = -(-K // 32)
-    q = np.stack([packed & 15, packed >> 4], -1).reshape(N, nb * 32).astype(np.float32)
-    z = np.stack([zp & 15, zp >> 4], -1).reshape(N, -1)[:, :nb].astype(np.float32)
-    deq = ((q.reshape(N, nb, 32) - z[..., None]) * scales.reshape(N, nb)[..., None]).reshape(N, -1)[:, :K]
-    assert (np.abs(deq - w) <= scales.reshape(N, nb).repeat(32, 1)[:, :K] / 2 + 1e-6).all()
-    node = helper.make_node("MatMulNBits", ["x", "b", "s", "z"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
-                            block_size=32)
-    graph = helper.make_graph([node], "q4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, N])],
-                              [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(scales, "s"),
-                               numpy_helper.from_array(zp, "z")])
+    packed, scales, zp = nbits_blocks(w, bits, block, symmetric)
+    nb = -(-K // block)
+    q = (np.stack([packed & 15, packed >> 4], -1) if bits == 4 else packed).reshape(N, nb, block).astype(np.float32)
+    if zp is None:
+        z = np.full((N, nb), 2 ** (bits - 1), np.float32)
+    elif bits == 4:
+        z = np.stack([zp & 15, zp >> 4], -1).reshape(N, -1)[:, :nb].astype(np.float32)
+    else:
+        z = zp.reshape(N, nb).astype(np.float32)
+    step = np.abs(scales.reshape(N, nb))
+    deq = ((q - z[..., None]) * scales.reshape(N, nb)[..., None]).reshape(N, -1)[:, :K]
+    # symmetric: the far end of the range may clip by up to one step (as onnxruntime's own quantiser)
+    assert (np.abs(deq - w) <= step.repeat(block, 1)[:, :K] * (1.0 if symmetric else 0.5) + 1e-6).all()
+    inputs = ["x", "b", "s"] + ([] if zp is None else ["z"])
+    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=K, N=N, bits=bits,
+                            block_size=block)
+    inits = [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(scales, "s")]
+    if zp is not None:
+        inits.append(numpy_helper.from_array(zp, "z"))
+    graph = helper.make_graph([node], "qn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, N])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=9)
     x = rng.normal(0, 1, (3, K)).astype(np.float32)

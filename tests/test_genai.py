@@ -17,6 +17,7 @@ og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is in th
 
 from lmforge.core.config import ModelConfig, TrainConfig
 from lmforge.data.tokenize import special_ids, train_bpe, train_char
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
 from lmforge.export.genai import GENAI_FILES, RNN_REASON, select_graph
 from lmforge.export.genai import genai_greedy as genai_loop
@@ -52,8 +53,8 @@ def trained(tmp_path_factory, one_torch_thread):
                       device="cpu")
     result = train(model, ids[:split], ids[split:], BLOCK, cfg, root / "ckpt", resume=False)
     assert result.best_val_loss < 4.5, result  # learnt something beyond uniform (ln 512 = 6.2)
-    out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model",
-                                    manifest(tok, "bpe"), optimize=False, int4=True)
+    out, metrics = export_model_dir(model, root / "tokenizer.json", root / "model", manifest(tok, "bpe"),
+                                    ExportConfig(optimize=False, int4=True))
     return out, metrics
 
 
@@ -179,22 +180,27 @@ def test_genai_int4_runs_its_graph_and_agrees_with_fp32(trained):
     assert agree / count > 0.3, agree / count  # int4 of a 64-wide model drifts, but stays the same model
 
 
-def test_char_tokenizer_export_runs_on_token_ids_and_says_why(tmp_path):
+def test_char_tokenizer_export_runs_with_genai_tokenizer(tmp_path):
+    """A char vocabulary is written as a BPE with no merges (lmforge.export.tokenizer), which ort-genai's tokenizer
+    reads: its ids (and <bos> with add_special_tokens) are lmforge's, and so are the greedy tokens."""
     text = "why did the chicken cross the road? to get to the other side! " * 4
     tok = train_char([text])
     tok.save(str(tmp_path / "tokenizer.json"))
     model = tiny_random_gpt(tok.get_vocab_size())
-    out, _ = export_model_dir(model, model_spec(model), tmp_path / "tokenizer.json", tmp_path / "m",
-                              manifest(tok, "char"), int8=False, optimize=False)
+    out, _ = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "m", manifest(tok, "char"),
+                              ExportConfig(int8=False, optimize=False))
     genai = json.loads((out / "lmforge.json").read_text())["genai"]
-    assert genai["supported"] and genai["tokenizer"] is False and "WordLevel" in genai["tokenizer_reason"]
-    assert not (out / "tokenizer_config.json").exists() and "genai-int8" not in genai["graphs"]
-    with pytest.raises(RuntimeError, match="tokenizer_config.json"):
-        og.Tokenizer(og.Model(str(out)))  # onnxruntime-extensions cannot read a WordLevel tokenizer
+    assert genai["supported"] and genai["tokenizer"] is True and "genai-int8" not in genai["graphs"]
+    assert (out / "tokenizer_config.json").is_file()
+    tokenizer = og.Tokenizer(og.Model(str(out)))
+    tokenizer.update_options(add_special_tokens="true")
     gen = Generator(out, device="cpu")
-    ids = gen.encode("the chicken")
+    ids = [int(i) for i in tokenizer.encode("the chicken")]
+    assert ids == gen.encode("the chicken") and ids[0] == genai["prepend_bos"]
     n = 32 - len(ids)
-    assert genai_greedy(out, "fp32", ids, n) == greedy_ids(gen, ids, n)
+    got = genai_greedy(out, "fp32", ids, n)
+    assert got == greedy_ids(gen, ids, n)
+    assert tokenizer.decode(np.array(got, np.int32)) == gen.tokenizer.decode(got)
 
 
 def test_hf_gpt2_export_loads_in_genai(tmp_path):
@@ -214,8 +220,8 @@ def test_hf_gpt2_export_loads_in_genai(tmp_path):
     tok = train_bpe([text], 300)
     tok.save(str(tmp_path / "tokenizer.json"))
     model = load_pretrained(str(tmp_path / "hf"), tok.get_vocab_size())
-    out, metrics = export_model_dir(model, model_spec(model), tmp_path / "tokenizer.json", tmp_path / "m",
-                                    manifest(tok, "bpe"), optimize=False)
+    out, metrics = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "m", manifest(tok, "bpe"),
+                                    ExportConfig(optimize=False))
     assert model_spec(model)["family"] == "hf-gpt2" and metrics["onnx_genai_parity_max_abs"] < 1e-3
     gen = Generator(out, device="cpu")
     assert not gen.fast  # hf-gpt2 decodes on the portable graph in lmforge
@@ -237,8 +243,8 @@ def test_recurrent_export_has_no_genai_files_and_says_why(tmp_path):
     for family in ("lstm", "gru"):
         model = build_model(ModelConfig(family=family, block_size=16, n_layer=1, n_embd=16, n_hidden=16),
                             tok.get_vocab_size(), seed=0)
-        out, _ = export_model_dir(model, model_spec(model), tmp_path / "tokenizer.json", tmp_path / family,
-                                  manifest(tok, "char"), int8=False, optimize=False)
+        out, _ = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / family, manifest(tok, "char"),
+                                  ExportConfig(int8=False, optimize=False))
         md = json.loads((out / "lmforge.json").read_text())
         assert md["genai"] == {"supported": False, "reason": RNN_REASON}
         assert not (out / "genai_config.json").exists() and not any("genai" in k for k in md["files"])

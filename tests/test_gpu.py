@@ -6,6 +6,7 @@ import pytest
 from conftest import cuda_works, tiny_random_gpt
 
 from lmforge.data.tokenize import train_char
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
 from lmforge.models import model_spec
 from lmforge.runtime import Generator
@@ -24,7 +25,7 @@ def tiny(tmp_path_factory):
     model = tiny_random_gpt(tok.get_vocab_size())
     manifest = {"name": "gpu", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest, fp16=True)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "model", manifest, ExportConfig(fp16=True))
     return model, out
 
 

@@ -68,8 +68,8 @@ def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_pa
     assert {ln.split()[0] for ln in presets.stdout.splitlines()} == {p.stem for p in (REPO / "configs").glob("*.toml")}
 
     from lmforge.data.tokenize import special_ids, train_char
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     (tmp_path / "tok").mkdir()
     tok = train_char(["abcdefgh"])
@@ -77,8 +77,8 @@ def test_the_installed_package_lists_its_presets_and_generates(installed, tmp_pa
     model = tiny_random_gpt(tok.get_vocab_size())
     manifest = {"name": "t", "tokenizer": {"kind": "char", "file": "tokenizer.json"}, "tokens": special_ids(tok),
                 "generation": {}}
-    out, _ = export_model_dir(model, model_spec(model), tmp_path / "tok" / "tokenizer.json", tmp_path / "model",
-                              manifest, int8=False, optimize=False)
+    out, _ = export_model_dir(model, tmp_path / "tok" / "tokenizer.json", tmp_path / "model", manifest,
+                              ExportConfig(int8=False, optimize=False))
     got = run(installed, "generate", "--model", str(out), "--prompt", "abc", "--max-new-tokens", "5",
               "--temperature", "0", "--json", cwd=tmp_path)
     assert got.returncode == 0, got.stderr

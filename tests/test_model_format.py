@@ -79,14 +79,15 @@ def export_family(gpt_dir: Path, out: Path, family: str, **flags) -> Path:
     """A random-weight `family` model exported by lmforge.export.modeldir.export_model_dir with the pipeline export's
     tokenizer and provenance."""
     from lmforge.core.config import ModelConfig
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import build_model, model_spec
+    from lmforge.models import build_model
 
     manifest = json.loads((gpt_dir / "lmforge.json").read_text())
     provenance = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "model", "io", "files")}
     cfg = ModelConfig(family=family, n_layer=2, n_head=2, n_embd=16, n_hidden=24, block_size=32)
     model = build_model(cfg, manifest["model"]["vocab_size"], seed=0)
-    return export_model_dir(model, model_spec(model), gpt_dir / "tokenizer.json", out, provenance, **flags)[0]
+    return export_model_dir(model, gpt_dir / "tokenizer.json", out, provenance, ExportConfig(**flags))[0]
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +101,22 @@ def manifest(d: Path) -> dict:
 
 
 def written(row: dict, family: str, flags: dict) -> bool:
-    """Whether the Files table's `written` cell holds for this export."""
+    """Whether the Files table's `written` cell holds for this export (`export.gguf` holds unless it is none; a
+    cell naming tokenizer kinds holds for those kinds)."""
     cond = row["written"]
     if cond == "always":
         return True
     ok = family == "gpt" if "gpt family" in cond else True
-    if "byte-level BPE" in cond:
-        ok = ok and flags.get("tokenizer") in ("bpe", "gpt2")
-    return ok and all(flags[t.removeprefix("export.")] for t in ticks(cond) if t.startswith("export."))
+    if "tokenizer" in cond:
+        ok = ok and flags.get("tokenizer") in [t for t in ticks(cond) if not t.startswith("export.")]
+    exported = [t.removeprefix("export.") for t in ticks(cond) if t.startswith("export.")]
+    return ok and all(flags[t] != "none" if t == "gguf" else flags[t] for t in exported)
+
+
+def file_name(row: dict, flags: dict) -> str:
+    """The file a Files row names; model.<type>.gguf by the export's type."""
+    name = ticks(row["file"])[0]
+    return name.replace(".f16.", f".{flags['gguf']}.") if name.endswith(".gguf") else name
 
 
 # -- Files ------------------------------------------------------------------------------------------------------
@@ -115,13 +124,17 @@ def test_files_table_is_every_file_and_its_conditions(gpt, rnn, tmp_path):
     from lmforge.runtime.modeldir import external_data_locations
 
     rows = table("Files")
-    plain = export_family(gpt, tmp_path / "plain", "gpt", int8=False, optimize=False, fp16=False, int4=False)
-    exports = [(gpt, "gpt", dict.fromkeys(FLAGS, True)), (plain, "gpt", dict.fromkeys(FLAGS, False)),
-               *[(d, f, {"int8": True, "optimize": False, "fp16": False, "int4": True}) for f, d in rnn.items()]]
+    plain = export_family(gpt, tmp_path / "plain", "gpt", int8=False, optimize=False, fp16=False, int4=False,
+                          hf=False, gguf="none")
+    default = {"hf": True, "gguf": "f16"}
+    exports = [(gpt, "gpt", {**dict.fromkeys(FLAGS, True), **default}),
+               (plain, "gpt", {**dict.fromkeys(FLAGS, False), "hf": False, "gguf": "none"}),
+               *[(d, f, {"int8": True, "optimize": False, "fp16": False, "int4": True, **default})
+                 for f, d in rnn.items()]]
     for d, family, flags in exports:
         flags = {**flags, "tokenizer": manifest(d)["tokenizer"]["kind"]}  # jokes-char: char
         expected = [r for r in rows if written(r, family, flags)]
-        assert sorted(p.name for p in d.iterdir()) == sorted(ticks(r["file"])[0] for r in expected), (d, family)
+        assert sorted(p.name for p in d.iterdir()) == sorted(file_name(r, flags) for r in expected), (d, family)
         assert manifest(d)["files"] == {ticks(r["variant"])[0]: ticks(r["file"])[0]
                                         for r in expected if ticks(r["variant"])}
         for f in d.glob("*.onnx"):
@@ -158,6 +171,8 @@ def test_the_run_directory_and_the_generation_defaults(gpt):
     from lmforge.runtime import Generator
 
     assert gpt.name == "model" and gpt.parent.parent.name == "runs" and gpt.parent.name.startswith("jokes-char-")
+    card = (gpt / "hf" / "README.md").read_text()  # the pipeline's samples step wrote them into the model card
+    assert card.startswith("---\n") and "## Samples" in card and "temperature 1.0" in card
     gen, defaults = Generator(gpt), manifest(gpt)["generation"]
     assert gen.generate("Why", seed=3) == gen.generate("Why", seed=3, **defaults)  # used when a caller gives none
     assert gen.generate("Why", seed=3) != gen.generate("Why", seed=3, temperature=0)

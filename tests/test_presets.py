@@ -16,8 +16,9 @@ from lmforge.data.prepare import prepare_corpus
 from lmforge.data.shards import open_shard
 from lmforge.data.sources import acquire, is_url
 from lmforge.core.errors import LmforgeError
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
-from lmforge.models import build_model, model_spec
+from lmforge.models import build_model
 from lmforge.runtime import Generator
 from lmforge.training.train import train
 
@@ -55,8 +56,8 @@ def run_library(name: str, overrides: dict, tmp_path) -> tuple[dict, dict, Gener
                    cfg.model.block_size, cfg.train, tmp_path / "ckpt")
     manifest = {"name": name, "tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
                 "tokens": meta["special_ids"], "generation": {"temperature": 1.0, "max_new_tokens": 10}}
-    out, metrics = export_model_dir(model, model_spec(model), tmp_path / "data" / "tokenizer.json",
-                                    tmp_path / "model", manifest, int8=False)
+    out, metrics = export_model_dir(model, tmp_path / "data" / "tokenizer.json", tmp_path / "model", manifest,
+                                    ExportConfig(int8=False))
     assert metrics["onnx_parity_max_abs"] <= 1e-4
     assert result.steps == 30 and result.best_val_loss < math.log(meta["vocab_size"])  # beats uniform
     return meta, json.loads((out / "lmforge.json").read_text()), Generator(out)

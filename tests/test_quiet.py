@@ -16,8 +16,8 @@ from lmforge.data.tokenize import train_char
 
 
 def test_export_logs_no_onnxruntime_quantiser_lines(tmp_path, caplog, capfd):
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     tok = train_char(["abc def"])
     tok.save(str(tmp_path / "tokenizer.json"))
@@ -26,8 +26,8 @@ def test_export_logs_no_onnxruntime_quantiser_lines(tmp_path, caplog, capfd):
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {}}
     handlers = list(logging.getLogger().handlers)
     with caplog.at_level(logging.INFO):  # every record the root logger passes on, INFO and up
-        out, _ = export_model_dir(model, model_spec(model), tmp_path / "tokenizer.json", tmp_path / "m", manifest,
-                                  int8=True, optimize=False, int4=True)
+        out, _ = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "m", manifest,
+                                  ExportConfig(int8=True, optimize=False, int4=True))
     assert {"model.int8.onnx", "model.fast.int8.onnx", "model.genai.int4.onnx"} <= {p.name for p in out.iterdir()}
     noisy = [r.getMessage()[:80] for r in caplog.records if r.name == "root" or r.name.startswith("onnxruntime")]
     assert noisy == []

@@ -104,7 +104,7 @@ def test_a_checkpoint_of_other_data_is_set_aside_not_resumed(tmp_path):
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 17)
     train(model, data[:3000], data[3000:], 16, cfg, tmp_path / "ckpt", identity=Identity("w", "old-data"))
     notes = []
-    result = train(model, data[:3000], data[3000:], 16, cfg, tmp_path / "ckpt", Hooks(note=notes.append),
+    result = train(model, data[:3000], data[3000:], 16, cfg, tmp_path / "ckpt", hooks=Hooks(note=notes.append),
                    identity=Identity("w", "new-data"))
     assert result.resumed_from == 0 and result.steps == 6
     assert "trained on other data or another config" in notes[0]

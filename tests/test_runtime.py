@@ -27,9 +27,23 @@ def tiny(tmp_path_factory):
     manifest = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
                 "generation": {"temperature": 0.0, "max_new_tokens": 20}}
-    out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest)
+    out, metrics = export_model_dir(model, root / "tokenizer.json", root / "model", manifest)
     assert metrics["onnx_fast_parity_max_abs"] < 1e-4
     return model, out
+
+
+def test_fast_graph_is_the_documented_nodes(tiny):
+    """docs/decode.md: 8 nodes a layer + 4 (the two embedding Gathers, the final SkipLayerNormalization, the head),
+    no glue (Identity, Cast, Reshape, Add), and the first SkipLayerNormalization adds the two embeddings."""
+    import onnx
+
+    model, out = tiny
+    graph = onnx.load(str(out / "model.fast.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert len(ops) == 8 * model_spec(model)["n_layer"] + 4
+    assert not {"Identity", "Cast", "Reshape", "Add", "LayerNormalization"} & set(ops)
+    first = next(n for n in graph.node if n.op_type == "SkipLayerNormalization")
+    assert list(first.input[:2]) == ["tok_emb", "pos_emb"]
 
 
 @pytest.mark.parametrize("lengths", [(1,), (7,), (1, 7, 4)])

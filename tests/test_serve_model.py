@@ -37,8 +37,9 @@ def models(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
 
     from lmforge.core.config import ModelConfig
     from lmforge.data.tokenize import special_ids, train_bpe, train_char, train_word
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import build_model, model_spec
+    from lmforge.models import build_model
 
     root = tmp_path_factory.mktemp("serve-models")
     out = {}
@@ -69,8 +70,8 @@ def models(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
         manifest = {"name": f"tiny-{family}", "tokenizer": {"kind": kind, "file": "tokenizer.json"},
                     "tokens": {**ids, "eos": None} if family == "gpt" else ids,  # gpt: no EOS, lengths exact
                     "generation": {"temperature": 0.0, "max_new_tokens": 24}}
-        out[family], _ = export_model_dir(model, model_spec(model), d / "tokenizer.json", d / "model", manifest,
-                                          int8=False, optimize=False)
+        out[family], _ = export_model_dir(model, d / "tokenizer.json", d / "model", manifest,
+                                          ExportConfig(int8=False, optimize=False))
     return out
 
 

@@ -9,8 +9,8 @@ from conftest import torch_greedy
 
 from lmforge.core.config import TrainConfig
 from lmforge.data.tokenize import train_bpe
+from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
-from lmforge.models import model_spec
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator
 from lmforge.runtime.detok import MAX_PENDING, TextStream
@@ -87,8 +87,8 @@ def reciter(tok, tmp_path_factory, one_torch_thread):
                                           eval_interval=150, eval_iters=1), root / "ckpt")
     manifest = {"name": "bpe", "tokenizer": {"kind": "bpe", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": None, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", manifest,
-                              optimize=False, int4=False)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "model", manifest,
+                              ExportConfig(optimize=False, int4=False))
     return model.eval(), out
 
 

@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from conftest import corpus
+from conftest import corpus, gpt2_tokenizer_files
 from lmforge.data.formats import read_documents
 from lmforge.data.tokenize import (SPECIALS, UNK, CharLookup, build_tokenizer, encode_batches,
-                                   encode_with_tokenizer, frame, load_gpt2, special_ids)
+                                   encode_with_tokenizer, frame, load_gpt2, load_tokenizer, special_ids,
+                                   with_bos)
 from lmforge.core.errors import LmforgeError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -68,7 +69,7 @@ def test_word_unseen_words_become_unk_and_never_crash(saved):
     assert roundtrip(tok, " Zyxwvut qwrtpsdf!") == "<unk><unk>!"
     ids = tok.encode("Florbix wuggle snarfed the plimkin " * 20).ids
     assert len(ids) > 20 and 1 in ids
-    assert tok.encode("").ids == []
+    assert tok.encode("", add_special_tokens=False).ids == [] and tok.encode("").ids == [2]  # <bos> only
 
 
 def test_word_min_frequency_limits_vocabulary(docs):
@@ -165,3 +166,20 @@ def test_frame_wraps_each_document_and_encode_batches(saved):
     (ids, lens), = encode_batches(tok, [["the cat", "the"]])
     assert ids[0] == 2 and ids[-1] == 3 and lens.sum() == ids.size
     assert tok.decode(ids.tolist()) == "the catthe"
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe", "gpt2"])
+def test_encode_puts_bos_first_as_the_model_was_trained(docs, kind, tmp_path):
+    """Every kind's post-processor puts its <bos> (GPT-2's <|endoftext|>) first, as documents are framed for
+    training; add_special_tokens=False gives the bare ids the data pipeline frames itself."""
+    if kind == "gpt2":  # vocab.json + merges.txt with no lmforge specials, as GPT-2's own files
+        gpt2_tokenizer_files(build_tokenizer("bpe", docs, vocab_size=300), tmp_path)
+    tok = build_tokenizer(kind, docs, vocab_size=300, path=str(tmp_path))
+    bos = special_ids(tok)["bos"]
+    text = "why did the chicken"
+    assert tok.encode(text).ids == [bos] + tok.encode(text, add_special_tokens=False).ids
+    assert tok.decode(tok.encode(text).ids) == tok.decode(tok.encode(text, add_special_tokens=False).ids)
+    saved = tmp_path / "t.json"
+    tok.save(str(saved))
+    assert load_tokenizer(saved).encode(text).ids[0] == bos  # the file carries it
+    assert with_bos(tok).to_str() == tok.to_str()  # idempotent

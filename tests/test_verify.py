@@ -15,13 +15,14 @@ from onnx import numpy_helper
 from lmforge.core.config import ExportConfig, TrainConfig
 from lmforge.data.tokenize import train_char
 from lmforge.core.errors import LmforgeError
+from lmforge.export.fast import INT4
 from lmforge.export.modeldir import export_model_dir
 from lmforge.models import model_spec
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator
 from lmforge.runtime.scoring import stepped_logits, val_rows
 from lmforge.training.train import train
-from lmforge.export.verify import Bounds, check_prompts
+from lmforge.export.verify import check_prompts
 
 MANIFEST = {"name": "verify", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
             "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None},
@@ -51,8 +52,8 @@ def trained(tmp_path_factory, one_torch_thread):
 @pytest.fixture(scope="module")
 def exported(trained):
     root, model, val, _ = trained
-    out, metrics = export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "model", MANIFEST,
-                                    fp16=True, int4=True, val=val, bounds=Bounds.from_config(ExportConfig()))
+    out, metrics = export_model_dir(model, root / "tokenizer.json", root / "model", MANIFEST,
+                                    ExportConfig(fp16=True, int4=True), val=val)
     return out, metrics
 
 
@@ -83,7 +84,7 @@ def test_int4_graph_is_matmulnbits_and_the_int4_variant_runs_it(exported):
     assert "MatMulNBits" in ops and "MatMul" not in ops
     blocks = {a.i for n in onnx.load(str(out / "model.fast.int4.onnx")).graph.node if n.op_type == "MatMulNBits"
               for a in n.attribute if a.name == "block_size"}
-    assert blocks == {32}
+    assert blocks == {INT4.block}  # the default lmforge.export.fast chose (docs/decode.md, "The int4 step")
     gen = Generator(out, variant="int4")
     assert gen.fast and gen.session._model_path.endswith("model.fast.int4.onnx")
     assert len(gen.generate("ROMEO:", max_new_tokens=40, temperature=0)) == 40  # char model: a char a token
@@ -114,7 +115,7 @@ def test_a_corrupted_fast_int8_weight_fails_the_export(trained):
     root, model, val, _ = trained
     out = root / "corrupt"
     with pytest.raises(LmforgeError, match="model.fast.int8.onnx") as info:
-        export_model_dir(model, model_spec(model), root / "tokenizer.json", out, MANIFEST, optimize=False, int4=False,
+        export_model_dir(model, root / "tokenizer.json", out, MANIFEST, ExportConfig(optimize=False, int4=False),
                          val=val, before_verify=_negate_lm_head_scale)
     assert "export.min_int8_agreement" in str(info.value) and "\n" not in str(info.value)
     assert not out.exists()  # nothing half-checked is left in place
@@ -133,8 +134,8 @@ def test_a_corrupted_fast_fp32_weight_fails_against_torch(trained):
         onnx.save(proto, str(path))
 
     with pytest.raises(LmforgeError, match="model.fast.onnx .*export.max_abs_logit_diff"):
-        export_model_dir(model, model_spec(model), root / "tokenizer.json", root / "bad", MANIFEST, int8=False,
-                         optimize=False, int4=False, before_verify=corrupt)
+        export_model_dir(model, root / "tokenizer.json", root / "bad", MANIFEST,
+                         ExportConfig(int8=False, optimize=False, int4=False), before_verify=corrupt)
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])

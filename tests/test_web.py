@@ -68,14 +68,14 @@ def train(model, ids, steps: int = 200, block: int = 24, seed: int = 0):
 
 
 def export(model, tok, root: Path, name: str, kind: str) -> Path:
+    from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
-    from lmforge.models import model_spec
 
     tok.save(str(root / f"{name}.tokenizer.json"))
     manifest = {"name": name, "tokenizer": {"kind": kind, "file": "tokenizer.json"}, "tokens": SPECIALS,
                 "generation": {"temperature": 0.0, "max_new_tokens": 40}}
-    out, _ = export_model_dir(model, model_spec(model), root / f"{name}.tokenizer.json", root / name, manifest,
-                              int8=True, optimize=False)
+    out, _ = export_model_dir(model, root / f"{name}.tokenizer.json", root / name, manifest,
+                              ExportConfig(int8=True, optimize=False))
     return out
 
 
@@ -224,29 +224,43 @@ def test_page_samples_with_temperature_and_top_k(browser, models):
 
 def gpt2_tokenizer(bpe, tmp_path: Path):
     """lmforge's gpt2 kind, read from vocab.json + merges.txt (as a downloaded GPT-2 tokenizer is)."""
+    from conftest import gpt2_tokenizer_files
+
     from lmforge.data.tokenize import load_gpt2
 
-    bpe.model.save(str(tmp_path))
+    gpt2_tokenizer_files(bpe, tmp_path)
     return load_gpt2(str(tmp_path))
 
 
+@pytest.mark.parametrize("form", ["trained", "exported"])
 @pytest.mark.parametrize("kind", ["char", "word", "bpe", "gpt2"])
-def test_page_tokenizer_equals_tokenizers(browser, models, tokenizers_by_kind, kind, tmp_path):
+def test_page_tokenizer_equals_tokenizers(browser, models, tokenizers_by_kind, kind, form, tmp_path):
+    """As trained (an export from before the post-processor) and as exported (lmforge.export.tokenizer: <bos> in
+    the post-processor, a char vocabulary as a BPE): encode(s) with and without special tokens, and decode."""
+    from lmforge.export.tokenizer import export_tokenizer
+
     tok = gpt2_tokenizer(tokenizers_by_kind["bpe"], tmp_path) if kind == "gpt2" else tokenizers_by_kind[kind]
-    strings = STRINGS + [TEXT]
+    if form == "exported":
+        tok.save(str(tmp_path / "trained.json"))
+        tok = export_tokenizer(tmp_path / "trained.json", 64).tokenizer
+        assert tok.encode("why").ids[0] == (tok.token_to_id("<bos>") if kind != "gpt2" else tok.token_to_id("<|endoftext|>"))
+    strings = STRINGS + [TEXT, "a\u2581b \u2581"]
     with Server(models["gpt"]) as srv:
         page = browser.open(srv.url)
         page.wait_for("document.body.dataset.state === 'ready'", timeout=120)
-        expected_ids = [tok.encode(s, add_special_tokens=False).ids for s in strings]
+        expected_ids = [tok.encode(s).ids for s in strings]
+        plain_ids = [tok.encode(s, add_special_tokens=False).ids for s in strings]
         # every prefix of a byte-level encoding decodes as `tokenizers` does, split characters included
         prefixes = [ids[:k] for ids in expected_ids for k in range(len(ids) + 1)][:3000]
         got = page.evaluate(
             "(async () => { const { Tokenizer } = await import('/tokenizer.js');"
             f" const t = new Tokenizer({tok.to_str()}); const strings = {json.dumps(strings)};"
             f" const prefixes = {json.dumps(prefixes)};"
-            " return { ids: strings.map((s) => t.encode(s)), text: prefixes.map((p) => t.decode(p)) }; })()")
+            " return { ids: strings.map((s) => t.encode(s)), plain: strings.map((s) => t.encode(s, false)),"
+            " text: prefixes.map((p) => t.decode(p)) }; })()")
     for s, want, have in zip(strings, expected_ids, got["ids"]):
         assert have == want, s
+    assert got["plain"] == plain_ids
     assert got["text"] == [tok.decode(p) for p in prefixes]
 
 

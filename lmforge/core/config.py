@@ -98,6 +98,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 250
     eval_iters: int = 20
+    log_interval: int = 10           # steps between progress reports: the loss is read (a GPU sync) only then
     early_stop_patience: int = 0     # evals without improvement before stopping; 0 = off
     device: str = "auto"             # auto | cpu | cuda | mps
     dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (autocast on cuda)
@@ -106,6 +107,12 @@ class TrainConfig:
     seed: int = 1337
     deterministic: bool = False      # torch.use_deterministic_algorithms: a resumed run repeats the same numbers
     nproc: int = 1                   # > 1: torchrun --standalone with this many DDP processes on this host
+    # Where the weights start (docs/scheduling.md "Warm starts and training longer"); default: a fresh init.
+    init_from: str = ""              # models:/NAME@ALIAS | models:/NAME/VERSION | a run directory | champion (this
+                                     # preset's champion, a fresh start while there is none): a warm start
+    init_optimizer: bool = False     # a warm start also takes the parent's AdamW moments (its run directory here)
+    continue_run: bool = False       # `lmforge run --continue`: go on from this config's finished run on this data
+                                     # with the most steps below max_steps
 
 
 @dataclass
@@ -141,6 +148,8 @@ class ExportConfig:
     top_k: int = 40
     top_p: float = 1.0
     max_new_tokens: int = 100
+    hf: bool = True                  # hf/: the Hugging Face folder transformers loads (gpt, hf-gpt2; lmforge/export/hf.py)
+    gguf: str = "f16"                # model.<type>.gguf for llama.cpp: f32, f16, q8_0, or "none" (lmforge/export/gguf.py)
 
 
 @dataclass
@@ -167,6 +176,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """The Config that to_dict gave (e.g. as JSON for another process), every key checked as a preset's."""
+        return _build(cls(), d, (), "a config dict", load_policy())
+
     def flat(self) -> dict[str, object]:
         """Dotted keys -> values, as logged to MLflow params."""
         out: dict[str, object] = {"name": self.name}
@@ -185,6 +199,7 @@ CHOICES = {
     "model.family": ("gpt", "lstm", "gru", "hf-gpt2"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "export.gguf": ("f16", "f32", "q8_0", "none"),
 }
 
 
@@ -285,7 +300,8 @@ def _check(cfg: Config, policy: Policy) -> None:
     check_untrusted_keys(cfg, policy)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
-                "train.eval_iters", "eval.max_new_tokens", "promote.windows", "export.check_positions"]
+                "train.eval_iters", "train.log_interval", "eval.max_new_tokens", "promote.windows",
+                "export.check_positions"]
     flat = cfg.flat()
     for key in positive:
         if flat[key] <= 0:  # type: ignore[operator]
@@ -302,17 +318,26 @@ def _check(cfg: Config, policy: Policy) -> None:
     if cfg.model.family == "gpt" and cfg.model.n_embd % cfg.model.n_head:
         raise LmforgeError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})",
                            hint="pick n_embd as a multiple of n_head")
+    _check_start(cfg.train)
     if cfg.model.family == "hf-gpt2" and not cfg.model.pretrained:
         raise LmforgeError("preset needs a local GPT-2 checkpoint directory",
                            hint="--set model.pretrained=/path/to/gpt2 (a directory with config.json and weights)")
 
 
+def _check_start(t: TrainConfig) -> None:
+    if t.init_from and t.continue_run:
+        raise LmforgeError("train.init_from and --continue (train.continue_run) are both set: a continued run "
+                           "starts from its own finished run", hint="drop one: --set train.init_from= or no --continue")
+    if t.init_optimizer and not t.init_from:
+        raise LmforgeError("train.init_optimizer is set without train.init_from", hint="--set train.init_from=champion")
+
+
 def load_config(preset: str | None = None, overrides: list[str] | dict | None = None,
                 policy: Policy | None = None) -> Config:
     """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict),
-    within the operator's policy (default: the one in this process's environment, for a local run)."""
-    from lmforge.core.config_safety import clamp_limits
-
+    within the operator's policy (default: the one in this process's environment, for a local run): the one
+    parse of a run's settings. Flows and tasks receive the Config it returns; a process that gets the config as
+    JSON (torchrun's ranks) rebuilds it with Config.from_dict, through the same checks."""
     policy = policy or load_policy()
     name = preset or DEFAULT_PRESET
     path = Path(name) if name.endswith(".toml") else presets_dir() / f"{name}.toml"
@@ -326,17 +351,26 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise LmforgeError(f"preset file {path} is not valid TOML: {exc}", hint="fix the file's syntax") from exc
-    cfg = Config(name=path.stem)
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    return _build(Config(name=path.stem), raw, items, f"{path}", policy)
+
+
+def _build(cfg: Config, raw: dict, overrides, where: str, policy: Policy) -> Config:
+    """cfg with `raw` (sections of keys, as TOML or Config.to_dict give them) and then the overrides applied,
+    each value coerced and checked against its field, within the operator's policy; then the checks across
+    keys."""
+    from lmforge.core.config_safety import clamp_limits
+
     for key, value in raw.items():
         if isinstance(value, dict):
             if key not in SECTIONS:
-                raise LmforgeError(f"unknown section [{key}] in {path}", hint="sections: " + ", ".join(SECTIONS))
+                raise LmforgeError(f"unknown section [{key}] in {where}", hint="sections: " + ", ".join(SECTIONS))
             for attr, v in value.items():
                 _apply(cfg, f"{key}.{attr}", v)
         else:
             _apply(cfg, key, value)
     clamp_limits(cfg, policy)  # the preset asks for "at most": the operator's ceiling wins
-    items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or []))
+    items = list(overrides)
     for key, value in items:
         _apply(cfg, key, value)
     # the data keys the user set, not the preset: a preset's format/column give way to what the file is

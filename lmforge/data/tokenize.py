@@ -2,6 +2,10 @@
 them: char (code points), word (words, digits and punctuation with their leading space, <unk> for unseen),
 byte-level BPE trained on the corpus, and a pretrained GPT-2 tokenizer read from a local directory.
 Every trained kind reserves ids 0-3 for <pad> <unk> <bos> <eos> (special tokens: skipped when decoding).
+Every kind's post-processor puts <bos> (GPT-2's: <|endoftext|>) before an encoded text, as Hugging Face
+tokenizers do with their special tokens, so `encode(text)` in `tokenizers`, `transformers`, onnxruntime-genai and
+the browser gives what the model was trained on (each document framed [bos] + ids + [eos]); the data pipeline
+encodes with add_special_tokens=False and frames documents itself.
 
 What round-trips (decode(encode(s), skip_special_tokens=False) == s):
   char: s with every character absent from the vocabulary replaced by "<unk>";
@@ -10,6 +14,7 @@ What round-trips (decode(encode(s), skip_special_tokens=False) == s):
   bpe/gpt2: any string (byte-level: every byte has a token)."""
 from __future__ import annotations
 
+import json
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -90,19 +95,48 @@ def load_gpt2(directory: str) -> Tokenizer:
 
 def build_tokenizer(kind: str, docs: Iterable[str], vocab_size: int = 8192, min_frequency: int = 1,
                     path: str = "") -> Tokenizer:
-    """Train (char, word, bpe) on docs, which may be a lazy iterable, or load (gpt2)."""
+    """Train (char, word, bpe) on docs, which may be a lazy iterable, or load (gpt2); its post-processor puts
+    <bos> first (with_bos)."""
     if kind == "char":
-        return train_char(docs)
+        return with_bos(train_char(docs))
     if kind == "word":
-        return train_word(docs, min_frequency)
+        return with_bos(train_word(docs, min_frequency))
     if kind == "bpe":
         if vocab_size < 256 + len(SPECIALS):
             raise LmforgeError(f"tokenizer.vocab_size {vocab_size} is below the 260 byte-level BPE needs",
                                hint="--set tokenizer.vocab_size=8192")
-        return train_bpe(docs, vocab_size, max(min_frequency, 2))
+        return with_bos(train_bpe(docs, vocab_size, max(min_frequency, 2)))
     if kind == "gpt2":
-        return load_gpt2(path)
+        return with_bos(load_gpt2(path))
     raise LmforgeError(f"unknown tokenizer kind {kind!r}", hint="tokenizer.kind is one of char, word, bpe, gpt2")
+
+
+def with_bos(tok: Tokenizer) -> Tokenizer:
+    """`tok` whose post-processor puts its bos token (special_ids) before every encoded text; unchanged when it has
+    no bos token or its post-processor already adds special tokens."""
+    bos = special_ids(tok)["bos"]
+    if bos is None or tok.num_special_tokens_to_add(False) > 0:
+        return tok
+    return set_bos(tok, bos)
+
+
+def set_bos(tok: Tokenizer, bos: int | None) -> Tokenizer:
+    """A copy of `tok` whose post-processor puts token `bos` before every encoded text (None: adds nothing),
+    after any post-processor it has that adds no tokens (GPT-2's ByteLevel offsets)."""
+    data = json.loads(tok.to_str())
+    old = data.get("post_processor")
+    steps = old["processors"] if old and old["type"] == "Sequence" else [old] if old else []
+    steps = [p for p in steps if p["type"] != "TemplateProcessing"]
+    if bos is not None:
+        content = tok.id_to_token(bos)
+        special = {"SpecialToken": {"id": content, "type_id": 0}}
+        steps.append({"type": "TemplateProcessing",
+                      "single": [special, {"Sequence": {"id": "A", "type_id": 0}}],
+                      "pair": [special, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                      "special_tokens": {content: {"id": content, "ids": [bos], "tokens": [content]}}})
+    data["post_processor"] = None if not steps else steps[0] if len(steps) == 1 else {"type": "Sequence",
+                                                                                      "processors": steps}
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

@@ -1,7 +1,9 @@
 """The fast decoding graph of a GPT, built node by node with onnx.helper from the trained weights (no tracing):
-embeddings Gather, com.microsoft SkipLayerNormalization (residual add + LayerNorm in one op), MatMul(+Add),
-com.microsoft GroupQueryAttention over a fixed-size KV cache shared between past and present (written in place),
-FastGelu, tied head.
+embeddings Gather, com.microsoft SkipLayerNormalization (residual add + LayerNorm in one op; the first one also
+adds the token and position embeddings), MatMul(+Add), com.microsoft GroupQueryAttention over a fixed-size KV
+cache shared between past and present (written in place), FastGelu, tied head: 52 nodes for 6 layers. The int4
+graph's MatMuls are com.microsoft.MatMulNBits (BlockQuant). No greedy ArgMax in the graph: onnxruntime's is
+slower than numpy's on the bound logits (benchmarks/decode_options.py).
 
 I/O (written to lmforge.json as io["fast"]):
   input_ids [B,S] int64, position_ids [B,S] int64, seqlens_k [B] int32 (tokens in the cache after this call,
@@ -10,6 +12,7 @@ I/O (written to lmforge.json as io["fast"]):
 Rows of different lengths are right-padded: row b's real tokens are its first seqlens_k[b] + 1 positions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,28 +38,70 @@ PRECISIONS = ("fp32", "fp16", "int4")
 INT4_BLOCK = 32
 
 
-def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric block-wise 4-bit quantisation of a torch Linear weight [N, K] in com.microsoft.MatMulNBits'
-    layout: (packed uint8 [N, blocks, block/2], scales float32 [N * blocks], zero points uint8
-    [N * ceil(blocks/2)]); each run of `block` input weights of an output has its own scale and zero point, and
-    w ~ (q - zero_point) * scale."""
+@dataclass(frozen=True)
+class BlockQuant:
+    """How the int4 graph stores its MatMul weights (com.microsoft.MatMulNBits): `bits` per weight in blocks of
+    `block` inputs, each block with a float32 scale and, unless `symmetric`, a zero point; the LM head (the
+    largest single MatMul, and the one every logit comes from) with `head_bits`."""
+    bits: int = 4
+    block: int = INT4_BLOCK
+    symmetric: bool = False
+    head_bits: int = 4
+    accuracy_level: int = INT4_ACCURACY_LEVEL
+
+
+# The int4 graph's default, measured (docs/decode.md, "The int4 step"): blocks of 128 read 1.15-1.27x faster
+# than blocks of 32 (a float32 scale per 32 weights is a quarter of the 4-bit bytes again) at +0.0017 nats and
+# 0.970 top-1 agreement against +0.0008 and 0.975 on a trained char model; zero points cost ~nothing and
+# halve the loss cost of symmetric blocks; an int8 head gains 0.01 agreement for 10-15% of the speed, so the
+# head stays at 4 bits, the lowest precision that keeps the export's bounds
+INT4 = BlockQuant(block=128)
+
+
+def nbits_blocks(weight: np.ndarray, bits: int = 4, block: int = INT4_BLOCK,
+                 symmetric: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Block-wise quantisation of a torch Linear weight [N, K] in com.microsoft.MatMulNBits' layout: (packed
+    uint8 [N, blocks, block * bits / 8], scales float32 [N * blocks], zero points uint8 or None). Each run of
+    `block` input weights of an output has its own scale, and w ~ (q - zero_point) * scale. Asymmetric: q spans
+    [min, max] of the block (0 included), zero points stored (4 bits: two per byte, [N * ceil(blocks / 2)];
+    8 bits: one per byte). Symmetric: no zero points, the kernel's implicit one is 2^(bits-1), and the block's
+    value of largest magnitude maps to -2^(bits-1) exactly (as onnxruntime's own quantiser does)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
     N, K = weight.shape
     nb = -(-K // block)
+    levels = 2 ** bits - 1
     w = np.zeros((N, nb * block), np.float32)
     w[:, :K] = weight
     w = w.reshape(N, nb, block)
-    lo, hi = np.minimum(w.min(-1), 0), np.maximum(w.max(-1), 0)
-    scale = np.where(hi > lo, (hi - lo) / 15, 1.0).astype(np.float32)
-    zp = np.clip(np.round(-lo / scale), 0, 15).astype(np.uint8)
-    q = np.clip(np.round(w / scale[..., None]) + zp[..., None], 0, 15).astype(np.uint8)
-    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    if symmetric:
+        lo, hi = w.min(-1), w.max(-1)
+        extreme = np.where(np.abs(hi) > np.abs(lo), hi, lo)
+        scale = (extreme / -(2 ** (bits - 1))).astype(np.float32)
+        safe = np.where(scale == 0, 1.0, scale)
+        zp = np.full((N, nb), 2 ** (bits - 1), np.uint8)
+        q = np.clip(np.round(w / safe[..., None]) + 2 ** (bits - 1), 0, levels).astype(np.uint8)
+    else:
+        lo, hi = np.minimum(w.min(-1), 0), np.maximum(w.max(-1), 0)
+        scale = np.where(hi > lo, (hi - lo) / levels, 1.0).astype(np.float32)
+        zp = np.clip(np.round(-lo / scale), 0, levels).astype(np.uint8)
+        q = np.clip(np.round(w / scale[..., None]) + zp[..., None], 0, levels).astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else q
+    if symmetric:
+        return packed, scale.reshape(-1), None
+    if bits == 8:
+        return packed, scale.reshape(-1), zp.reshape(-1)
     zpad = np.zeros((N, nb + nb % 2), np.uint8)
     zpad[:, :nb] = zp
-    zpacked = (zpad[:, 0::2] | (zpad[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
-    return packed, scale.reshape(-1), zpacked
+    return packed, scale.reshape(-1), (zpad[:, 0::2] | (zpad[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
 
 
-def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Path:
+def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 4-bit blocks (nbits_blocks with zero points)."""
+    return nbits_blocks(weight, 4, block, symmetric=False)
+
+
+def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32", quant: BlockQuant = INT4) -> Path:
     """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it. precision: fp32; fp16
     (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int4
     (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of 32 with a scale and zero point each,
@@ -73,30 +118,28 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Pa
         inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype or ftype), name))
         return name
 
-    def matmul(x: str, weight: np.ndarray, name: str, out: str) -> str:
+    def matmul(x: str, weight: np.ndarray, name: str, out: str, bits: int | None = None) -> str:
         """x @ weight.T for a torch-layout weight [N, K]."""
         if precision != "int4":
             return node("MatMul", [x, init(name, weight.T)], out)
-        packed, scales, zp = int4_blocks(weight)
+        bits = bits or quant.bits
+        packed, scales, zp = nbits_blocks(weight, bits, quant.block, quant.symmetric)
         N, K = weight.shape
-        return node("MatMulNBits", [x, init(name + "_q4", packed, np.uint8), init(name + "_scales", scales),
-                                    init(name + "_zp", zp, np.uint8)], out, domain="com.microsoft",
-                    K=K, N=N, bits=4, block_size=INT4_BLOCK, accuracy_level=INT4_ACCURACY_LEVEL)
+        inputs = [x, init(f"{name}_q{bits}", packed, np.uint8), init(name + "_scales", scales, np.float32)]
+        if zp is not None:
+            inputs.append(init(name + "_zp", zp, np.uint8))
+        return node("MatMulNBits", inputs, out, domain="com.microsoft", K=K, N=N, bits=bits,
+                    block_size=quant.block, accuracy_level=quant.accuracy_level)
 
     def node(op: str, inputs: list[str], out: str, domain: str = "", **attrs) -> str:
         nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
     def linear(x: str, prefix: str, out: str) -> str:  # torch Linear: x @ W.T (+ b)
+        if prefix + ".bias" not in sd:
+            return matmul(x, sd[prefix + ".weight"], prefix + ".weight_t", out)
         y = matmul(x, sd[prefix + ".weight"], prefix + ".weight_t", out + "_mm")
-        if prefix + ".bias" in sd:
-            return node("Add", [y, init(prefix + ".bias", sd[prefix + ".bias"])], out)
-        return node("Identity", [y], out)
-
-    def layernorm(x: str, prefix: str, out: str) -> str:
-        bias = sd.get(prefix + ".bias", np.zeros(C, np.float32))
-        return node("LayerNormalization", [x, init(prefix + ".weight", sd[prefix + ".weight"]),
-                                           init(prefix + ".bias", bias)], out, axis=-1, epsilon=1e-5)
+        return node("Add", [y, init(prefix + ".bias", sd[prefix + ".bias"])], out)
 
     def skip_layernorm(x: str, delta: str, prefix: str, out: str) -> tuple[str, str]:
         """(LayerNorm(x + delta), x + delta) in one com.microsoft SkipLayerNormalization."""
@@ -107,15 +150,13 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Pa
         return out, out + "_sum"
 
     past, present = kv_names(spec["n_layer"])
-    x = node("Add", [node("Gather", [init("wte", sd["wte.weight"]), "input_ids"], "tok_emb"),
-                     node("Gather", [init("wpe", sd["wpe.weight"]), "position_ids"], "pos_emb")], "x0")
-    delta = None  # the last block's MLP output, not yet added to the residual stream x
+    # the residual stream is x + delta, the addition left to the next SkipLayerNormalization: first the token
+    # and position embeddings, then each block's attention and MLP outputs
+    x = node("Gather", [init("wte", sd["wte.weight"]), "input_ids"], "tok_emb")
+    delta = node("Gather", [init("wpe", sd["wpe.weight"]), "position_ids"], "pos_emb")
     for i in range(spec["n_layer"]):
         p = f"blocks.{i}"
-        if delta is None:
-            h = layernorm(x, f"{p}.ln_1", f"h{i}_ln1")
-        else:
-            h, x = skip_layernorm(x, delta, f"{p}.ln_1", f"h{i}_ln1")
+        h, x = skip_layernorm(x, delta, f"{p}.ln_1", f"h{i}_ln1")
         qkv = linear(h, f"{p}.attn.c_attn", f"h{i}_qkv")
         nodes.append(helper.make_node("GroupQueryAttention", [qkv, "", "", past[2 * i], past[2 * i + 1], "seqlens_k",
                                                               "total_sequence_length"],
@@ -128,7 +169,7 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32") -> Pa
     if precision == "fp16":  # logits leave the graph as float32: sampling and scoring read the same dtype
         node("Cast", [matmul(h, sd["lm_head.weight"], "lm_head_t", "logits16")], "logits", to=TensorProto.FLOAT)
     else:
-        matmul(h, sd["lm_head.weight"], "lm_head_t", "logits")
+        matmul(h, sd["lm_head.weight"], "lm_head_t", "logits", bits=quant.head_bits)
 
     kv_shape = ["batch", H, "capacity", D]
     graph = helper.make_graph(

@@ -1,6 +1,7 @@
 """The onnxruntime-genai files of an exported GPT directory, so `onnxruntime_genai.Model(model_dir)` loads it
 directly: genai_config.json, the graph it names (model.genai.onnx, + model.genai.int8.onnx and
-model.genai.int4.onnx) and, for a byte-level BPE tokenizer, tokenizer_config.json.
+model.genai.int4.onnx) and, for every tokenizer onnxruntime-genai's tokenizer reads (bpe, gpt2, and char written as
+a BPE by lmforge.export.tokenizer; not word), tokenizer_config.json.
 
 The genai graph is lmforge's fast graph (lmforge.export.fast: GroupQueryAttention over one KV buffer per layer
 shared between past and present) with ort-genai's inputs instead of the fast graph's explicit lengths:
@@ -28,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lmforge.core.atomic import write_json_atomic
+from lmforge.export.tokenizer import UNSEEN_NOTE, WORD_REASON
 from lmforge.runtime.names import kv_names
 
 CONFIG = "genai_config.json"
@@ -39,9 +41,6 @@ GENAI_INPUTS = ["input_ids", "attention_mask", "position_ids"]
 INT4_BLOCK = 32
 RNN_REASON = ("onnxruntime-genai decodes attention models with a key/value cache only; it has no recurrent "
               "(LSTM/GRU) decoder, so no genai_config.json is written for this family")
-WORDLEVEL_REASON = ("onnxruntime-genai's tokenizer (onnxruntime-extensions) reads BPE tokenizer.json files only, not "
-                    "this {kind} tokenizer (WordLevel): encode with tokenizer.json through `tokenizers` and pass "
-                    "the ids to Generator.append_tokens")
 
 
 def unsupported(family: str) -> dict:
@@ -102,21 +101,17 @@ def quantize_int4(src: Path, dst: Path) -> Path:
     return dst
 
 
-def tokenizer_record(tokenizer_file: Path, tokens: dict) -> tuple[dict | None, dict]:
-    """(tokenizer_config.json for onnxruntime-extensions or None, lmforge.json's note on the tokenizer)."""
-    tok = json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
-    kind = (tok.get("model") or {}).get("type")
-    if kind != "BPE":
-        return None, {"tokenizer": False, "tokenizer_reason": WORDLEVEL_REASON.format(kind=kind or "unknown")}
-    by_id = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
-    named = {f"{k}_token": by_id.get(tokens.get(k)) for k in ("bos", "eos", "pad", "unk")}
-    config = {"tokenizer_class": "GPT2Tokenizer", "add_bos_token": False, "add_eos_token": False,
-              "clean_up_tokenization_spaces": False,
-              **{k: v for k, v in named.items() if v is not None}}
+def tokenizer_record(exported, tokens: dict) -> tuple[dict | None, dict]:
+    """(tokenizer_config.json for onnxruntime-genai's tokenizer or None, lmforge.json's note on the tokenizer)
+    for an lmforge.export.tokenizer.ExportedTokenizer."""
+    if not exported.genai_readable:
+        return None, {"tokenizer": False, "tokenizer_reason": WORD_REASON}
     note = {"tokenizer": True}
-    if tokens.get("bos") is not None:  # lmforge starts every prompt with it; ort-genai's encode does not add it
+    if tokens.get("bos") is not None:  # ort-genai's encode adds it with update_options(add_special_tokens="true")
         note["prepend_bos"] = int(tokens["bos"])
-    return config, note
+    if exported.form == "char-bpe":
+        note["tokenizer_unseen"] = UNSEEN_NOTE
+    return exported.config, note
 
 
 def genai_config(spec: dict, tokens: dict, generation: dict, filename: str) -> dict:
@@ -191,10 +186,11 @@ def genai_parity(model, spec: dict, path: Path, prompt_len: int = 7, steps: int 
     return worst
 
 
-def write_genai(model, spec: dict, directory: Path, tokenizer_file: Path, tokens: dict, generation: dict,
+def write_genai(model, spec: dict, directory: Path, exported_tokenizer, tokens: dict, generation: dict,
                 int8: bool = True, int4: bool = True, parity_tolerance: float = 1e-3) -> tuple[dict, dict, dict]:
     """Write the genai files into `directory` (the model directory being built, which may already hold
-    lmforge's fast graphs). Returns (lmforge.json `files` entries, lmforge.json `genai`, export metrics)."""
+    lmforge's fast graphs; exported_tokenizer is the lmforge.export.tokenizer.ExportedTokenizer written there as
+    tokenizer.json). Returns (lmforge.json `files` entries, lmforge.json `genai`, export metrics)."""
     from lmforge.core.errors import LmforgeError
     from lmforge.export.fast import build_fast_gpt
     from lmforge.export.variants import quantize_int8
@@ -230,7 +226,7 @@ def write_genai(model, spec: dict, directory: Path, tokenizer_file: Path, tokens
             quantize_int4(fp32, dst)
         files[f"genai-{variant}"] = graphs[variant] = GENAI_FILES[variant]
         metrics[f"onnx_genai_{variant}_bytes"] = dst.stat().st_size
-    tok_config, tok_note = tokenizer_record(tokenizer_file, tokens)
+    tok_config, tok_note = tokenizer_record(exported_tokenizer, tokens)
     record = {"supported": True, "config": CONFIG, "graphs": graphs, "io": genai_io_spec(spec), **tok_note}
     if tok_config is not None:
         write_json_atomic(directory / TOKENIZER_CONFIG, tok_config)
@@ -265,16 +261,13 @@ def genai_greedy(model, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def export_genai_files(model, spec: dict, directory: Path, tokenizer_file: Path, manifest: dict, files: dict,
-                       metrics: dict, int8: bool, parity_tolerance: float) -> dict:
-    """export_model_dir's hook: the genai files of a gpt / hf-gpt2 model (their names added to `files`, their
-    metrics to `metrics`), or why there are none. Returns lmforge.json `genai`."""
+def export_genai_files(model, spec: dict, directory: Path, exported_tokenizer, manifest: dict,
+                       e) -> tuple[dict, dict, dict]:
+    """export_model_dir's step for onnxruntime-genai, with the `[export]` config `e` (int8, parity_tolerance):
+    the genai files of a gpt / hf-gpt2 model. Returns (lmforge.json `files` entries written, lmforge.json
+    `genai`, export metrics); for another family, no files and `genai` says why."""
     family = spec.get("family", "gpt")
     if family not in ("gpt", "hf-gpt2"):
-        return unsupported(family)
-    new_files, record, new_metrics = write_genai(model, spec, directory, tokenizer_file, manifest.get("tokens", {}),
-                                                 manifest.get("generation", {}), int8=int8,
-                                                 parity_tolerance=parity_tolerance)
-    files.update(new_files)
-    metrics.update(new_metrics)
-    return record
+        return {}, unsupported(family), {}
+    return write_genai(model, spec, directory, exported_tokenizer, manifest.get("tokens", {}),
+                       manifest.get("generation", {}), int8=e.int8, parity_tolerance=e.parity_tolerance)

@@ -13,9 +13,12 @@ import numpy as np
 import onnx
 import torch
 
+from lmforge.core.config import ExportConfig
 from lmforge.core.errors import LmforgeError
+from lmforge.models import model_spec
 from lmforge.runtime.modeldir import VARIANT_FILES, write_manifest
 from lmforge.export.genai import export_genai_files
+from lmforge.export.tokenizer import export_tokenizer
 from lmforge.export.variants import convert_fp16, optimize_graph, quantize_int8
 from lmforge.runtime.names import kv_names, rnn_names
 from lmforge.data.shards import open_shard
@@ -158,23 +161,46 @@ def rnn_parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int =
     return worst
 
 
-def export_fast_variants(model, spec: dict, tmp: Path, files: dict, int8: bool, int4: bool, fp16: bool) -> dict:
-    """model.fast.onnx (+ model.fast.int8.onnx, model.fast.int4.onnx, model.fast.fp16.onnx); returns its I/O
-    spec. They are checked with the others by lmforge.export.verify, through the runtime."""
+def export_fast_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple[dict, dict]:
+    """model.fast.onnx (+ model.fast.int8.onnx, model.fast.int4.onnx, model.fast.fp16.onnx as `e` asks):
+    (lmforge.json `files` entries written, the fast graph's I/O spec). They are checked with the others by
+    lmforge.export.verify, through the runtime."""
     from lmforge.export.fast import build_fast_gpt, fast_io_spec
 
     fast = build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast"])
-    files["fast"] = VARIANT_FILES["fast"]
-    if int8:
+    files = {"fast": VARIANT_FILES["fast"]}
+    if e.int8:
         quantize_int8(fast, tmp / VARIANT_FILES["fast-int8"])
         files["fast-int8"] = VARIANT_FILES["fast-int8"]
-    if int4:
+    if e.int4:
         build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-int4"], precision="int4")
         files["fast-int4"] = VARIANT_FILES["fast-int4"]
-    if fp16:
+    if e.fp16:
         build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-fp16"], precision="fp16")
         files["fast-fp16"] = VARIANT_FILES["fast-fp16"]
-    return fast_io_spec(spec)
+    return files, fast_io_spec(spec)
+
+
+def export_portable_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple[dict, dict]:
+    """model.onnx, parity-checked against torch (export.parity_tolerance), and the portable variants `e` asks for
+    (int8, optimized, fp16): (lmforge.json `files` entries written, export metrics)."""
+    fp32 = export_onnx(model, spec, tmp / VARIANT_FILES["fp32"], e.opset)
+    err = parity(model, spec, fp32)
+    if not err <= e.parity_tolerance:
+        raise LmforgeError(f"ONNX export differs from torch by {err:.2e} (> {e.parity_tolerance:g})",
+                           hint="report this model configuration; raise export.parity_tolerance to inspect")
+    files = {"fp32": VARIANT_FILES["fp32"]}
+    metrics = {"onnx_parity_max_abs": err, "onnx_fp32_bytes": fp32.stat().st_size}
+    if e.int8:
+        metrics["onnx_int8_bytes"] = quantize_int8(fp32, tmp / VARIANT_FILES["int8"]).stat().st_size
+        files["int8"] = VARIANT_FILES["int8"]
+    if e.optimize:
+        optimize_graph(fp32, tmp / VARIANT_FILES["optimized"])
+        files["optimized"] = VARIANT_FILES["optimized"]
+    if e.fp16:
+        metrics["onnx_fp16_bytes"] = convert_fp16(fp32, tmp / VARIANT_FILES["fp16"]).stat().st_size
+        files["fp16"] = VARIANT_FILES["fp16"]
+    return files, metrics
 
 
 def data_record(data) -> dict:
@@ -195,57 +221,25 @@ def provenance(cfg, data, metrics: dict, run_id: str | None) -> dict:
             "data": data_record(data), "metrics": metrics, "mlflow_run_id": run_id}
 
 
-def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, out_dir: Path, manifest: dict,
-                     opset: int = 17, int8: bool = True, parity_tolerance: float = 1e-3, optimize: bool = True,
-                     fp16: bool = False, int4: bool = False, val: np.ndarray | None = None, bounds=None,
+def export_model_dir(model: torch.nn.Module, tokenizer_file: Path, out_dir: Path, manifest: dict,
+                     export: ExportConfig | None = None, *, val: np.ndarray | None = None,
                      before_verify: Callable[[Path], None] | None = None) -> tuple[Path, dict]:
-    """Write the whole model directory into a temp dir, check every graph in it through lmforge.runtime
-    (lmforge.export.verify: fp32 graphs against torch, quantised ones against fp32 on `val` when given, within
-    `bounds`, a lmforge.export.verify.Bounds), then move it into place. Returns the directory and export metrics
-    (parity errors, sizes, the verification figures). before_verify(temp_dir) runs just before the checks
-    (a hook for post-processing, and for tests that corrupt a graph)."""
-    from lmforge.export.verify import Bounds, verify_model_dir
-
+    """Write the whole model directory (the files the `[export]` config `export` asks for; its defaults when
+    None) into a temp dir, check every graph in it through lmforge.runtime (lmforge.export.verify: fp32 graphs
+    against torch, quantised ones against fp32 on `val` when given, within the config's bounds), then move it
+    into place. `manifest` holds lmforge.json's provenance (lmforge.export.modeldir.provenance). Returns the
+    directory and export metrics (parity errors, sizes, the verification figures). before_verify(temp_dir) runs
+    just before the checks (a hook for post-processing, and for tests that corrupt a graph)."""
+    e = export or ExportConfig()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        fp32 = export_onnx(model, spec, tmp / VARIANT_FILES["fp32"], opset)
-        err = parity(model, spec, fp32)
-        if not err <= parity_tolerance:
-            raise LmforgeError(f"ONNX export differs from torch by {err:.2e} (> {parity_tolerance:g})",
-                               hint="report this model configuration; raise export.parity_tolerance to inspect")
-        files = {"fp32": VARIANT_FILES["fp32"]}
-        metrics = {"onnx_parity_max_abs": err, "onnx_fp32_bytes": fp32.stat().st_size}
-        if int8:
-            q = quantize_int8(fp32, tmp / VARIANT_FILES["int8"])
-            files["int8"] = VARIANT_FILES["int8"]
-            metrics["onnx_int8_bytes"] = q.stat().st_size
-        if optimize:
-            optimize_graph(fp32, tmp / VARIANT_FILES["optimized"])
-            files["optimized"] = VARIANT_FILES["optimized"]
-        if fp16:
-            metrics["onnx_fp16_bytes"] = convert_fp16(fp32, tmp / VARIANT_FILES["fp16"]).stat().st_size
-            files["fp16"] = VARIANT_FILES["fp16"]
-        io = io_spec(spec)
-        if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
-            io["fast"] = export_fast_variants(model, spec, tmp, files, int8, int4, fp16)
-        # onnxruntime-genai's graphs and config (gpt, hf-gpt2), made from the fast graphs written above
-        genai = export_genai_files(model, spec, tmp, tokenizer_file, manifest, files, metrics, int8, parity_tolerance)
-        for key, name in files.items():
-            metrics[f"onnx_{key.replace('-', '_')}_bytes"] = (tmp / name).stat().st_size
-        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        manifest = {**manifest, "model": spec, "io": io, "files": files, "genai": genai}
-        write_manifest(tmp, manifest)
+        manifest, metrics = write_model_files(model, tokenizer_file, tmp, manifest, e)
         if before_verify is not None:
             before_verify(tmp)
-        checked, record = verify_model_dir(model, tmp, val, bounds or Bounds())
-        metrics.update(checked)
-        if "verify_fast_logit_max_abs" in checked:  # the fast graph's parity, measured in the mode that runs
-            metrics["onnx_fast_parity_max_abs"] = checked["verify_fast_logit_max_abs"]
-        write_manifest(tmp, {**manifest, "metrics": {**manifest.get("metrics", {}), **metrics},
-                             "verification": record})
+        metrics.update(verify(model, tmp, val, e, manifest, metrics))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -255,21 +249,91 @@ def export_model_dir(model: torch.nn.Module, spec: dict, tokenizer_file: Path, o
     return out_dir, metrics
 
 
+GQA_HEAD_MULTIPLE = 8  # onnxruntime's GroupQueryAttention kernel: "head_size must be a multiple of 8"
+
+
+def check_exportable(spec: dict) -> None:
+    """Refuse, in one line before anything is written, a gpt whose heads the fast and genai graphs cannot hold."""
+    if spec.get("family", "gpt") in ("gpt", "hf-gpt2") and spec["head_dim"] % GQA_HEAD_MULTIPLE:
+        raise LmforgeError(f"head_dim {spec['head_dim']} (n_embd {spec['n_embd']} / n_head {spec['n_head']}) is not a "
+                           f"multiple of {GQA_HEAD_MULTIPLE}, which onnxruntime's GroupQueryAttention (the fast and "
+                           "onnxruntime-genai graphs) needs", hint="choose model.n_embd and model.n_head so that "
+                                                                  "n_embd / n_head is a multiple of 8")
+
+
+def write_model_files(model, tokenizer_file: Path, tmp: Path, provenance: dict, e: ExportConfig) -> tuple[dict, dict]:
+    """Every graph, the tokenizer and lmforge.json (not yet verified) into `tmp`: (the manifest, export metrics)."""
+    spec = model_spec(model)
+    check_exportable(spec)
+    files, metrics = export_portable_variants(model, spec, tmp, e)
+    io = io_spec(spec)
+    if spec.get("family", "gpt") == "gpt":  # the fast decoding graph beside the portable one
+        fast_files, io["fast"] = export_fast_variants(model, spec, tmp, e)
+        files.update(fast_files)
+    # one tokenizer.json that every consumer encodes alike (lmforge.export.tokenizer)
+    tokenizer = export_tokenizer(tokenizer_file, spec["block_size"], provenance.get("tokens"))
+    tokenizer.save(tmp, with_config=False)
+    # onnxruntime-genai's graphs and config (gpt, hf-gpt2), made from the fast graphs written above
+    genai_files, genai, genai_metrics = export_genai_files(model, spec, tmp, tokenizer, provenance, e)
+    files.update(genai_files)
+    metrics.update(genai_metrics)
+    for key, name in files.items():
+        metrics[f"onnx_{key.replace('-', '_')}_bytes"] = (tmp / name).stat().st_size
+    ecosystem, ecosystem_metrics = export_ecosystem_files(model, spec, tmp, provenance, tokenizer, e)
+    metrics.update(ecosystem_metrics)
+    manifest = {**provenance, "model": spec, "io": io, "files": files, "genai": genai, **ecosystem}
+    write_manifest(tmp, manifest)
+    return manifest, metrics
+
+
+def export_ecosystem_files(model, spec: dict, tmp: Path, provenance: dict, tokenizer,
+                           e: ExportConfig) -> tuple[dict, dict]:
+    """The Hugging Face folder (hf/, export.hf) and the GGUF file (model.<type>.gguf, export.gguf) of a gpt /
+    hf-gpt2 model: (lmforge.json `hf` and `gguf`, export metrics); for lstm / gru both say why there are none."""
+    from lmforge.export.gguf import FILE, write_gguf
+    from lmforge.export.hf import FOLDER, unsupported, write_hf_folder
+
+    family = spec.get("family", "gpt")
+    if family not in ("gpt", "hf-gpt2"):
+        return {"hf": unsupported(family), "gguf": unsupported(family)}, {}
+    manifest = {**provenance, "model": spec}
+    records = {"hf": {"supported": False, "reason": "export.hf is false"},
+               "gguf": {"supported": False, "reason": "export.gguf is none"}}
+    metrics = {}
+    if e.hf:
+        records["hf"] = write_hf_folder(model, spec, manifest, tokenizer, tmp / FOLDER)
+        metrics["hf_bytes"] = sum(p.stat().st_size for p in (tmp / FOLDER).iterdir())
+    if e.gguf != "none":
+        path = tmp / FILE.format(type=e.gguf)
+        records["gguf"] = write_gguf(model, spec, manifest, tokenizer, path, e.gguf)
+        metrics["gguf_bytes"] = path.stat().st_size
+    return records, metrics
+
+
+def verify(model, tmp: Path, val: np.ndarray | None, e: ExportConfig, manifest: dict, metrics: dict) -> dict:
+    """lmforge.export.verify over the directory being built, within the config's bounds; lmforge.json rewritten
+    with every export metric (`metrics` and the verification figures) and the verification record. Returns the
+    verification figures (plus onnx_fast_parity_max_abs: the fast graph's parity, measured in the mode that runs)."""
+    from lmforge.export.verify import Bounds, verify_model_dir
+
+    checked, record = verify_model_dir(model, tmp, val, Bounds.from_config(e))
+    if "verify_fast_logit_max_abs" in checked:
+        checked["onnx_fast_parity_max_abs"] = checked["verify_fast_logit_max_abs"]
+    write_manifest(tmp, {**manifest, "metrics": {**manifest.get("metrics", {}), **metrics, **checked},
+                         "verification": record})
+    return checked
+
+
 def export_run(cfg, data, ckpt_dir: Path, metrics: dict, out_dir: Path, run_id: str | None = None):
     """A run's best checkpoint -> its exported model directory (every variant the config asks for, each checked),
     with the val-loss cost of each variant measured on the run's own val split: lmforge.core.records.Exported."""
     from lmforge.training.checkpoint import load_best
-    from lmforge.models import model_spec
     from lmforge.core.records import Exported
     from lmforge.runtime.scoring import variant_val_loss_deltas
-    from lmforge.export.verify import Bounds
 
     model = load_best(cfg.model, data.vocab_size, ckpt_dir)
-    e = cfg.export
     val = open_shard(data.dir, "val")
-    model_dir, export_metrics = export_model_dir(model, model_spec(model), data.tokenizer_file, out_dir,
-                                                 provenance(cfg, data, metrics, run_id), e.opset, e.int8,
-                                                 e.parity_tolerance, e.optimize, e.fp16, e.int4, val,
-                                                 Bounds.from_config(e))
+    model_dir, export_metrics = export_model_dir(model, data.tokenizer_file, out_dir,
+                                                 provenance(cfg, data, metrics, run_id), cfg.export, val=val)
     export_metrics.update(variant_val_loss_deltas(model_dir, val))
     return Exported(model_dir=Path(model_dir), metrics=export_metrics)

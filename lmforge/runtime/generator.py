@@ -182,11 +182,14 @@ class Generator:
         return self.encode(prompt)[-keep:] or [self.pad or 0]
 
     def encode(self, text: str) -> list[int]:
-        """Text -> ids as the model reads them: [bos] + the tokenizer's ids (the one place a prompt is encoded)."""
-        ids = self.text.encode(text, add_special_tokens=False).ids
+        """Text -> ids as the model reads them: [bos] + the tokenizer's ids (the one place a prompt is encoded).
+        tokenizer.json's post-processor puts <bos> first, as every consumer of the file encodes; an export written
+        before it had one gets it prepended here."""
+        builtin = self.tokenizer.num_special_tokens_to_add(False) > 0
+        ids = self.text.encode(text, add_special_tokens=builtin).ids
         if self.unk is not None and self.unk in ids:
             log.info("prompt has %d unseen token(s); they are read as <unk>", ids.count(self.unk))
-        return ([self.bos] if self.bos is not None else []) + ids
+        return ids if builtin or self.bos is None else [self.bos] + ids
 
     def empty_state(self, batch: int) -> dict[str, np.ndarray]:
         """The state inputs of the portable graph before any token: an empty KV cache [batch, heads, 0, head_dim]

@@ -141,8 +141,10 @@ export class Model {
     return m;
   }
 
+  // [bos] + ids: tokenizer.json's post-processor adds it; an export without one gets it prepended here
   encode(text) {
-    return (this.bos != null ? [this.bos] : []).concat(this.tokenizer.encode(text));
+    const ids = this.tokenizer.encode(text);
+    return this.tokenizer.addsSpecialTokens || this.bos == null ? ids : [this.bos].concat(ids);
   }
 
   // Yields {id, piece, text} per generated token (piece: new whole characters, "" while a character is split).

@@ -1,10 +1,13 @@
 // The Hugging Face tokenizer.json kinds that lmforge exports, encoded and decoded in the page:
-//   char  WordLevel + Split(Regex "[\s\S]") + Fuse        (one token per code point)
+//   char  BPE over single characters, no merges, no pre-tokenizer; normalizer Replace(" " -> "▁"), decoder
+//         Replace("▁" -> " ") + Fuse (lmforge/export/tokenizer.py; older exports: WordLevel + Split(Regex
+//         "[\s\S]") + Fuse)
 //   word  WordLevel + Split(Regex WORD_PATTERN) + Fuse    (words, digits, punctuation with their leading space)
 //   bpe   BPE + ByteLevel pre-tokenizer + ByteLevel decoder (byte-level BPE; also GPT-2's tokenizer files)
 // Added tokens (<pad> <unk> <bos> <eos>, <|endoftext|>) are matched literally first, as `tokenizers` does;
-// decode skips special tokens, as `tokenizers`' decode does by default. Anything else raises one error naming
-// the part of tokenizer.json that is not supported here.
+// the post-processor's template (TemplateProcessing: <bos> before the text) is applied by encode(text), as
+// `tokenizers`' encode does by default; decode skips special tokens, as `tokenizers`' decode does by default.
+// Anything else raises one error naming the part of tokenizer.json that is not supported here.
 
 // Rust regex classes are Unicode-aware; JavaScript's \w \d \s are not, so the patterns lmforge writes are
 // translated once, by hand, to their Unicode property equivalents (`v` flag for the set difference).
@@ -55,9 +58,36 @@ function splitIsolated(text, regex) {
   return pieces;
 }
 
+// normalizer -> list of [pattern, replacement] string replacements (Replace, or a Sequence of them)
+function replacements(node, what) {
+  if (!node) return [];
+  if (node.type === "Sequence") return (node.normalizers || node.decoders).flatMap((n) => replacements(n, what));
+  if (node.type === "Replace" && node.pattern && node.pattern.String != null) return [[node.pattern.String, node.content]];
+  unsupported(`${what} ${node.type}${node.type === "Replace" ? " with a regex pattern" : ""}`);
+}
+
+// post-processor -> [ids before the text, ids after it] (TemplateProcessing's single template; ByteLevel only
+// trims offsets, which the page does not use)
+function template(node) {
+  if (!node || node.type === "ByteLevel") return [[], []];
+  if (node.type === "Sequence") {
+    return node.processors.map(template).reduce(([a, b], [c, d]) => [a.concat(c), d.concat(b)], [[], []]);
+  }
+  if (node.type !== "TemplateProcessing") unsupported(`post_processor ${node.type}`);
+  const before = [], after = [];
+  let seen = false;
+  for (const piece of node.single) {
+    if (piece.Sequence) { seen = true; continue; }
+    (seen ? after : before).push(...node.special_tokens[piece.SpecialToken.id].ids);
+  }
+  return [before, after];
+}
+
 export class Tokenizer {
   constructor(json) {
-    if (json.normalizer) unsupported(`normalizer ${json.normalizer.type}`);
+    this.normalizer = replacements(json.normalizer, "normalizer");
+    [this.prefix, this.suffix] = template(json.post_processor);
+    this.addsSpecialTokens = this.prefix.length + this.suffix.length > 0;
     const model = json.model;
     this.vocab = new Map(Object.entries(model.vocab));
     this.idToToken = new Map();
@@ -95,17 +125,28 @@ export class Tokenizer {
       this.byteLevel = byteTable();
       this.addPrefixSpace = !!pre.add_prefix_space;
       this.split = pre.use_regex === false ? null : new RegExp(BYTE_LEVEL_PATTERN, "gv");
+    } else if (!pre && model.type === "BPE") {
+      this.split = null;  // the whole (normalized) text is one word: a BPE over characters
     } else {
       unsupported(`pre_tokenizer ${pre ? pre.type : "none"}`);
     }
     const dec = json.decoder;
-    if (!dec || !["Fuse", "ByteLevel"].includes(dec.type)) unsupported(`decoder ${dec ? dec.type : "none"}`);
-    this.decoder = dec.type;
+    const steps = dec && dec.type === "Sequence" ? dec.decoders : dec ? [dec] : [];
+    const last = steps.length ? steps[steps.length - 1].type : "none";
+    if (!["Fuse", "ByteLevel"].includes(last)) unsupported(`decoder ${last}`);
+    this.decoder = last;
+    this.decodeReplacements = replacements({ type: "Sequence", decoders: steps.slice(0, -1) }, "decoder");
     if (this.decoder === "ByteLevel" && !this.byteLevel) this.byteLevel = byteTable();
   }
 
-  // text -> ids, without a BOS (like encode(text, add_special_tokens=False))
-  encode(text) {
+  // text -> ids; with addSpecialTokens (the default, as in `tokenizers`) the post-processor's template puts
+  // <bos> first; encode(text, false) is encode(text, add_special_tokens=False)
+  encode(text, addSpecialTokens = true) {
+    const ids = this.encodeText(text);
+    return addSpecialTokens ? this.prefix.concat(ids, this.suffix) : ids;
+  }
+
+  encodeText(text) {
     const ids = [];
     let rest = text;
     while (rest.length) {  // leftmost, then longest, added token
@@ -123,6 +164,13 @@ export class Tokenizer {
   }
 
   encodePlain(text, ids) {
+    for (const [pattern, content] of this.normalizer) text = text.replaceAll(pattern, content);
+    if (this.kind === "BPE" && !this.byteLevel) {
+      for (const piece of this.split ? splitIsolated(text, this.split) : [text]) {
+        for (const id of this.bpe(piece)) ids.push(id);
+      }
+      return;
+    }
     if (this.byteLevel) {
       if (this.addPrefixSpace && !/^\p{White_Space}/v.test(text)) text = " " + text;
       const pieces = this.split ? splitIsolated(text, this.split) : [text];
@@ -186,7 +234,7 @@ export class Tokenizer {
       const t = this.idToToken.get(id);
       if (t !== undefined) tokens.push(t);
     }
-    const text = tokens.join("");
+    let text = tokens.map((t) => this.decodeReplacements.reduce((s, [p, c]) => s.replaceAll(p, c), t)).join("");
     if (this.decoder === "Fuse") return text;
     const bytes = [];
     for (const ch of text) {
