@@ -11,6 +11,7 @@ from lmforge.core.config import DEFAULT_PRESET, Config
 from lmforge.core.interrupt import Interrupted
 from lmforge.core.layout import RunLayout
 from lmforge.core.locks import hold
+from lmforge.registry.promote import decision_line
 from lmforge.registry.review import run_result
 from lmforge.tasks import parsed_config, run_policy
 from lmforge.tasks.data import snapshot_data
@@ -50,6 +51,8 @@ def pipeline(preset: str = DEFAULT_PRESET, overrides: dict | None = None, wait: 
         return Cancelled(message=stop.message)
     result = run_result(run_id, data, trained, metrics, exported, registered, samples)
     if cfg.promote.auto:  # the deployments' runs (prefect.yaml): the registry's decision, recorded
-        result["promotion"] = promote_registered(cfg, registered.version)
+        result["promotion"] = promote_registered(cfg, registered)
     publish_summary(cfg, result)
+    if cfg.promote.auto:  # the run's last line says what promotion decided
+        print(decision_line(result["promotion"]))
     return result

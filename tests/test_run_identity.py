@@ -74,7 +74,7 @@ def test_changed_data_under_the_same_path_trains_again_and_registers_its_fingerp
         assert {p.name for p in run_dir.iterdir()} >= {"data", "ckpt", "model"}
         assert {p.name for p in (run_dir / "ckpt").iterdir()} >= {"last", "best"}
         assert sorted(p.name for p in (run_dir / "data").iterdir()) == ["meta.json", "tokenizer.json", "train.bin",
-                                                                        "val.bin"]
+                                                                        "val.bin", "val.jsonl"]
     prepared = sorted(p.name for p in (Path(first["run_dir"]).parents[1] / "prepared").glob("nightly-*") if p.is_dir())
     assert len(prepared) == 1 and re.fullmatch(r"nightly-[0-9a-f]{10}", prepared[0])
     first_tok = (Path(first["run_dir"]) / "data" / "tokenizer.json").read_bytes()

@@ -93,6 +93,22 @@ def test_night_2_warm_starts_from_the_champion_and_beats_night_1_in_fewer_steps(
     assert "from step 0" in tags["lineage.schedule"]
     assert run_tags(fresh["run_id"])["lineage.kind"] == "fresh"
 
+    # promoted on bits per byte of night 2's val text (held out for both: the same document split rule), and the
+    # registered version names its parent
+    from lmforge.flows.promote import promote
+    from lmforge.registry.review import facts
+    from lmforge.registry.tracking import client
+
+    decision = promote(name="warmnight", version=warm["model_version"])
+    assert decision["decision"] == "promoted", decision["reason"]
+    assert decision["candidate_bpb"] < decision["champion_bpb"] and "depends only on its text" in decision["scored_on"]
+    version = facts(client().get_model_version("warmnight", warm["model_version"]))
+    assert version["parent"] == f"warmnight v{first['model_version']}"
+    assert version["lineage_parent_data_fingerprint"] == first["data_fingerprint"]
+    assert "parent" not in facts(client().get_model_version("warmnight", fresh["model_version"]))
+    card = client().get_model_version("warmnight", warm["model_version"]).description
+    assert f"**Started from**: warmnight v{first['model_version']} (warm-start;" in card
+
 
 def test_a_tokenizer_of_another_kind_is_refused_in_one_line(night1, capsys):
     from lmforge.registry.tracking import client

@@ -66,6 +66,8 @@ def cached_meta(out_dir: Path, fingerprint: str) -> dict | None:
         return None
     if meta.get("source_fingerprint") != fingerprint or not (out_dir / "tokenizer.json").is_file():
         return None
+    if not (out_dir / VAL_TEXT).is_file():  # prepared before val text was kept: re-made (the same shards)
+        return None
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in ("train", "val"):
         shard = out_dir / meta[split]["path"]
@@ -364,10 +366,50 @@ def data_fingerprint(meta: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+VAL_TEXT = "val.jsonl"            # the val side as text: one JSON string per val document (contiguous: one)
+VAL_TEXT_MAX_BYTES = 16 << 20     # of UTF-8 text kept there (whole documents); promotion scores a sample of it
+
+
+def write_val_text(cleaned: Cleaned, split: Split, out_dir: Path) -> dict:
+    """out_dir/val.jsonl: the val side of the split as the cleaned text the shards were encoded from (each val
+    document; for a contiguous split the val part of the stream as one), so models with different tokenizers can
+    be scored on the same text (bits per byte, lmforge.runtime.scoring.text_score). Up to VAL_TEXT_MAX_BYTES."""
+    h, size, docs, truncated = hashlib.sha256(), 0, 0, False
+    tmp = out_dir / f".{VAL_TEXT}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
+        texts: Iterable[str]
+        if split.method == "documents":
+            texts = split_documents(read_spill(cleaned.spill), split.is_val, True)
+        else:
+            texts = [_contiguous_val_text(cleaned, split)]
+        for text in texts:
+            n = len(text.encode("utf-8", "surrogatepass"))
+            if size + n > VAL_TEXT_MAX_BYTES and docs:
+                truncated = True
+                break
+            line = json.dumps(text) + "\n"
+            f.write(line)
+            h.update(line.encode("ascii"))
+            size, docs = size + n, docs + 1
+    os.replace(tmp, out_dir / VAL_TEXT)
+    return {"path": VAL_TEXT, "documents": docs, "bytes": size, "sha256": h.hexdigest(), "truncated": truncated}
+
+
+def _contiguous_val_text(cleaned: Cleaned, split: Split) -> str:
+    """The val part of a contiguous split's stream, its first VAL_TEXT_MAX_BYTES (in characters: at most that)."""
+    out, size = [], 0
+    for pieces, flags in stream_pieces(read_spill(cleaned.spill), split):
+        for piece, val in zip(pieces, flags.tolist()):
+            if val and size < VAL_TEXT_MAX_BYTES:
+                out.append(piece[:VAL_TEXT_MAX_BYTES - size])
+                size += len(out[-1])
+    return "".join(out)
+
+
 def shard_meta(cleaned: Cleaned, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int,
                split: Split, out_dir: Path) -> dict:
-    """What meta.json records beside the shard counts."""
-    return {"tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
+    """What meta.json records beside the shard counts (and the val text it writes, write_val_text)."""
+    return {"val_text": write_val_text(cleaned, split, out_dir), "tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
             "tokenizer_sha256": hashlib.sha256((out_dir / "tokenizer.json").read_bytes()).hexdigest(),
             "special_ids": special_ids(tok), "documents": cleaned.documents, "chars": cleaned.chars,
             "val_chars": val_chars, "split": split.describe(), "corpus_sha256": cleaned.corpus_sha256,

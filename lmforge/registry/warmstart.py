@@ -14,6 +14,7 @@ from pathlib import Path
 from lmforge.core.errors import LmforgeError
 from lmforge.core.records import StartFrom
 from lmforge.registry import tracking
+from lmforge.registry.review import facts
 from lmforge.training.checkpoint import Checkpoints, weights_sha256
 
 URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
@@ -57,7 +58,7 @@ def _from_version(uri: str, cache: Path, missing_ok: bool) -> StartFrom | None:
                            hint="`lmforge runs` lists the versions and aliases") from None
     run_dir = Path(c.get_run(mv.run_id).data.tags.get("run_dir", "") or "/nonexistent")
     if (run_dir / "ckpt").is_dir() and (run_dir / "data" / "tokenizer.json").is_file() and \
-            weights_sha256(run_dir / "ckpt") == mv.tags.get("weights_sha256"):
+            weights_sha256(run_dir / "ckpt") == facts(mv).get("weights_sha256"):
         return from_run_dir(run_dir, uri, m["name"], str(mv.version))
     return _downloaded(c, mv, uri, cache / f"warm-start-{m['name']}-v{mv.version}")
 
@@ -81,8 +82,9 @@ def _downloaded(c, mv, uri: str, dest: Path) -> StartFrom:
         best.parent.mkdir(parents=True)
         got.rename(best)
         tok.rename(dest / "tokenizer.json")
-    if weights_sha256(dest / "ckpt") != mv.tags.get("weights_sha256"):
+    known = facts(mv)  # the version's tags, groups included (lmforge.registry.review)
+    if weights_sha256(dest / "ckpt") != known.get("weights_sha256"):
         raise LmforgeError(f"train.init_from {uri}: the downloaded checkpoint is not version {mv.version}'s weights",
                            hint=f"delete {dest} and retry")
-    return StartFrom("warm-start", uri, dest / "ckpt", mv.tags["weights_sha256"], mv.tags.get("data_fingerprint", ""),
+    return StartFrom("warm-start", uri, dest / "ckpt", known["weights_sha256"], known.get("data_fingerprint", ""),
                      name=mv.name, version=str(mv.version), tokenizer_file=dest / "tokenizer.json")
