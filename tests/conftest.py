@@ -30,6 +30,22 @@ TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_
         "eval.temperatures": "[1.0]", "eval.prompts": '["Why"]'}
 
 
+# Modules whose tests still build on one another's state, kept in file order inside the shuffled run
+# (pytest-randomly shuffles modules, then the tests of each): tests/test_promote.py walks one registry through a
+# story (a smoke run kept, a first champion, a lost comparison, --force, rollback, a second tokenizer), and its
+# tests fail alone or reordered (issue #28); drop it from here once each of its tests sets up what it needs.
+IN_FILE_ORDER = ("test_promote.py",)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Put the tests of IN_FILE_ORDER modules back in file order (runs after pytest-randomly's shuffle, which is a
+    hook wrapper; their module's place in the run stays shuffled)."""
+    for name in IN_FILE_ORDER:
+        where = [i for i, item in enumerate(items) if item.path.name == name]
+        for i, item in zip(where, sorted((items[i] for i in where), key=lambda item: item.location[1])):
+            items[i] = item
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     return _ARTIFACTS
