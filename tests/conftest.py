@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from small_corpora import GENERATORS, REAL_FACTS, Corpus
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = Path(os.environ.get("LMFORGE_CORPORA") or REPO.parent / "shared" / "corpora")  # a clone elsewhere
 
@@ -26,6 +28,24 @@ os.environ["LMFORGE_ALLOWED_ADDRESSES"] = "loopback"
 TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "train.max_steps": 30,
         "train.eval_interval": 15, "train.eval_iters": 2, "train.batch_size": 8, "eval.max_new_tokens": 20,
         "eval.temperatures": "[1.0]", "eval.prompts": '["Why"]'}
+
+
+# Modules whose tests still build on one another's state, kept in file order inside the shuffled run
+# (pytest-randomly shuffles modules, then the tests of each); drop one from here once each of its tests sets up
+# what it needs (issue #28). test_promote.py walks one registry through a story (a smoke run kept, a first
+# champion, a lost comparison, --force, rollback, a second tokenizer): its tests fail alone or reordered.
+# test_operate.py asserts the aliases at each step of its nightly story, and a later test moves them (the GPU
+# run's promotion, a rollback) before an earlier one would read them.
+IN_FILE_ORDER = ("test_promote.py", "test_operate.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Put the tests of IN_FILE_ORDER modules back in file order (runs after pytest-randomly's shuffle, which is a
+    hook wrapper; their module's place in the run stays shuffled)."""
+    for name in IN_FILE_ORDER:
+        where = [i for i, item in enumerate(items) if item.path.name == name]
+        for i, item in zip(where, sorted((items[i] for i in where), key=lambda item: item.location[1])):
+            items[i] = item
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +79,34 @@ def readme_commands(heading: str) -> list[str]:
     return lines
 
 
-def corpus(name: str) -> Path:
-    """A real corpus from ../shared/corpora, or skip: a user's clone has no ../shared."""
+_GENERATED: dict[str, Corpus] = {}
+
+
+def corpus_info(name: str, real: bool = False) -> Corpus:
+    """The corpus `name`: the real one from ../shared/corpora (CI has them; LMFORGE_CORPORA points elsewhere), else
+    a small one of the same format the tests write themselves (tests/small_corpora.py; a contributor's clone has
+    no ../shared), each with the facts a test may assert. real=True: the real one or skip, for the few checks only
+    its own bytes can pass (a pinned sha256)."""
     path = SHARED_CORPORA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found: real corpora live in ../shared/corpora beside the repo (CI has them)")
-    return path
+    if path.is_file():
+        return Corpus(path, True, REAL_FACTS[name])
+    if real:
+        pytest.skip(f"{path} not found: this check needs the real corpus (../shared/corpora beside the repo; CI has it)")
+    if name not in _GENERATED:
+        out = Path(tempfile.mkdtemp(prefix="lmforge-test-corpus-")) / name
+        _GENERATED[name] = Corpus(out, False, GENERATORS[name](out))
+    return _GENERATED[name]
+
+
+def corpus(name: str, real: bool = False) -> Path:
+    """The path of corpus_info(name): the real corpus, or the small generated one of the same format."""
+    return corpus_info(name, real).path
+
+
+def corpus_facts(name: str) -> dict:
+    """What is known about corpus `name` as corpus() gives it: the figures of the real one, or those counted while
+    writing the generated one (see tests/small_corpora.py for the keys)."""
+    return corpus_info(name).facts
 
 
 @pytest.fixture(scope="module")

@@ -97,9 +97,37 @@ def test_mistyped_set_key_suggests_the_close_match_and_lists_keys(capsys):
                    "valid keys:", "model.block_size")
 
 
-def test_wrong_value_type(capsys):
-    rc, err = cli(capsys, "run", "--set", "train.max_steps=many")
-    one_line_error(rc, err, "train.max_steps expects int", "'many'", "--set train.max_steps=")
+@pytest.mark.parametrize("key, value, type_name", [("train.max_steps", "many", "int"),
+                                                   ("eval.prompts", "[oops", "list")])
+def test_wrong_value_type_names_the_type_and_an_example(capsys, key, value, type_name):
+    """README: a value of the wrong type is one line naming the type the key expects, with an example."""
+    rc, err = cli(capsys, "run", "--set", f"{key}={value}")
+    one_line_error(rc, err, f"{key} expects {type_name}", f"(hint: e.g. --set {key}=")
+    assert "valid keys" not in err
+
+
+def test_every_keys_type_example_has_that_type():
+    """The example in a type error's hint is of the key's type, for every key that can have the wrong type (an
+    example may still be out of range for the preset, e.g. model.n_head=100: that is another error)."""
+    from lmforge.core.config import load_config, valid_keys
+    from lmforge.core.errors import LmforgeError
+
+    typed = 0
+    for key in valid_keys():
+        try:
+            load_config("jokes-char", {key: "[not a value"})
+            continue  # a text key takes anything
+        except LmforgeError as e:
+            if " expects " not in e.message:
+                continue  # refused for another reason (a choice, a path): no type to show
+            example = e.hint.removeprefix(f"e.g. --set {key}=")
+            assert example != e.hint, e.hint
+        typed += 1
+        try:
+            load_config("jokes-char", {key: example})
+        except LmforgeError as e:
+            assert " expects " not in e.message, (key, example, e.message)
+    assert typed > 30  # ints, floats, bools and lists: most of the config
 
 
 def test_set_without_equals(capsys):
@@ -212,7 +240,7 @@ def test_prompt_with_unseen_characters_generates(model_dir):
     gen = Generator(model_dir)
     assert gen.unk in gen.encode("\u4e2d\u6587 zq\U0001f600")  # characters the tokenizer never saw -> <unk>
     text = gen.generate("\u4e2d\u6587 zq\U0001f600", max_new_tokens=10, seed=0)
-    assert isinstance(text, str)
+    assert text == gen.generate("\u65e5\u672c zq\U0001f601", max_new_tokens=10, seed=0)  # other unseen ones: the same <unk>s
 
 
 def test_max_new_tokens_past_the_context_slides_the_window(copy_of):

@@ -54,15 +54,18 @@ def test_two_runs_of_one_config_started_together_both_finish(tmp_path, monkeypat
 
 def test_no_wait_stops_with_one_line_while_another_run_holds_the_directory(tmp_path):
     env = env_for(tmp_path)
-    holder = start(env, {**TINY, "train.max_steps": 400, "train.eval_interval": 200})
+    # far more steps than it will run (it is interrupted once the second run answers): on a loaded machine the
+    # second run's start-up must not outlast the holder's training
+    slow = {**TINY, "train.max_steps": 5000, "train.eval_interval": 1000}
+    holder = start(env, slow)
     artifacts = Path(env["LMFORGE_ARTIFACTS"])
     deadline = time.monotonic() + 240
     while not list(artifacts.glob("runs/*.lock.holder")):  # the first run is training
         assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()[1][-3000:]
         time.sleep(0.05)
     try:
-        out = subprocess.run(lmforge(*run_args({**TINY, "train.max_steps": 400, "train.eval_interval": 200}),
-                                     "--no-wait"), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(lmforge(*run_args(slow), "--no-wait"), env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
     finally:
         os.killpg(holder.pid, 2)
         holder.communicate(timeout=120)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import corpus
+from conftest import corpus, corpus_facts
 from lmforge.core.config import CleanConfig
 from lmforge.data import formats
 from lmforge.data.clean import clean_batches, clean_documents, normalize_whitespace, normalize_whitespace_one
@@ -60,10 +60,11 @@ def test_invalid_utf8_names_file_and_offset_or_is_replaced(tmp_path, monkeypatch
 
 def test_onelinefun_csv_quoted_multiline_fields():
     docs = read_documents(corpus("onelinefun.csv"), "csv", column="Joke")
-    assert len(docs) == 2950
-    assert docs[1] == ('People used to laugh at me when I would say "I want to be a comedian", '
-                       "well nobody's laughing now.")
-    assert not any("\r" in d for d in docs)  # the file mixes CRLF and LF line ends
+    facts = corpus_facts("onelinefun.csv")
+    assert len(docs) == facts["documents"]  # the real file: 2950 jokes
+    assert docs[1] == facts["second"] and '"' in docs[1]  # "" inside a quoted field is one quote
+    assert sum('"' in d for d in docs) == facts["with_quotes"] and sum("\n" in d for d in docs) == facts["multiline"]
+    assert not any("\r" in d for d in docs)  # the file ends its lines with CRLF (the generated one: a few LF)
 
 
 def test_csv_multiline_quoted_fields_across_chunks(tmp_path, monkeypatch):
@@ -76,8 +77,10 @@ def test_csv_multiline_quoted_fields_across_chunks(tmp_path, monkeypatch):
 
 
 def test_imdb_csv_keeps_html_until_cleaning():
-    docs = read_documents(corpus("imdb-reviews.csv"), "csv", column="review")
-    assert len(docs) == 2000 and "<br />" in docs[0]
+    docs = read_documents(corpus("imdb-reviews.csv"), "csv", column="review")  # ten empty trailing columns
+    facts = corpus_facts("imdb-reviews.csv")  # the real file: 2000 reviews, 1144 with <br />
+    assert len(docs) == facts["documents"] and sum("<br />" in d for d in docs) == facts["with_html"]
+    assert "<br />" in docs[0]
     cleaned, report = clean_documents(docs, CleanConfig(strip_html=True))
     assert not any("<br" in d for d in cleaned)
     assert report[0]["step"] == "strip_html" and report[0]["chars_removed"] > 0
@@ -85,13 +88,15 @@ def test_imdb_csv_keeps_html_until_cleaning():
 
 def test_arabic_tsv_filter_and_unharmed_by_cleaning():
     path = corpus("ArSenTD-LEV.tsv")
+    facts = corpus_facts("ArSenTD-LEV.tsv")  # the real file: 1000 Lebanese tweets, 673 of them unique
     docs = read_documents(path, "tsv", column="Tweet", row_filter='Country == "lebanon"')
-    assert len(docs) == 1000
-    assert docs[0].startswith('"أنا أؤمن بأن الانسان')  # "" inside a quoted field is one quote
+    assert len(docs) == facts["lebanon_rows"]
+    assert docs[0].startswith(facts["lebanon_first"])  # "" inside a quoted field is one quote
     cleaned, report = clean_documents(docs, CleanConfig())
     by_step = {r["step"]: r for r in report}
     assert by_step["unicode_nfc"]["chars_removed"] == 0
-    assert by_step["dedupe"]["docs_removed"] == 327 and len(cleaned) == 673  # real duplicate tweets
+    assert len(cleaned) == facts["lebanon_unique"] < len(docs)  # duplicate tweets (retweets) removed
+    assert by_step["dedupe"]["docs_removed"] == len(docs) - len(cleaned)
     assert cleaned[0] == " ".join(docs[0].split())
     assert all(unicodedata.is_normalized("NFC", d) for d in cleaned)
 
@@ -129,6 +134,18 @@ def test_imdb_tree_and_empty(tmp_path):
     empty.write_text("\n\n  \n")
     with pytest.raises(LmforgeError, match="no documents"):
         read_documents(empty)
+
+
+def test_hard_wrapped_book_is_one_text_document_or_a_document_a_line(monkeypatch):
+    """A book wrapped at ~70 columns without blank lines (wizard-of-oz.txt): `text` reads it as one document, line
+    breaks kept, `lines` as a document per line; the same through read chunks far smaller than the document."""
+    path = corpus("wizard-of-oz.txt")
+    facts = corpus_facts("wizard-of-oz.txt")
+    monkeypatch.setattr(formats, "CHUNK_BYTES", 4096)
+    (book,) = read_documents(path, "text")
+    assert book == path.read_text(encoding="utf-8").strip() and book.startswith(facts["opening"])
+    lines = read_documents(path, "lines")
+    assert len(lines) == facts["lines"] and lines == [line.strip() for line in book.split("\n")]
 
 
 def test_batches_are_lazy_and_bounded(monkeypatch):

@@ -14,7 +14,7 @@ from lmforge.data.tokenize import train_char
 from lmforge.core.config import ExportConfig
 from lmforge.export.modeldir import export_model_dir
 from lmforge.runtime import Generator
-from lmforge.runtime.scoring import prefill_feeds, variant_val_loss_deltas
+from lmforge.runtime.scoring import prefill_feeds, val_loss, variant_val_loss_deltas
 
 TEXT = "why did the chicken cross the road? to get to the other side! " * 4
 MANIFEST = {"name": "tiny", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
@@ -89,11 +89,13 @@ def test_val_loss_deltas_in_manifest(tiny, all_variants, tmp_path):
     ids = np.array(tok.encode(TEXT * 3).ids)
     write_shards([(ids, np.array([ids.size]))], np.array([True]), tmp_path / "prepared", tok.get_vocab_size())
     model_dir = shutil.copytree(all_variants, tmp_path / "model")
-    scores = variant_val_loss_deltas(model_dir, open_shard(tmp_path / "prepared", "val"))
+    val = open_shard(tmp_path / "prepared", "val")
+    scores = variant_val_loss_deltas(model_dir, val)
     metrics = json.loads((model_dir / "lmforge.json").read_text())["metrics"]
-    assert metrics["val_loss"] == 1.0  # the training metrics are kept
-    for key in ("int8_val_loss_delta", "fp16_val_loss_delta", "optimized_val_loss_delta"):
-        assert metrics[key] == scores[key]
+    assert metrics["val_loss"] == 1.0 and scores == {k: metrics[k] for k in scores}  # training metrics kept
+    fp32 = val_loss(model_dir, val, max_windows=32)
+    for v in ("int8", "fp16", "optimized"):  # each variant scored again on its own graph: its delta, not another's
+        assert metrics[f"{v}_val_loss_delta"] == pytest.approx(val_loss(model_dir, val, max_windows=32, variant=v) - fp32)
     assert abs(metrics["optimized_val_loss_delta"]) < 1e-4  # the same arithmetic, rearranged
     assert abs(metrics["fp16_val_loss_delta"]) < 0.05 and metrics["int8_val_loss_delta"] != 0.0
     assert metrics["onnx_fp32_val_loss"] > 0

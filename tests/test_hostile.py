@@ -94,7 +94,7 @@ def test_onnx_external_data_outside_the_directory_is_refused(victim, tmp_path):
             Generator(victim)
 
 
-def test_onnx_external_data_inside_the_directory_still_loads(victim):
+def test_onnx_external_data_inside_the_directory_still_loads(victim, model_dir):
     import onnx
 
     for f in victim.glob("*.onnx"):
@@ -103,7 +103,10 @@ def test_onnx_external_data_inside_the_directory_still_loads(victim):
     proto = onnx.load(str(victim / "model.onnx"))
     onnx.save_model(proto, str(victim / "model.onnx"), save_as_external_data=True, location="weights.bin",
                     size_threshold=0)
-    assert Generator(victim, fast=False).generate("why", max_new_tokens=5, seed=0) is not None
+    stored = onnx.load(str(victim / "model.onnx"), load_external_data=False).graph.initializer
+    assert stored and all(t.data_location == onnx.TensorProto.EXTERNAL for t in stored)  # the weights moved out
+    want = Generator(model_dir, fast=False).generate("why", max_new_tokens=5, temperature=0)
+    assert Generator(victim, fast=False).generate("why", max_new_tokens=5, temperature=0) == want  # the same model
 
 
 @pytest.mark.parametrize("section,key,value", [("files", "fp32", "../../elsewhere.onnx"),

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import corpus
+from conftest import corpus, corpus_facts
 from lmforge.cli import main
 from lmforge.core.config import load_config
 from lmforge.data import formats
@@ -45,31 +45,29 @@ def cli_error(args: list[str]) -> str:
     return err.getvalue()
 
 
-def decoded_train_text(result: dict, n: int = 400) -> str:
+def decoded_train_text(result: dict, n: int = 400, split: str = "train") -> str:
     tok = Tokenizer.from_file(str(Path(result["dir"]) / "tokenizer.json"))  # tokenizers alone
-    return tok.decode(open_shard(Path(result["dir"]), "train")[:n].tolist())
+    return tok.decode(open_shard(Path(result["dir"]), split)[:n].tolist())
 
 
-CASES = {
-    "tinystories-word": ("tinystories-sample.txt", {"data.format": "text", "tokenizer.kind": "word"},
-                         "One day, a little girl named Lily found a needle"),
-    "onelinefun-csv": ("onelinefun.csv", {"data.format": "csv", "data.column": "Joke"},
-                       "I just asked my husband if he remembers what today is"),
+CASES = {  # corpus, overrides; each corpus' opening words (corpus_facts) are read back from the shards
+    "tinystories-word": ("tinystories-sample.txt", {"data.format": "text", "tokenizer.kind": "word"}),
+    "onelinefun-csv": ("onelinefun.csv", {"data.format": "csv", "data.column": "Joke"}),
     "imdb-csv-bpe": ("imdb-reviews.csv", {"data.format": "auto", "data.column": "review", "clean.strip_html": "true",
-                                          "tokenizer.kind": "bpe", "tokenizer.vocab_size": 1000, "data.max_documents": 600},
-                     "One of the other reviewers has mentioned"),
+                                          "tokenizer.kind": "bpe", "tokenizer.vocab_size": 1000, "data.max_documents": 600}),
     "arabic-tsv-char": ("ArSenTD-LEV.tsv", {"data.format": "tsv", "data.column": "Tweet",
-                                            "data.filter": 'Country == "lebanon"'}, "أنا أؤمن بأن الانسان"),
-    "shakespeare-char": ("tinyshakespeare.txt", {"data.format": "text"}, "First Citizen:\nBefore we proceed"),
+                                            "data.filter": 'Country == "lebanon"'}),
+    "shakespeare-char": ("tinyshakespeare.txt", {"data.format": "text"}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_prepare_real_corpus(prefect_server, case):
-    name, overrides, opening = CASES[case]
+    name, overrides = CASES[case]
     result = cli_prepare({"data.source": str(corpus(name)), **overrides})
     text = decoded_train_text(result)
-    assert opening in text and "<br" not in text
+    # the first document opens the train shard, or the val shard where the split drew it into val
+    assert corpus_facts(name)["opening"] in text + decoded_train_text(result, split="val") and "<br" not in text
     meta = read_meta(Path(result["dir"]))
     assert meta["train"]["tokens"] == result["train_tokens"] > meta["val"]["tokens"] > 0
     assert meta["dtype"] == "uint16" and meta["documents"] == result["documents"]
@@ -78,7 +76,7 @@ def test_prepare_real_corpus(prefect_server, case):
         assert result["vocab_size"] == 1000
         assert next(r for r in meta["clean_report"] if r["step"] == "strip_html")["chars_removed"] > 0
     if case == "arabic-tsv-char":
-        assert result["documents"] == 673
+        assert result["documents"] == corpus_facts(name)["lebanon_unique"]  # the real file: 673
 
 
 def test_prepare_http_imdb_archive(prefect_server, tmp_path):
@@ -139,6 +137,7 @@ def test_rerun_reuses_shards_and_changed_source_recomputes_identically(prefect_s
 
     stat = source.stat()  # new content of the same size under the same mtime: new data, prepared again
     text = source.read_bytes()
+    assert b"Citizen" in text
     source.write_bytes(text.replace(b"Citizen", b"Senator"))
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert source.stat().st_size == stat.st_size
@@ -208,9 +207,10 @@ def test_contiguous_split_is_the_last_tenth_of_the_text_as_nanogpt_cuts_it(tmp_p
     ids = meta["special_ids"]
     assert train[0] == ids["bos"] and val[-1] == ids["eos"]
     assert tok.decode(train[1:]) == stream[:cut] and tok.decode(val[:-1]) == stream[cut:]
-    assert stream[cut:].endswith("Whiles thou art waking.") and meta["val_chars"] == len(stream) - cut
+    facts = corpus_facts("tinyshakespeare.txt")
+    assert stream[cut:].endswith(facts["last_line"]) and meta["val_chars"] == len(stream) - cut
     # the stream is the file as written, but for 3 characters: 2 triple newlines and the final newline
-    assert len(raw) - len(stream) == 3
+    assert len(raw) - len(stream) == facts["dropped_chars"]
 
 
 def test_a_file_without_the_separator_falls_back_to_a_contiguous_split(tmp_path):

@@ -335,7 +335,7 @@ def test_shakespeare_preset_pins_the_hash_of_char_rnns_input_txt(server, tmp_pat
     from conftest import corpus
     from lmforge.core.config import load_config
 
-    text = corpus("tinyshakespeare.txt").read_bytes()
+    text = corpus("tinyshakespeare.txt", real=True).read_bytes()  # only the real bytes have the pinned hash
     cfg = load_config("shakespeare-char")
     assert len(text) == 1_115_394 and cfg.data.sha256 == hashlib.sha256(text).hexdigest()
     path = urlparse(cfg.data.source).path
@@ -361,7 +361,7 @@ def test_a_cached_url_whose_content_changed_is_downloaded_again(server, tmp_path
     """A nightly source: same URL, new content. The next run gets the new file, not yesterday's copy."""
     server.routes["/f"] = Versioned([(OLD, {"ETag": '"v1"'}), (NEW, {"ETag": '"v2"'})], cut_first=False)
     assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == OLD
-    with caplog.at_level(logging.INFO, logger="lmforge.data.download"):
+    with caplog.at_level(logging.INFO, logger="lmforge.download"):
         assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == NEW
     assert "changed since it was cached" in caplog.text
     assert download(server.url("/f"), tmp_path, **FAST).read_bytes() == NEW  # v2 kept: asked with "v2", 304
@@ -374,6 +374,6 @@ def test_an_unreachable_server_leaves_the_cached_copy_in_use_with_a_warning(serv
     path = download(url, tmp_path, **FAST)
     server.httpd.shutdown()
     server.httpd.server_close()
-    with caplog.at_level(logging.WARNING, logger="lmforge.data.download"):
+    with caplog.at_level(logging.WARNING, logger="lmforge.download"):
         assert download(url, tmp_path, **FAST) == path and path.read_bytes() == OLD
     assert "could not ask" in caplog.text and "using the copy cached at" in caplog.text

@@ -75,7 +75,8 @@ def test_ctrl_c_mid_training_stops_saves_and_resumes(tmp_path):
     assert 40 <= step < 400
     assert not [ln for ln in err.lines if "Traceback" in ln or "ConnectError" in ln or "Error logging" in ln]
     timed = re.compile(r"^(\d{4}/\d\d/\d\d )?\d\d:\d\d:\d\d ")  # lmforge's and Prefect's lines; MLflow's own
-    assert all(timed.match(ln) for ln in err.lines if " INFO " in ln)  # every log line carries a time
+    info = [ln for ln in err.lines if " INFO " in ln]
+    assert info and all(timed.match(ln) for ln in info)  # every log line carries a time
     (state,) = Path(env["LMFORGE_ARTIFACTS"]).glob("runs/*/ckpt/last/state.json")
     assert json.loads(state.read_text())["step"] == step
 
@@ -133,3 +134,25 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
     proc.stdout.close()  # `lmforge presets | head -0`: the reader is gone before anything is written
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 141 and err == ""
+
+
+def test_training_progress_is_a_bar_on_a_terminal_and_a_line_a_tenth_elsewhere(monkeypatch):
+    """docs/reliability.md: a rich bar when stderr is a terminal and CI is unset; otherwise one log line about
+    every 10% of the steps."""
+    import io
+
+    from lmforge.training.progress import TrainProgress, fancy_output
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("CI", raising=False)
+    assert fancy_output(Terminal()) and not fancy_output(io.StringIO())
+    monkeypatch.setenv("CI", "true")
+    assert not fancy_output(Terminal())
+    with TrainProgress("train t", fancy=False) as progress:
+        for step in range(1, 101):
+            progress(step, 100, 1.0, 10.0)
+    steps = [int(re.search(r"step (\d+)/100", line).group(1)) for line in progress.lines]
+    assert set(range(10, 101, 10)) <= set(steps) and len(steps) <= 11

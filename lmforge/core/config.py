@@ -293,7 +293,11 @@ def _coerce(key: str, value: object, annotation: object) -> object:
 
 
 def _example(annotation: object) -> str:
-    return {bool: "true", int: "100", float: "0.5", str: "text"}.get(annotation, "[1,2]")  # type: ignore[arg-type]
+    """A --set value of the annotation's type that the config accepts (a list: JSON of one such item)."""
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return json.dumps([{bool: True, int: 100, float: 0.5, str: "text"}[item]])
+    return {bool: "true", int: "100", float: "0.5", str: "text"}[annotation]  # type: ignore[index]
 
 
 def _apply(cfg: Config, key: str, value: object) -> None:
