@@ -36,7 +36,7 @@ def pipeline(preset: str = DEFAULT_PRESET, overrides: dict | None = None, wait: 
     try:
         with hold(layout.prepared_lock, f"the prepared data of {cfg.name}", wait, logger):
             prepared = prepare_data(cfg, layout, run_id, policy)
-            start = resolve_start(cfg, layout, prepared)  # fresh, a warm start, or --continue: part of the identity
+            start = resolve_start(cfg, layout, prepared, policy)  # fresh, warm start or --continue: part of identity
             data = snapshot_data(prepared, layout, start, run_id)
         run = layout.run_dir(data.fingerprint, start)
         with hold(run.lock, f"the run directory {run.root.name}", wait, logger):

@@ -7,7 +7,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from lmforge.core.config import Config
+from lmforge.core.config_safety import check_init_from
 from lmforge.core.layout import RunLayout
+from lmforge.core.policy import Policy, load as load_policy
 from lmforge.core.records import PreparedData, StartFrom, Trained
 from lmforge.models import build_model
 from lmforge.registry import tracking
@@ -40,15 +42,18 @@ def _eval_hooks(cfg: Config, data: PreparedData, progress_id, run_id: str | None
 
 
 @task(name="resolve-start", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
-def resolve_start(cfg: Config, layout: RunLayout, data: PreparedData) -> StartFrom | None:
+def resolve_start(cfg: Config, layout: RunLayout, data: PreparedData,
+                  policy: Policy | None = None) -> StartFrom | None:
     """None (a fresh init), the parent of a warm start (train.init_from; its tokenizer checked against this
     data's), or the finished run --continue extends: before the run directory is chosen, since it is part of
-    the run's identity."""
+    the run's identity. A run directory is checked against the operator's `policy` again here, where it is read
+    (a symlink changed since the config was loaded points nowhere else)."""
     t = cfg.train
     if t.continue_run:
         return find_continuation(layout, data.fingerprint, t.max_steps)
     if not t.init_from:
         return None
+    check_init_from(t.init_from, policy or load_policy())
     parent = resolve_init(t.init_from, cfg.name, layout.cache)
     if parent is None:
         get_run_logger().info("train.init_from=champion: %s has no champion yet, so this run starts from a fresh "

@@ -107,6 +107,27 @@ def test_eos_ends_generation(tiny, tmp_path):
         assert gen.generate("why", max_new_tokens=20, temperature=0) == gen.tokenizer.decode(ids[:ids.index(eos)])
 
 
+def test_an_empty_prompt_never_gets_an_empty_text(tiny, tmp_path):
+    """The token the model picks first after nothing made its EOS: a non-empty prompt may still end at once, an
+    empty one never does (its first token is drawn without EOS, as the training samples are), greedy or sampled,
+    on both graphs."""
+    model, out = tiny
+    gen = Generator(out)
+    first = torch_greedy(model, gen.prompt_ids(""), 2)
+    d = tmp_path / "m"
+    shutil.copytree(out, d)
+    manifest = json.loads((d / "lmforge.json").read_text())
+    manifest["tokens"]["eos"] = first[0]
+    (d / "lmforge.json").write_text(json.dumps(manifest))
+    prompt = next(p for p in TEXT.split() if torch_greedy(model, gen.encode(p), 1) == first[:1])
+    for fast in (True, False):
+        gen = Generator(d, fast=fast)
+        assert gen.generate(prompt, max_new_tokens=10, temperature=0) == ""  # EOS first: the model's own choice
+        text = gen.generate("", max_new_tokens=10, temperature=0)
+        assert text and not text.startswith(gen.tokenizer.decode(first[:1]))
+        assert all(gen.generate(["", "why"], max_new_tokens=3, temperature=1.5, seed=s)[0] for s in range(20))
+
+
 def test_sliding_window_past_context(tiny):
     """Both paths keep going past the 32-token context and agree; the first tokens match torch."""
     model, out = tiny

@@ -484,6 +484,47 @@ def test_a_deployment_run_refuses_a_local_path_and_a_host_outside_the_policy(dep
     assert [p for p, _ in a.requests] == ["/ok/c.txt"]
 
 
+def test_a_warm_start_from_a_run_directory_outside_the_policy_is_refused(deployment, tmp_path):
+    """train.init_from names a run directory (its weights and tokenizer are read, then published in the new
+    version) or a registered version: in a deployment run a directory is a local path like model.pretrained,
+    allowed only under the operator's roots; models:/ URIs and `champion` are the registry's. Refused in the real
+    deployment run before any data is read, at config load, and again where the task reads it."""
+    from lmforge.core.layout import RunLayout
+    from lmforge.tasks.train import resolve_start
+
+    theirs = tmp_path / "other-team" / "runs" / "their-run"
+    (theirs / "ckpt").mkdir(parents=True)
+    state, log = deployment({"train.init_from": str(theirs)}, {})
+    assert state.is_failed(), log[-3000:]
+    assert "train.init_from" in state.message and "is a local path, which the default policy for a deployment run " \
+        "does not allow" in state.message, state.message
+    pol = policy_mod.load({}, deployment=True)
+    for source in (str(theirs), "~/lmforge/artifacts/runs/x", "../runs/x", "/"):
+        with pytest.raises(policy_mod.PolicyError, match="train.init_from .* is a local path") as info:
+            load_config("jokes-char", {"train.init_from": source}, pol)
+        assert "LMFORGE_ALLOWED_SOURCES=" in info.value.hint
+    for source in ("models:/jokes-char@champion", "models:/jokes-char/3", "champion"):
+        assert load_config("jokes-char", {"train.init_from": source}, pol).train.init_from == source
+    assert load_config("jokes-char", {"train.init_from": str(theirs)}).train.init_from  # a local run: as before
+    ours = tmp_path / "ours"
+    (ours / "runs" / "a-run").mkdir(parents=True)
+    allowed = policy_mod.load({"LMFORGE_ALLOWED_SOURCES": str(ours)}, deployment=True)
+    (ours / "runs" / "link").symlink_to(theirs)  # inside the allowed root, pointing out
+    with pytest.raises(policy_mod.PolicyError, match="is a local path"):
+        load_config("jokes-char", {"train.init_from": str(ours / "runs" / "link")}, allowed)
+    # accepted at load while the link points inside; re-pointed out before the task reads it: refused there
+    (ours / "runs" / "link").unlink()
+    (ours / "runs" / "link").symlink_to(ours / "runs" / "a-run")
+    cfg = load_config("jokes-char", {"train.init_from": str(ours / "runs" / "link")}, allowed)
+    layout = RunLayout.for_config(cfg, tmp_path / "artifacts")
+    with pytest.raises(LmforgeError, match="nor a run directory with checkpoints"):  # past the policy: read
+        resolve_start.fn(cfg, layout, None, allowed)
+    (ours / "runs" / "link").unlink()
+    (ours / "runs" / "link").symlink_to(theirs)
+    with pytest.raises(policy_mod.PolicyError, match="train.init_from .* is a local path"):
+        resolve_start.fn(cfg, layout, None, allowed)
+
+
 # --- what a registered version may name ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("artifact_path", ["../../etc", "/etc", "artifacts/link"])

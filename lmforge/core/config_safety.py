@@ -64,6 +64,15 @@ def check_untrusted_keys(cfg: "Config", policy: Policy) -> None:
     for key in PATH_KEYS:
         if flat[key] and policy.deployment:  # local runs read the user's own checkpoints, as before
             policy.check_source(str(flat[key]), key)
+    check_init_from(cfg.train.init_from, policy)
+
+
+def check_init_from(init_from: str, policy: Policy) -> None:
+    """train.init_from in a deployment run: a registered version (models:/..., `champion`) is the registry's and
+    fine; a run directory is a local path, allowed only inside the operator's local roots (as model.pretrained):
+    otherwise a triggerer could start from, and so publish, weights trained on another team's data."""
+    if init_from and policy.deployment and init_from != "champion" and not init_from.startswith("models:/"):
+        policy.check_source(init_from, "train.init_from")
 
 
 def check_generation(cfg: "Config", policy: Policy) -> None:

@@ -8,7 +8,8 @@ they end. Every step reads top to bottom:
 
     1. forward  each running row's last token in one batched call (a row whose context is full re-prefills
                 its last block_size // 2 tokens instead: the sliding window)
-    2. admit    queued rows into free slots: a prefill each, alone, so the other rows are untouched
+    2. admit    queued rows into free slots: a prefill each, alone, so the other rows are untouched (a row
+                with an empty prompt cannot draw <eos> first: its text is never empty)
     3. sample   one call for every row (runtime.sampling.sample_rows; each row its own parameters and RNG)
     4. advance  each row: EOS, text, stop strings, max_new_tokens, deadline -> RowEvents; ended rows leave
 
@@ -224,6 +225,8 @@ class BatchSession:
             for r in joining:
                 self.logits[r.slot] = self.dec.prefill_slot(r.slot, r.tokens)
         for r in joining:
+            if not r.req.prompt and self.gen.eos is not None:  # a continuation of nothing says something: <eos>
+                self.logits[r.slot, self.gen.eos] = -np.inf  # may end it, not be all of it (as training samples)
             self.rows[r.slot] = r
             self.running += 1
             if r.params.repetition_penalty != 1.0 and self.seen is None:

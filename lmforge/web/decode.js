@@ -159,6 +159,7 @@ export class Model {
         : new PortableGPT(this);
     const t0 = performance.now();
     let logits = await g.prefill(tokens);
+    if (!prompt && this.eos != null) logits[this.eos] = -Infinity;  // as lmforge.runtime: never an empty text
     const t1 = performance.now();
     stats.prefillMs = t1 - t0;
     stats.steps = 0;
