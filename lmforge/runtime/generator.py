@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
+from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
@@ -74,6 +75,7 @@ class Generator:
         check_graph(self.session, self, self.dir.io["fast"] if self.fast else self.dir.io, str(self.dir.path))
         self.tokenizer = load_tokenizer(self.dir.tokenizer_path, self.vocab_size)
         self.text = SafeTokenizer(self.tokenizer, self.dir.tokenizer_path.name)  # every call guarded
+        self.pieces = piece_table(self.tokenizer, self.vocab_size)  # streaming by table look-up, where exact
         self.bos, self.eos, self.pad = (self.dir.tokens.get(k) for k in ("bos", "eos", "pad"))
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
