@@ -130,7 +130,7 @@ class BatchSession:
         self.logits = self.dec.out if self.dec.out is not None else np.zeros((self.slots, gen.vocab_size), np.float32)
         self.seen: np.ndarray | None = None  # [slots, V] bool ids in each context, once a row has a repetition penalty
         self._active = np.zeros(self.slots, bool)  # [slots] the rows a forward step runs
-        self._next_ids = np.zeros(self.slots, np.int64)  # [slots] the token each of them appends
+        self._next_ids = [0] * self.slots  # [slots] the token each of them appends (Python ints: the cheapest here)
         self.rows: list[Row | None] = [None] * self.slots  # the row in each slot
         self.running = 0  # rows in slots
         self.sampling = 0  # rows in slots that draw (not plain greedy): 0 = one argmax for the whole step
@@ -200,7 +200,7 @@ class BatchSession:
     # -- the steps ----------------------------------------------------------------------------------------------
     def _forward(self) -> None:
         dec, next_ids = self.dec, self._next_ids
-        lengths, capacity = dec.lengths, dec.capacity
+        lengths, capacity = dec.lengths.tolist(), dec.capacity
         stepping, sliding = [], []  # slots that append their row's token; rows whose context is full
         for r in self.rows:
             if r is None or r.last is None:

@@ -111,6 +111,9 @@ class KVBuffers(Slots):
         self.pad = gen.pad or 0
         if self.device == "cpu":  # the graph writes the logits straight into self.logits: a step returns this view
             self.out = self.logits[:, 0]
+        # ids, pos, seqlens, total, lengths as flat memoryviews (the same memory): _step_one writes through them
+        self.scalars = tuple(memoryview(a.reshape(-1)) for a in (self.ids, self.pos, self.seqlens, self.total,
+                                                                  self.lengths))
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         """An OrtValue on the session's device; on the CPU it shares the numpy array's memory."""
@@ -170,8 +173,10 @@ class KVBuffers(Slots):
 
     def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """Append one token to each active slot (default: every slot); returns the logits [slots, V]
-        (on the CPU a view reused by the next step). An inactive slot runs a pad token at position 0 into its own
-        cache and keeps its length: its output is ignored."""
+        (on the CPU `out`, the buffer the next step overwrites). An inactive slot runs a pad token at position 0
+        into its own cache and keeps its length: its output is ignored."""
+        if active is None and self.slots == 1:
+            return self._step_one(int(next_ids[0]))
         lengths = self.lengths
         if active is None:  # the usual step: every slot appends its token
             active = self.one
@@ -180,16 +185,30 @@ class KVBuffers(Slots):
             self.seqlens[:] = lengths
             self.total[()] = max(lengths.tolist()) + 1  # (a numpy reduction costs a microsecond more)
         else:
-            live = np.where(active, self.lengths, 0)
+            live = np.where(active, lengths, 0)
             self.ids[:, 0] = np.where(active, next_ids, self.pad)
             self.pos[:, 0] = live
             self.seqlens[:] = live
-            self.total[...] = live.max() + 1
+            self.total[()] = live.max() + 1
+        out = self._run_step()
+        lengths += active
+        return out
+
+    def _step_one(self, token: int) -> np.ndarray:
+        """step() of a single slot (a stream): the same writes, as Python ints through memoryviews of the bound
+        buffers, since at one row each numpy call (~0.4-1 us) costs more than its work."""
+        ids, pos, seqlens, total, length = self.scalars
+        n = length[0]
+        ids[0], pos[0], seqlens[0], total[0] = token, n, n, n + 1
+        out = self._run_step()
+        length[0] = n + 1
+        return out
+
+    def _run_step(self) -> np.ndarray:
         if self.device != "cpu":
             for name, array in self.host.items():
                 self.values[name].update_inplace(array)
         out = self._run(self.binding, self.values["logits"], self.out)
-        lengths += active
         return out if self.out is not None else out[:, 0]
 
 
