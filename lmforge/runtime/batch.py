@@ -132,6 +132,7 @@ class BatchSession:
         self._active = np.zeros(self.slots, bool)  # [slots] the rows a forward step runs
         self._next_ids = [0] * self.slots  # [slots] the token each of them appends (Python ints: the cheapest here)
         self.rows: list[Row | None] = [None] * self.slots  # the row in each slot
+        self.live: list[Row] = []  # the rows in slots, in slot order (a new list whenever one joins or leaves)
         self.running = 0  # rows in slots
         self.sampling = 0  # rows in slots that draw (not plain greedy): 0 = one argmax for the whole step
         self.queue: deque[Row] = deque()  # rows waiting for a free slot, in arrival order
@@ -168,7 +169,7 @@ class BatchSession:
         self._forward()  # 1. each running row's last token, in one call
         if self.queue:
             self._admit(events)  # 2. queued rows into free slots
-        rows = [r for r in self.rows if r is not None]
+        rows = self.live
         if not rows:
             return events
         ids = self.sample(rows)  # 3. one call: every row's next token
@@ -200,7 +201,7 @@ class BatchSession:
     # -- the steps ----------------------------------------------------------------------------------------------
     def _forward(self) -> None:
         dec, next_ids = self.dec, self._next_ids
-        lengths, capacity = dec.lengths.tolist(), dec.capacity
+        lengths, capacity = dec.length, dec.capacity
         stepping, sliding = [], []  # slots that append their row's token; rows whose context is full
         for r in self.rows:
             if r is None or r.last is None:
@@ -253,9 +254,11 @@ class BatchSession:
             if self.seen is not None:
                 self.seen[r.slot] = False
                 self.seen[r.slot, r.tokens] = True
+        self.live = [r for r in self.rows if r is not None]
 
     def _leave(self, row: Row) -> None:
         self.rows[row.slot] = None
+        self.live = [r for r in self.rows if r is not None]
         self.running -= 1
         self.sampling -= not row.greedy
         self.dec.release(row.slot)

@@ -43,6 +43,7 @@ class Slots:
     def __init__(self, slots: int):
         self.slots = slots
         self.lengths = np.zeros(slots, np.int64)  # [slots] tokens in each slot's context
+        self.length = memoryview(self.lengths)  # the same, read as Python ints (no numpy call per read)
         self.live = np.zeros(slots, bool)  # [slots] slots holding a row
         self.out: np.ndarray | None = None  # [slots, V] the buffer every step writes its logits into, if there is one
 
@@ -205,11 +206,12 @@ class KVBuffers(Slots):
         return out
 
     def _run_step(self) -> np.ndarray:
-        if self.device != "cpu":
-            for name, array in self.host.items():
-                self.values[name].update_inplace(array)
-        out = self._run(self.binding, self.values["logits"], self.out)
-        return out if self.out is not None else out[:, 0]
+        if self.out is not None:  # the CPU: the graph reads the inputs and writes the logits where they are
+            self.gen.session.run_with_iobinding(self.binding)
+            return self.out
+        for name, array in self.host.items():
+            self.values[name].update_inplace(array)
+        return self._run(self.binding, self.values["logits"], None)[:, 0]
 
 
 class PortableKV(Slots):
