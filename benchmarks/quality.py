@@ -1,7 +1,8 @@
 """Model quality of the seed presets, trained here on the real corpora in ../shared/corpora, each beside its
 reference in the same run:
-  shakespeare-char  lmforge's training loop vs a plain PyTorch loop of the same model, batch and schedule:
-                    val loss, wall time, tokens/s for both
+  shakespeare-char  time to quality: lmforge's preset (its own schedule) vs the plain PyTorch loop of nanoGPT's
+                    CPU configuration (2,000 steps of batch 12, lr 1e-3), same threads, one after the other in
+                    the same run: val loss on nanoGPT's own split, wall time, tokens/s, and the wall ratio
   lebanon-gru       next-character accuracy on the held-out 20% of tweets (target >= 45%)
   tinystories-lstm  val perplexity vs a unigram model counted on the same train split, and a generation
                     through the exported directory from a prompt of unseen words
@@ -31,6 +32,7 @@ from lmforge.models import build_model
 from lmforge.training.train import get_batch, lr_at, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REF_SCALE = 1.0  # --quick: the reference loop runs this share of nanoGPT's steps
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 LOCAL = {  # preset -> overrides reading the local copy of its corpus
     "shakespeare-char": {"data.source": "tinyshakespeare.txt"},
@@ -43,14 +45,18 @@ UNSEEN_PROMPT = "Zorblax and Quibbit found a"  # two words no story has
 
 
 def prepared(name: str, corpora: Path, steps: int, threads: int, work: Path, extra: list[str]):
-    overrides = {k: str(corpora / v) if k == "data.source" else v for k, v in LOCAL[name].items()}
+    """The preset with its local corpus (../shared/corpora; the default preset reads its own source) prepared."""
+    from lmforge.data.sources import acquire
+
+    overrides = {k: str(corpora / v) if k == "data.source" else v for k, v in LOCAL.get(name, {}).items()}
     if steps:
         overrides["train.max_steps"] = steps
         overrides["train.eval_interval"] = max(1, steps // 4)
     overrides["train.threads"] = threads
     overrides.update(kv.split("=", 1) for kv in extra)
     cfg = load_config(name, overrides)
-    meta = prepare_corpus(Path(overrides["data.source"]), cfg, work / name / "data")
+    source = Path(overrides["data.source"]) if "data.source" in overrides else acquire(cfg.data.source, work / "cache")
+    meta = prepare_corpus(source, cfg, work / name / "data")
     data = work / name / "data"
     return cfg, meta, open_shard(data, "train"), open_shard(data, "val")
 
@@ -74,9 +80,19 @@ def train_ours(cfg, meta, tr, va, work: Path):
     return model, result, time.perf_counter() - t0
 
 
+# nanoGPT's README, "I only have a macbook": python train.py config/train_shakespeare_char.py --device=cpu
+# --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4
+# --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 (val loss ~1.88), with the config file's
+# learning_rate 1e-3, min_lr 1e-4, warmup_iters 100, beta2 0.99 and train.py's weight_decay 0.1, grad_clip 1.0.
+NANOGPT_CPU = {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64,
+               "model.dropout": 0.0, "model.bias": False, "train.max_steps": 2000, "train.batch_size": 12,
+               "train.grad_accum": 1, "train.lr": 1e-3, "train.min_lr": 1e-4, "train.warmup_steps": 100,
+               "train.beta2": 0.99, "train.weight_decay": 0.1, "train.grad_clip": 1.0}
+
+
 def plain_torch_loop(cfg, meta: dict, tr) -> tuple[torch.nn.Module, float, float]:
-    """The reference: the same model, batch, AdamW and schedule in the shortest loop PyTorch allows
-    (no evaluation, no checkpoints). Returns (model, wall seconds, tokens/s)."""
+    """The reference: cfg's model, batch, AdamW and schedule in the shortest loop PyTorch allows (no
+    evaluation, no checkpoints). Returns (model, wall seconds, tokens/s)."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, meta["vocab_size"])
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -125,24 +141,33 @@ def same_text(a: str, b: str) -> float:
 
 
 def bench_shakespeare(cfg, meta, tr, va, work) -> list[dict]:
-    """lmforge (its prepared contiguous split, its train()) beside nanoGPT's way (its own prepare of the raw
-    file, the shortest plain loop of the same model, batch, AdamW and schedule), in one run; each scored on its
-    own val split, and how much of the two val texts is the same text."""
+    """Time to quality: the plain PyTorch loop of nanoGPT's CPU configuration on nanoGPT's own prepare of the raw
+    file, then lmforge (its prepared contiguous split, its train(), the preset's settings), in one run with the
+    same threads; each scored on its own val split (the same text, see the last row), and lmforge's wall time
+    as a share of the loop's. The preset's defaults are what reaches the loop's loss soonest (docs/quality.md)."""
     from tokenizers import Tokenizer
 
-    model, result, wall = train_ours(cfg, meta, tr, va, work)
-    ours = full_eval(model, cfg, va)
     raw = Path(cfg.data.source).read_text(encoding="utf-8")
     n_tr, n_va, n_vocab, n_val_text = nanogpt_split(raw)
-    ref_model, ref_wall, ref_tps = plain_torch_loop(cfg, {"vocab_size": n_vocab}, n_tr)
-    ref = full_eval(ref_model, cfg, n_va)
+    steps = max(1, int(NANOGPT_CPU["train.max_steps"] * REF_SCALE))  # --quick: a tenth of each side's steps
+    ref_cfg = load_config("shakespeare-char", {**NANOGPT_CPU, "train.threads": cfg.train.threads,
+                                               "train.max_steps": steps,
+                                               "train.warmup_steps": max(1, int(100 * REF_SCALE))})
+    ref_model, ref_wall, ref_tps = plain_torch_loop(ref_cfg, {"vocab_size": n_vocab}, n_tr)
+    ref = full_eval(ref_model, ref_cfg, n_va)
+    model, result, wall = train_ours(cfg, meta, tr, va, work)
+    ours = full_eval(model, cfg, va)
     tok = Tokenizer.from_file(str(work / cfg.name / "data" / "tokenizer.json"))
     our_val_text = tok.decode(np.asarray(va[:-1]).tolist())  # without the closing <eos>
     overlap = same_text(our_val_text, n_val_text)
-    return [row(cfg.name, "val loss (nats/char), nanoGPT's split and a plain PyTorch loop", "nanoGPT CPU config "
-                "~1.88", round(ref["loss"], 4), ref_wall, ref_tps),
-            row(cfg.name, "val loss (nats/char), lmforge's contiguous split and train()", round(ref["loss"], 4),
-                round(ours["loss"], 4), wall, result.tokens_per_s),
+    t = cfg.train
+    recipe = (f"{t.max_steps} steps x batch {t.batch_size}, lr {t.lr:g} -> {t.min_lr:g}, warmup {t.warmup_steps}")
+    return [row(cfg.name, "val loss (nats/char): nanoGPT's CPU config (2000 x 12, lr 1e-3), its split, a plain "
+                "PyTorch loop", "nanoGPT README ~1.88", round(ref["loss"], 4), ref_wall, ref_tps),
+            row(cfg.name, f"val loss (nats/char): lmforge train(), preset ({recipe}), its contiguous split",
+                round(ref["loss"], 4), round(ours["loss"], 4), wall, result.tokens_per_s),
+            row(cfg.name, "time to quality: lmforge wall / plain loop wall (goal <= 0.5 at a val loss <= the "
+                "loop's)", "-", f"{wall / ref_wall:.3f} at {ours['loss'] - ref['loss']:+.4f} nats/char"),
             row(cfg.name, "val texts: characters (nanoGPT / lmforge), share in common", "-",
                 f"{len(n_val_text)} / {len(our_val_text)}, {overlap:.5f}")]
 
@@ -208,7 +233,44 @@ def bench_imdb(cfg, meta, tr, va, work) -> list[dict]:
                 f"unigram {uni:.3f}", " > ".join(map(str, trend)), wall, result.tokens_per_s)]
 
 
-BENCHES = {"shakespeare-char": bench_shakespeare, "lebanon-gru": bench_lebanon,
+def english_share(text: str, vocabulary: set[str]) -> tuple[float, int]:
+    """The share of the words in `text` (letters and apostrophes, lower-cased) found in `vocabulary`, and their
+    number."""
+    import re
+
+    words = [w.lower() for w in re.findall(r"[A-Za-z']+", text) if w.strip("'")]
+    return (sum(w in vocabulary for w in words) / len(words) if words else 0.0), len(words)
+
+
+def bench_default(cfg, meta, tr, va, work) -> list[dict]:
+    """The default preset (`make run`): val bits per character, and samples at the exported temperature and
+    top-k from each eval prompt: how many of their words are words of the training text, and none empty."""
+    import re
+
+    from tokenizers import Tokenizer
+
+    from lmforge.training.evaluate import sample_text
+
+    model, result, wall = train_ours(cfg, meta, tr, va, work)
+    ev = full_eval(model, cfg, va)
+    tok = Tokenizer.from_file(str(work / cfg.name / "data" / "tokenizer.json"))
+    vocabulary = {w.lower() for w in re.findall(r"[A-Za-z']+", tok.decode(np.asarray(tr).tolist()))}
+    ids, samples = meta["special_ids"], []
+    for i, prompt in enumerate(cfg.eval.prompts * 4):
+        start = [ids["bos"]] + tok.encode(prompt, add_special_tokens=False).ids
+        out = sample_text(model, start, cfg.export.max_new_tokens, cfg.model.block_size,
+                          temperature=cfg.export.temperature, top_k=cfg.export.top_k, seed=i, eos=ids["eos"])
+        samples.append(prompt + tok.decode(out))
+    share, words = english_share(" ".join(samples), vocabulary)
+    return [row(cfg.name, "val bits per character", "-", round(ev["loss"] / math.log(2), 4), wall,
+                result.tokens_per_s),
+            row(cfg.name, f"share of the {words} words of {len(samples)} samples (T={cfg.export.temperature}, top-k "
+                f"{cfg.export.top_k}) found in the training text", "-", round(share, 4)),
+            row(cfg.name, "empty samples", "0", sum(not s.strip() for s in samples)),
+            *[row(cfg.name, f"sample {i}", "-", s) for i, s in enumerate(samples[:4])]]
+
+
+BENCHES = {"jokes-char": bench_default, "shakespeare-char": bench_shakespeare, "lebanon-gru": bench_lebanon,
            "tinystories-lstm": bench_tinystories, "imdb-gpt": bench_imdb}
 
 
@@ -228,18 +290,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpora", type=Path, default=CORPORA)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every contender")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra preset override")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: jokes-char and shakespeare-char, each side "
+                    "(the reference loop too) at a tenth of its steps")
     args = ap.parse_args(argv)
+    if args.quick:
+        global REF_SCALE
+        REF_SCALE = 0.1
+        args.only = args.only or ["jokes-char", "shakespeare-char"]
     torch.set_num_threads(args.threads)
     rows, started = [], time.strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="lmforge-quality-") as tmp:
         for name in args.only or list(BENCHES):
-            cfg, meta, tr, va = prepared(name, args.corpora, args.steps, args.threads, Path(tmp), args.set)
+            steps = args.steps or (max(10, load_config(name).train.max_steps // 10) if args.quick else 0)
+            cfg, meta, tr, va = prepared(name, args.corpora, steps, args.threads, Path(tmp), args.set)
             print(f"{name}: {meta['train']['tokens']} train / {meta['val']['tokens']} val tokens, "
                   f"vocabulary {meta['vocab_size']}, {cfg.train.max_steps} steps", file=sys.stderr)
             rows += BENCHES[name](cfg, meta, tr, va, Path(tmp))
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else ["-"]
     header = (f"# quality {started}\n\n`{command.strip()}` on {platform.processor() or platform.machine()}, "
-              f"{args.threads} torch threads, torch {torch.__version__}")
+              f"{args.threads} torch threads, torch {torch.__version__}, load average at the end {' '.join(load)}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"quality-{started}"
     for suffix, text in ((".json", json.dumps({"command": command.strip(), "threads": args.threads, "rows": rows},

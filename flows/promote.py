@@ -7,9 +7,11 @@ from lmforge.tasks.promote import promote_candidate, rollback_champion
 
 
 @flow(name="lmforge-promote")
-def promote(name: str = "jokes-char", margin: float = 0.01, force: bool = False, version: str | None = None,
-            gate: float = 0.75, by: str | None = None) -> dict:
-    return promote_candidate(name, margin, force, version, gate, by)
+def promote(name: str = "jokes-char", margin: float | None = None, force: bool = False,  # a flow: its parameters
+            version: str | None = None, gate: float | None = None, by: str | None = None,
+            preset: str | None = None) -> dict:
+    """margin / gate None: the [promote] section of the config the candidate was trained with (or of `preset`)."""
+    return promote_candidate(name, margin=margin, force=force, version=version, gate=gate, by=by, preset=preset)
 
 
 @flow(name="lmforge-rollback")

@@ -15,14 +15,17 @@ from lmforge.core.errors import LmforgeError
 from lmforge.core.interrupt import Interrupted
 
 EXAMPLES = {
-    "run": "lmforge run --preset shakespeare-char --set data.source=../shared/corpora/tinyshakespeare.txt --json",
+    "run": "lmforge run --set data.source=my_jokes.csv            (registers model `my-jokes`)\n"
+           "  lmforge run --preset shakespeare-char --set data.source=../shared/corpora/tinyshakespeare.txt "
+           "--name shakespeare-char --json",
     "prepare": "lmforge prepare --preset lebanon-gru --set data.source=../shared/corpora/ArSenTD-LEV.tsv",
     "generate": 'lmforge generate --model models:/jokes-char@candidate --prompt "Why" --max-new-tokens 80',
     "presets": "lmforge presets",
     "bench": "lmforge bench decode --quick --json",
-    "runs": "lmforge runs --limit 5",
-    "report": "lmforge report 3f2a9c1b --out report.html",
-    "promote": "lmforge promote jokes-char --margin 0.01",
+    "runs": "lmforge runs --limit 5\n  lmforge runs --follow      (the newest deployment run's log, live, to its end)",
+    "report": "lmforge report 3f2a9c1b --out report.html\n  lmforge report --compare jokes-char@candidate jokes-char@champion",
+    "promote": "lmforge promote jokes-char              (margin and gate: the candidate's [promote] section)\n"
+               "  lmforge promote jokes-char --preset configs/jokes-char.toml --margin 0.02",
     "rollback": "lmforge rollback jokes-char",
     "doctor": "lmforge doctor --pool lmforge-cpu",
     "schedule": "lmforge schedule setup --stuck-after 900   (alerts go to $LMFORGE_ALERT_WEBHOOK)\n"
@@ -65,16 +68,21 @@ def _flow_call(args, module: str, name: str) -> dict:
     the API checked or a temporary server, Ctrl-C handled, on Dask workers with --dask)."""
     import importlib
 
-    from lmforge.core.config import load_config
+    from lmforge.core.config import DEFAULT_PRESET, load_config
     from lmforge.ops.orchestration import prefect_env, run_flow
 
     prefect_env()
     overrides = _overrides(args.set)
+    if args.name:
+        overrides["name"] = args.name
     if args.dask:
         overrides.setdefault("data.parts", str(DASK_PARTS))
-    load_config(args.preset, overrides)
+    if getattr(args, "continue_run", False):
+        overrides["train.continue_run"] = "true"
+    cfg = load_config(args.preset, overrides)  # the one parse: the flow takes this Config as it is
     flow = getattr(importlib.import_module(module), name)
-    return run_flow(flow, args.dask, preset=args.preset or "jokes-char", overrides=overrides, wait=not args.no_wait)
+    return run_flow(flow, args.dask, preset=args.preset or DEFAULT_PRESET, overrides=overrides,
+                    wait=not args.no_wait, config=cfg)
 
 
 def cmd_run(args) -> int:
@@ -194,28 +202,41 @@ def cmd_export_hf(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from lmforge.core.config import list_presets
+    from lmforge.core.config import CHECKPOINT_HOWTO, list_presets, needs_checkpoint
 
     presets = list_presets()
     width = max(map(len, presets), default=0)
     for name, description in presets.items():
         print(f"{name:<{width}}  {description}")
+    for name in needs_checkpoint():
+        howto = CHECKPOINT_HOWTO[:1].upper() + CHECKPOINT_HOWTO[1:]
+        print(f"\n{name} needs a local GPT-2 checkpoint (lmforge downloads no weights). {howto}; copy gpt2-local "
+              f"to this machine, then:\n  lmforge run --preset {name} --set model.pretrained=/path/to/gpt2-local")
     return 0
 
 
 def cmd_runs(args) -> int:
+    if args.follow is not None:
+        from lmforge.ops.follow import follow
+        from lmforge.ops.orchestration import configured_api, prefect_env
+
+        prefect_env()
+        configured_api("runs --follow")
+        return 0 if follow(args.follow or None) == "Completed" else 1
     from lmforge.registry.tracking import recent_runs
 
     rows = recent_runs(args.limit)
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'started':<16}  {'run id':<12}  {'run':<28} {'status':<9} {'version':<8} {'aliases':<18} val_loss")
+    print(f"{'started':<16}  {'run id':<12}  {'run':<28} {'status':<9} {'version':<8} {'aliases':<18} "
+          f"{'val_loss':<8} val_bpb")
     for r in rows:
         version = f"v{r['version']}" if r["version"] else "-"
-        val = r["metrics"].get("val_loss")
+        val, bpb = r["metrics"].get("val_loss"), r["metrics"].get("val_bits_per_byte")
         print(f"{r['start']:<16}  {r['run_id'][:12]}  {r['name']:<28} {r['status']:<9} {version:<8} "
-              f"{','.join(r['aliases']) or '-':<18} {'-' if val is None else f'{val:.4f}'}")
+              f"{','.join(r['aliases']) or '-':<18} {'-' if val is None else f'{val:.4f}':<8} "
+              f"{'-' if bpb is None else f'{bpb:.4f}'}")
     return 0
 
 
@@ -231,9 +252,17 @@ def _promotion_call(flow_name: str, **parameters) -> dict:
 def cmd_promote(args) -> int:
     from lmforge.registry.promote import candidate_version
 
-    candidate_version(args.name, args.version)  # a missing model or version fails before Prefect starts
-    _emit(_promotion_call("promote", name=args.name, margin=args.margin, force=args.force, version=args.version,
-                          gate=args.gate, by=args.by), args.json)
+    from lmforge.registry.promote import settings
+
+    cand = candidate_version(args.name, args.version)  # a missing model or version fails before Prefect starts
+    settings(cand, args.preset, margin=args.margin, gate=args.gate)  # so does a bad preset or margin
+    result = _promotion_call("promote", name=args.name, margin=args.margin, force=args.force, version=args.version,
+                             gate=args.gate, by=args.by, preset=args.preset)
+    _emit(result, args.json)
+    if not args.json:
+        from lmforge.registry.promote import decision_line
+
+        print(decision_line(result))
     return 0
 
 
@@ -326,9 +355,20 @@ def cmd_serve_model(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.compare:
+        from lmforge.registry.report import write_comparison
+
+        if args.run_id:
+            raise LmforgeError("give either RUN_ID or --compare CANDIDATE CHAMPION",
+                               hint="lmforge report --compare jokes-char@candidate jokes-char@champion")
+        print(write_comparison(*args.compare, out=args.out, preset=args.preset))
+        return 0
     from lmforge.registry.report import write_report
     from lmforge.registry.tracking import resolve_run_id
 
+    if not args.run_id:
+        raise LmforgeError("`lmforge report` needs a run id, or --compare CANDIDATE CHAMPION",
+                           hint="`lmforge runs` lists run ids")
     print(write_report(resolve_run_id(args.run_id), args.out))
     return 0
 
@@ -365,12 +405,22 @@ def build_parser() -> argparse.ArgumentParser:
                             ("prepare", "Acquire, clean, tokenize and shard a corpus only.", cmd_prepare)):
         sp = add(name, help_, fn)
         sp.add_argument("--preset", help="preset name (`lmforge presets`) or a .toml path; default jokes-char")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key: SECTION.KEY=VALUE (train.max_steps=50, data.source=PATH), "
+                             "name=NAME (the registered model), description=TEXT (the model card's first "
+                             "paragraph); an unknown key lists the valid ones")
+        sp.add_argument("--name", help="the registered model's name (same as --set name=NAME); default: the "
+                        "preset's, or for data.source other than the preset's own, the data's file name "
+                        "(my_jokes.csv -> my-jokes)")
         sp.add_argument("--json", action="store_true", help="print the result as one JSON line")
         sp.add_argument("--dask", metavar="local:N|tcp://HOST:PORT",
                         help=f"clean and encode data in parts on Dask workers (data.parts defaults to {DASK_PARTS})")
         sp.add_argument("--no-wait", action="store_true",
                         help="stop at once when another process holds this config's data or run directory")
+        if name == "run":
+            sp.add_argument("--continue", dest="continue_run", action="store_true",
+                            help="train a finished run of this config and data on to a larger train.max_steps, from "
+                                 "its last step (docs/scheduling.md); = --set train.continue_run=true")
 
     g = add("generate", "Generate text with onnxruntime from a model directory or models:/NAME@ALIAS.", cmd_generate)
     g.add_argument("--model", required=True, help="exported model directory or models:/NAME@ALIAS (or /VERSION)")
@@ -408,19 +458,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["decode"], help="decode: torch vs transformers vs onnxruntime decoding speed")
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark: --quick, --new-tokens N, --json")
     add("presets", "List the presets, one line each.", cmd_presets)
-    r = add("runs", "List recent runs with their metrics.", cmd_runs)
-    r.add_argument("--limit", type=int, default=10)
-    r.add_argument("--json", action="store_true")
-    rep = add("report", "Write a self-contained HTML report of one run (loss plot, metrics, samples).", cmd_report)
-    rep.add_argument("run_id", metavar="RUN_ID", help="MLflow run id or any unique prefix of it (`lmforge runs`)")
-    rep.add_argument("--out", help="output file; default report-<run id>.html")
+    r = add("runs", "List recent runs with their metrics; --follow: print a deployment run's log as it runs "
+            "(losses, samples, the version it registers, the promotion) until it ends.", cmd_runs)
+    r.add_argument("--limit", type=int, default=10, help="runs listed (default 10)")
+    r.add_argument("--json", action="store_true", help="print the runs as one JSON list")
+    r.add_argument("--follow", nargs="?", const="", metavar="FLOW_RUN",
+                   help="follow this flow run (id or name; default: the newest run of an lmforge deployment) on "
+                        "the Prefect server PREFECT_API_URL names; exit 0 when it completes, 1 otherwise")
+    rep = add("report", "Write a self-contained HTML report of one run (loss plot, metrics, samples), or of two "
+              "versions side by side (--compare).", cmd_report)
+    rep.add_argument("run_id", metavar="RUN_ID", nargs="?",
+                     help="MLflow run id or any unique prefix of it (`lmforge runs`)")
+    rep.add_argument("--compare", nargs=2, metavar=("CANDIDATE", "CHAMPION"),
+                     help="two registered versions (NAME@ALIAS, NAME/VERSION or models:/...): both loss curves on one "
+                          "plot, their scores in bits per byte on the candidate's val text, and their continuations "
+                          "of the same prompts side by side")
+    rep.add_argument("--preset", help="--compare: read the prompts and sampling settings of this preset (default: "
+                     "the candidate's config)")
+    rep.add_argument("--out", help="output file; default report-<run id>.html (report-compare-....html)")
     pro = add("promote", "Move alias `champion` to `candidate` (or --version N) when it wins on held-out data "
               "neither was trained on.", cmd_promote)
     pro.add_argument("name", metavar="NAME", help="registered model name (the preset's name)")
     pro.add_argument("--version", help="promote this version instead of `candidate`")
-    pro.add_argument("--margin", type=float, default=0.01, help="nats/token the candidate must win by")
-    pro.add_argument("--gate", type=float, default=0.75,
-                     help="with no champion yet: nats/token it must beat the val windows' unigram entropy by")
+    pro.add_argument("--preset", help="read the [promote] section (margin, gate, windows) and the prompts from this "
+                     "preset (a name or .toml path) instead of the config the candidate was trained with")
+    pro.add_argument("--margin", type=float, help="bits per byte of val text the candidate must win by (default: "
+                     "promote.margin of the candidate's config, or of --preset)")
+    pro.add_argument("--gate", type=float, help="with no champion yet: bits per byte it must beat the unigram model "
+                     "of its own tokens by (default: promote.gate, as --margin)")
     pro.add_argument("--force", action="store_true", help="promote whatever the comparison says")
     pro.add_argument("--by", help="who decides (recorded on the version; default: your user name)")
     pro.add_argument("--json", action="store_true", help="print the result as one JSON line")

@@ -26,3 +26,15 @@ def run_policy() -> Policy:
             raise LmforgeError(f"this deployment run's job_variables set {named[0]}, the operator's setting",
                                hint="set the policy in the worker's environment (docs/security.md), not per run")
     return load_policy(deployment=deployment)
+
+
+def parsed_config(preset: str, overrides: dict | None, config, policy: Policy):
+    """The flow's Config: the one the CLI parsed (`config`), or preset + overrides parsed here within the policy.
+    A deployment run parses its own: a Config handed in as a parameter came from whoever triggered the run and
+    skipped the operator's policy."""
+    from lmforge.core.config import load_config
+
+    if config is not None and policy.deployment:
+        raise LmforgeError("a deployment run takes `preset` and `overrides`, not a parsed `config`",
+                           hint="pass --params '{\"preset\": ..., \"overrides\": {...}}'")
+    return config if config is not None else load_config(preset, overrides, policy)

@@ -8,7 +8,8 @@ from prefect.runtime import flow_run
 from lmforge.registry import tracking
 from lmforge.core.config import Config
 from lmforge.core.records import Exported, PreparedData, Registered, Trained
-from lmforge.registry.review import model_card, run_summary, version_tags
+from lmforge.registry.promote import val_text_score
+from lmforge.registry.review import lineage_tags, model_card, run_summary, version_tags
 from lmforge.tasks import retry_unless_user_error
 from lmforge.core.redact import redact_text
 from lmforge.tasks.promote import artifact_key
@@ -18,7 +19,8 @@ from lmforge.tasks.promote import artifact_key
 def start_tracking(cfg: Config, run_name: str) -> str:
     uri = tracking.check_tracking_server()
     run_id = tracking.start_run(f"lmforge-{cfg.name}", run_name, cfg.flat(),
-                                tags={"preset": cfg.name, "prefect_flow_run_id": str(flow_run.get_id())})
+                                tags={"model": cfg.name, "preset": cfg.preset,
+                                      "prefect_flow_run_id": str(flow_run.get_id())})
     get_run_logger().info("MLflow run %s at %s", run_id, redact_text(uri))
     return run_id
 
@@ -38,10 +40,18 @@ def mark_mlflow_run_failed(flow, flow_run_, state) -> None:
 def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedData, trained: Trained,
                    metrics: dict, samples: list[dict]) -> Registered:
     """Register the exported model (or re-use an identical version: a retry after a partial failure, or a re-run
-    of a finished, unchanged config) and end the MLflow run."""
-    tags = version_tags(cfg, data, trained, exported, metrics, tracking.git_commit())
-    version, reused = tracking.register_model(run_id, exported.model_dir, cfg.name, tags,
-                                              description=model_card(cfg, data, metrics, samples), val_dir=data.dir,
+    of a finished, unchanged config) and end the MLflow run. The version's score (bits per byte of its val text,
+    lmforge.registry.promote.val_text_score) is logged to the run and tagged."""
+    scores = val_text_score(exported.model_dir, data.dir, cfg.promote.text_bytes)
+    if scores:
+        tracking.log_metrics(run_id, {"val_bits_per_byte": scores["bits_per_byte"],
+                                      "val_bits_per_char": scores["bits_per_char"]}, trained.steps)
+    lineage = lineage_tags(trained)
+    tags = {**version_tags(cfg, data, trained, exported, metrics, git_commit=tracking.git_commit(), scores=scores),
+            **lineage}
+    card = model_card(cfg, data, metrics, samples, run_id=run_id, scores=scores, lineage=lineage)
+    version, reused = tracking.register_model(run_id, exported.model_dir, cfg.name, tags, description=card,
+                                              val_dir=data.dir, model_description=card.split("\n\n")[1],
                                               example_prompt=cfg.eval.prompts[0] if cfg.eval.prompts else "")
     tracking.end_run(run_id)
     if reused:

@@ -185,11 +185,12 @@ def test_corpus_shorter_than_one_context_window(prefect_server, capsys, preset, 
     from lmforge.core.layout import RunLayout
     from lmforge.registry.tracking import client
 
-    layout = RunLayout.for_config(load_config(str(preset), o))
+    cfg = load_config(str(preset), o)  # named after its data, short.txt: not the preset's own source
+    layout = RunLayout.for_config(cfg)
     assert layout.run_dirs() == []  # the data did not fit: no run directory was made
-    assert client().search_model_versions("name='badinput'") == []
-    exp = client().get_experiment_by_name("lmforge-badinput")
-    run_name = f"badinput-{layout.weights}"
+    assert client().search_model_versions(f"name='{cfg.name}'") == []
+    exp = client().get_experiment_by_name(f"lmforge-{cfg.name}")
+    run_name = f"{cfg.name}-{layout.weights}"
     runs = client().search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
     assert runs and {r.info.status for r in runs} == {"FAILED"}  # the flow's on_failure hook closed it
 

@@ -64,10 +64,11 @@ def test_runs_json_lists_the_run_with_val_loss(run_result, capsys):
 def test_runs_table_shows_version_aliases_and_val_loss(run_result, capsys):
     assert main(["runs", "--limit", "50"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["started", "run", "id", "run", "status", "version", "aliases", "val_loss"]
+    assert out[0].split() == ["started", "run", "id", "run", "status", "version", "aliases", "val_loss", "val_bpb"]
     line = next(ln for ln in out if run_result["run_id"][:12] in ln)
-    val = logged_metrics(run_result["run_id"])["val_loss"]
-    assert f"v{run_result['model_version']} " in line and " candidate " in line and line.endswith(f"{val:.4f}")
+    val, bpb = (logged_metrics(run_result["run_id"])[k] for k in ("val_loss", "val_bits_per_byte"))
+    assert f"v{run_result['model_version']} " in line and " candidate " in line
+    assert line.endswith(f"{val:.4f}   {bpb:.4f}")
 
 
 def test_report_takes_the_run_id_prefix_that_runs_shows(run_result, tmp_path, capsys):

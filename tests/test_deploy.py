@@ -114,7 +114,8 @@ def test_readme_scheduling_block_creates_all_six_deployments(readme_sequence):
     for name, pool in DEPLOYMENTS.items():
         shown = json.loads(prefect(env, "deployment", "inspect", f"lmforge-pipeline/{name}", "--output",
                                    "json").stdout)
-        assert shown["parameters"] == {"preset": name, "overrides": {"promote.auto": True}}  # nightly promotion
+        warm = {"train.init_from": "champion"} if name == "jokes-char" else {}  # nightly warm starts
+        assert shown["parameters"] == {"preset": name, "overrides": {"promote.auto": True, **warm}}  # and promotion
         assert shown["work_pool_name"] == pool
         assert shown["global_concurrency_limit"]["limit"] == 1  # one run at a time; the next one waits
         assert shown["concurrency_options"]["collision_strategy"] == "ENQUEUE"
@@ -198,3 +199,22 @@ def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_run(server):
         assert resumed["metrics"][key] == reference["metrics"][key], key  # bitwise
     # the same registry: the uninterrupted run's weights, data and export are those of the resumed run's version
     assert reference["reused"] and reference["model_version"] == resumed["model_version"]
+
+
+def test_prefect_config_set_persists_in_the_profile_until_unset(tmp_path):
+    """README: `prefect config set PREFECT_API_URL=...` is saved in the profile ($PREFECT_HOME/profiles.toml),
+    so a later `lmforge run` in another process needs that server (one line when it is down) until
+    `prefect config unset PREFECT_API_URL`."""
+    env = isolated_env(tmp_path, 0)
+    down = f"http://127.0.0.1:{free_port()}/api"  # a server that has stopped
+    prefect(env, "config", "set", f"PREFECT_API_URL={down}")
+    assert f'PREFECT_API_URL = "{down}"' in (tmp_path / "prefect-home" / "profiles.toml").read_text()
+    out = subprocess.run([sys.executable, "-m", "lmforge.cli", "run", "--set", "train.max_steps=1"], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"the Prefect API at {down} (PREFECT_API_URL) does not answer" in out.stderr
+    assert "prefect config unset PREFECT_API_URL" in out.stderr
+    assert "PREFECT_API_URL" in prefect(env, "config", "view").stdout
+    prefect(env, "config", "unset", "PREFECT_API_URL")
+    assert "PREFECT_API_URL" not in (tmp_path / "prefect-home" / "profiles.toml").read_text()
+    assert "PREFECT_API_URL" not in prefect(env, "config", "view").stdout

@@ -81,7 +81,7 @@ def test_nproc_2_launch_returns_the_training_summary(tmp_path):
                                  "train.max_steps": 4, "train.eval_interval": 2, "train.eval_iters": 2,
                                  "train.batch_size": 4, "train.warmup_steps": 1, "train.device": "cpu",
                                  "train.threads": 1, "train.nproc": 2})
-    summary = distributed.launch(cfg, tmp_path / "data", 23, tmp_path / "ckpt", cfg.train.nproc, timeout_s=120)
+    summary = distributed.launch(cfg, tmp_path / "data", 23, tmp_path / "ckpt", timeout_s=120)
     result = TrainResult(**summary)  # exactly the fields in-process training returns
     assert set(summary) == {f.name for f in dataclasses.fields(TrainResult)}
     assert result.steps == 4 and result.resumed_from == 0 and [h["step"] for h in result.history] == [2, 4]

@@ -3,14 +3,19 @@ promotion flow names a champion, and the champion is served back by alias. With 
 fails at its first task with a clear message and trains nothing."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY
 from test_deploy import free_port, stop, wait_http
+
+from lmforge.web.browser import Chromium, find_chromium
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -47,6 +52,14 @@ def test_pipeline_and_promotion_through_the_server(prefect_server, mlflow_server
     assert str(c.get_model_version_by_alias("jokes-char", "champion").version) == result["model_version"]
     model_dir = fetch_model_dir("models:/jokes-char@champion", tmp_path / "champion")
     assert Generator(model_dir).generate("Why", max_new_tokens=8, temperature=0) != ""
+    # the model card's loss curve: a markdown image whose link the server's UI answers from the run's artifacts
+    card = c.get_model_version("jokes-char", result["model_version"]).description
+    link = re.search(r"!\[loss curve[^\]]*\]\((get-artifact\?[^)]+)\)", card).group(1)
+    assert f"run_uuid={result['run_id']}" in link
+    with urllib.request.urlopen(f"{mlflow_server}/{link}", timeout=30) as resp:
+        assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
+    if find_chromium():  # and the UI's version page shows it (CI has chromium; the test says so when skipped)
+        assert loss_image_width(mlflow_server, result["model_version"]) > 0
 
 
 def test_server_down_fails_first_with_a_clear_message(prefect_server, monkeypatch):
@@ -62,3 +75,17 @@ def test_server_down_fails_first_with_a_clear_message(prefect_server, monkeypatc
         pipeline(preset="jokes-char", overrides=overrides)
     layout = RunLayout.for_config(load_config("jokes-char", overrides))
     assert layout.run_dirs() == [] and not layout.prepared.exists()  # it stopped before any work
+
+
+def loss_image_width(server: str, version: str, timeout: float = 90) -> int:
+    """The rendered width of the card's loss curve on the MLflow UI's version page, in a headless Chromium."""
+    with Chromium() as browser:
+        page = browser.open(f"{server}/#/models/jokes-char/versions/{version}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            width = page.evaluate("(() => { const i = [...document.images].find(i => i.src.includes("  # alt is sanitized
+                                  "'get-artifact?path=plots%2Floss.png')); return i && i.complete ? i.naturalWidth : 0 })()")
+            if width:
+                return int(width)
+            time.sleep(1)
+    return 0

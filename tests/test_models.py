@@ -175,3 +175,21 @@ def test_hf_gpt2_rejects_a_larger_tokenizer(gpt2_dir):
 def test_hf_gpt2_training_context_must_fit_the_checkpoint(gpt2_dir):
     with pytest.raises(LmforgeError, match="exceeds the checkpoint's 64 positions"):
         build_model(ModelConfig(family="hf-gpt2", pretrained=str(gpt2_dir), block_size=128), 100)
+
+
+def test_a_training_sample_is_never_empty():
+    """The sample logged at each evaluation: a model that would end at once (<eos> first) still says something."""
+    import torch
+
+    from lmforge.training.evaluate import sample_text
+
+    class EndsAtOnce(torch.nn.Module):
+        def forward(self, ids, state=None):
+            logits = torch.zeros(ids.shape[0], ids.shape[1], 5)
+            logits[..., 3] = 50.0  # <eos>
+            logits[..., 1] = 10.0
+            return logits, None
+
+    model = EndsAtOnce()
+    model.dummy = torch.nn.Parameter(torch.zeros(1))  # a device to read
+    assert sample_text(model, [2], 10, 8, eos=3) == [1]  # one token, then <eos>

@@ -12,11 +12,15 @@ HTTP receiver standing in for the alert webhook. In order:
   comparison is refused completes, kept, with the reason), and stops on Ctrl-C with the deployment paused;
 - meanwhile a run left Late and a run left Pending each fire their automation's webhook;
 - a run from the GPU pool trains holding a slot of the pool's global concurrency limit (the CPU pool's runs
-  none), and, better than the champion, replaces it."""
+  none), and, better than the champion, replaces it;
+- each promotion decision (promoted, kept, refused, a person's rollback) POSTs one alert with its reason and scores;
+- a run that fails inside a task and one whose process is killed (Crashed) each POST one alert.
+The nightly run is followed from the terminal with `lmforge runs --follow`, as README's block does."""
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -179,10 +183,12 @@ def version_of(flow_run_id):
     a string, as the registry's tags and aliases hold it."""
     from lmforge.registry import tracking
 
+    from lmforge.registry.review import facts
+
     c = tracking.client()
     for mv in c.search_model_versions("name='jokes-char'"):
         if c.get_run(mv.run_id).data.tags.get("prefect_flow_run_id") == str(flow_run_id):
-            return SimpleNamespace(version=str(mv.version), tags=mv.tags)
+            return SimpleNamespace(version=str(mv.version), tags=facts(mv))
     raise AssertionError(f"no version registered by flow run {flow_run_id}")
 
 
@@ -234,9 +240,9 @@ def test_doctor_flags_a_pool_without_a_worker_and_passes_once_one_polls(ops):
 
 
 def run_nightly_block(ops: Ops) -> dict:
-    """README's nightly block, line by line (each must exit 0 without a traceback). Its deployment run goes in
-    the background; once it is Running a second, weak run of the same deployment is created, and both states are
-    sampled until the first ends."""
+    """README's nightly block, line by line (each must exit 0 without a traceback). Its deployment run is created
+    with TINY overrides; `lmforge runs --follow` follows it in the background; once it is Running a second, weak
+    run of the same deployment is created, and both states are sampled until the first ends."""
     env, outputs, record = dict(ops.env), {}, {}
     for line in NIGHTLY:
         words = shlex.split(line)
@@ -246,7 +252,9 @@ def run_nightly_block(ops: Ops) -> dict:
             continue
         cmd = [sys.executable, "-m", "lmforge.cli", *words[1:]] if words[0] == "lmforge" else [PREFECT, *words[1:]]
         if words[:3] == ["prefect", "deployment", "run"]:
-            record = run_two(ops, env, cmd + ["--params", json.dumps({"overrides": FIRST})])
+            cmd += ["--params", json.dumps({"overrides": FIRST})]
+        if words[:3] == ["lmforge", "runs", "--follow"]:
+            record = run_two(ops, env, cmd)
             outputs[line] = record.pop("output")
             continue
         out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -258,7 +266,7 @@ def run_nightly_block(ops: Ops) -> dict:
 
 
 def run_two(ops: Ops, env: dict, cmd: list[str]) -> dict:
-    watch = ops.spawn("nightly-run", cmd, env)
+    watch = ops.spawn("nightly-run", cmd, env)  # `lmforge runs --follow`: the run created by the line before
     with ops.client() as c:
         dep = c.read_deployment_by_name("lmforge-pipeline/jokes-char")
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -301,7 +309,14 @@ def test_readme_nightly_block_runs_as_written(ops, nightly, registry):
     assert "fires after 900 s" in out["lmforge schedule setup"]  # automations.yaml's default threshold
     assert not [line for line in out["lmforge doctor --pool lmforge-cpu"].splitlines() if line.startswith("fail")]
     assert "lmforge-pipeline/jokes-char: schedule 0 2 * * * UTC on" in out["lmforge schedule on jokes-char"]
-    assert "Completed" in out["prefect deployment run lmforge-pipeline/jokes-char --watch"]
+    assert "Created flow run" in out["prefect deployment run lmforge-pipeline/jokes-char"]
+    followed = out["lmforge runs --follow"]  # the run's training, from the terminal, to its end
+    first = version_of(nightly["first"]).version
+    assert followed.startswith("following flow run ") and followed.rstrip().endswith(": Completed")
+    assert "step 75  train " in followed and "step 150  train " in followed and "sample at step 150: " in followed
+    assert f"registered jokes-char version {first} (alias candidate)" in followed
+    assert f"promotion of jokes-char v{first}: promoted: first champion: " in followed
+    assert followed.index("registered jokes-char") < followed.index("promotion of jokes-char")
     assert "champion" in out["lmforge runs --limit 3"]
     assert out["lmforge generate --model models:/jokes-char@champion --prompt Why"].startswith("Why")
     off = lmforge(ops.env, "schedule", "off", "jokes-char")
@@ -324,11 +339,12 @@ def test_a_second_run_of_a_deployment_waits_for_the_first(ops, nightly):
 def test_deployment_runs_promote_only_a_winner_and_record_why(ops, nightly, registry):
     first, second = version_of(nightly["first"]), version_of(nightly["second"])
     assert first.tags["promotion_decision"] == "promoted"
-    assert first.tags["promotion_reason"].startswith("first champion: its val loss")
+    assert first.tags["promotion_reason"].startswith("first champion: its ")
     assert first.tags["promotion_by"].startswith("lmforge-pipeline/jokes-char (flow run ")
     assert second.tags["promotion_decision"] == "kept"
-    assert second.tags["promotion_reason"] == "candidate does not beat champion by more than 0.01 nats/token"
+    assert second.tags["promotion_reason"].startswith("candidate does not beat champion by more than 0.01 bits per byte")
     assert second.tags["promotion_previous_champion"] == first.version
+    assert float(second.tags["promotion_candidate_bpb"]) > float(second.tags["promotion_champion_bpb"])
     assert float(second.tags["promotion_candidate_loss"]) > float(second.tags["promotion_champion_loss"])
     assert aliases() == {"champion": first.version, "candidate": second.version}
     summary = artifact(ops, nightly["second"], "run-jokes-char")
@@ -421,13 +437,13 @@ def test_serve_runs_prefect_yamls_schedule_without_a_worker_and_stops_on_ctrl_c(
 
 def test_a_refused_comparison_keeps_the_champion_and_the_run_completes(ops, nightly, served, registry):
     champion, kept = version_of(nightly["first"]).version, version_of(served["run"])
-    assert kept.tags["promotion_decision"] == "kept"
-    reason = kept.tags["promotion_reason"]  # the contiguous split's train text makes another character vocabulary
+    assert kept.tags["promotion_decision"] == "refused"
+    reason = kept.tags["promotion_reason"]  # a contiguous split of the corpus: its val text is the champion's train
     assert reason.startswith(f"not compared: jokes-char: cannot compare v{kept.version} with champion v{champion} "
                              "fairly: ")
-    assert "different tokenizers" in reason and "--force" in reason
+    assert "trained on different data (contiguous split of corpus" in reason and "--force" in reason
     assert aliases()["champion"] == champion
-    assert "## Promotion: kept" in artifact(ops, served["run"], "run-jokes-char")
+    assert "## Promotion: refused" in artifact(ops, served["run"], "run-jokes-char")
 
 
 def test_runs_left_late_or_pending_fire_the_alert_webhook(ops, stuck):
@@ -514,7 +530,90 @@ def test_training_on_the_gpu_pool_holds_a_slot_of_its_limit(ops, nightly, served
 def test_a_later_run_that_wins_replaces_the_champion(ops, nightly, gpu_run, registry):
     first, better = version_of(nightly["first"]), version_of(gpu_run)
     assert better.tags["promotion_decision"] == "promoted"
-    assert better.tags["promotion_reason"] == "candidate beats champion by more than 0.01 nats/token"
+    assert better.tags["promotion_reason"].startswith("candidate beats champion by more than 0.01 bits per byte")
     assert better.tags["promotion_previous_champion"] == first.version
-    assert float(better.tags["promotion_champion_loss"]) - float(better.tags["promotion_candidate_loss"]) > 0.01
+    assert float(better.tags["promotion_champion_bpb"]) - float(better.tags["promotion_candidate_bpb"]) > 0.01
     assert aliases()["champion"] == better.version
+
+
+def decision_posts(ops: Ops, version: str) -> list[dict]:
+    return [p["json"] for p in ops.receiver.posts if p["json"].get("model") == "jokes-char"
+            and p["json"].get("candidate_version") == version]
+
+
+def test_each_promotion_decision_posts_one_alert(ops, nightly, served, gpu_run, registry):
+    """Promoted (first, better), kept (second), refused (the served run), and a person's rollback: one POST each,
+    with the reason and the scores, through the same webhook block as the stuck-run alerts."""
+    first, second = version_of(nightly["first"]).version, version_of(nightly["second"]).version
+    refused, better = version_of(served["run"]).version, version_of(gpu_run).version
+    back = lmforge(ops.env, "rollback", "jokes-char", "--by", "carol")
+    assert back.returncode == 0, back.stderr[-3000:]
+    want = {(first, "promoted"), (second, "kept"), (refused, "refused"), (better, "promoted"), (first, "rolled back")}
+    deadline = time.monotonic() + 120
+    while not want <= {(p["candidate_version"], p["decision"]) for v in (first, second, refused, better)
+                       for p in decision_posts(ops, v)}:
+        assert time.monotonic() < deadline, [p["json"] for p in ops.receiver.posts]
+        time.sleep(1)
+    time.sleep(5)  # a second POST for any of them would have arrived by now
+    for version, decision in want:
+        posts = [p for p in decision_posts(ops, version) if p["decision"] == decision]
+        assert len(posts) == 1, (version, decision, posts)
+        alert = posts[0]
+        assert alert["text"].startswith(f"lmforge: jokes-char v{version} {decision}: ")
+        assert alert["reason"] and alert["reason"] in alert["text"]
+    kept = next(p for p in decision_posts(ops, second) if p["decision"] == "kept")
+    assert kept["champion_after"] == first and set(kept["scores"]) >= {"candidate_bpb", "champion_bpb"}
+    assert kept["scores"]["candidate_bpb"] > kept["scores"]["champion_bpb"]
+    rolled = next(p for p in decision_posts(ops, first) if p["decision"] == "rolled back")
+    assert rolled["by"] == "carol" and rolled["champion_after"] == first and rolled["champion_before"] == better
+
+
+@pytest.fixture(scope="module")
+def broken_runs(ops, nightly, served):
+    """Two runs of an lmforge deployment through the CPU worker (the shakespeare-char deployment, training the
+    jokes preset): one whose source does not exist (its acquire task fails), one whose process is killed while it
+    trains (the worker reports it Crashed)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with ops.client() as c:
+        dep = c.read_deployment_by_name("lmforge-pipeline/shakespeare-char")
+        failing = c.create_flow_run_from_deployment(dep.id, parameters={
+            "preset": "jokes-char", "overrides": {**TINY, "data.source": str(ops.tmp / "no-such-file.txt")}})
+    failed = wait_final(ops, failing.id)
+    with ops.client() as c:
+        long = c.create_flow_run_from_deployment(dep.id, parameters={"preset": "jokes-char", "overrides": {
+            **TINY, **ONE_THREAD, "train.max_steps": 100000, "train.eval_interval": 50, "train.seed": 4242}})
+    deadline = time.monotonic() + 300
+    while True:  # its train task runs: kill the flow run's process, as an OOM killer or a reboot would
+        with ops.client() as c:
+            run = c.read_flow_run(long.id)
+            tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[long.id])))
+        if any(t.name.startswith("train") and t.state and t.state.name == "Running" for t in tasks):
+            break
+        assert time.monotonic() < deadline and run.state.name not in TERMINAL, (run.state, ops.log(f"worker-{CPU}"))
+        time.sleep(1)
+    pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+    os.kill(pid, signal.SIGKILL)
+    crashed = wait_final(ops, long.id)
+    return {"failed": (failing, failed), "crashed": (long, crashed)}
+
+
+def test_a_run_that_fails_in_a_task_or_is_killed_posts_one_alert_each(ops, broken_runs):
+    for key, state in (("failed", "Failed"), ("crashed", "Crashed")):
+        run, final = broken_runs[key]
+        assert final.name == state, (key, final)
+        deadline = time.monotonic() + 120
+        while not ops.receiver.posts_for(run.id):
+            assert time.monotonic() < deadline, (key, ops.receiver.posts)
+            time.sleep(1)
+    time.sleep(5)  # a second POST would have arrived by now
+    for key, state in (("failed", "Failed"), ("crashed", "Crashed")):
+        run, final = broken_runs[key]
+        posts = ops.receiver.posts_for(run.id)
+        assert len(posts) == 1, (key, posts)
+        alert = posts[0]["json"]
+        assert alert["state"] == state and alert["flow_run"] == run.name
+        assert alert["deployment"] == "lmforge-pipeline/shakespeare-char" and alert["work_pool"] == CPU
+        assert alert["text"].startswith(f"lmforge: flow run {run.name} of lmforge-pipeline/shakespeare-char {state}: ")
+        assert f"lmforge runs --follow {run.name}" in alert["text"]
+    assert "no-such-file.txt" in ops.receiver.posts_for(broken_runs["failed"][0].id)[0]["json"]["message"]

@@ -21,7 +21,7 @@ from lmforge.data import partition
 from lmforge.data.prepare import prepare_corpus, source_fingerprint
 from lmforge.core.errors import LmforgeError
 
-PREPARED = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
+PREPARED = ("tokenizer.json", "train.bin", "val.bin", "meta.json", "val.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,10 @@ def test_flow_registers_candidate_with_exported_dir(run_result):
     mv = c.get_model_version_by_alias("jokes-char", "candidate")
     assert str(mv.version) == run_result["model_version"]
     assert mv.run_id == run_result["run_id"]
-    assert float(mv.tags["onnx_parity_max_abs"]) <= 1e-3
+    from lmforge.registry.review import facts
+
+    tags = facts(mv)  # the flat tags and the lmforge.* groups
+    assert float(tags["onnx_parity_max_abs"]) <= 1e-3
     model_dir = Path(run_result["model_dir"])
     for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "lmforge.json"):
         assert (model_dir / name).is_file(), name
@@ -38,7 +41,7 @@ def test_flow_registers_candidate_with_exported_dir(run_result):
     for key in ("verify_fast_logit_max_abs", "verify_fast_int8_agreement", "verify_fast_int8_loss_delta"):
         # the export's checks through the runtime: logged to MLflow, in lmforge.json and on the version
         assert run.data.metrics[key] == pytest.approx(manifest["metrics"][key]), key
-        assert mv.tags[key], key
+        assert tags[key], key
     assert run.info.status == "FINISHED"
     logged = {Path(a.path).name for a in c.list_artifacts(run_result["run_id"], "samples")}
     assert {"step-000015.txt", "step-000030.txt", "samples.json"} <= logged  # a sample at every evaluation

@@ -29,13 +29,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", SEED_PRESETS)
-def test_preset_loads_and_validates(name):
+def test_preset_loads_and_validates(name, tmp_path):
     assert name in list_presets() and list_presets()[name]
-    cfg = load_config(name, {"model.pretrained": "/some/gpt2"} if name == "jokes-gpt2" else None)
+    ckpt = str(tmp_path)  # a local directory: model.pretrained must be one (lmforge downloads no weights)
+    cfg = load_config(name, {"model.pretrained": ckpt} if name == "jokes-gpt2" else None)
     assert is_url(cfg.data.source)
     assert cfg.name == name
     if name == "jokes-gpt2":
-        assert cfg.tokenizer.path == "/some/gpt2"  # the checkpoint's own tokenizer by default
+        assert cfg.tokenizer.path == ckpt  # the checkpoint's own tokenizer by default
 
 
 def test_gpt2_preset_explains_the_missing_checkpoint():

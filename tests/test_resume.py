@@ -33,9 +33,9 @@ rng = np.random.default_rng(0)
 data = (np.cumsum(rng.integers(1, 3, 6000)) % 23).astype(np.uint16)  # a learnable pattern
 model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 23)
 cfg = TrainConfig(max_steps=100, batch_size=4, eval_interval=10, eval_iters=2, warmup_steps=10, device="cpu",
-                  threads=1, lr=3e-3)
+                  threads=1, lr=3e-3, log_interval=1)
 pace = lambda step, total, loss, tps: time.sleep(0.02)
-r = train(model, data[:5000], data[5000:], 16, cfg, ckpt, Hooks(progress=pace))
+r = train(model, data[:5000], data[5000:], 16, cfg, ckpt, hooks=Hooks(progress=pace))
 hist = [{k: h[k] for k in ("step", "train_loss", "val_loss", "lr")} for h in r.history]
 out.write_text(json.dumps({"best_val_loss": r.best_val_loss, "final_train_loss": r.final_train_loss,
                            "history": hist, "resumed_from": r.resumed_from}))

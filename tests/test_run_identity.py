@@ -74,7 +74,7 @@ def test_changed_data_under_the_same_path_trains_again_and_registers_its_fingerp
         assert {p.name for p in run_dir.iterdir()} >= {"data", "ckpt", "model"}
         assert {p.name for p in (run_dir / "ckpt").iterdir()} >= {"last", "best"}
         assert sorted(p.name for p in (run_dir / "data").iterdir()) == ["meta.json", "tokenizer.json", "train.bin",
-                                                                        "val.bin"]
+                                                                        "val.bin", "val.jsonl"]
     prepared = sorted(p.name for p in (Path(first["run_dir"]).parents[1] / "prepared").glob("nightly-*") if p.is_dir())
     assert len(prepared) == 1 and re.fullmatch(r"nightly-[0-9a-f]{10}", prepared[0])
     first_tok = (Path(first["run_dir"]) / "data" / "tokenizer.json").read_bytes()
@@ -104,7 +104,7 @@ def test_a_checkpoint_of_other_data_is_set_aside_not_resumed(tmp_path):
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 17)
     train(model, data[:3000], data[3000:], 16, cfg, tmp_path / "ckpt", identity=Identity("w", "old-data"))
     notes = []
-    result = train(model, data[:3000], data[3000:], 16, cfg, tmp_path / "ckpt", Hooks(note=notes.append),
+    result = train(model, data[:3000], data[3000:], 16, cfg, tmp_path / "ckpt", hooks=Hooks(note=notes.append),
                    identity=Identity("w", "new-data"))
     assert result.resumed_from == 0 and result.steps == 6
     assert "trained on other data or another config" in notes[0]

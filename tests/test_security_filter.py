@@ -160,8 +160,8 @@ def test_filter_and_val_filter_combine_as_trees(tmp_path):
     cfg = load_config("jokes-char", {"data.source": str(table), "data.format": "csv", "data.column": "text",
                                      "data.filter": 'Country != "C"', "data.val_filter": 'Country == "B"'})
     cleaned = finish_cleaning(clean_to_spill(table, cfg, tmp_path / "out"), table, cfg)
-    docs = [d for batch in read_spill(Path(cleaned["spill"])) for d in batch]
-    eligible = np.load(cleaned["val_ok"]).tolist()
+    docs = [d for batch in read_spill(cleaned.spill) for d in batch]
+    eligible = np.load(cleaned.val_ok).tolist()
     country = dict(rows)
     assert docs == [t for t, c in rows if c != "C"]
     assert eligible == [country[d] == "B" for d in docs]

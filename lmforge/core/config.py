@@ -98,6 +98,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 250
     eval_iters: int = 20
+    log_interval: int = 10           # steps between progress reports: the loss is read (a GPU sync) only then
     early_stop_patience: int = 0     # evals without improvement before stopping; 0 = off
     device: str = "auto"             # auto | cpu | cuda | mps
     dtype: str = "auto"              # auto | float32 | bfloat16 | float16 (autocast on cuda)
@@ -106,11 +107,19 @@ class TrainConfig:
     seed: int = 1337
     deterministic: bool = False      # torch.use_deterministic_algorithms: a resumed run repeats the same numbers
     nproc: int = 1                   # > 1: torchrun --standalone with this many DDP processes on this host
+    # Where the weights start (docs/scheduling.md "Warm starts and training longer"); default: a fresh init.
+    init_from: str = ""              # models:/NAME@ALIAS | models:/NAME/VERSION | a run directory | champion (this
+                                     # preset's champion, a fresh start while there is none): a warm start
+    init_optimizer: bool = False     # a warm start also takes the parent's AdamW moments (its run directory here)
+    continue_run: bool = False       # `lmforge run --continue`: go on from this config's finished run on this data
+                                     # with the most steps below max_steps
 
 
 @dataclass
 class EvalConfig:
     prompts: list[str] = field(default_factory=lambda: [""])
+    prompts_file: str = ""           # UTF-8 text, one prompt a line (relative to the preset file): replaces prompts;
+                                     # samples, and the side-by-side table of a promotion, use these prompts
     temperatures: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])
     top_k: int = 0
     max_new_tokens: int = 100
@@ -147,16 +156,22 @@ class ExportConfig:
 
 @dataclass
 class PromoteConfig:
-    margin: float = 0.01             # nats/token the candidate must beat the champion by
-    gate: float = 0.75               # a first champion must beat the unigram entropy of its val windows by this
-    windows: int = 128               # evenly spaced val windows both versions are scored on
+    # The one place these defaults live: `lmforge promote`, the promotion flow and the pipeline's promote.auto step
+    # all read them from the candidate's config (lmforge/registry/promote.py "settings").
+    margin: float = 0.01             # bits per byte of val text the candidate must beat the champion by
+    gate: float = 0.75               # a first champion must beat, in bits per byte, the unigram model of its own
+                                     # tokens on the same text by this
+    windows: int = 128               # evenly spaced val-shard windows of the val loss shown beside (nats/token)
+    text_bytes: int = 65536          # bytes of val text scored in bits per byte (whole documents, evenly spaced)
+    seed: int = 0                    # the seed of the side-by-side table's sampled continuations
     auto: bool = False               # the pipeline ends with the promotion step (scheduled runs)
 
 
 @dataclass
 class Config:
-    name: str = DEFAULT_PRESET
-    description: str = ""
+    name: str = DEFAULT_PRESET       # the registered model (and the runs' directories): the preset's name, or the
+                                     # data's when data.source is not the preset's own (model_name_for_data)
+    description: str = ""            # the model card's first paragraph ("" for another source: the card says what)
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -165,13 +180,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    preset: str = DEFAULT_PRESET     # the preset file it came from (its stem), whatever the name
+    own_data: bool = True            # data.source is the preset's own (False: the model is named after the data)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """The Config that to_dict gave (e.g. as JSON for another process), every key checked as a preset's."""
+        return _build(cls(), d, (), "a config dict", load_policy())
+
     def flat(self) -> dict[str, object]:
         """Dotted keys -> values, as logged to MLflow params."""
-        out: dict[str, object] = {"name": self.name}
+        out: dict[str, object] = {"name": self.name, "preset": self.preset}
         for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{key}"] = value
@@ -211,8 +233,21 @@ def list_presets() -> dict[str, str]:
     return out
 
 
+TOP_KEYS = ("name", "description")  # `--set name=...` (or --name), `--set description=...`
+
+
+def needs_checkpoint() -> list[str]:
+    """The presets that fine-tune a checkpoint they do not name (model.family hf-gpt2, no model.pretrained)."""
+    out = []
+    for path in sorted(presets_dir().glob("*.toml")):
+        model = tomllib.loads(path.read_text()).get("model", {})
+        if model.get("family") == "hf-gpt2" and not model.get("pretrained"):
+            out.append(path.stem)
+    return out
+
+
 def valid_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s))]
+    return [*TOP_KEYS, *(f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s)))]
 
 
 def _section_type(section: str) -> type:
@@ -262,7 +297,7 @@ def _example(annotation: object) -> str:
 
 
 def _apply(cfg: Config, key: str, value: object) -> None:
-    if key in ("name", "description"):
+    if key in TOP_KEYS:
         setattr(cfg, key, str(value))
         return
     section, _, attr = key.partition(".")
@@ -284,7 +319,8 @@ def _check(cfg: Config, policy: Policy) -> None:
     check_untrusted_keys(cfg, policy)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
-                "train.eval_iters", "eval.max_new_tokens", "promote.windows", "export.check_positions"]
+                "train.eval_iters", "train.log_interval", "eval.max_new_tokens", "promote.windows",
+                "export.check_positions"]
     flat = cfg.flat()
     for key in positive:
         if flat[key] <= 0:  # type: ignore[operator]
@@ -301,17 +337,38 @@ def _check(cfg: Config, policy: Policy) -> None:
     if cfg.model.family == "gpt" and cfg.model.n_embd % cfg.model.n_head:
         raise LmforgeError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})",
                            hint="pick n_embd as a multiple of n_head")
+    _check_start(cfg.train)
     if cfg.model.family == "hf-gpt2" and not cfg.model.pretrained:
         raise LmforgeError("preset needs a local GPT-2 checkpoint directory",
-                           hint="--set model.pretrained=/path/to/gpt2 (a directory with config.json and weights)")
+                           hint=f"{CHECKPOINT_HOWTO}, then --set model.pretrained=$PWD/gpt2-local")
+    if cfg.model.family == "hf-gpt2" and not Path(cfg.model.pretrained).expanduser().is_dir():
+        raise LmforgeError(f"model.pretrained {cfg.model.pretrained!r} is not a local directory: lmforge downloads no "
+                           "weights", hint=f"{CHECKPOINT_HOWTO}, copy gpt2-local here, then "
+                           "--set model.pretrained=/path/to/gpt2-local")
+
+
+# How to get a GPT-2 checkpoint onto a machine without network access (README "jokes-gpt2", `lmforge presets`, and
+# the hint above): one command on a machine that has it, which writes what lmforge/models/hf_gpt2.py reads
+# (config.json, model.safetensors, tokenizer.json).
+CHECKPOINT_COMMAND = ('python -c "from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; '
+                      "[c.from_pretrained('openai-community/gpt2').save_pretrained('gpt2-local') for c in (M, T)]\"")
+CHECKPOINT_HOWTO = f"on a machine with network access and lmforge[pipeline]: {CHECKPOINT_COMMAND}"
+
+
+def _check_start(t: TrainConfig) -> None:
+    if t.init_from and t.continue_run:
+        raise LmforgeError("train.init_from and --continue (train.continue_run) are both set: a continued run "
+                           "starts from its own finished run", hint="drop one: --set train.init_from= or no --continue")
+    if t.init_optimizer and not t.init_from:
+        raise LmforgeError("train.init_optimizer is set without train.init_from", hint="--set train.init_from=champion")
 
 
 def load_config(preset: str | None = None, overrides: list[str] | dict | None = None,
                 policy: Policy | None = None) -> Config:
     """Build a Config from a preset name (or a path to a .toml) plus overrides ("key=value" strings or a dict),
-    within the operator's policy (default: the one in this process's environment, for a local run)."""
-    from lmforge.core.config_safety import clamp_limits
-
+    within the operator's policy (default: the one in this process's environment, for a local run): the one
+    parse of a run's settings. Flows and tasks receive the Config it returns; a process that gets the config as
+    JSON (torchrun's ranks) rebuilds it with Config.from_dict, through the same checks."""
     policy = policy or load_policy()
     name = preset or DEFAULT_PRESET
     path = Path(name) if name.endswith(".toml") else presets_dir() / f"{name}.toml"
@@ -325,26 +382,112 @@ def load_config(preset: str | None = None, overrides: list[str] | dict | None = 
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise LmforgeError(f"preset file {path} is not valid TOML: {exc}", hint="fix the file's syntax") from exc
-    cfg = Config(name=path.stem)
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
+    return _build(Config(name=path.stem, preset=path.stem), raw, items, f"{path}", policy, preset_dir=path.parent)
+
+
+def _build(cfg: Config, raw: dict, overrides, where: str, policy: Policy,
+           preset_dir: Path | None = None) -> Config:
+    """cfg with `raw` (sections of keys, as TOML or Config.to_dict give them) and then the overrides applied,
+    each value coerced and checked against its field, within the operator's policy; then the checks across
+    keys. A preset file (preset_dir: its directory) also names the model after foreign data and reads
+    eval.prompts_file; a dict from Config.to_dict already holds what that gave."""
+    from lmforge.core.config_safety import clamp_limits
+
     for key, value in raw.items():
+        if key in ("preset", "own_data") and preset_dir is None:  # Config.to_dict's, not a preset's keys
+            setattr(cfg, key, value)
+            continue
         if isinstance(value, dict):
             if key not in SECTIONS:
-                raise LmforgeError(f"unknown section [{key}] in {path}", hint="sections: " + ", ".join(SECTIONS))
+                raise LmforgeError(f"unknown section [{key}] in {where}", hint="sections: " + ", ".join(SECTIONS))
             for attr, v in value.items():
                 _apply(cfg, f"{key}.{attr}", v)
         else:
             _apply(cfg, key, value)
     clamp_limits(cfg, policy)  # the preset asks for "at most": the operator's ceiling wins
-    items = list(overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or []))
+    items = list(overrides)
     for key, value in items:
         _apply(cfg, key, value)
     # the data keys the user set, not the preset: a preset's format/column give way to what the file is
     # (lmforge.data.detect); an attribute, not a field: it is no part of the config's hash or params
     cfg.data.user_set = frozenset(k.partition(".")[2] for k, _ in items if k.startswith("data."))
+    if preset_dir is not None:
+        _own_data(cfg, raw, items)
+        if cfg.eval.prompts_file:
+            cfg.eval.prompts = read_prompts(preset_dir, cfg.eval.prompts_file)
     if cfg.tokenizer.kind == "gpt2" and not cfg.tokenizer.path:  # a checkpoint ships its own tokenizer
         cfg.tokenizer.path = cfg.model.pretrained
     _check(cfg, policy)
     return cfg
+
+
+def _own_data(cfg: Config, raw: dict, items: list) -> None:
+    """Their data, their model: a data.source that is not the preset's own names the model after the data (unless
+    a name is given) and drops the preset's description, which describes the preset's data."""
+    own_source = raw.get("data", {}).get("source", DataConfig.source) if isinstance(raw.get("data"), dict) \
+        else DataConfig.source
+    cfg.own_data = cfg.data.source == own_source
+    named = "name" in raw or any(k == "name" for k, _ in items)
+    if not cfg.own_data and not named:  # never the preset's registered model
+        cfg.name = model_name_for_data(cfg.data.source, cfg.preset)
+    if not cfg.own_data and "description" not in {k for k, _ in items}:
+        cfg.description = ""  # the model card describes this data
+
+
+PROMPTS_MAX_BYTES, PROMPTS_MAX = 64 << 10, 64  # a prompts file: its size, and prompts kept
+
+
+def read_prompts(preset_dir: Path, name: str) -> list[str]:
+    """eval.prompts_file's prompts: one a line, blank lines skipped; relative to the preset file's directory."""
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else preset_dir / path
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(PROMPTS_MAX_BYTES + 1)
+    except OSError as exc:
+        raise LmforgeError(f"eval.prompts_file {name}: {exc.strerror or exc} ({path})",
+                           hint="one prompt a line, UTF-8; relative paths are read from the preset's directory") from None
+    if len(raw) > PROMPTS_MAX_BYTES:
+        raise LmforgeError(f"eval.prompts_file {path} is over {PROMPTS_MAX_BYTES >> 10} KiB",
+                           hint=f"keep at most {PROMPTS_MAX} short prompts, one a line")
+    try:
+        prompts = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise LmforgeError(f"eval.prompts_file {path} is not UTF-8 (byte {exc.start})",
+                           hint="save it as UTF-8") from None
+    if not prompts or len(prompts) > PROMPTS_MAX:
+        raise LmforgeError(f"eval.prompts_file {path} holds {len(prompts)} prompts",
+                           hint=f"between 1 and {PROMPTS_MAX}, one a line")
+    return prompts
+
+
+DATA_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".tgz", ".tar", ".csv", ".tsv", ".jsonl", ".json", ".parquet",
+                 ".txt", ".text")
+
+
+def model_name_for_data(source: str, preset: str) -> str:
+    """The registered model's name for a run on data that is not the preset's own: the source's file (or
+    directory, or URL path) name without its data suffixes, as a lowercase slug. A name that is a preset's
+    (its registered model) is refused: foreign data never lands in a preset's model."""
+    import re
+    import urllib.parse
+
+    raw = source.strip()
+    if "://" in raw:
+        parsed = urllib.parse.urlparse(raw)
+        raw = urllib.parse.unquote(parsed.path.rstrip("/").rsplit("/", 1)[-1]) or parsed.hostname or ""
+    else:
+        raw = Path(raw.rstrip("/\\")).name
+    stem = raw
+    while stem.lower().endswith(DATA_SUFFIXES):
+        stem = stem[: stem.rfind(".")]
+    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:60].strip("-") or "data"
+    if slug in list_presets():
+        raise LmforgeError(f"data.source {source!r} is not preset {preset}'s own data, and the model named after it "
+                           f"would be {slug!r}, preset {slug}'s model", hint="name it: --name my-data (or --set "
+                           "name=my-data)")
+    return slug
 
 
 def _split(override: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ A run is identified by what its weights depend on: the model and training config
 data it is trained on (the data fingerprint: corpus, tokenizer, split and shard hashes: lmforge.data.prepare). So a
 re-run of the same command on the same data resumes from its checkpoint; the same config on changed data
 trains from step 0 in a directory of its own; and changes that do not touch the weights (export.*, eval.*,
-promote.*, train.threads/device/compile, data.parts) re-use the trained checkpoint and redo only what they change."""
+promote.*, train.threads/device/compile/log_interval, data.parts) re-use the trained checkpoint and redo only what they change."""
 from __future__ import annotations
 
 import hashlib
@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.core.config import REPO_ROOT, Config, in_checkout
+from lmforge.core.records import StartFrom
 from lmforge.core.safepath import confined
 
 DATA_SECTIONS = ("data", "clean", "tokenizer")
 # config keys that change how a run is computed or what is done with its weights, never the weights themselves
-NOT_WEIGHTS = {"export": None, "eval": None, "promote": None, "train": ("threads", "device", "compile")}
+NOT_WEIGHTS = {"export": None, "eval": None, "promote": None,
+               "train": ("threads", "device", "compile", "log_interval",
+                         # where the weights start: the starting weights' own hash stands for these (weights_for)
+                         "init_from", "init_optimizer", "continue_run")}
 
 
 def _hash(obj: object) -> str:
@@ -47,12 +51,13 @@ def config_hash(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
     return _hash(d)
 
 
-def weights_hash(cfg: Config) -> str:
-    """Hash of the config keys the trained weights depend on, beside the data (model.*, train.* but threads,
-    device and compile). The data sections are left out: the data fingerprint stands for what they make."""
+def weights_hash(cfg: Config, without: tuple[str, ...] = ()) -> str:
+    """Hash of the config keys the trained weights depend on, beside the data and the starting weights (model.*,
+    train.* but NOT_WEIGHTS and `without`). The data sections are left out: the data fingerprint stands for what
+    they make."""
     d = cfg.to_dict()
-    out = {"model": d["model"], "train": {k: v for k, v in d["train"].items() if k not in NOT_WEIGHTS["train"]}}
-    return _hash(out)
+    skip = NOT_WEIGHTS["train"] + without
+    return _hash({"model": d["model"], "train": {k: v for k, v in d["train"].items() if k not in skip}})
 
 
 def artifacts_root() -> Path:
@@ -93,10 +98,12 @@ class RunLayout:
     name: str
     weights: str
     data_config: str
+    family: str = ""                 # the weights hash but max_steps: runs one --continue can extend
 
     @classmethod
     def for_config(cls, cfg: Config, artifacts: Path | None = None) -> "RunLayout":
-        layout = cls(Path(artifacts or artifacts_root()), cfg.name, weights_hash(cfg), config_hash(cfg, DATA_SECTIONS))
+        layout = cls(Path(artifacts or artifacts_root()), cfg.name, weights_hash(cfg), config_hash(cfg, DATA_SECTIONS),
+                     weights_hash(cfg, without=("max_steps",)))
         confined(layout.artifacts / "prepared", layout.prepared, "prepared-data directory")  # cfg.name is a slug
         confined(layout.artifacts / "runs", layout.artifacts / "runs" / layout.run_prefix, "run directory")  # anyway
         return layout
@@ -117,9 +124,23 @@ class RunLayout:
     def run_prefix(self) -> str:
         return f"{self.name}-{self.weights}-"
 
-    def run_dir(self, data_fingerprint: str) -> RunDir:
-        root = self.artifacts / "runs" / f"{self.run_prefix}{data_fingerprint[:10]}"
+    def weights_for(self, start: StartFrom | None) -> str:
+        """The weights part of a run's identity: the config's weights hash, and the weights it starts from (a
+        warm start's parent, or the finished run a --continue extends), when not a fresh init."""
+        if start is None:
+            return self.weights
+        return _hash({"config": self.weights, "start": start.kind, "from": start.weights_sha256,
+                      "optimizer": start.optimizer})
+
+    def run_dir(self, data_fingerprint: str, start: StartFrom | None = None) -> RunDir:
+        root = self.artifacts / "runs" / f"{self.name}-{self.weights_for(start)}-{data_fingerprint[:10]}"
         return RunDir(confined(self.artifacts / "runs", root, "run directory"))
+
+    def runs_on(self, data_fingerprint: str) -> list[RunDir]:
+        """Every run directory of this preset name on this data (any config, any start), newest first."""
+        runs = self.artifacts / "runs"
+        found = [p for p in runs.glob(f"{self.name}-*-{data_fingerprint[:10]}") if p.is_dir()] if runs.is_dir() else []
+        return [RunDir(p) for p in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)]
 
     def run_dirs(self) -> list[RunDir]:
         """The run directories of this config (on any data), newest first."""

@@ -37,6 +37,7 @@ from lmforge.data.shards import META, content_split, meta_for, shard_dtype, writ
 from lmforge.data.tokenize import build_tokenizer, frame, plain_encoder, special_ids
 from lmforge.core.rowfilter import all_of
 from lmforge.core.errors import LmforgeError
+from lmforge.core.records import Cleaned, PreparedData
 from lmforge.core.redact import redact_text
 
 log = logging.getLogger("lmforge.data")
@@ -64,6 +65,8 @@ def cached_meta(out_dir: Path, fingerprint: str) -> dict | None:
     except (OSError, ValueError):
         return None
     if meta.get("source_fingerprint") != fingerprint or not (out_dir / "tokenizer.json").is_file():
+        return None
+    if not (out_dir / VAL_TEXT).is_file():  # prepared before val text was kept: re-made (the same shards)
         return None
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in ("train", "val"):
@@ -102,10 +105,10 @@ class SpillWriter:
         self.documents += len(docs)
         self.chars += sum(map(len, docs))
 
-    def close(self, report: list[dict]) -> dict:
+    def close(self, report: list[dict]) -> Cleaned:
         self.file.close()
-        return {"spill": str(self.path), "documents": self.documents, "chars": self.chars,
-                "corpus_sha256": self.hash.hexdigest(), "lines": self.lines, "clean_report": report}
+        return Cleaned(spill=self.path, documents=self.documents, chars=self.chars,
+                       corpus_sha256=self.hash.hexdigest(), lines=tuple(self.lines), clean_report=report)
 
     def discard(self) -> None:
         self.file.close()
@@ -113,9 +116,9 @@ class SpillWriter:
 
 
 def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | None = None,
-                   spill_name: str = ".cleaned") -> dict:
+                   spill_name: str = ".cleaned") -> Cleaned:
     """Read and clean the corpus (or only `files` of a directory source) into out_dir/<spill_name>.<pid>.jsonl;
-    returns the SpillWriter summary (spill, documents, chars, corpus_sha256, lines, clean_report)."""
+    returns the spill file's record (documents, chars, corpus_sha256, lines, clean_report)."""
     d = cfg.data
     out_dir.mkdir(parents=True, exist_ok=True)
     if files is None:
@@ -135,23 +138,23 @@ def clean_to_spill(path: Path, cfg: Config, out_dir: Path, files: list[Path] | N
     return spill.close(report)
 
 
-def finish_cleaning(cleaned: dict, path: Path, cfg: Config) -> dict:
+def finish_cleaning(cleaned: Cleaned, path: Path, cfg: Config) -> Cleaned:
     """Check that documents are left, and mark the val-eligible ones when data.val_filter is set."""
-    if not cleaned["documents"]:
+    if not cleaned.documents:
         remove_spill(cleaned)
         raise LmforgeError(f"no documents left in {path} after reading and cleaning",
                            hint="check data.format / data.column / data.filter and clean.min_chars")
-    cleaned = {**cleaned, "path": str(path)}
+    cleaned = dataclasses.replace(cleaned, source=Path(path))
     if not cfg.data.val_filter:
         return cleaned
     try:
-        return {**cleaned, "val_ok": str(mark_val_eligible(cleaned, path, cfg))}
+        return dataclasses.replace(cleaned, val_ok=mark_val_eligible(cleaned, path, cfg))
     except BaseException:
         remove_spill(cleaned)
         raise
 
 
-def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
+def mark_val_eligible(cleaned: Cleaned, path: Path, cfg: Config) -> Path:
     """<spill>.val-ok.npy: a boolean per cleaned document, true when a table row matching data.val_filter
     cleans to the same text (one more streaming pass over the rows; memory is a hash per matching row)."""
     d = cfg.data
@@ -165,19 +168,19 @@ def mark_val_eligible(cleaned: dict, path: Path, cfg: Config) -> Path:
         eligible.update(pd.util.hash_array(np.array(docs, dtype=object)).tolist())
     eligible_hashes = np.fromiter(eligible, np.uint64, len(eligible))
     ok = np.concatenate([np.isin(pd.util.hash_array(np.array(docs, dtype=object)), eligible_hashes)
-                         for docs in read_spill(Path(cleaned["spill"]))])
+                         for docs in read_spill(cleaned.spill)])
     if not ok.any():
         raise LmforgeError(f"no document of {path} matches data.val_filter {d.val_filter!r}",
                            hint="check the filter against the file's rows, or --set data.val_filter=")
-    mask = Path(cleaned["spill"] + ".val-ok.npy")
+    mask = Path(f"{cleaned.spill}.val-ok.npy")
     np.save(mask, ok)
     return mask
 
 
-def remove_spill(cleaned: dict) -> None:
-    Path(cleaned["spill"]).unlink(missing_ok=True)
-    if cleaned.get("val_ok"):
-        Path(cleaned["val_ok"]).unlink(missing_ok=True)
+def remove_spill(cleaned: Cleaned) -> None:
+    Path(cleaned.spill).unlink(missing_ok=True)
+    if cleaned.val_ok:
+        Path(cleaned.val_ok).unlink(missing_ok=True)
 
 
 def _hash_key(seed: int) -> str:
@@ -191,11 +194,11 @@ def document_hashes(batches: Iterable[list[str]], seed: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
 
-def document_split(cleaned: dict, cfg: Config) -> np.ndarray:
+def document_split(cleaned: Cleaned, cfg: Config) -> np.ndarray:
     """True where a document goes to val: its content-hash draw, limited to val-eligible documents
     (data.val_filter)."""
-    hashes = document_hashes(read_spill(Path(cleaned["spill"])), cfg.data.seed)
-    eligible = np.load(cleaned["val_ok"]) if cleaned.get("val_ok") else None
+    hashes = document_hashes(read_spill(cleaned.spill), cfg.data.seed)
+    eligible = np.load(cleaned.val_ok) if cleaned.val_ok else None
     return content_split(hashes, cfg.data.val_fraction, eligible)
 
 
@@ -238,16 +241,16 @@ class Split:
         return sum(len(d) for d in split_documents(batches, self.is_val, True))
 
 
-def plan_split(cleaned: dict, cfg: Config) -> Split:
+def plan_split(cleaned: Cleaned, cfg: Config) -> Split:
     """The split data.split asks for, or a contiguous one (with a note saying why) when a document split cannot
     work: a source that yields fewer than MIN_DOCUMENT_SPLIT documents (one file without the preset's
     separator is one document)."""
-    d, n, path = cfg.data, cleaned["documents"], cleaned.get("path", "the source")
+    d, n, path = cfg.data, cleaned.documents, cleaned.source or "the source"
     method, note = d.split, ""
-    if method == "contiguous" and cleaned.get("val_ok"):
+    if method == "contiguous" and cleaned.val_ok:
         raise LmforgeError("data.val_filter picks val documents, but data.split=contiguous splits by position",
                            hint="--set data.split=documents, or --set data.val_filter=")
-    if method == "documents" and n < MIN_DOCUMENT_SPLIT and not cleaned.get("val_ok"):
+    if method == "documents" and n < MIN_DOCUMENT_SPLIT and not cleaned.val_ok:
         method = "contiguous"
         why = (f"data.separator {d.separator!r} never occurs in {path}, so it is one document" if d.separator
                and n == 1 else f"{path} yields {n} document{'s' * (n != 1)}, too few for a document split")
@@ -255,7 +258,7 @@ def plan_split(cleaned: dict, cfg: Config) -> Split:
     if method == "documents":
         return Split("documents", d.val_fraction, d.seed, d.val_filter, is_val=document_split(cleaned, cfg))
     sep = joiner(cfg)
-    lengths = np.fromiter((len(doc) for docs in read_spill(Path(cleaned["spill"])) for doc in docs), np.int64, n)
+    lengths = np.fromiter((len(doc) for docs in read_spill(cleaned.spill) for doc in docs), np.int64, n)
     pieces = lengths + len(sep)
     pieces[0] -= len(sep)
     ends = np.cumsum(pieces)
@@ -339,13 +342,13 @@ def routed_batches(tok: Tokenizer, batches: Iterable[list[str]], split: Split, f
         yield np.array([ids["eos"]], np.uint32), np.array([1]), np.array([True])
 
 
-def train_tokenizer(cleaned: dict, cfg: Config, out_dir: Path, split: Split | None = None) -> Tokenizer:
+def train_tokenizer(cleaned: Cleaned, cfg: Config, out_dir: Path, split: Split | None = None) -> Tokenizer:
     """Train the configured tokenizer on the train side of the spill file; write out_dir/tokenizer.json.
     Removes meta.json first: the directory is incomplete until the new one lands."""
     (out_dir / META).unlink(missing_ok=True)
     split = split or plan_split(cleaned, cfg)
     t = cfg.tokenizer
-    tok = build_tokenizer(t.kind, train_side(read_spill(Path(cleaned["spill"])), split),
+    tok = build_tokenizer(t.kind, train_side(read_spill(cleaned.spill), split),
                           vocab_size=t.vocab_size, min_frequency=t.min_frequency, path=t.path)
     tmp = out_dir / f".tokenizer.json.{os.getpid()}.tmp"
     tok.save(str(tmp))
@@ -363,19 +366,59 @@ def data_fingerprint(meta: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def shard_meta(cleaned: dict, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int,
+VAL_TEXT = "val.jsonl"            # the val side as text: one JSON string per val document (contiguous: one)
+VAL_TEXT_MAX_BYTES = 16 << 20     # of UTF-8 text kept there (whole documents); promotion scores a sample of it
+
+
+def write_val_text(cleaned: Cleaned, split: Split, out_dir: Path) -> dict:
+    """out_dir/val.jsonl: the val side of the split as the cleaned text the shards were encoded from (each val
+    document; for a contiguous split the val part of the stream as one), so models with different tokenizers can
+    be scored on the same text (bits per byte, lmforge.runtime.scoring.text_score). Up to VAL_TEXT_MAX_BYTES."""
+    h, size, docs, truncated = hashlib.sha256(), 0, 0, False
+    tmp = out_dir / f".{VAL_TEXT}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
+        texts: Iterable[str]
+        if split.method == "documents":
+            texts = split_documents(read_spill(cleaned.spill), split.is_val, True)
+        else:
+            texts = [_contiguous_val_text(cleaned, split)]
+        for text in texts:
+            n = len(text.encode("utf-8", "surrogatepass"))
+            if size + n > VAL_TEXT_MAX_BYTES and docs:
+                truncated = True
+                break
+            line = json.dumps(text) + "\n"
+            f.write(line)
+            h.update(line.encode("ascii"))
+            size, docs = size + n, docs + 1
+    os.replace(tmp, out_dir / VAL_TEXT)
+    return {"path": VAL_TEXT, "documents": docs, "bytes": size, "sha256": h.hexdigest(), "truncated": truncated}
+
+
+def _contiguous_val_text(cleaned: Cleaned, split: Split) -> str:
+    """The val part of a contiguous split's stream, its first VAL_TEXT_MAX_BYTES (in characters: at most that)."""
+    out, size = [], 0
+    for pieces, flags in stream_pieces(read_spill(cleaned.spill), split):
+        for piece, val in zip(pieces, flags.tolist()):
+            if val and size < VAL_TEXT_MAX_BYTES:
+                out.append(piece[:VAL_TEXT_MAX_BYTES - size])
+                size += len(out[-1])
+    return "".join(out)
+
+
+def shard_meta(cleaned: Cleaned, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int,
                split: Split, out_dir: Path) -> dict:
-    """What meta.json records beside the shard counts."""
-    return {"tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
+    """What meta.json records beside the shard counts (and the val text it writes, write_val_text)."""
+    return {"val_text": write_val_text(cleaned, split, out_dir), "tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
             "tokenizer_sha256": hashlib.sha256((out_dir / "tokenizer.json").read_bytes()).hexdigest(),
-            "special_ids": special_ids(tok), "documents": cleaned["documents"], "chars": cleaned["chars"],
-            "val_chars": val_chars, "split": split.describe(), "corpus_sha256": cleaned["corpus_sha256"],
+            "special_ids": special_ids(tok), "documents": cleaned.documents, "chars": cleaned.chars,
+            "val_chars": val_chars, "split": split.describe(), "corpus_sha256": cleaned.corpus_sha256,
             "source": redact_text(cfg.data.source),  # redacted: no credentials
             "source_fingerprint": fingerprint, "prepared_format": PREPARED_FORMAT,
-            "clean_report": cleaned["clean_report"], **source_objects(cleaned.get("path"))}
+            "clean_report": cleaned.clean_report, **source_objects(cleaned.source)}
 
 
-def source_objects(path: str | None) -> dict:
+def source_objects(path: Path | str | None) -> dict:
     """{"source_objects": [...]} for a source copied from an object store (each object's key, ETag/version and
     sha256: lmforge.data.objectstore), else {}."""
     manifest = manifest_for(Path(path)) if path else None
@@ -388,12 +431,12 @@ def write_prepared_meta(out_dir: Path, vocab_size: int, counts: dict, extra: dic
     return write_meta(out_dir, {**meta, "data_fingerprint": data_fingerprint(meta)})
 
 
-def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: str = "",
+def tokenize_and_shard(cleaned: Cleaned, cfg: Config, out_dir: Path, fingerprint: str = "",
                        timings: dict | None = None) -> dict:
     """Train the tokenizer on the spill file's train side, write it and the shards; delete the spill.
     `timings`, when given, receives the seconds spent training the tokenizer and encoding + sharding."""
     timings = {} if timings is None else timings
-    spill = Path(cleaned["spill"])
+    spill = cleaned.spill
     try:
         split = plan_split(cleaned, cfg)
         start = time.perf_counter()
@@ -411,19 +454,19 @@ def tokenize_and_shard(cleaned: dict, cfg: Config, out_dir: Path, fingerprint: s
     return {**meta, "dir": str(out_dir), "cached": False}
 
 
-def check_fits_context(meta: dict, block_size: int) -> None:
+def check_fits_context(data: PreparedData, block_size: int) -> None:
     """Training needs more than one context window (block_size + 1 tokens) in each split; say which numbers
     fall short and what would fix them."""
     window = block_size + 1
-    split = meta.get("split", {})
-    for side in ("train", "val"):
-        tokens = meta[side]["tokens"]
+    split = data.split
+    for side, tokens, documents in (("train", data.train_tokens, data.train_documents),
+                                    ("val", data.val_tokens, data.val_documents)):
         if tokens > window:
             continue
-        total = meta["train"]["tokens"] + meta["val"]["tokens"]
+        total = data.train_tokens + data.val_tokens
         if split.get("method") == "documents":
-            cause = (f"the {side} side of the document split has {tokens} tokens in {meta[side]['documents']} "
-                     f"document(s) of {meta['documents']}, fewer than one context window ({window})")
+            cause = (f"the {side} side of the document split has {tokens} tokens in {documents} "
+                     f"document(s) of {data.documents}, fewer than one context window ({window})")
             hint = ("--set data.split=contiguous (val = the last part of the text), raise data.val_fraction, "
                     "or --set model.block_size=SMALLER")
         else:
@@ -435,15 +478,15 @@ def check_fits_context(meta: dict, block_size: int) -> None:
         raise LmforgeError(cause, hint=hint)
 
 
-def clean_or_reuse(path: Path, cfg: Config, out_dir: Path) -> dict:
-    """The cleaned spill summary (prepare step 1), plus the source fingerprint; or, when out_dir already holds
-    this very source prepared (the same bytes: source_fingerprint), {"prepared": its meta, ...} and no work."""
+def clean_or_reuse(path: Path, cfg: Config, out_dir: Path) -> Cleaned | PreparedData:
+    """The cleaned spill file (prepare step 1), with the source fingerprint; or, when out_dir already holds this
+    very source prepared (the same bytes: source_fingerprint), that prepared data, and no work."""
     fingerprint = source_fingerprint(path)
     meta = cached_meta(out_dir, fingerprint)
     if meta is not None:
-        return {"prepared": meta, "clean_report": meta.get("clean_report", []), "documents": meta["documents"],
-                "chars": meta["chars"], "fingerprint": fingerprint}
-    return {**finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg), "fingerprint": fingerprint}
+        return PreparedData.from_meta(meta)
+    cleaned = finish_cleaning(clean_to_spill(path, cfg, out_dir), path, cfg)
+    return dataclasses.replace(cleaned, fingerprint=fingerprint)
 
 
 def clean_report_markdown(report: list[dict]) -> str:

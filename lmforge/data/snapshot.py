@@ -14,6 +14,7 @@ from lmforge.data.shards import META
 from lmforge.core.records import PreparedData
 
 FILES = ("tokenizer.json", "train.bin", "val.bin", META)  # meta.json last: its presence marks the copy complete
+OPTIONAL = ("val.jsonl",)  # the val text (lmforge.data.prepare.write_val_text), in data prepared since it exists
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -34,13 +35,17 @@ def snapshot(prepared: PreparedData, dest: Path) -> PreparedData:
         except ValueError:
             have = {}
         if have.get("data_fingerprint") == prepared.fingerprint:
+            for name in OPTIONAL:  # a copy made before the file existed gets it (the same data: same fingerprint)
+                if not (dest / name).exists() and (src / name).is_file():
+                    _link_or_copy(src / name, dest / name)
             return dataclasses.replace(prepared, dir=dest, prepared_dir=src)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for name in FILES:
-            _link_or_copy(src / name, tmp / name)
+        for name in OPTIONAL + FILES:
+            if name in FILES or (src / name).is_file():
+                _link_or_copy(src / name, tmp / name)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
             dest.rename(old)

@@ -104,6 +104,7 @@ class GPT(nn.Module):
         attention_mask [B,P+T] with 1 for real tokens, 0 for padding (default all ones)."""
         B, T = ids.shape
         past_len = state[0][0].shape[2] if state else 0
+        check_length(past_len, T, self.cfg.block_size)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=ids.device).unsqueeze(0)
         x = self.drop(self.wte(ids) + self.wpe(position_ids))
@@ -115,6 +116,13 @@ class GPT(nn.Module):
             x, kv = block(x, state[i] if state else None, mask)
             present.append(kv)
         return self.lm_head(self.ln_f(x)), present
+
+
+def check_length(past_len: int, T: int, block_size: int) -> None:
+    """Positions past the context have no position embedding: say so here, not deep inside an index error."""
+    if past_len + T > block_size:
+        raise ValueError(f"GPT.forward: {past_len} cached + {T} new positions exceed the model's context of "
+                         f"{block_size} (model.block_size); pass at most the last {block_size - past_len} ids")
 
 
 def causal_mask(T: int, past_len: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor:

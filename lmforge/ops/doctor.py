@@ -227,14 +227,16 @@ def alert_automations(automations: list[dict]) -> list[Check]:
         for spec in automations:
             found = client.read_automations_by_name(spec["name"])
             if not found:
-                out.append(Check("alerts", "fail", f"no automation {spec['name']!r}: a run stuck there goes unnoticed",
+                out.append(Check("alerts", "fail", f"no automation {spec['name']!r}: what it alerts on goes unnoticed",
                                  "LMFORGE_ALERT_WEBHOOK=https://your.hook/url lmforge schedule setup"))
             elif not found[0].enabled:
                 out.append(Check("alerts", "fail", f"automation {spec['name']!r} is disabled",
                                  f"prefect automation enable {found[0].id}"))
-            else:
+            elif spec["trigger"].get("posture") == "Proactive":
                 out.append(Check("alerts", "ok", f"automation {spec['name']!r} enabled (after "
                                  f"{found[0].trigger.within.total_seconds():g} s)"))
+            else:
+                out.append(Check("alerts", "ok", f"automation {spec['name']!r} enabled (on each event)"))
     return out
 
 

@@ -4,7 +4,8 @@ PREFECT_API_URL names.
 - setup creates what prefect.yaml cannot hold: a global concurrency limit per GPU pool (named after the pool,
   limit 1, left alone when it exists: its limit is the pool's GPU count, which only its owner knows; tasks/slots.py
   takes it around training), the Webhook block `lmforge-alerts` (from $LMFORGE_ALERT_WEBHOOK, or one that exists),
-  and the late-run automations of automations.yaml (each replacing the automation of the same name). Everything is
+  and the alert automations of automations.yaml (runs stuck Late or Pending, runs Failed or Crashed, promotion
+  decisions; each replacing the automation of the same name). Everything is
   read and validated before anything is written.
 - on / off switch a deployment's schedules, by deployment name (Prefect's CLI wants each schedule's id).
 Prefect is imported lazily, as in lmforge/ops/orchestration.py."""
@@ -49,7 +50,7 @@ def load_automations(path: Path, stuck_after: int | None = None) -> list[dict]:
         raise LmforgeError(f"--stuck-after {stuck_after}: Prefect's proactive triggers need at least 10 seconds",
                            hint="--stuck-after 900 (15 minutes)")
     for spec in specs:
-        if stuck_after is not None:
+        if stuck_after is not None and spec["trigger"].get("posture") == "Proactive":  # the stuck-run alerts
             spec["trigger"]["within"] = stuck_after
         try:
             AutomationCore.model_validate(_with_block_id(spec, uuid.uuid4()))
@@ -128,7 +129,10 @@ def setup(deployments: list[Deployment], automations: list[dict], webhook_url: s
             for old in client.read_automations_by_name(spec["name"]):
                 client.delete_automation(old.id)
             client.create_automation(AutomationCore.model_validate(resolved))
-            done.append(f"automation {spec['name']!r}: created (fires after {spec['trigger']['within']} s)")
+            trigger = spec["trigger"]
+            when = (f"fires after {trigger['within']} s" if trigger.get("posture") == "Proactive" else
+                    f"fires on each {' or '.join(trigger['expect'])} event")
+            done.append(f"automation {spec['name']!r}: created ({when})")
     return done
 
 

@@ -1,5 +1,8 @@
 """`lmforge report RUN_ID`: one self-contained HTML page for an MLflow run: the loss curves (an inline PNG
-drawn from the metric history), the final metrics, the samples and the parameters."""
+drawn from the metric history), the final metrics, the samples and the parameters.
+`lmforge report --compare CANDIDATE CHAMPION`: two registered versions on one page: both runs' loss curves on one
+plot, their scores in bits per byte of the candidate's val text (lmforge.registry.promote.evidence, what promotion
+compares), and their continuations of the same prompts side by side."""
 from __future__ import annotations
 
 import base64
@@ -32,7 +35,7 @@ def loss_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k) if m.step) for k in CURVES}
 
 
-def loss_plot_png(history: dict[str, list[tuple[int, float]]]) -> bytes:
+def loss_plot_png(history: dict[str, list[tuple[int, float]]], styles: dict[str, dict] | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +44,8 @@ def loss_plot_png(history: dict[str, list[tuple[int, float]]]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, points in history.items():
         if points:
-            ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=name.replace("_loss", ""))
+            ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=name.replace("_loss", ""),
+                    **(styles or {}).get(name, {}))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -101,3 +105,77 @@ def write_report(run_id: str, out: Path | None = None) -> Path:
     """Write the report atomically to `out` (default report-<run id>.html in the current directory)."""
     out = Path(out or f"report-{run_id[:12]}.html")
     return write_text_atomic(out, build_report(run_id))
+
+
+def resolve_version(ref: str):
+    """NAME@ALIAS, NAME/VERSION, or models:/ of either -> the registered model version."""
+    from lmforge.registry.promote import _version
+
+    text = ref.removeprefix("models:/")
+    if "@" in text:
+        name, _, alias = text.partition("@")
+        return _version(name, None, alias)
+    name, sep, version = text.rpartition("/")
+    if not sep or not name or not version.isdigit():
+        raise LmforgeError(f"{ref!r} names no registered version",
+                           hint="NAME@ALIAS (jokes-char@champion), NAME/VERSION (jokes-char/3), or models:/...")
+    return _version(name, version)
+
+
+def _cells(rows: list[list[str]], head: list[str]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def build_comparison(candidate: str, champion: str, preset: str | None = None) -> str:
+    """The --compare page (both versions scored and decoded now, through onnxruntime, as promotion does)."""
+    from lmforge.registry.promote import evidence, settings
+    from lmforge.registry.review import facts
+
+    cand, champ = resolve_version(candidate), resolve_version(champion)
+    s = settings(cand, preset)
+    ev = evidence(cand, champ, s, force=True)
+    a, b = f"v{cand.version}", f"v{champ.version}"
+    history, styles = {}, {}
+    for label, version, color in ((a, cand, "tab:blue"), (b, champ, "tab:orange")):
+        for curve, points in loss_history(version.run_id).items():
+            key = f"{label} {curve}"
+            history[key] = points
+            styles[key] = {"color": color, "linestyle": "-" if curve == "val_loss" else ":"}
+    png = base64.b64encode(loss_plot_png(history, styles)).decode()
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    scores = [[f"{a} ({cand.name})", "candidate", fmt(ev["candidate_bpb"]), fmt(ev["candidate_bpc"]),
+               fmt(ev["candidate_loss"])],
+              [f"{b} ({champ.name})", "champion", fmt(ev["champion_bpb"]), fmt(ev["champion_bpc"]),
+               fmt(ev["champion_loss"])],
+              ["-", "unigram model of the candidate's tokens", fmt(ev["unigram_bpb"]), "", ""]]
+    keys = ("preset", "data_source", "tokenizer", "split", "train_steps", "val_loss", "val_bpb", "promotion")
+    fa, fb = facts(cand), facts(champ)
+    side = [[x["prompt"] or "(empty)", x["decoding"], x["candidate"], x["champion"]] for x in ev["side_by_side"]]
+    title = html.escape(f"lmforge: {cand.name} {a} vs {champ.name} {b}")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}}</style></head>
+<body><h1>{title}</h1>
+<p>Scored on {html.escape(str(ev["scored_on"]))}: {ev.get("text_bytes", 0):,} bytes of
+{html.escape(str(ev.get("text_from", "")))}, each version in its own tokenization (tokenizers
+{html.escape(str(ev["tokenizers"]))}); val loss in nats/token on the candidate's val shard where the tokenizers are the
+same. Prompts and sampling from {html.escape(s.source)}.</p>
+<h2>Scores</h2>{_cells(scores, ["version", "role", "bits per byte", "bits per char", "val loss"])}
+<h2>Loss</h2><img alt="loss curves of {a} (blue) and {b} (orange): train dotted, val solid"
+src="data:image/png;base64,{png}">
+<h2>Side by side</h2>{_cells(side, ["prompt", "decoding", f"{a} (candidate)", f"{b} (champion)"])}
+<h2>Versions</h2>{_cells([[k, fa.get(k, ""), fb.get(k, "")] for k in keys], ["", a, b])}
+</body></html>
+"""
+
+
+def write_comparison(candidate: str, champion: str, out: Path | None = None, preset: str | None = None) -> Path:
+    page = build_comparison(candidate, champion, preset)
+    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{candidate}-vs-{champion}")
+    return write_text_atomic(Path(out or f"report-compare-{safe}.html"), page)

@@ -164,43 +164,51 @@ def ensure_registered_model(name: str, description: str = "") -> None:
 def identical_version(name: str, weights_sha256: str, data_fingerprint: str, export_config: str):
     """A registered version of `name` with these very weights, trained on this very data, exported with these
     export settings, or None."""
+    from lmforge.registry.review import facts
+
     c = client()
     try:
         found = with_retries(c.search_model_versions,
-                             f"name = '{name}' and tags.weights_sha256 = '{weights_sha256}'")
+                             f"name = '{name}' and tags.data_fingerprint = '{data_fingerprint}'")
     except Exception as exc:  # noqa: BLE001 - no such registered model yet
         if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    same = [v for v in found if v.tags.get("data_fingerprint") == data_fingerprint
-            and v.tags.get("export_config") == export_config]
+    same = [v for v in found if facts(v).get("weights_sha256") == weights_sha256
+            and facts(v).get("export_config") == export_config]
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
 def register_model(run_id: str, model_dir: Path, name: str, tags: dict, *, description: str = "",
-                   alias: str = "candidate", val_dir: Path | None = None, example_prompt: str = "") -> tuple[str, bool]:
+                   alias: str = "candidate", val_dir: Path | None = None, example_prompt: str = "",
+                   model_description: str = "") -> tuple[str, bool]:
     """Log the exported directory as the run's pyfunc "generate" model (lmforge.registry.pyfunc: the directory travels
     as its artifact, its predict answers prompts with text), register it under `name`, tag it and point `alias`
-    at it. A version with the same weights, data fingerprint and export settings (tags weights_sha256,
-    data_fingerprint, export_config) is reused instead: alias moves to it, nothing new is registered. Returns
-    (version, reused). `val_dir`: a directory whose val.bin and meta.json are logged with the run (data/), so
-    promotion can score the version on another machine. `example_prompt`: the prompt of the model's input example."""
+    at it. A version with the same weights, data fingerprint and export settings (lmforge.registry.review.facts:
+    weights_sha256, data_fingerprint, export_config) is reused instead: alias moves to it, nothing new is
+    registered. Returns (version, reused). `val_dir`: a directory whose val.bin, val.jsonl (the val text) and
+    meta.json are logged with the run (data/), so promotion can score the version on another machine.
+    `example_prompt`: the prompt of the model's input example."""
     import mlflow
 
     from lmforge.registry.pyfunc import log_generate_model
 
+    from lmforge.registry.review import facts
+
     c = client()
-    same = identical_version(name, tags["weights_sha256"], tags["data_fingerprint"], tags["export_config"])
+    known = facts(tags)
+    same = identical_version(name, known["weights_sha256"], known["data_fingerprint"], known["export_config"])
     if same is not None:
         with_retries(c.set_registered_model_alias, name, alias, same.version)
         with_retries(c.set_tag, run_id, "model_version", str(same.version))
         return str(same.version), True
     if val_dir is not None and (Path(val_dir) / "val.bin").stat().st_size <= VAL_ARTIFACT_MAX_BYTES:
-        for f in ("val.bin", "meta.json"):
-            with_retries(c.log_artifact, run_id, str(Path(val_dir) / f), "data")
+        for f in ("val.bin", "val.jsonl", "meta.json"):
+            if f != "val.jsonl" or (Path(val_dir) / f).is_file():  # val.jsonl: in data prepared since it exists
+                with_retries(c.log_artifact, run_id, str(Path(val_dir) / f), "data")
     with mlflow.start_run(run_id=run_id):
         info = with_retries(log_generate_model, Path(model_dir), example_prompt)
-    ensure_registered_model(name, f"lmforge preset {name}")
+    ensure_registered_model(name, redact_text(model_description or f"lmforge model {name}"))
     version = with_retries(c.create_model_version, name, source=info.model_uri, run_id=run_id,
                            tags={k: redact_text(str(v)) for k, v in tags.items()},
                            description=redact_text(description),
@@ -290,7 +298,10 @@ def recent_runs(limit: int = 10) -> list[dict]:
         return []
     runs = c.search_runs(exps, order_by=["attributes.start_time DESC"], max_results=limit)
     aliases: dict[str, dict[str, list[str]]] = {}
-    for name in {r.data.tags.get("preset") for r in runs if r.data.tags.get("model_version")}:
+    def model_of(run) -> str | None:  # runs before the `model` tag carried the model's name as `preset`
+        return run.data.tags.get("model") or run.data.tags.get("preset")
+
+    for name in {model_of(r) for r in runs if r.data.tags.get("model_version")}:
         try:
             got = c.get_registered_model(name).aliases
         except Exception:  # noqa: BLE001 - deleted since
@@ -299,7 +310,7 @@ def recent_runs(limit: int = 10) -> list[dict]:
             aliases.setdefault(name, {}).setdefault(str(version), []).append(alias)
     out = []
     for r in runs:
-        name, version = r.data.tags.get("preset"), r.data.tags.get("model_version")
+        name, version = model_of(r), r.data.tags.get("model_version")
         out.append({"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
                     "start": datetime.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
                     "model": name, "version": version,

@@ -1,5 +1,6 @@
-"""Scoring an exported model directory with onnxruntime and numpy alone: the mean next-token loss over evenly
-spaced windows of a token array (how promotion compares versions, and how each exported variant's cost is
+"""Scoring an exported model directory with onnxruntime and numpy alone: bits per byte of raw text in the model's own
+tokenization (text_score: comparable across tokenizers, what promotion compares), the mean next-token loss over evenly
+spaced windows of a token array (the val loss promotion shows beside it, and how each exported variant's cost is
 measured beside fp32), and the feeds that run whole windows from an empty state."""
 from __future__ import annotations
 
@@ -137,3 +138,70 @@ def stepped_score(gen: Generator, rows: tuple, positions: int | None = None) -> 
     logits = stepped_logits(gen, prompts, forced).astype(np.float64).reshape(-1, gen.vocab_size)[:positions]
     y = targets.reshape(-1)[:positions]
     return float(token_nll(logits, y).mean()), logits.argmax(-1)
+
+
+LN2 = float(np.log(2.0))
+
+
+def sample_documents(documents: list[str], max_bytes: int) -> list[str]:
+    """Up to max_bytes of UTF-8 text from `documents`, deterministically: every k-th document (evenly spaced
+    over all of them, k from their total size), whole, until the budget; one long text is cut to the budget.
+    Every model scored on the same documents and budget gets the same text."""
+    sizes = [len(d.encode("utf-8", "surrogatepass")) for d in documents]
+    total = sum(sizes)
+    if total <= max_bytes:
+        return list(documents)
+    if len(documents) == 1:
+        return [documents[0].encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore")]
+    stride = max(1, -(-total // max_bytes))
+    out, used = [], 0
+    for i in range(0, len(documents), stride):
+        if used + sizes[i] > max_bytes and out:
+            break
+        out.append(documents[i] if sizes[i] <= max_bytes else
+                   documents[i].encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore"))
+        used += min(sizes[i], max_bytes)
+    return out
+
+
+def text_score(model_dir: str | Path, documents: list[str], batch_size: int = 8) -> dict:
+    """The model's cost of `documents` (raw text) in its own tokenization: each document encoded by the model's
+    tokenizer and framed <bos> ... <eos> as training frames it, the documents as one stream cut into
+    non-overlapping windows of the model's context, every token after the first predicted once from the tokens
+    before it in its window. Returns bits per byte and per character of the text (the tokenizer-independent
+    score promotion compares), nats per token, the counts, and the unigram model of the same tokens in bits per
+    byte (what a first champion must beat). Unknown tokens are counted: a tokenizer that maps unseen characters
+    to <unk> pays only for <unk>."""
+    from lmforge.core.errors import LmforgeError
+
+    gen = Generator(model_dir, device="cpu", fast=False)
+    T = int(gen.dir.model["block_size"])
+    frame_ids = [i for i in (gen.bos,) if i is not None], [i for i in (gen.eos,) if i is not None]
+    stream = []
+    for doc in documents:
+        stream += frame_ids[0] + gen.tokenizer.encode(doc, add_special_tokens=False).ids + frame_ids[1]
+    n_bytes = sum(len(d.encode("utf-8", "surrogatepass")) for d in documents)
+    n_chars = sum(len(d) for d in documents)
+    if len(stream) < 2 or not n_bytes:
+        raise LmforgeError("the val text to score is empty", hint="prepare data with more val text")
+    ids = np.asarray(stream, np.int64)
+    starts = np.arange(0, len(ids) - 1, T)
+    nll = np.zeros(len(ids) - 1)  # nll[j]: the cost of token j + 1
+    full = [s for s in starts if s + T + 1 <= len(ids)]
+    for i in range(0, len(full), batch_size):
+        xy = np.stack([ids[s:s + T + 1] for s in full[i:i + batch_size]])
+        logits = gen.session.run([gen.dir.io["logits"]], prefill_feeds(gen, xy[:, :-1]))[0]
+        for row, s in enumerate(full[i:i + batch_size]):
+            nll[s:s + T] = token_nll(logits[row], xy[row, 1:])
+    for s in (s for s in starts if s + T + 1 > len(ids)):  # the last, shorter window
+        xy = ids[s:][None]
+        logits = gen.session.run([gen.dir.io["logits"]], prefill_feeds(gen, xy[:, :-1]))[0]
+        nll[s:] = token_nll(logits[0], xy[0, 1:])
+    targets = ids[1:]
+    counts = np.bincount(targets)
+    p = counts[targets] / targets.size
+    bits = float(nll.sum()) / LN2
+    return {"bits_per_byte": bits / n_bytes, "bits_per_char": bits / n_chars, "nats_per_token": float(nll.mean()),
+            "unigram_bits_per_byte": float(-np.log2(p).sum()) / n_bytes, "tokens": int(targets.size),
+            "bytes": n_bytes, "chars": n_chars, "documents": len(documents), "context": T,
+            "unk_tokens": int((targets == gen.unk).sum()) if gen.unk is not None else 0}

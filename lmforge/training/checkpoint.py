@@ -118,6 +118,22 @@ class Checkpoints:
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
         return state, blob["rng"]["data"]
 
+    def adopt(self, parent: Path, state_update: dict) -> None:
+        """Copy another run's last/ and best/ here, their state.json updated (this run's identity): a continued
+        run starts as that run ended. Each lands whole or not at all, as save() writes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("best", "last"):  # last/ last: its presence is what a resume reads
+            src = Checkpoints(parent).path(name)
+            if src is None:
+                continue
+            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            state = json.loads((tmp / "state.json").read_text())
+            (tmp / "state.json").write_text(json.dumps({**state, **state_update}))
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+            tmp.rename(self.dir / name)
+
     def set_aside(self) -> Path:
         """Move last/ and best/ out of the way (a checkpoint of another identity); returns where they went."""
         aside = self.dir / f".set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -136,6 +152,7 @@ class Identity:
     weights: str
     data: str
     earlier: str = ""
+    family: str = ""  # the weights hash but max_steps (RunLayout.family): what --continue looks for
 
     def key(self) -> dict:
         return {"weights": self.weights, "data": self.data}
@@ -161,10 +178,10 @@ def resume_point(ckpts: Checkpoints, identity: Identity | None, max_steps: int) 
     return step, f"resuming from step {step} of {max_steps} in {where} (same data, same config)"
 
 
-def weights_sha256(ckpt_dir: Path) -> str:
-    """sha256 of the weights a run exports (best/, else last/): equal for identical models."""
+def weights_sha256(ckpt_dir: Path, name: str | None = None) -> str:
+    """sha256 of the weights a run exports (best/, else last/; or checkpoint `name`): equal for identical models."""
     ckpts = Checkpoints(ckpt_dir)
-    path = ckpts.path("best") or ckpts.path("last")
+    path = ckpts.path(name) if name else ckpts.path("best") or ckpts.path("last")
     if path is None:
         raise LmforgeError(f"no checkpoint in {ckpt_dir}", hint="train first")
     digest = hashlib.sha256()

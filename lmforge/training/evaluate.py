@@ -17,7 +17,7 @@ from lmforge.data.shards import open_shard
 
 @torch.no_grad()
 def evaluate_tokens(model: torch.nn.Module, data: np.ndarray, block_size: int, batch_size: int,
-                    max_windows: int, device: str = "cpu", autocast=None) -> dict[str, float]:
+                    max_windows: int, *, device: str = "cpu", autocast=None) -> dict[str, float]:
     """Mean next-token loss and accuracy over evenly spaced windows of `data`."""
     starts = windows(len(data), block_size, max_windows)
     if not len(starts):
@@ -41,10 +41,11 @@ def evaluate_tokens(model: torch.nn.Module, data: np.ndarray, block_size: int, b
 
 
 @torch.no_grad()
-def sample_text(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, block_size: int,
+def sample_text(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, block_size: int, *,
                 temperature: float = 1.0, top_k: int = 0, seed: int = 0, eos: int | None = None) -> list[int]:
     """Sample a continuation with the torch model during training (any family: the last `block_size` tokens are
-    re-read each step, no cache). Uses its own numpy generator, so the training RNG streams are untouched."""
+    re-read each step, no cache), at least one token before <eos>. Uses its own numpy generator, so the training
+    RNG streams are untouched."""
     from lmforge.runtime.sampling import SamplingParams, sample_next
 
     was_training = model.training
@@ -54,7 +55,10 @@ def sample_text(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: i
     for _ in range(max_new_tokens):
         x = torch.tensor([(prompt_ids + ids)[-block_size:]], device=device)
         logits, _ = model(x)
-        tok = int(sample_next(logits[:, -1].float().cpu().numpy(), params, rng)[0])
+        last = logits[:, -1].float().cpu().numpy()
+        if not ids and eos is not None:
+            last[:, eos] = -np.inf  # a sample says something: <eos> may end it, not be all of it
+        tok = int(sample_next(last, params, rng)[0])
         if tok == eos:
             break
         ids.append(tok)

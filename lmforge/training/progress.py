@@ -16,7 +16,8 @@ def fancy_output(stream=None) -> bool:
 
 
 class TrainProgress:
-    """Call with (step, max_steps, loss, tokens_per_s) after each optimizer step; use as a context manager."""
+    """Call with (step, max_steps, loss, tokens_per_s) as training reports (every train.log_interval steps); use as
+    a context manager. Plain lines come at the first report past each tenth of max_steps, and at the end."""
 
     def __init__(self, description: str = "train", fancy: bool | None = None):
         self.description = description
@@ -24,6 +25,7 @@ class TrainProgress:
         self._bar = self._task = None
         self._t0 = time.perf_counter()
         self._first_step: int | None = None
+        self._next_line = 0  # the step from which the next plain line is due
         self.lines: list[str] = []  # the plain lines emitted (what a log reader sees)
 
     def __enter__(self) -> "TrainProgress":
@@ -51,8 +53,9 @@ class TrainProgress:
             self._bar.update(self._task, completed=step, loss=loss, tps=tokens_per_s)
             return
         every = max(1, max_steps // 10)
-        if step % every and step != max_steps:
+        if step < self._next_line and step != max_steps:
             return
+        self._next_line = (step // every + 1) * every
         done = step - self._first_step
         eta = (time.perf_counter() - self._t0) / max(done, 1) * (max_steps - step)
         line = f"{self.description} step {step}/{max_steps}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  eta {eta:.0f}s"

@@ -1,12 +1,16 @@
-"""The one training loop for every model family, read top to bottom: set up (device, seed, optimizer, autocast),
-resume from ckpt/last when it is this run's, then step -> (evaluate + checkpoint every eval_interval) until
-max_steps, early stopping or an interrupt (Ctrl-C, SIGTERM: a checkpoint at the step reached, then
-lmforge.core.interrupt.Interrupted). AdamW with warmup + cosine decay, gradient clipping and accumulation, bf16/fp16 autocast
-on CUDA (a GradScaler for fp16), optional torch.compile, DistributedDataParallel under torchrun. Checkpoints
-(lmforge.training.checkpoint) resume exactly: weights, optimizer, scaler, RNG streams, data position, running loss."""
+"""The one training loop for every model family, read top to bottom as nanoGPT's train.py: set up (device,
+seed, optimizer, autocast) into one state object (Loop), resume from ckpt/last when it is this run's, then
+step -> (evaluate + checkpoint every eval_interval) until max_steps, early stopping or an interrupt (Ctrl-C,
+SIGTERM: a checkpoint at the step reached, then lmforge.core.interrupt.Interrupted).
+
+AdamW with warmup + cosine decay, gradient clipping and accumulation, bf16/fp16 autocast on CUDA (a GradScaler
+for fp16), optional torch.compile, DistributedDataParallel under torchrun. The loss stays on the device between
+evaluations: `.item()` (a device sync on a GPU) happens every train.log_interval steps and at evaluations only,
+and the next batch is drawn (and its copy to the GPU started) before the current one's forward pass. Checkpoints
+(lmforge.training.checkpoint) resume exactly: weights, optimizer, scaler, RNG streams, data position, running
+loss."""
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,20 +20,24 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lmforge.training import ddp
 from lmforge.core import interrupt
-from lmforge.training.checkpoint import Checkpoints, Identity, resume_point
 from lmforge.core.config import TrainConfig
 from lmforge.core.errors import LmforgeError
+from lmforge.core.records import StartFrom
+from lmforge.training import ddp
+from lmforge.training.checkpoint import Checkpoints, Identity, resume_point
 from lmforge.training.evaluate import evaluate_tokens
+from lmforge.training.schedule import lr_at
+from lmforge.training.threads import ThreadPicker
+from lmforge.training.warmstart import continue_note, load_warm_start
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, max_steps, loss, tokens/s)
 
 
 @dataclass
 class Hooks:
-    """What the caller sees of training: each evaluation's row, per-step progress, a sample from the model at
-    every evaluation, and the one line that says whether the run starts, resumes or is already done."""
+    """What the caller sees of training: each evaluation's row, progress every train.log_interval steps, a sample
+    from the model at every evaluation, and the one line that says whether the run starts, resumes or is done."""
     log_eval: Callable[[dict, int], None] | None = None
     progress: ProgressFn | None = None
     sample: Callable[[torch.nn.Module, int], None] | None = None
@@ -56,19 +64,90 @@ class Progress:
     best_val: float = float("inf")
     bad_evals: int = 0
     stopped_early: bool = False
-    loss_sum: float = 0.0  # train loss summed since the last evaluation (its train_loss is the mean)
+    loss_sum: float | torch.Tensor = 0.0  # train loss summed since the last evaluation, float64 on the device
     loss_n: int = 0
     history: list[dict] = field(default_factory=list)
 
     def to_state(self) -> dict:
         return {"step": self.step, "best_val": self.best_val, "bad_evals": self.bad_evals,
-                "stopped_early": self.stopped_early, "loss_sum": self.loss_sum, "loss_n": self.loss_n,
+                "stopped_early": self.stopped_early, "loss_sum": float(self.loss_sum), "loss_n": self.loss_n,
                 "history": self.history}
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":
         return cls(state["step"], state["best_val"], state["bad_evals"], state.get("stopped_early", False),
                    state.get("loss_sum", 0.0), state.get("loss_n", 0), state["history"])
+
+
+class Batches:
+    """Training batches from one seeded stream, drawn one ahead: the next batch is in hand (on a GPU its copy
+    already under way, pinned and non-blocking) while the current one trains. state() is the stream's state
+    before the batch in hand was drawn, so a checkpoint that records it resumes at exactly that batch."""
+
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int):
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.device, self.gen = "cpu", torch.Generator()
+        self._state: torch.Tensor | None = None
+        self._next: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start(self, device: str, seed: int) -> None:
+        """The stream seeded with `seed`, batches on `device`; the first batch drawn."""
+        self.device = device
+        self.gen.manual_seed(seed)
+        self.restart(self.gen.get_state())
+
+    def restart(self, state: torch.Tensor) -> None:
+        """The stream from `state` (what state() returned when a checkpoint was written); its batch drawn."""
+        self.gen.set_state(state)
+        self._state = state.clone()
+        self._next = get_batch(self.data, self.block_size, self.batch_size, self.gen, self.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._next
+        self._state = self.gen.get_state()
+        self._next = get_batch(self.data, self.block_size, self.batch_size, self.gen, self.device)
+        return batch
+
+    def state(self) -> torch.Tensor:
+        return self._state
+
+
+@dataclass
+class Loop:
+    """Everything one training run holds while it steps (nanoGPT keeps these as module globals)."""
+    cfg: TrainConfig
+    model: torch.nn.Module        # the weights: checkpoints and evaluations read these
+    step_model: torch.nn.Module   # what a step calls: the model, DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 autocast on CUDA only
+    autocast: object              # a context manager: bf16/fp16 autocast on CUDA, else nullcontext
+    device: str
+    group: ddp.Rank | None        # None in a single process
+    batches: Batches
+    val_data: np.ndarray
+    ckpts: Checkpoints
+    identity: Identity | None     # the run's identity, recorded in every checkpoint
+    hooks: Hooks
+    threads: ThreadPicker | None  # train.threads = 0: threads re-picked from the load (lmforge.training.threads)
+    run: Progress = field(default_factory=Progress)
+    tokens: int = 0               # trained in this process (tokens/s)
+    t0: float = 0.0
+
+    @property
+    def key(self) -> dict | None:
+        return self.identity.key() if self.identity else None
+
+    @property
+    def rank0(self) -> bool:
+        return self.group is None or self.group.rank == 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        world = self.group.world_size if self.group else 1
+        return self.cfg.grad_accum * self.cfg.batch_size * self.batches.block_size * world
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.t0, 1e-9)
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -94,19 +173,13 @@ def autocast_for(device: str, dtype: str):
     return torch.autocast("cuda", dtype=torch_dtype), scaler
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device == "cuda")
+    # fused: one kernel over all parameters (CUDA, and the CPU since torch 2.4): fewer passes over memory
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device in ("cuda", "cpu"))
 
 
 def get_batch(data: np.ndarray, block_size: int, batch_size: int, gen: torch.Generator, device: str):
@@ -126,91 +199,127 @@ def check_fits(train_data: np.ndarray, val_data: np.ndarray, block_size: int) ->
                                f"({block_size + 1})", hint="use a larger corpus or --set model.block_size=SMALLER")
 
 
-def seed_everything(cfg: TrainConfig, rank: int) -> None:
+def seed_everything(cfg: TrainConfig, rank: int) -> ThreadPicker | None:
+    """Threads (train.threads, or picked from the cores others leave free: lmforge.training.threads), the
+    deterministic switch and the seed; returns the picker that keeps re-picking threads, if any."""
+    picker = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    else:
+        picker = ThreadPicker(adjust=not cfg.deterministic)  # deterministic: one pick, kept
+        picker.start()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed + rank)
+    return picker
 
 
 def train(model: torch.nn.Module, train_data: np.ndarray, val_data: np.ndarray, block_size: int,
-          cfg: TrainConfig, ckpt_dir: Path, hooks: Hooks | None = None, resume: bool = True,
-          identity: Identity | None = None) -> TrainResult:
+          cfg: TrainConfig, ckpt_dir: Path, *, hooks: Hooks | None = None, resume: bool = True,
+          identity: Identity | None = None, start: StartFrom | None = None) -> TrainResult:
     """Train `model` on token arrays; checkpoints go to ckpt_dir/{last,best}. Returns with the best-val weights
     loaded. `identity` (the run's weights hash and data fingerprint) is recorded in every checkpoint; only a
-    checkpoint with the same identity is resumed. Under torchrun (more than one process) each rank draws its
-    own batches, gradients are averaged, rank 0 alone evaluates, logs and writes checkpoints."""
-    hooks = hooks or Hooks()
+    checkpoint with the same identity is resumed. `start`: the weights a run without a checkpoint of its own
+    starts from (a warm start, or the finished run a --continue extends; lmforge.training.warmstart). Under
+    torchrun (more than one process) each rank draws its own batches, gradients are averaged, rank 0 alone
+    evaluates, logs and writes checkpoints."""
     check_fits(train_data, val_data, block_size)
+    loop = setup(model, cfg, Batches(train_data, block_size, cfg.batch_size), val_data, Checkpoints(ckpt_dir),
+                 hooks=hooks or Hooks(), identity=identity)
+    start_or_resume(loop, resume, start)
+    resumed_from, run = loop.run.step, loop.run
+    model.train()
+    loop.t0 = time.perf_counter()
+    while run.step < cfg.max_steps and not run.stopped_early:
+        lr = lr_at(run.step, cfg)
+        loss = train_step(loop, lr)  # a tensor on the device: no sync here
+        run.step += 1
+        run.loss_sum, run.loss_n = run.loss_sum + loss, run.loss_n + 1
+        loop.tokens += loop.tokens_per_step
+        if loop.threads:
+            loop.threads.update()  # a clock read; every few seconds a look at the load
+        if loop.hooks.progress and loop.rank0 and (run.step % cfg.log_interval == 0 or run.step == cfg.max_steps):
+            loop.hooks.progress(run.step, cfg.max_steps, loss.item(), loop.tokens_per_s())  # the one .item()
+        at_eval = run.step % cfg.eval_interval == 0 or run.step == cfg.max_steps
+        stop = stop_requested(loop.group, at_eval)
+        if at_eval:
+            evaluate_and_checkpoint(loop, lr)
+        elif stop:  # a checkpoint at the step reached (at an eval step the evaluation has just written it)
+            save_last(loop)
+        if stop:
+            if loop.group:
+                ddp.teardown()
+            raise interrupt.Interrupted(run.step)
+    return finish(loop, resumed_from)
+
+
+def setup(model: torch.nn.Module, cfg: TrainConfig, batches: Batches, val_data: np.ndarray, ckpts: Checkpoints, *,
+          hooks: Hooks, identity: Identity | None) -> Loop:
+    """Device, process group, seeds, optimizer and autocast around `model`: the Loop at step 0."""
     device = pick_device(cfg.device)
-    group = ddp.setup(device)  # None in a single process
+    group = ddp.setup(device)
     rank = group.rank if group else 0
-    seed_everything(cfg, rank)
+    picker = seed_everything(cfg, rank)
     model.to(device)
+    batches.start(device, cfg.seed + rank)  # each rank its own stream of batches
     optimizer = make_optimizer(model, cfg, device)
     autocast, scaler = autocast_for(device, cfg.dtype)
-    data_gen = torch.Generator().manual_seed(cfg.seed + rank)
-    ckpts = Checkpoints(ckpt_dir)
-    run, start = Progress(), 0
-    if rank == 0:  # rank 0 alone decides (and may set a foreign checkpoint aside); the others follow
-        start, note = resume_point(ckpts, identity, cfg.max_steps) if resume else (0, "training from step 0")
-        if hooks.note:
-            hooks.note(note)
-    start = ddp.broadcast(start) if group else start
-    if start:
-        run = restore(ckpts, model, optimizer, scaler, data_gen, rank)
     wrapped = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[group.local_rank] if device == "cuda" else None) if group else model
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
-    resumed_from = run.step
-    model.train()
-    key = identity.key() if identity else None
-    t0, tokens = time.perf_counter(), 0
-    while run.step < cfg.max_steps and not run.stopped_early:
-        lr = lr_at(run.step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        loss = train_step(step_model, wrapped, optimizer, scaler, autocast, train_data, block_size, cfg, data_gen,
-                          device, group)
-        run.step += 1
-        run.loss_sum, run.loss_n = run.loss_sum + loss, run.loss_n + 1
-        tokens += cfg.grad_accum * cfg.batch_size * block_size * (group.world_size if group else 1)
-        if hooks.progress and rank == 0:
-            hooks.progress(run.step, cfg.max_steps, loss, tokens / max(time.perf_counter() - t0, 1e-9))
-        at_eval = run.step % cfg.eval_interval == 0 or run.step == cfg.max_steps
-        stop = stop_requested(group, at_eval)
-        if at_eval:
-            evaluate_and_checkpoint(run, model, val_data, block_size, cfg, device, autocast, ckpts, optimizer,
-                                    scaler, data_gen, group, key, lr, tokens / (time.perf_counter() - t0),
-                                    hooks)
-        elif stop:  # a checkpoint at the step reached (at an eval step the evaluation has just written it)
-            save_last(ckpts, run, model, optimizer, scaler, data_gen, group, key)
-        if stop:
-            if group:
-                ddp.teardown()
-            raise interrupt.Interrupted(run.step)
-    wall = time.perf_counter() - t0
-    if ckpts.path("best") is not None:
-        ckpts.load_model("best", model)
-    model.eval()
-    if group:
+    return Loop(cfg, model, step_model, optimizer, scaler, autocast, device, group, batches, val_data, ckpts,
+                identity, hooks, picker)
+
+
+def start_or_resume(loop: Loop, resume: bool, start: StartFrom | None) -> None:
+    """Rank 0 decides where training starts (and may set a foreign checkpoint aside); the other ranks follow.
+    A resumed run restores ckpt/last: weights, optimizer, scaler, RNG streams and bookkeeping. A run without a
+    checkpoint of its own continues the finished run `start` (its checkpoints copied here, then restored) or
+    warm-starts from its weights at step 0."""
+    step, notes = 0, []
+    if loop.rank0:
+        step, note = (resume_point(loop.ckpts, loop.identity, loop.cfg.max_steps) if resume
+                      else (0, "training from step 0"))
+        if step == 0 and start is not None and start.kind == "continue":
+            loop.ckpts.adopt(start.ckpt_dir, {"identity": loop.key, "stopped_early": False, "bad_evals": 0})
+            step, note = start.step, continue_note(start, loop.cfg.max_steps)
+        notes.append(note)
+    if loop.group:
+        step = ddp.broadcast(step)
+    if step:
+        restore(loop)
+    elif start is not None and start.kind == "warm-start":
+        notes.append(load_warm_start(loop.model, loop.optimizer, start))  # every rank: the same weights
+    for note in notes if loop.hooks.note else []:
+        loop.hooks.note(note)
+
+
+def finish(loop: Loop, resumed_from: int) -> TrainResult:
+    """The best weights loaded, the process group left, the run summed up."""
+    wall = time.perf_counter() - loop.t0
+    if loop.ckpts.path("best") is not None:
+        loop.ckpts.load_model("best", loop.model)
+    loop.model.eval()
+    if loop.group:
         ddp.teardown()
+    run = loop.run
     final_train = run.history[-1]["train_loss"] if run.history else float("nan")
     return TrainResult(steps=run.step, best_val_loss=run.best_val, final_train_loss=final_train,
-                       history=run.history, tokens_per_s=tokens / max(wall, 1e-9), wall_s=wall, device=device,
-                       resumed_from=resumed_from, stopped_early=run.stopped_early)
+                       history=run.history, tokens_per_s=loop.tokens / max(wall, 1e-9), wall_s=wall,
+                       device=loop.device, resumed_from=resumed_from, stopped_early=run.stopped_early)
 
 
-def trained_record(result: TrainResult, run, n_params: int):
-    """What the training step hands on (lmforge.core.records.Trained) for a run directory (lmforge.core.layout.RunDir)."""
+def trained_record(result: TrainResult, run, n_params: int, lineage=None):
+    """What the training step hands on (lmforge.core.records.Trained) for a run directory
+    (lmforge.core.layout.RunDir); `lineage`: where its weights started (lmforge.training.warmstart.lineage_of)."""
     from lmforge.training.checkpoint import weights_sha256
-    from lmforge.core.records import Trained
+    from lmforge.core.records import Lineage, Trained
 
     return Trained(run_dir=run.root, ckpt_dir=run.ckpt, steps=result.steps, best_val_loss=result.best_val_loss,
                    final_train_loss=result.final_train_loss, tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
                    device=result.device, resumed_from=result.resumed_from, stopped_early=result.stopped_early,
-                   n_params=n_params, weights_sha256=weights_sha256(run.ckpt), history=result.history)
+                   n_params=n_params, weights_sha256=weights_sha256(run.ckpt), history=result.history,
+                   lineage=lineage or Lineage())
 
 
 def stop_requested(group, at_eval: bool) -> bool:
@@ -221,25 +330,28 @@ def stop_requested(group, at_eval: bool) -> bool:
     return bool(ddp.broadcast(interrupt.requested())) if at_eval else False
 
 
-def train_step(step_model, wrapped, optimizer, scaler, autocast, train_data, block_size, cfg: TrainConfig,
-               data_gen, device: str, group) -> float:
-    """One optimizer step over cfg.grad_accum micro-batches; returns the mean micro-batch loss."""
-    total = 0.0
+def train_step(loop: Loop, lr: float) -> torch.Tensor:
+    """One optimizer step at learning rate `lr` over cfg.grad_accum micro-batches; returns the mean micro-batch
+    loss as a float64 tensor on the device (reading it is a sync: the caller does so only when it logs)."""
+    cfg, optimizer, scaler = loop.cfg, loop.optimizer, loop.scaler
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    total = torch.zeros((), dtype=torch.float64, device=loop.device)
     for micro in range(cfg.grad_accum):
-        x, y = get_batch(train_data, block_size, cfg.batch_size, data_gen, device)
+        x, y = loop.batches.next()  # the batch after it is drawn now, while this one computes
         last = micro == cfg.grad_accum - 1
-        with wrapped.no_sync() if group and not last else nullcontext():  # DDP: all-reduce once per step
-            with autocast:
-                logits, _ = step_model(x)
+        with no_sync(loop) if loop.group and not last else nullcontext():  # DDP: one all-reduce per step
+            with loop.autocast:
+                logits, _ = loop.step_model(x)
                 loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                                          y.reshape(-1))
             scaled = loss / cfg.grad_accum
             (scaler.scale(scaled) if scaler else scaled).backward()
-        total += loss.item()
+        total += loss.detach()
     if scaler:
         scaler.unscale_(optimizer)
     if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.grad_clip)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -249,49 +361,57 @@ def train_step(step_model, wrapped, optimizer, scaler, autocast, train_data, blo
     return total / cfg.grad_accum
 
 
-def evaluate_and_checkpoint(run: Progress, model, val_data, block_size, cfg: TrainConfig, device, autocast,
-                            ckpts: Checkpoints, optimizer, scaler, data_gen, group, key: dict | None, lr: float,
-                            tokens_per_s: float, hooks: Hooks) -> None:
+def no_sync(loop: Loop):
+    """DDP's no_sync (gradients kept local on all but the last micro-batch), under torch.compile's wrapper too."""
+    return getattr(loop.step_model, "_orig_mod", loop.step_model).no_sync()
+
+
+def evaluate_and_checkpoint(loop: Loop, lr: float) -> None:
     """Rank 0 evaluates, keeps the best weights and writes ckpt/last; the other ranks take its bookkeeping."""
-    train_loss = run.loss_sum / max(run.loss_n, 1)
+    run, cfg = loop.run, loop.cfg
+    train_loss = float(run.loss_sum) / max(run.loss_n, 1)  # the sync of this evaluation interval
     run.loss_sum, run.loss_n = 0.0, 0
-    if not group or group.rank == 0:
-        val = evaluate_tokens(model, val_data, block_size, cfg.batch_size, cfg.eval_iters * cfg.batch_size,
-                              device, autocast)
+    if loop.rank0:
+        val = evaluate_tokens(loop.model, loop.val_data, loop.batches.block_size, cfg.batch_size,
+                              cfg.eval_iters * cfg.batch_size, device=loop.device, autocast=loop.autocast)
         row = {"step": run.step, "train_loss": train_loss, "val_loss": val["loss"], "lr": lr,
-               "tokens_per_s": tokens_per_s}
+               "tokens_per_s": loop.tokens_per_s(), "threads": torch.get_num_threads()}
         run.history.append(row)
         if val["loss"] < run.best_val:
             run.best_val, run.bad_evals = val["loss"], 0
-            ckpts.save("best", model, None, {"step": run.step, "val_loss": val["loss"], "identity": key})
+            loop.ckpts.save("best", loop.model, None, {"step": run.step, "val_loss": val["loss"],
+                                                       "identity": loop.key})
         else:
             run.bad_evals += 1
         run.stopped_early = bool(cfg.early_stop_patience) and run.bad_evals >= cfg.early_stop_patience
-    save_last(ckpts, run, model, optimizer, scaler, data_gen, group, key)
-    if not group or group.rank == 0:
-        if hooks.log_eval:
-            hooks.log_eval(row, run.step)
-        if hooks.sample:
-            hooks.sample(model, run.step)
-    if group:  # the other ranks wait here for rank 0's checkpoint, then take its bookkeeping
+    save_last(loop)
+    if loop.rank0:
+        if loop.hooks.log_eval:
+            loop.hooks.log_eval(row, run.step)
+        if loop.hooks.sample:
+            loop.hooks.sample(loop.model, run.step)
+    if loop.group:  # the other ranks wait here for rank 0's checkpoint, then take its bookkeeping
         state = ddp.broadcast(run.to_state())
         run.best_val, run.bad_evals, run.stopped_early, run.history = (
             state["best_val"], state["bad_evals"], state["stopped_early"], state["history"])
 
 
-def save_last(ckpts: Checkpoints, run: Progress, model, optimizer, scaler, data_gen, group, key: dict | None
-              ) -> None:
+def save_last(loop: Loop) -> None:
     """ckpt/last at the current step, with every rank's data stream (all ranks call this; rank 0 writes)."""
-    data_rng = torch.stack(ddp.gather(data_gen.get_state())) if group else data_gen.get_state()
-    if not group or group.rank == 0:
-        ckpts.save("last", model, optimizer, {**run.to_state(), "identity": key, "data_rng": data_rng},
-                   scaler)
+    data_rng = torch.stack(ddp.gather(loop.batches.state())) if loop.group else loop.batches.state()
+    if loop.rank0:
+        family = loop.identity.family if loop.identity else ""
+        loop.ckpts.save("last", loop.model, loop.optimizer, {**loop.run.to_state(), "identity": loop.key,
+                                                             "family": family, "max_steps": loop.cfg.max_steps,
+                                                             "data_rng": data_rng}, loop.scaler)
 
 
-def restore(ckpts: Checkpoints, model, optimizer, scaler, data_gen: torch.Generator, rank: int) -> Progress:
-    state, data_rng = ckpts.load_training("last", model, optimizer, scaler)
+def restore(loop: Loop) -> None:
+    """ckpt/last into the loop: weights, optimizer, scaler, RNG streams, this rank's batch stream, bookkeeping."""
+    state, data_rng = loop.ckpts.load_training("last", loop.model, loop.optimizer, loop.scaler)
     if data_rng.dim() == 1:  # written by a single process
         data_rng = data_rng[None]
+    rank = loop.group.rank if loop.group else 0
     if rank < len(data_rng):  # a rank beyond the saving job's world size keeps its fresh seed + rank stream
-        data_gen.set_state(data_rng[rank])
-    return Progress.from_state(state)
+        loop.batches.restart(data_rng[rank])
+    loop.run = Progress.from_state(state)
