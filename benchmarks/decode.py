@@ -373,16 +373,18 @@ def same_tokens(a: list[list[int]], b: list[list[int]]) -> float:
 
 
 # -- what each loop costs per token, robust to load ---------------------------------------------------------------------
-def loop_cost(directory: Path, n: int = 256, rounds: int = 5) -> dict:
+def loop_cost(directory: Path, n: int = 256, rounds: int = 7, batches: tuple[int, ...] = (1, 8)) -> dict:
     """CPU microseconds per token of the calling thread (time.thread_time, which a busy machine does not inflate the
     way it does wall time) on a 1-layer, 64-wide model with the reference vocabulary and one intra-op thread, so
-    the graph's own run is short and every loop's own cost shows: the graph alone (run_with_iobinding with the
-    step inputs updated in place, numpy argmax), lmforge's Generator.stream (text pieces) and onnxruntime-genai's
-    loop over the same directory's genai graph (ids). Minimum over `rounds` runs of `n` tokens."""
+    the graph's own run is short and every loop's own cost shows, at each batch size (per step: `batch` tokens):
+    the graph alone (the decode state's step with its inputs updated in place, numpy argmax: the floor),
+    lmforge's Generator.stream (text pieces; batch 1) or stream_batch (a RowEvent per row and step), and
+    onnxruntime-genai's loop over the same directory's genai graph (ids). Minimum over `rounds` runs of `n` tokens;
+    the loops run in turn within each round, so a load change lands on all of them."""
     import torch
 
     from lmforge.models.gpt import GPT, GPTConfig
-    from lmforge.runtime import Generator
+    from lmforge.runtime import Generator, RowRequest
 
     global SHAPE
     saved, SHAPE = SHAPE, {**SHAPE, "n_layer": 1, "n_head": 2, "n_embd": 64}
@@ -393,25 +395,31 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 5) -> dict:
         SHAPE = saved
     gen = Generator(model_dir, threads=1)
     rng = np.random.default_rng(0)
-    prompt = lambda: rng.integers(4, SHAPE["vocab_size"], PROMPT_LEN).tolist()
+    prompts = lambda b: rng.integers(4, SHAPE["vocab_size"], (b, PROMPT_LEN)).tolist()  # noqa: E731
 
-    def graph() -> float:
-        dec = gen.decoder(1, PROMPT_LEN + n)
-        logits = dec.prefill([prompt()])
+    def graph(b: int) -> float:
+        dec = gen.decoder(b, PROMPT_LEN + n)
+        logits = dec.prefill(prompts(b))
         t = time.thread_time()
         for _ in range(n - 1):
             logits = dec.step(logits.argmax(-1))
         return time.thread_time() - t
 
-    def stream() -> float:
-        pieces = gen.stream(gen.tokenizer.decode(prompt()), max_new_tokens=n, temperature=0)
-        next(pieces)
+    def lmforge(b: int) -> float:
+        texts = [gen.tokenizer.decode(p) for p in prompts(b)]
+        if b == 1:
+            events = gen.stream(texts[0], max_new_tokens=n, temperature=0)
+        else:
+            events = gen.stream_batch([RowRequest(x, max_new_tokens=n, temperature=0) for x in texts])
+        for _ in range(b):  # the first token (prefill)
+            next(events)
         t = time.thread_time()
-        for _ in pieces:
+        for _ in events:
             pass
         return time.thread_time() - t
 
-    runs = {"graph + numpy argmax (the floor)": graph, "lmforge Generator.stream": stream}
+    loops = {"graph + numpy argmax (the floor)": graph,
+             "lmforge Generator.stream / stream_batch": lmforge}
     try:
         import onnxruntime_genai as og
 
@@ -422,11 +430,12 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 5) -> dict:
                                                                           "inter_op_num_threads": 1}}}}))
         model = og.Model(cfg)
 
-        def genai() -> float:
+        def genai(b: int) -> float:
             params = og.GeneratorParams(model)
-            params.set_search_options(do_sample=False, max_length=PROMPT_LEN + n, min_length=PROMPT_LEN + n)
+            params.set_search_options(do_sample=False, batch_size=b, max_length=PROMPT_LEN + n,
+                                      min_length=PROMPT_LEN + n)
             g = og.Generator(model, params)
-            g.append_tokens(np.array([prompt()], np.int32))
+            g.append_tokens(np.array(prompts(b), np.int32))
             g.generate_next_token()
             t = time.thread_time()
             while not g.is_done():
@@ -434,15 +443,24 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 5) -> dict:
                 g.get_next_tokens()
             return time.thread_time() - t
 
-        runs["onnxruntime-genai loop (genai graph)"] = genai
+        loops["onnxruntime-genai loop (genai graph)"] = genai
     except ImportError:
         pass
     meter = LoadMeter()
-    best = {k: min(f() for _ in range(rounds)) / (n - 1) * 1e6 for k, f in runs.items()}
-    floor = best["graph + numpy argmax (the floor)"]
-    return {"load": meter.read(), "shape": "gpt 1 layer x 64, vocab 8192, 1 thread",
-            "rows": [{"loop": k, "cpu_us_per_token": round(v, 1), "over_floor_us": round(v - floor, 1)}
-                     for k, v in best.items()]}
+    best = {(k, b): float("inf") for b in batches for k in loops}
+    for _ in range(rounds):
+        for b in batches:
+            for k, f in loops.items():
+                best[k, b] = min(best[k, b], f(b))
+    rows = []
+    for b in batches:
+        floor = best["graph + numpy argmax (the floor)", b] / (n - 1) * 1e6
+        for k in loops:
+            us = best[k, b] / (n - 1) * 1e6
+            rows.append({"loop": k, "batch": b, "cpu_us_per_step": round(us, 1),
+                         "over_floor_us": round(us - floor, 1), "over_floor_us_per_row": round((us - floor) / b, 2)})
+    return {"load": meter.read(), "shape": "gpt 1 layer x 64, vocab 8192, 1 thread", "rounds": rounds,
+            "new_tokens": n, "rows": rows}
 
 
 # -- onnxruntime's profiler, the weight-bytes bound -------------------------------------------------------------------
@@ -666,12 +684,7 @@ def markdown(report: dict) -> str:
             "| --- | --- | --- | --- | --- | --- |"]
     out += [f"| {r['label']} | {r['batch']} | {r['ratio']} | {r['min']}-{r['max']} | {r['rounds']} | "
             f"{load_text(report['load']['batch1' if r['batch'] == 1 else 'batch8'])} |" for r in report["ratios"]]
-    lc = report.get("loop_cost")
-    if lc:
-        out += ["", f"What each loop costs per token ({lc['shape']}; CPU time of the calling thread, minimum of "
-                    f"5 runs; {load_text(lc['load'])}):", "", "| loop | CPU us/token | over the floor |",
-                "| --- | --- | --- |", *(f"| {r['loop']} | {r['cpu_us_per_token']} | {r['over_floor_us']} |"
-                                        for r in lc["rows"])]
+    out += loop_cost_table(report.get("loop_cost"))
     out += ["", *(f"- {k}: {v}" for k, v in report["summary"].items())]
     for p in report.get("profile") or []:
         out.append(f"- profile {p['file']} at cache length {p['past']}: {p['ms_per_step']} ms/step, {p['nodes']} "
@@ -688,6 +701,16 @@ def markdown(report: dict) -> str:
     elif q:
         out += ["", f"- quality: {q}"]
     return "\n".join(out)
+
+
+def loop_cost_table(lc: dict | None) -> list[str]:
+    if not lc:
+        return []
+    return ["", f"What each loop costs per decode step ({lc['shape']}; CPU time of the calling thread, minimum of "
+                f"{lc.get('rounds', 5)} runs of {lc.get('new_tokens', 256)} tokens; {load_text(lc['load'])}):", "",
+            "| loop | batch | CPU us/step | over the floor | over the floor, per row |", "| --- | --- | --- | --- | --- |",
+            *(f"| {r['loop']} | {r.get('batch', 1)} | {r.get('cpu_us_per_step', r.get('cpu_us_per_token'))} | "
+              f"{r['over_floor_us']} | {r.get('over_floor_us_per_row', r['over_floor_us'])} |" for r in lc["rows"])]
 
 
 def write_report(report: dict, prefix: str = "decode", render: Callable[[dict], str] | None = None) -> Path:
@@ -733,7 +756,12 @@ def main(argv: list[str] | None = None) -> int:
                         "this one); 0.18's builder needs transformers 5")
     p.add_argument("--corpora", type=Path, default=CORPORA, help="where tinyshakespeare.txt is (default "
                    "$LMFORGE_CORPORA, else ../shared/corpora beside the repository)")
+    p.add_argument("--loop-cost", action="store_true",
+                   help="only the loop-cost phase (CPU time per decode step of each loop on a 1-layer model, batch 1 "
+                        "and 8; about a minute); writes decode-loop-<time>.json/.md")
     args = p.parse_args(argv)
+    if args.loop_cost:
+        return main_loop_cost(args)
     n = 64 if args.quick and args.new_tokens == 256 else args.new_tokens
     args.rounds = args.rounds or (5 if args.quick else 7)
     if n < 2:
@@ -870,6 +898,23 @@ def main(argv: list[str] | None = None) -> int:
         report["profile"] = profile
     stem = write_report(report)
     print(json.dumps({k: v for k, v in report.items() if k != "raw"}, indent=2) if args.json else markdown(report))
+    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
+    return 0
+
+
+def main_loop_cost(args) -> int:
+    """`--loop-cost`: the loop-cost phase alone, reported as its own file."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cost = loop_cost(Path(tmp), rounds=args.rounds or 7)
+    report = {"loop_cost": cost, "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+                         f"onnxruntime {ort.__version__}"}
+    render = lambda r: "\n".join([f"`lmforge bench decode {' '.join(r['argv'])}` ({r['time']}, {r['machine']})",  # noqa: E731
+                                   *loop_cost_table(r["loop_cost"])])
+    stem = write_report(report, "decode-loop", render)
+    print(json.dumps(report, indent=2) if args.json else render(report))
     print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
     return 0
 

@@ -70,6 +70,40 @@ def test_int8_variant_runs_fast_graph(tiny):
     assert gen.fast and len(gen.generate("why", max_new_tokens=10, temperature=0)) > 0
 
 
+def test_decode_step_reads_the_logits_where_the_graph_wrote_them(tiny):
+    """On the CPU a decode step returns `dec.out`, the very memory bound as the graph's logits output (one buffer
+    for every step: nothing copies the [slots, V] logits in Python), and the graph writes into it each step."""
+    import numpy as np
+
+    gen = Generator(tiny[1])
+    dec = gen.decoder(2, 16)
+    logits = dec.prefill([gen.encode("why"), gen.encode("the chicken")])
+    for _ in range(3):
+        dec.out[:] = np.nan
+        out = dec.step(logits.argmax(-1))
+        assert out is dec.out and np.isfinite(out).all()
+        assert out.__array_interface__["data"][0] == dec.values["logits"].data_ptr()
+        logits = out
+
+
+def test_one_slot_step_writes_what_the_batched_step_writes(tiny):
+    """The one-slot step (Python ints through memoryviews) feeds the graph exactly the inputs of the numpy path
+    for any number of slots (the same call with every slot active), so its logits are bit for bit the same."""
+    import numpy as np
+
+    gen = Generator(tiny[1])
+    one, ref = gen.decoder(1, 32), gen.decoder(1, 32)
+    ids = gen.encode("to get to the")
+    a, b = one.prefill([ids]).copy(), ref.prefill([ids]).copy()
+    for _ in range(10):
+        token = a.argmax(-1)
+        a = one.step(token).copy()
+        b = ref.step(token, np.ones(1, bool)).copy()
+        for name in ("ids", "pos", "seqlens", "total", "lengths"):
+            assert np.array_equal(getattr(one, name), getattr(ref, name)), name
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_batch_of_different_lengths_equals_each_alone(tiny, fast):
     gen = Generator(tiny[1], fast=fast)

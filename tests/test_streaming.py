@@ -115,3 +115,80 @@ def test_generator_keeps_a_real_trailing_replacement_char(reciter, tok):
     n = next(n for n in range(1, room + 1) if tok.decode(ids[:n]).endswith("end \ufffd"))  # the memorised real one
     text = "".join(gen.stream(prompt, max_new_tokens=n, temperature=0))
     assert text == tok.decode(ids[:n]) and text.endswith(BROKEN)
+
+
+# -- streaming by table look-up (lmforge.runtime.detok.piece_table) ----------------------------------------------------
+def tokenizers_of_every_kind(bpe):
+    """{name: tokenizer}: each kind lmforge writes (byte-level BPE, char, char as the BPE the export writes, word),
+    one with a non-special added token, and one whose decoder is not a concatenation (WordPiece)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from lmforge.data.tokenize import train_char, train_word
+    from lmforge.export.tokenizer import char_as_bpe
+
+    char = train_char([TEXT])
+    added = Tokenizer.from_str(bpe.to_str())
+    added.add_tokens([AddedToken("<sep>", special=False), AddedToken("é!", special=False)])
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1, "##b": 2, "c": 3}, unk_token="[UNK]"))
+    wordpiece.pre_tokenizer, wordpiece.decoder = pre_tokenizers.Whitespace(), decoders.WordPiece()
+    return {"bpe": bpe, "char": char, "char-as-bpe": char_as_bpe(char), "word": train_word([TEXT]),
+            "bpe+added": added, "wordpiece": wordpiece}
+
+
+def test_piece_table_streams_exactly_the_tokenizers_pieces(tok):
+    """For every tokenizer a table is made for, TextStream with it gives exactly the pieces (not only the text) of
+    TextStream through the tokenizer, on random ids: bytes that never complete a character, real U+FFFD, special
+    and added tokens, ids past the tokenizer's vocabulary, the end of a row. A decoder that is not a concatenation
+    gets no table."""
+    from lmforge.runtime.detok import piece_table
+
+    kinds = {}
+    for name, t in tokenizers_of_every_kind(tok).items():
+        vocab = t.get_vocab_size() + 3  # the graph's vocabulary may be larger than the tokenizer's
+        table = piece_table(t, vocab)
+        kinds[name] = table and table.kind
+        if table is None:
+            continue
+        rng = np.random.default_rng(0)
+        text_ids = [i for i in t.encode(TEXT).ids if i < vocab]
+        for n in range(200):
+            ids = rng.integers(0, vocab, int(rng.integers(1, 40))).tolist() if n % 2 else text_ids[n:n + 60]
+            slow, fast = TextStream(t), TextStream(t, table)
+            assert [fast.push(i) for i in ids] + [fast.flush()] == [slow.push(i) for i in ids] + [slow.flush()], \
+                (name, ids)
+    assert kinds == {"bpe": "bytes", "char": "text", "char-as-bpe": "text", "word": "text", "bpe+added": "bytes",
+                     "wordpiece": None}
+
+
+def test_piece_table_stream_calls_no_tokenizer_on_valid_text(tok):
+    """Valid UTF-8 streams by look-up alone (the tokenizer is not called once per token), and the pieces are the
+    same as the tokenizer's."""
+    from lmforge.runtime.detok import piece_table
+
+    ids = tok.encode(TEXT * 4).ids
+    rec = Recording(tok)
+    s = TextStream(rec, piece_table(tok, tok.get_vocab_size()))
+    pieces = [s.push(i) for i in ids] + [s.flush()]
+    assert pieces == stream_pieces(tok, ids) and "".join(pieces) == TEXT * 4
+    assert rec.sizes == []
+
+
+def test_piece_table_refuses_a_tokenizer_that_does_not_decode_as_its_table(tok, monkeypatch):
+    """The table is checked against the tokenizer's own decode at load: a decode that differs (here: one that
+    upper-cases) gives no table, so streaming goes through the tokenizer."""
+    from tokenizers import Tokenizer
+
+    from lmforge.runtime.detok import piece_table
+
+    class Shouting:
+        def __init__(self, t):
+            self.t = t
+
+        def __getattr__(self, name):
+            return getattr(self.t, name)
+
+        def decode(self, ids, **kw):
+            return self.t.decode(ids, **kw).upper()
+
+    assert piece_table(tok, tok.get_vocab_size()) is not None
+    assert piece_table(Shouting(Tokenizer.from_str(tok.to_str())), tok.get_vocab_size()) is None

@@ -14,7 +14,13 @@ they end. Every step reads top to bottom:
     4. advance  each row: EOS, text, stop strings, max_new_tokens, deadline -> RowEvents; ended rows leave
 
 Because a row is prefilled alone and the graphs keep each row to its own sequence length (or mask), and its
-tokens are drawn from its own RNG, a row's text is exactly what it gets decoded alone."""
+tokens are drawn from its own RNG, a row's text is exactly what it gets decoded alone.
+
+A step costs a few microseconds of Python per row on top of the graph (`lmforge bench decode --loop-cost`), since
+each stage does only what can matter: on the fast graph the logits are read where the graph wrote them (the
+decoder's `out`, bound once), a step whose rows are all plain greedy samples with one argmax over them, a row
+without stop strings does no stop-string work, and text comes from a per-id piece table where the tokenizer
+decodes by concatenation (runtime.detok). The results are those of the general path, which runs otherwise."""
 from __future__ import annotations
 
 import threading
@@ -29,7 +35,6 @@ from lmforge.runtime.errors import RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, settle
 from lmforge.runtime.sampling import sample_rows
 from lmforge.runtime.stops import StopStrings
-from lmforge.runtime.tokenizer import guarded
 
 if TYPE_CHECKING:
     from lmforge.runtime.generator import Generator
@@ -45,14 +50,15 @@ class Row:
         self.id, self.req, self.params = rid, req, req.params
         self.tokens = list(prompt_ids)  # the context: prompt ids, then each sampled id (a slide re-prefills its tail)
         self.prompt_tokens = len(prompt_ids)
+        self.max_new_tokens = req.max_new_tokens
+        self.greedy = req.params.temperature == 0 and req.params.repetition_penalty == 1.0  # argmax, nothing else
         self.rng = np.random.default_rng(req.seed)  # the row's own: the same seed, the same tokens, in any batch
-        self.detok = TextStream(gen.tokenizer)  # UTF-8 hold-back: whole characters (run inside `guarded`)
-        self.stops = StopStrings(req.stop)  # stop-string hold-back
+        self.detok = TextStream(gen.tokenizer, gen.pieces)  # UTF-8 hold-back: whole characters
+        self.stops = StopStrings(req.stop) if req.stop else None  # stop-string hold-back (None: no stop strings)
         self.pending = ""  # decoded text not yet emitted: at most a stop string's prefix plus one piece
-        self.new_ids: list[int] = []  # ids sampled since the row's last event
         self.sampled = 0  # tokens sampled, EOS included (what max_new_tokens counts)
         self.generated = 0  # tokens in the text (EOS left out)
-        self.last: int | None = None  # the token sampled last step, still to be fed to the graph
+        self.last: int | None = None  # the token sampled last step (None: EOS, or none yet), still to be fed
         self.slot = -1  # its slot in the session's decoding state; -1 while queued
         self.finish: str | None = None  # why it ended (requests.FINISH_REASONS)
         self.deadline = time.monotonic() + gen.limits.deadline_s
@@ -61,24 +67,37 @@ class Row:
         """Take the row's sampled token; return the text now safe to show. Sets `finish` when the row ends."""
         self.sampled += 1
         if token == eos:
+            self.last = None
             return self.end("stop")
         self.tokens.append(token)
-        self.new_ids.append(token)
         self.generated += 1
         self.last = token
-        piece = guarded(self.detok.push, token)
-        if piece:
-            self._add(piece)
-        if self.finish is None and self.sampled >= self.req.max_new_tokens:
-            return self.end("length")
-        return self._ready()
+        text = self.detok.push(token)
+        if self.stops is not None:  # hold back what may start a stop string; cut the text at one
+            text = self._held_back(text)
+        if self.finish is None and self.sampled >= self.max_new_tokens:
+            text += self.end("length")
+        return text
 
     def end(self, reason: str) -> str:
         """End the row: the text held back for UTF-8 (unless a stop string already cut it), all of it now."""
-        if self.finish is None:
-            self.finish = reason
-            self._add(guarded(self.detok.flush))
-        return self._ready()
+        if self.finish is not None:
+            return ""
+        self.finish = reason
+        tail = self.detok.flush()
+        if self.stops is None:
+            return tail
+        self._add(tail)
+        text, self.pending = self.pending, ""
+        return text
+
+    def _held_back(self, piece: str) -> str:
+        """The pending text and `piece`, less a tail that may start a stop string (all of it once a stop string
+        has ended the row)."""
+        self._add(piece)
+        keep = 0 if self.finish else self.stops.held()
+        text, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return text
 
     def _add(self, piece: str) -> None:
         base = len(self.pending)
@@ -87,14 +106,9 @@ class Row:
         if cut is not None:  # the text ends before the stop string
             self.pending, self.finish = self.pending[:base + cut], "stop"
 
-    def _ready(self) -> str:
-        """The pending text less a tail that may start a stop string (all of it once the row has ended)."""
-        keep = 0 if self.finish else self.stops.held()
-        text, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
-        return text
-
     def event(self, text: str) -> RowEvent:
-        ids, self.new_ids = tuple(self.new_ids), []
+        """This step's event: the token sampled (none for EOS, or for a row that ended unsampled) and `text`."""
+        ids = () if self.last is None else (self.last,)
         return RowEvent(self.id, text, ids, self.finish, self.prompt_tokens, self.generated)
 
 
@@ -119,12 +133,15 @@ class BatchSession:
         self.slots = max(1, min(int(slots or DEFAULT_SLOTS), gen.limits.max_batch))
         self.capacity = min(gen.block_size, capacity or gen.block_size)
         self.dec = gen.decoder(self.slots, self.capacity)  # runtime.decoders: the graph's state, allocated once
-        self.logits = np.zeros((self.slots, gen.vocab_size), np.float32)  # [slots, V] each slot's next-token logits
+        # [slots, V] each slot's next-token logits: the very buffer the graph writes into when the decoder has one
+        self.logits = self.dec.out if self.dec.out is not None else np.zeros((self.slots, gen.vocab_size), np.float32)
         self.seen: np.ndarray | None = None  # [slots, V] bool ids in each context, once a row has a repetition penalty
         self._active = np.zeros(self.slots, bool)  # [slots] the rows a forward step runs
-        self._next_ids = np.zeros(self.slots, np.int64)  # [slots] the token each of them appends
+        self._next_ids = [0] * self.slots  # [slots] the token each of them appends (Python ints: the cheapest here)
         self.rows: list[Row | None] = [None] * self.slots  # the row in each slot
+        self.live: list[Row] = []  # the rows in slots, in slot order (a new list whenever one joins or leaves)
         self.running = 0  # rows in slots
+        self.sampling = 0  # rows in slots that draw (not plain greedy): 0 = one argmax for the whole step
         self.queue: deque[Row] = deque()  # rows waiting for a free slot, in arrival order
         self.cancelled: set[int] = set()
         self._ids = iter(range(2**62))
@@ -157,53 +174,64 @@ class BatchSession:
     def step(self) -> list[RowEvent]:
         events: list[RowEvent] = []
         self._forward()  # 1. each running row's last token, in one call
-        self._admit(events)  # 2. queued rows into free slots
-        rows = [r for r in self.rows if r is not None]
+        if self.queue:
+            self._admit(events)  # 2. queued rows into free slots
+        rows = self.live
         if not rows:
             return events
-        slots = [r.slot for r in rows]
-        ids = self.sample(rows, slots)  # 3. one call: every row's next token
-        now = time.monotonic()
-        for row, token in zip(rows, ids.tolist()):  # 4. each row: EOS, text, stop strings, limits
-            text = row.accept(token, self.gen.eos)
-            if row.finish is None and row.id in self.cancelled:
-                text += row.end("cancelled")
-            elif row.finish is None and now > row.deadline:
-                text += row.end("deadline")
+        ids = self.sample(rows)  # 3. one call: every row's next token
+        now, eos, seen, cancelled = time.monotonic(), self.gen.eos, self.seen, self.cancelled
+        for row, token in zip(rows, ids):  # 4. each row: EOS, text, stop strings, limits
+            text = row.accept(token, eos)
+            if row.finish is None and (now > row.deadline or cancelled and row.id in cancelled):
+                text += row.end("cancelled" if row.id in cancelled else "deadline")
             events.append(row.event(text))  # every step: its token, its text (may be "": held back)
             if row.finish:
                 self._leave(row)
-            elif self.seen is not None:
-                self.seen[row.slot, token] = True
+            elif seen is not None:
+                seen[row.slot, token] = True
         return events
 
-    def sample(self, rows: list[Row], slots: list[int]) -> np.ndarray:
-        """The one sampling call: next ids [n] for the rows in `slots`, from their logits, each row with its own
-        parameters and RNG (runtime.sampling.sample_rows)."""
-        every = len(slots) == self.slots and slots == list(range(self.slots))  # no copy of [slots, V] arrays
+    def sample(self, rows: list[Row]) -> list[int]:
+        """The one sampling call: the next id of each of `rows` (in slot order), from their logits, each row with
+        its own parameters and RNG (runtime.sampling.sample_rows). When every row is plain greedy that is one
+        argmax over the step's logits where the graph wrote them (what sample_rows gives for such rows)."""
+        every = len(rows) == self.slots  # rows in slot order: every slot, so no copy of [slots, V] arrays
+        if not self.sampling:
+            ids = self.logits.argmax(-1).tolist()
+            return ids if every else [ids[r.slot] for r in rows]
+        slots = [r.slot for r in rows]
         logits = self.logits if every else self.logits[slots]
         seen = None if self.seen is None else self.seen if every else self.seen[slots]
-        return sample_rows(logits, [r.params for r in rows], [r.rng for r in rows], seen)
+        return sample_rows(logits, [r.params for r in rows], [r.rng for r in rows], seen).tolist()
 
     # -- the steps ----------------------------------------------------------------------------------------------
     def _forward(self) -> None:
-        active, next_ids = self._active, self._next_ids
-        active[:] = False
-        sliding, n = [], 0
+        dec, next_ids = self.dec, self._next_ids
+        lengths, capacity = dec.length, dec.capacity
+        stepping, sliding = [], []  # slots that append their row's token; rows whose context is full
         for r in self.rows:
             if r is None or r.last is None:
                 continue
-            if self.dec.lengths[r.slot] >= self.dec.capacity:  # full: no room for one more token
+            if lengths[r.slot] >= capacity:  # full: no room for one more token
                 sliding.append(r)
             else:
-                active[r.slot], next_ids[r.slot], n = True, r.last, n + 1
+                next_ids[r.slot] = r.last
+                stepping.append(r.slot)
             r.last = None
-        if n == self.slots:  # the usual step: every slot appends its token
-            np.copyto(self.logits, self.dec.step(next_ids))
-        elif n:
-            self.logits[active] = self.dec.step(next_ids, active)[active]
+        if len(stepping) == self.slots:  # the usual step: every slot appends its token
+            out = dec.step(next_ids)
+            if out is not self.logits:
+                np.copyto(self.logits, out)
+        elif stepping:
+            active = self._active
+            active[:] = False
+            active[stepping] = True
+            out = dec.step(next_ids, active)
+            if out is not self.logits:  # (written in place, the other slots' logits are junk that nothing reads)
+                self.logits[active] = out[active]
         for r in sliding:  # the context is full: re-prefill the row's last `window` tokens
-            self.logits[r.slot] = self.dec.prefill_slot(r.slot, r.tokens[-self.window:])
+            self.logits[r.slot] = dec.prefill_slot(r.slot, r.tokens[-self.window:])
 
     def _admit(self, events: list[RowEvent]) -> None:
         if not self.queue:
@@ -229,15 +257,19 @@ class BatchSession:
                 self.logits[r.slot, self.gen.eos] = -np.inf  # may end it, not be all of it (as training samples)
             self.rows[r.slot] = r
             self.running += 1
+            self.sampling += not r.greedy
             if r.params.repetition_penalty != 1.0 and self.seen is None:
                 self.seen = np.zeros((self.slots, self.gen.vocab_size), bool)
             if self.seen is not None:
                 self.seen[r.slot] = False
                 self.seen[r.slot, r.tokens] = True
+        self.live = [r for r in self.rows if r is not None]
 
     def _leave(self, row: Row) -> None:
         self.rows[row.slot] = None
+        self.live = [r for r in self.rows if r is not None]
         self.running -= 1
+        self.sampling -= not row.greedy
         self.dec.release(row.slot)
         self.cancelled.discard(row.id)
         row.slot = -1

@@ -8,7 +8,9 @@ Each has the same calls. A row joins a slot with `prefill_slot(slot, ids)` (alon
 those of a batch of one) while the other slots keep their state; `step(ids, active)` runs one token for every
 active slot in one call (`active` None: every slot); `release(slot)` frees it; `full(slot)` says the row has no
 room for another token. The batch-at-once calls `prefill(rows)` / `step(ids)` / `full()` (lmforge.runtime.scoring) run every slot. Logits come
-back on the host as float32 [slots, vocab] (sampling runs in numpy)."""
+back on the host as float32 [slots, vocab] (sampling runs in numpy); where a step writes them into one buffer that
+stays the same from step to step (the fast graph on the CPU: the graph's own output, bound once), `out` is that
+buffer and `step` returns it, so the caller reads the logits where the graph wrote them, with no copy."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -41,7 +43,9 @@ class Slots:
     def __init__(self, slots: int):
         self.slots = slots
         self.lengths = np.zeros(slots, np.int64)  # [slots] tokens in each slot's context
+        self.length = memoryview(self.lengths)  # the same, read as Python ints (no numpy call per read)
         self.live = np.zeros(slots, bool)  # [slots] slots holding a row
+        self.out: np.ndarray | None = None  # [slots, V] the buffer every step writes its logits into, if there is one
 
     def full(self, slot: int | None = None) -> bool:
         """Whether `slot` (None: any slot) has no room for one more token."""
@@ -98,6 +102,7 @@ class KVBuffers(Slots):
         self.seqlens = np.zeros(slots, np.int32)  # [slots] tokens in each cache after the step, minus one
         self.total = np.zeros((), np.int32)  # [] max over slots of seqlens + 1
         self.logits = np.zeros((slots, 1, V), np.float32)  # [slots, 1, V] the step's output
+        self.one = np.ones(slots, np.int64)  # [slots] what a step adds to every length
         self.host = {"input_ids": self.ids, "position_ids": self.pos, "seqlens_k": self.seqlens}
         self.values = {n: self._value(a) for n, a in self.host.items()}
         self.values["total_sequence_length"] = ort.OrtValue.ortvalue_from_numpy(self.total)
@@ -105,6 +110,11 @@ class KVBuffers(Slots):
         self.logits_name = io["logits"]
         self._bind(self.binding, self.values)
         self.pad = gen.pad or 0
+        if self.device == "cpu":  # the graph writes the logits straight into self.logits: a step returns this view
+            self.out = self.logits[:, 0]
+        # ids, pos, seqlens, total, lengths as flat memoryviews (the same memory): _step_one writes through them
+        self.scalars = tuple(memoryview(a.reshape(-1)) for a in (self.ids, self.pos, self.seqlens, self.total,
+                                                                  self.lengths))
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         """An OrtValue on the session's device; on the CPU it shares the numpy array's memory."""
@@ -164,26 +174,44 @@ class KVBuffers(Slots):
 
     def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """Append one token to each active slot (default: every slot); returns the logits [slots, V]
-        (on the CPU a view reused by the next step). An inactive slot runs a pad token at position 0 into its own
-        cache and keeps its length: its output is ignored."""
+        (on the CPU `out`, the buffer the next step overwrites). An inactive slot runs a pad token at position 0
+        into its own cache and keeps its length: its output is ignored."""
+        if active is None and self.slots == 1:
+            return self._step_one(int(next_ids[0]))
+        lengths = self.lengths
         if active is None:  # the usual step: every slot appends its token
-            active = 1
+            active = self.one
             self.ids[:, 0] = next_ids
-            self.pos[:, 0] = self.lengths
-            self.seqlens[:] = self.lengths
-            self.total[...] = self.lengths.max() + 1
+            self.pos[:, 0] = lengths
+            self.seqlens[:] = lengths
+            self.total[()] = max(lengths.tolist()) + 1  # (a numpy reduction costs a microsecond more)
         else:
-            live = np.where(active, self.lengths, 0)
+            live = np.where(active, lengths, 0)
             self.ids[:, 0] = np.where(active, next_ids, self.pad)
             self.pos[:, 0] = live
             self.seqlens[:] = live
-            self.total[...] = live.max() + 1
-        if self.device != "cpu":
-            for name, array in self.host.items():
-                self.values[name].update_inplace(array)
-        out = self._run(self.binding, self.values["logits"], self.logits)
-        self.lengths += active
-        return out[:, 0]
+            self.total[()] = live.max() + 1
+        out = self._run_step()
+        lengths += active
+        return out
+
+    def _step_one(self, token: int) -> np.ndarray:
+        """step() of a single slot (a stream): the same writes, as Python ints through memoryviews of the bound
+        buffers, since at one row each numpy call (~0.4-1 us) costs more than its work."""
+        ids, pos, seqlens, total, length = self.scalars
+        n = length[0]
+        ids[0], pos[0], seqlens[0], total[0] = token, n, n, n + 1
+        out = self._run_step()
+        length[0] = n + 1
+        return out
+
+    def _run_step(self) -> np.ndarray:
+        if self.out is not None:  # the CPU: the graph reads the inputs and writes the logits where they are
+            self.gen.session.run_with_iobinding(self.binding)
+            return self.out
+        for name, array in self.host.items():
+            self.values[name].update_inplace(array)
+        return self._run(self.binding, self.values["logits"], None)[:, 0]
 
 
 class PortableKV(Slots):

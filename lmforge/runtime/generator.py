@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
+from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
@@ -74,6 +75,7 @@ class Generator:
         check_graph(self.session, self, self.dir.io["fast"] if self.fast else self.dir.io, str(self.dir.path))
         self.tokenizer = load_tokenizer(self.dir.tokenizer_path, self.vocab_size)
         self.text = SafeTokenizer(self.tokenizer, self.dir.tokenizer_path.name)  # every call guarded
+        self.pieces = piece_table(self.tokenizer, self.vocab_size)  # streaming by table look-up, where exact
         self.bos, self.eos, self.pad = (self.dir.tokens.get(k) for k in ("bos", "eos", "pad"))
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
@@ -133,10 +135,13 @@ class Generator:
 
     def stream(self, prompt: str, **kwargs) -> Iterator[str]:
         """Yield the continuation of one prompt as text pieces, as soon as each is whole (no split characters)."""
-        for ev in self.stream_batch([RowRequest(prompt, **kwargs)]):
-            if ev.text:
-                yield ev.text
-            check_finished(ev)
+        session = self._session([RowRequest(prompt, **kwargs)])
+        while session.running or session.queue:  # (session.busy, less a call per token)
+            for ev in session.step():
+                if ev.text:
+                    yield ev.text
+                if ev.finish_reason:
+                    check_finished(ev)
 
     def stream_batch(self, requests: list[RowRequest]) -> Iterator[RowEvent]:
         """Decode a batch in which each row is its own request, streaming RowEvents (row = the request's index).
@@ -146,19 +151,27 @@ class Generator:
         row's events join to exactly the text it gets alone (the same greedy tokens; the same seed, the same
         sampled tokens), and its last event has finish_reason "stop" (EOS or a stop string), "length"
         (max_new_tokens) or "deadline" (limits.deadline_s), with the row's token counts."""
-        settled = [self.settle(r) for r in requests]
-        if not settled:
+        session = self._session(requests)
+        if session is None:
             return iter(())
-        need = max(len(ids) + req.max_new_tokens for req, ids in settled)
-        session = BatchSession(self, slots=len(settled), capacity=need)
-        for i, s in enumerate(settled):
-            assert session.enqueue(s) == i  # a fresh session numbers its rows 0, 1, ...: ev.row is the index
 
         def events() -> Iterator[RowEvent]:
             while session.busy:
                 yield from session.step()
 
         return events()
+
+    def _session(self, requests: list[RowRequest]) -> BatchSession | None:
+        """The requests checked (RequestError before any work), queued as rows 0, 1, ... of a session with a slot
+        each and a cache just long enough for the longest; None for no requests."""
+        settled = [self.settle(r) for r in requests]
+        if not settled:
+            return None
+        need = max(len(ids) + req.max_new_tokens for req, ids in settled)
+        session = BatchSession(self, slots=len(settled), capacity=need)
+        for i, s in enumerate(settled):
+            assert session.enqueue(s) == i  # a fresh session numbers its rows 0, 1, ...: ev.row is the index
+        return session
 
     def batch_session(self, slots: int | None = None) -> BatchSession:
         """A continuous-batching session (runtime.batch.BatchSession): add(RowRequest) rows between step()s."""
