@@ -45,11 +45,11 @@ def pipeline(preset: str = DEFAULT_PRESET, overrides: dict | None = None, wait: 
             metrics = evaluate_model(cfg, data, trained, run_id)
             exported = export_model(cfg, data, trained, metrics, run.model, run_id)
             samples = sample_model(cfg, exported.model_dir, run_id)
-            registered = register_model(cfg, run_id, exported, data, trained, metrics, samples)
+            registered = register_model(cfg, run_id, exported, data, trained, metrics=metrics, samples=samples)
     except Interrupted as stop:
         end_tracking(run_id, "KILLED")
         return Cancelled(message=stop.message)
-    result = run_result(run_id, data, trained, metrics, exported, registered, samples)
+    result = run_result(run_id, data, trained, metrics, exported, registered=registered, samples=samples)
     if cfg.promote.auto:  # the deployments' runs (prefect.yaml): the registry's decision, recorded
         result["promotion"] = promote_registered(cfg, registered)
     publish_summary(cfg, result)

@@ -391,7 +391,7 @@ def cmd_bench(args) -> int:
     return module.main(args.args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # the CLI's table: one command, then its options, a line each
     p = argparse.ArgumentParser(prog="lmforge", description="Train, export and run small language models.")
     sub = p.add_subparsers(dest="command", required=True)
 

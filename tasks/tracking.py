@@ -37,7 +37,7 @@ def mark_mlflow_run_failed(flow, flow_run_, state) -> None:
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_user_error)
-def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedData, trained: Trained,
+def register_model(cfg: Config, run_id: str, exported: Exported, data: PreparedData, trained: Trained, *,
                    metrics: dict, samples: list[dict]) -> Registered:
     """Register the exported model (or re-use an identical version: a retry after a partial failure, or a re-run
     of a finished, unchanged config) and end the MLflow run. The version's score (bits per byte of its val text,

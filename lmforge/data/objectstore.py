@@ -225,7 +225,7 @@ def _sync(fs, entries: list, dest: Path, shown: str, max_bytes: int | None, dead
                 local.is_file() and local.stat().st_size == ident["size"]:
             objects.append(before)
         else:
-            digest = _download(fs, full, info, local, shown, budget, deadline)
+            digest = _download(fs, full, info, local, shown=shown, budget=budget, deadline=deadline)
             objects.append({"key": rel, **ident, "sha256": digest})
             log.info("%s: copied %s (%d bytes, etag %s)", shown, rel, ident["size"], ident.get("etag", "-"))
         if budget:
@@ -239,7 +239,7 @@ def _sync(fs, entries: list, dest: Path, shown: str, max_bytes: int | None, dead
     return objects
 
 
-def _download(fs, full: str, info: dict, local: Path, shown: str, budget: int, deadline: float) -> str:
+def _download(fs, full: str, info: dict, local: Path, *, shown: str, budget: int, deadline: float) -> str:
     """Copy one object (the listed version, where the store has versions) to `local`; its sha256."""
     local.parent.mkdir(parents=True, exist_ok=True)
     part = local.with_name(f".{local.name}.{os.getpid()}.part")

@@ -128,7 +128,8 @@ def join_shards(cleaned: Cleaned, cfg: Config, out_dir: Path, parts: list[Encode
         val_chars = (sum(p.val_chars for p in parts) if split.method == "documents"
                      else split.stream_chars - split.cut_char)
         meta = write_prepared_meta(out_dir, tok.get_vocab_size(), counts,
-                                   shard_meta(cleaned, cfg, tok, fingerprint, val_chars, split, out_dir))
+                                   shard_meta(cleaned, cfg, tok, fingerprint, val_chars=val_chars, split=split,
+                                              out_dir=out_dir))
     finally:
         remove_spill(cleaned)
     return {**meta, "dir": str(out_dir), "cached": False}

@@ -406,7 +406,7 @@ def _contiguous_val_text(cleaned: Cleaned, split: Split) -> str:
     return "".join(out)
 
 
-def shard_meta(cleaned: Cleaned, cfg: Config, tok: Tokenizer, fingerprint: str, val_chars: int,
+def shard_meta(cleaned: Cleaned, cfg: Config, tok: Tokenizer, fingerprint: str, *, val_chars: int,
                split: Split, out_dir: Path) -> dict:
     """What meta.json records beside the shard counts (and the val text it writes, write_val_text)."""
     return {"val_text": write_val_text(cleaned, split, out_dir), "tokenizer": {"kind": cfg.tokenizer.kind, "file": "tokenizer.json"},
@@ -447,7 +447,7 @@ def tokenize_and_shard(cleaned: Cleaned, cfg: Config, out_dir: Path, fingerprint
         counts = write_split_files(routed_batches(tok, read_spill(spill), split), paths,
                                    shard_dtype(tok.get_vocab_size()))
         meta = write_prepared_meta(out_dir, tok.get_vocab_size(), counts, shard_meta(
-            cleaned, cfg, tok, fingerprint, split.val_chars(read_spill(spill)), split, out_dir))
+            cleaned, cfg, tok, fingerprint, val_chars=split.val_chars(read_spill(spill)), split=split, out_dir=out_dir))
     finally:
         remove_spill(cleaned)
     timings["encode_shard_s"] = time.perf_counter() - start

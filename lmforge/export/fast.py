@@ -101,10 +101,10 @@ def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray
     return nbits_blocks(weight, 4, block, symmetric=False)
 
 
-def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32", quant: BlockQuant = INT4) -> Path:
+def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32", quant: BlockQuant = INT4) -> Path:  # one graph, node by node in the forward's order
     """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it. precision: fp32; fp16
     (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int4
-    (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of 32 with a scale and zero point each,
+    (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of `quant.block` (128 by default, INT4) with a scale and zero point each,
     int8 compute on the CPU; embeddings, norms and activations stay float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

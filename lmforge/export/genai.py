@@ -186,7 +186,7 @@ def genai_parity(model, spec: dict, path: Path, prompt_len: int = 7, steps: int 
     return worst
 
 
-def write_genai(model, spec: dict, directory: Path, exported_tokenizer, tokens: dict, generation: dict,
+def write_genai(model, spec: dict, directory: Path, exported_tokenizer, *, tokens: dict, generation: dict,
                 int8: bool = True, int4: bool = True, parity_tolerance: float = 1e-3) -> tuple[dict, dict, dict]:
     """Write the genai files into `directory` (the model directory being built, which may already hold
     lmforge's fast graphs; exported_tokenizer is the lmforge.export.tokenizer.ExportedTokenizer written there as
@@ -269,5 +269,5 @@ def export_genai_files(model, spec: dict, directory: Path, exported_tokenizer, m
     family = spec.get("family", "gpt")
     if family not in ("gpt", "hf-gpt2"):
         return {}, unsupported(family), {}
-    return write_genai(model, spec, directory, exported_tokenizer, manifest.get("tokens", {}),
-                       manifest.get("generation", {}), int8=e.int8, parity_tolerance=e.parity_tolerance)
+    return write_genai(model, spec, directory, exported_tokenizer, tokens=manifest.get("tokens", {}),
+                       generation=manifest.get("generation", {}), int8=e.int8, parity_tolerance=e.parity_tolerance)

@@ -88,6 +88,41 @@ def check_prompts(spec: dict, val: np.ndarray | None, lengths=(7, 1, 4), steps: 
     return [list(rng.integers(0, spec["vocab_size"], n)) for n in lengths], steps
 
 
+def val_block(spec: dict, val: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """The val rows the quantised graphs are scored on (runtime.scoring.val_rows), or one line if too few."""
+    from lmforge.runtime.scoring import val_rows
+
+    try:
+        return val_rows(val, int(spec.get("block_size") or 128), bounds.positions)
+    except ValueError as exc:
+        raise LmforgeError(f"cannot check the quantised graphs: {exc}",
+                           hint="prepare more data or lower model.block_size") from None
+
+
+def check_quantised(load, files: dict, quant: list[str], rows: np.ndarray, bounds: Bounds) -> dict:
+    """Score each quantised graph in `quant` and its fp32 reference on `rows`: its loss delta and top-1 agreement,
+    as metrics; raise LmforgeError past a bound. `load(key, variant, fast)` opens a graph's Generator."""
+    from lmforge.runtime.scoring import stepped_score
+
+    metrics, scores = {}, {}
+    for key in quant:
+        variant, fast, kind, ref_key = QUANT_GRAPHS[key]
+        if ref_key not in scores:
+            scores[ref_key] = stepped_score(load(ref_key, *FP32_GRAPHS[ref_key]), rows, bounds.positions)
+            metrics[f"verify_{metric_name(ref_key)}_loss"] = scores[ref_key][0]
+        loss, top = stepped_score(load(key, variant, fast), rows, bounds.positions)
+        delta, agree = loss - scores[ref_key][0], float((top == scores[ref_key][1]).mean())
+        name = metric_name(key)
+        metrics[f"verify_{name}_loss_delta"], metrics[f"verify_{name}_agreement"] = delta, agree
+        if not (delta <= bounds.loss(kind) and agree >= bounds.agreement(kind)):
+            raise LmforgeError(
+                f"{files[key]} run through lmforge.runtime costs {delta:+.4f} nats/token and agrees with "
+                f"{files[ref_key]} on {agree:.1%} of {len(top)} val positions (bounds: export.max_{kind}_loss_delta "
+                f"{bounds.loss(kind):g}, export.min_{kind}_agreement {bounds.agreement(kind):g})",
+                hint=f"--set export.{kind}=false to skip this variant, or relax the bound to inspect")
+    return metrics
+
+
 def verify_model_dir(model, model_dir: Path, val: np.ndarray | None = None, bounds: Bounds = Bounds(),
                      device: str = "auto") -> tuple[dict, dict]:
     """Check every graph in `model_dir` (see the module docstring); raise LmforgeError past a bound. Returns
@@ -97,7 +132,7 @@ def verify_model_dir(model, model_dir: Path, val: np.ndarray | None = None, boun
     from lmforge.models import model_spec
     from lmforge.runtime import Generator
     from lmforge.runtime.modeldir import read_model_dir
-    from lmforge.runtime.scoring import stepped_logits, stepped_score, val_rows
+    from lmforge.runtime.scoring import stepped_logits
 
     md = read_model_dir(model_dir)
     present = set(md.variants())
@@ -123,28 +158,7 @@ def verify_model_dir(model, model_dir: Path, val: np.ndarray | None = None, boun
                                hint="report this model configuration; raise export.max_abs_logit_diff to inspect")
     quant = [k for k in QUANT_GRAPHS if k in present]
     if val is not None and quant:
-        try:
-            rows = val_rows(val, int(spec.get("block_size") or 128), bounds.positions)
-        except ValueError as exc:
-            raise LmforgeError(f"cannot check the quantised graphs: {exc}",
-                               hint="prepare more data or lower model.block_size") from None
-        scores = {}
-        for key in quant:
-            variant, fast, kind, ref_key = QUANT_GRAPHS[key]
-            if ref_key not in scores:
-                scores[ref_key] = stepped_score(load(ref_key, *FP32_GRAPHS[ref_key]), rows, bounds.positions)
-                metrics[f"verify_{metric_name(ref_key)}_loss"] = scores[ref_key][0]
-            loss, top = stepped_score(load(key, variant, fast), rows, bounds.positions)
-            delta, agree = loss - scores[ref_key][0], float((top == scores[ref_key][1]).mean())
-            name = metric_name(key)
-            metrics[f"verify_{name}_loss_delta"], metrics[f"verify_{name}_agreement"] = delta, agree
-            if not (delta <= bounds.loss(kind) and agree >= bounds.agreement(kind)):
-                raise LmforgeError(
-                    f"{md.manifest['files'][key]} run through lmforge.runtime costs {delta:+.4f} nats/token and agrees "
-                    f"with {md.manifest['files'][ref_key]} on {agree:.1%} of {len(top)} val positions (bounds: "
-                    f"export.max_{kind}_loss_delta {bounds.loss(kind):g}, export.min_{kind}_agreement "
-                    f"{bounds.agreement(kind):g})", hint=f"--set export.{kind}=false to skip this variant, or "
-                    f"relax the bound to inspect")
+        metrics.update(check_quantised(load, md.manifest["files"], quant, val_block(spec, val, bounds), bounds))
     record = {"providers": providers, "positions": bounds.positions if val is not None and quant else 0,
               "torch_prompt_lengths": [len(p) for p in prompts], "torch_steps": steps,
               "bounds": {"max_abs_logit_diff": bounds.max_abs_logit_diff,

@@ -166,7 +166,7 @@ def champion_line(p: dict) -> str:
     return f"champion after this run: {f'version {champion}' if champion else 'none'}"
 
 
-def run_result(run_id: str, data: PreparedData, trained: Trained, metrics: dict, exported: Exported,
+def run_result(run_id: str, data: PreparedData, trained: Trained, metrics: dict, exported: Exported, *,
                registered, samples: list[dict]) -> dict:
     """What `lmforge run --json` prints and the pipeline flow returns."""
     return {"run_id": run_id, "model_name": registered.name, "model_version": registered.version,

@@ -110,7 +110,7 @@ def completion(cid: str, model: str, text: str, finish: str | None, usage: dict)
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], "usage": usage}
 
 
-def chunk(cid: str, model: str, created: int, text: str, finish: str | None = None, usage: dict | None = None,
+def chunk(cid: str, model: str, created: int, text: str, *, finish: str | None = None, usage: dict | None = None,
           choices: bool = True) -> str:
     """One server-sent event of a streamed request: `data: {json}` and a blank line. The last text chunk carries
     finish_reason; with stream_options.include_usage a final chunk with no choices carries the usage."""

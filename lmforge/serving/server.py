@@ -39,7 +39,7 @@ def check_model(model_dir: str | Path, variant: str, device: str, limits: dict |
             "context": None if gen.rnn else gen.block_size, "limits": dict(vars(gen.limits))}
 
 
-def build(model_dir: str | Path, name: str | None = None, limits: dict | None = None, variant: str = "fp32",
+def build(model_dir: str | Path, *, name: str | None = None, limits: dict | None = None, variant: str = "fp32",
           device: str = "auto", threads: int | None = None, max_batch: int = MAX_BATCH, max_queue: int = 256,
           flush_ms: float = 20.0, source: str | None = None):
     """The LitServer for one model directory (not started). limits: the runtime's ServingLimits to lower

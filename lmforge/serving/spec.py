@@ -68,8 +68,9 @@ class CompletionsSpec(LitSpec):
         body, content_type = self.metrics.exposition()
         return Response(body, media_type=content_type)
 
-    async def completions(self, request: Request) -> Response:
-        started = time.perf_counter()
+    async def _read(self, request: Request):
+        """The request's parsed completion, or the JSONResponse that refuses it (bad JSON or fields: 400; the
+        queue full: 503 with Retry-After)."""
         try:
             try:
                 body = json.loads(await request.body())
@@ -79,10 +80,17 @@ class CompletionsSpec(LitSpec):
             if self.limits.max_queue and self.metrics.waiting >= self.limits.max_queue:
                 raise BadRequest(f"{self.metrics.waiting} requests are waiting for a first token, this server's "
                                  f"limit (--max-queue): retry later", status=503, code="max_queue")
+            return req
         except BadRequest as exc:
             self.metrics.refused(exc.status)
             return JSONResponse(exc.body(), status_code=exc.status,
                                 headers={"Retry-After": "1"} if exc.status == 503 else None)
+
+    async def completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        req = await self._read(request)
+        if isinstance(req, Response):
+            return req
         uid = str(uuid.uuid4())
         queue, event = self._submit(uid, req)
         self.metrics.accepted()
@@ -101,8 +109,8 @@ class CompletionsSpec(LitSpec):
         self.metrics.first_token(ttft)
         cid = protocol.completion_id()
         if req.stream:
-            return StreamingResponse(self._sse(uid, cid, req, first, messages, started, ttft),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(self._sse(uid, cid, req, first=first, messages=messages, started=started,
+                                               ttft=ttft), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, last = [first["text"]], first
         self.metrics.tokens(first["completion_tokens"])
         try:
@@ -144,7 +152,7 @@ class CompletionsSpec(LitSpec):
             if msg.get("finish") is not None or "error" in msg:
                 return
 
-    async def _sse(self, uid, cid, req, first, messages, started, ttft):
+    async def _sse(self, uid, cid, req, *, first, messages, started, ttft):
         created, n, done, status = int(time.time()), 0, False, 499  # 499: the client went away
         msg = first
         try:
@@ -152,13 +160,13 @@ class CompletionsSpec(LitSpec):
                 self.metrics.tokens(msg["completion_tokens"] - n)
                 n = msg["completion_tokens"]
                 if msg["text"] or msg["finish"] is not None:
-                    yield protocol.chunk(cid, self.model, created, msg["text"], msg["finish"])
+                    yield protocol.chunk(cid, self.model, created, msg["text"], finish=msg["finish"])
                 if msg["finish"] is not None:
                     break
                 msg = await anext(messages)
             if req.include_usage:
-                yield protocol.chunk(cid, self.model, created, "", None,
-                                     protocol.usage(msg["prompt_tokens"], msg["completion_tokens"]), choices=False)
+                yield protocol.chunk(cid, self.model, created, "",
+                                     usage=protocol.usage(msg["prompt_tokens"], msg["completion_tokens"]), choices=False)
             yield protocol.SSE_DONE
             done = True
         except Exception as exc:  # noqa: BLE001 - the status line is sent: the error goes in the stream

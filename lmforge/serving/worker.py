@@ -21,7 +21,7 @@ log = logging.getLogger("lmforge.serving")
 
 
 class CompletionAPI(ls.LitAPI):
-    def __init__(self, model_dir: str, variant: str = "fp32", device: str = "auto", threads: int | None = None,
+    def __init__(self, model_dir: str, *, variant: str = "fp32", device: str = "auto", threads: int | None = None,
                  max_batch: int = 16, limits: dict | None = None, flush_s: float = 0.02, spec=None):
         super().__init__(max_batch_size=max_batch, stream=True, spec=spec, loop=RowLoop())
         self.model_dir, self.variant, self.device_name, self.threads = model_dir, variant, device, threads
@@ -97,7 +97,7 @@ class RowLoop(ContinuousBatchingLoop):
         self.active_sequences.pop(uid, None)
         self.response_queue_ids.pop(uid, None)
 
-    async def run(self, lit_api, device, worker_id, request_queue, transport, workers_setup_status,
+    async def run(self, lit_api, device, worker_id, request_queue, transport, workers_setup_status,  # LitLoop's
                   callback_runner):
         if self.wake is None:
             self.wake = asyncio.Event()
