@@ -1,7 +1,9 @@
 """Operating the deployments on a schedule, on real parts: a `prefect server start` of its own (its late-runs
 service marks a run Late 5 s past due; a deployment run refused a concurrency slot is retried every 2 s),
 prefect.yaml deployed with `prefect deploy --all`, real process workers, an MLflow SQLite registry and a loopback
-HTTP receiver standing in for the alert webhook. In order:
+HTTP receiver standing in for the alert webhook. Module fixtures play one story on that server, in this order,
+and record what each step saw (the tests assert on those records, never on state a later step moves, so each
+passes alone and in any order):
 
 - `lmforge doctor` flags a pool no worker polls, with its fix, and passes once a worker does;
 - README.md's nightly block runs as written (the receiver's URL for the webhook, TINY overrides for the run);
@@ -10,7 +12,8 @@ HTTP receiver standing in for the alert webhook. In order:
   version and in its Prefect summary;
 - `lmforge serve` serves a deployment with prefect.yaml's schedule, runs it with no worker (a run whose
   comparison is refused completes, kept, with the reason), and stops on Ctrl-C with the deployment paused;
-- meanwhile a run left Late and a run left Pending each fire their automation's webhook;
+- meanwhile a run left Late and a run left Pending each fire their automation's webhook, and `lmforge doctor
+  --pool lmforge-gpu` (the pool paused for it) flags it paused, polled by no worker, with a run Late;
 - a run from the GPU pool trains holding a slot of the pool's global concurrency limit (the CPU pool's runs
   none), and, better than the champion, replaces it;
 - each promotion decision (promoted, kept, refused, a person's rollback) POSTs one alert with its reason and scores;
@@ -202,10 +205,14 @@ def artifact(ops: Ops, flow_run_id, key: str) -> str:
     return found[0].data
 
 
-def aliases() -> dict:
-    from lmforge.registry.tracking import client
+def aliases(ops: Ops) -> dict:
+    """jokes-char's aliases now, in this module's registry: the fixture that moved them keeps this snapshot (later
+    runs and a rollback move them again)."""
+    from mlflow import MlflowClient
 
-    return {k: str(v) for k, v in client().get_registered_model("jokes-char").aliases.items()}
+    uri = ops.env["MLFLOW_TRACKING_URI"]
+    model = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("jokes-char")
+    return {k: str(v) for k, v in model.aliases.items()}
 
 
 @pytest.fixture
@@ -214,8 +221,19 @@ def registry(ops, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ops.env["MLFLOW_TRACKING_URI"])
 
 
-def test_doctor_flags_a_pool_without_a_worker_and_passes_once_one_polls(ops):
-    code, before = doctor(ops.env)
+@pytest.fixture(scope="module")
+def first_doctor(ops):
+    """`lmforge doctor` on the server as deployed (no worker, nothing set up), `schedule setup` without a webhook
+    and with one, a CPU worker, then `doctor --pool lmforge-cpu` again: the story's first step."""
+    before = doctor(ops.env)
+    unset = lmforge(ops.env, "schedule", "setup")
+    setup = lmforge({**ops.env, "LMFORGE_ALERT_WEBHOOK": ops.receiver.url}, "schedule", "setup")
+    ops.start_worker(CPU)
+    return SimpleNamespace(before=before, unset=unset, setup=setup, after=doctor(ops.env, "--pool", CPU))
+
+
+def test_doctor_flags_a_pool_without_a_worker_and_passes_once_one_polls(first_doctor):
+    code, before = first_doctor.before
     assert code == 2 and before["ok"] is False
     worker = failing(before)[f"worker {CPU}"]
     assert worker["detail"].startswith(f"no worker has polled {CPU} in the last 5 min")
@@ -228,13 +246,12 @@ def test_doctor_flags_a_pool_without_a_worker_and_passes_once_one_polls(ops):
     gpt2 = next(c for c in deployed if c["check"] == "deployment lmforge-pipeline/jokes-gpt2")
     assert gpt2["status"] == "warn" and "model.pretrained" in gpt2["fix"]  # its schedule is off: a warning
 
-    unset = lmforge(ops.env, "schedule", "setup")  # no webhook to send alerts to: one line, nothing written
+    unset = first_doctor.unset  # no webhook to send alerts to: one line, nothing written
     assert unset.returncode == 2 and unset.stderr.count("\n") == 1 and "LMFORGE_ALERT_WEBHOOK" in unset.stderr
-    setup = lmforge({**ops.env, "LMFORGE_ALERT_WEBHOOK": ops.receiver.url}, "schedule", "setup")
+    setup = first_doctor.setup
     assert setup.returncode == 0, setup.stderr[-3000:]
     assert f"global concurrency limit {GPU}: created, limit 1" in setup.stdout
-    ops.start_worker(CPU)
-    code, after = doctor(ops.env, "--pool", CPU)
+    code, after = first_doctor.after  # once the CPU worker has polled
     assert code == 0 and after["ok"] is True, failing(after)
     assert next(c for c in after["checks"] if c["check"] == f"worker {CPU}")["status"] == "ok"
 
@@ -296,15 +313,21 @@ def run_two(ops: Ops, env: dict, cmd: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def nightly(ops):
+def nightly(ops, first_doctor):
+    """README's nightly block (after the first doctor's step), the aliases it left, then `lmforge schedule off
+    jokes-char` and the deployment's schedules as that left them (`lmforge serve` deletes the deployment later)."""
     ops.start_worker(CPU)
     try:
-        yield run_nightly_block(ops)
-    finally:
-        lmforge(ops.env, "schedule", "off", "jokes-char")
+        record = run_nightly_block(ops)
+        record["aliases"] = aliases(ops)
+    finally:  # off even when the block failed half-way: no 02:00 run later in the module
+        off = lmforge(ops.env, "schedule", "off", "jokes-char")
+    with ops.client() as c:
+        active = [s.active for s in c.read_deployment_by_name("lmforge-pipeline/jokes-char").schedules]
+    return {**record, "off": off, "active_after_off": active}
 
 
-def test_readme_nightly_block_runs_as_written(ops, nightly, registry):
+def test_readme_nightly_block_runs_as_written(nightly, registry):
     out = nightly["outputs"]
     assert "fires after 900 s" in out["lmforge schedule setup"]  # automations.yaml's default threshold
     assert not [line for line in out["lmforge doctor --pool lmforge-cpu"].splitlines() if line.startswith("fail")]
@@ -319,10 +342,9 @@ def test_readme_nightly_block_runs_as_written(ops, nightly, registry):
     assert followed.index("registered jokes-char") < followed.index("promotion of jokes-char")
     assert "champion" in out["lmforge runs --limit 3"]
     assert out["lmforge generate --model models:/jokes-char@champion --prompt Why"].startswith("Why")
-    off = lmforge(ops.env, "schedule", "off", "jokes-char")
-    assert off.returncode == 0 and "schedule 0 2 * * * UTC off" in off.stdout
-    with ops.client() as c:
-        assert [s.active for s in c.read_deployment_by_name("lmforge-pipeline/jokes-char").schedules] == [False]
+    off = nightly["off"]
+    assert off.returncode == 0 and "schedule 0 2 * * * UTC off" in off.stdout, off.stderr[-3000:]
+    assert nightly["active_after_off"] == [False]
 
 
 def test_a_second_run_of_a_deployment_waits_for_the_first(ops, nightly):
@@ -346,7 +368,7 @@ def test_deployment_runs_promote_only_a_winner_and_record_why(ops, nightly, regi
     assert second.tags["promotion_previous_champion"] == first.version
     assert float(second.tags["promotion_candidate_bpb"]) > float(second.tags["promotion_champion_bpb"])
     assert float(second.tags["promotion_candidate_loss"]) > float(second.tags["promotion_champion_loss"])
-    assert aliases() == {"champion": first.version, "candidate": second.version}
+    assert nightly["aliases"] == {"champion": first.version, "candidate": second.version}
     summary = artifact(ops, nightly["second"], "run-jokes-char")
     assert "## Promotion: kept" in summary and f"champion after this run: version {first.version}" in summary
     assert f"| v{second.version} | candidate |" in artifact(ops, nightly["second"], "promotion-jokes-char")
@@ -370,6 +392,44 @@ class StuckRuns:
                 c.read_deployment_by_name("lmforge-pipeline/tinystories-lstm").id)
             c.set_flow_run_state(self.pending.id, Pending())
         self.cancelled = False
+        self.seen: SimpleNamespace | None = None
+
+    def observe(self) -> SimpleNamespace:
+        """Once, while the runs are still stuck and no worker polls the GPU pool (gpu_run calls it before cancel()):
+        the alerts of both runs (waited for up to 180 s), the runs' states after they fired, and `lmforge doctor
+        --pool lmforge-gpu` run with the pool paused and the jokes-gpt2 schedule on (both put back after)."""
+        if self.seen is None:
+            assert not self.cancelled, "observe() after cancel(): the runs are no longer stuck"
+            ops, deadline = self.ops, time.monotonic() + 180
+            while not (ops.receiver.posts_for(self.late.id) and ops.receiver.posts_for(self.pending.id)) \
+                    and time.monotonic() < deadline:  # the test asserts they came
+                time.sleep(1)
+            seen = SimpleNamespace(late_posts=ops.receiver.posts_for(self.late.id),
+                                   pending_posts=ops.receiver.posts_for(self.pending.id),
+                                   all_posts=list(ops.receiver.posts))
+            with ops.client() as c:  # after the alerts: the runs really stayed there
+                seen.late_state, seen.pending_state = (c.read_flow_run(r.id).state.name
+                                                       for r in (self.late, self.pending))
+            seen.doctor = self.paused_doctor()
+            self.seen = seen
+        return self.seen
+
+    def paused_doctor(self) -> subprocess.CompletedProcess:
+        from prefect.client.schemas.actions import WorkPoolUpdate
+
+        from lmforge.ops.deployments import load_deployments
+        from lmforge.ops.schedule import set_active
+
+        gpt2 = next(d for d in load_deployments() if d.name == "jokes-gpt2")
+        with self.ops.client() as c:  # the pool paused, and a schedule on whose config cannot load
+            c.update_work_pool(GPU, WorkPoolUpdate(is_paused=True))
+            set_active(gpt2, True)
+        try:
+            return lmforge(self.ops.env, "doctor", "--pool", GPU)
+        finally:
+            with self.ops.client() as c:
+                c.update_work_pool(GPU, WorkPoolUpdate(is_paused=False))
+                set_active(gpt2, False)
 
     def cancel(self) -> None:
         """Before a worker polls the GPU pool (it would take them)."""
@@ -384,8 +444,8 @@ class StuckRuns:
 
 @pytest.fixture(scope="module")
 def stuck(ops, nightly):
-    """After the nightly block (its `schedule setup` puts back the 900 s threshold); the serve tests run while
-    the alerts' clocks tick."""
+    """After the nightly block (its `schedule setup` puts back the 900 s threshold); `served` runs while the
+    alerts' clocks tick, before anything calls observe()."""
     runs = StuckRuns(ops)
     try:
         yield runs
@@ -410,12 +470,13 @@ def served(ops, nightly, stuck):
     with ops.client() as c:
         run = c.create_flow_run_from_deployment(dep.id, parameters={"overrides": {**WEAK, "data.split": "contiguous"}})
     final = wait_final(ops, run.id)
+    aliases_then = aliases(ops)  # before gpu_run (which depends on this fixture) moves the champion
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     code = proc.wait(90)
     with ops.client() as c:
         after = c.read_deployment(dep.id)
     return {"refused": refused, "deployment": dep, "run": run.id, "final": final, "code": code, "after": after,
-            "log": ops.log("serve")}
+            "log": ops.log("serve"), "aliases": aliases_then}
 
 
 def test_serve_runs_prefect_yamls_schedule_without_a_worker_and_stops_on_ctrl_c(served):
@@ -442,43 +503,26 @@ def test_a_refused_comparison_keeps_the_champion_and_the_run_completes(ops, nigh
     assert reason.startswith(f"not compared: jokes-char: cannot compare v{kept.version} with champion v{champion} "
                              "fairly: ")
     assert "trained on different data (contiguous split of corpus" in reason and "--force" in reason
-    assert aliases()["champion"] == champion
+    assert served["aliases"]["champion"] == champion
     assert "## Promotion: refused" in artifact(ops, served["run"], "run-jokes-char")
 
 
-def test_runs_left_late_or_pending_fire_the_alert_webhook(ops, stuck):
+def test_runs_left_late_or_pending_fire_the_alert_webhook(stuck, served):
+    """`served` only so that the serve run goes while the alerts' clocks tick, whatever the order of the tests."""
+    seen = stuck.observe()
     assert "fires after 10 s" in stuck.setup.stdout
-    late, pending = stuck.late, stuck.pending
-    deadline = time.monotonic() + 180
-    while not (ops.receiver.posts_for(late.id) and ops.receiver.posts_for(pending.id)):
-        assert time.monotonic() < deadline, ops.receiver.posts
-        time.sleep(1)
-    alert = ops.receiver.posts_for(late.id)[0]
+    late = stuck.late
+    assert seen.late_posts and seen.pending_posts, seen.all_posts  # both within 180 s
+    alert = seen.late_posts[0]
     assert alert["path"] == "/lmforge-alerts" and alert["content_type"] == "application/json"
     assert alert["json"]["state"] == "Late" and alert["json"]["deployment"] == "lmforge-pipeline/imdb-gpt"
     assert alert["json"]["work_pool"] == GPU and alert["json"]["flow_run"] == late.name
     assert f"has been Late for over 10 s: no worker has taken it from work pool {GPU}" in alert["json"]["text"]
-    held = ops.receiver.posts_for(pending.id)[0]["json"]
+    held = seen.pending_posts[0]["json"]
     assert held["state"] == "Pending" and held["deployment"] == "lmforge-pipeline/tinystories-lstm"
     assert "has been Pending for over 10 s" in held["text"]
-    with ops.client() as c:  # they fired on runs that really stayed there
-        assert c.read_flow_run(late.id).state.name == "Late"
-        assert c.read_flow_run(pending.id).state.name == "Pending"
-    from prefect.client.schemas.actions import WorkPoolUpdate
-
-    from lmforge.ops.deployments import load_deployments
-    from lmforge.ops.schedule import set_active
-
-    gpt2 = next(d for d in load_deployments() if d.name == "jokes-gpt2")
-    with ops.client() as c:  # the pool paused, and a schedule on whose config cannot load
-        c.update_work_pool(GPU, WorkPoolUpdate(is_paused=True))
-        set_active(gpt2, True)
-    try:
-        report = lmforge(ops.env, "doctor", "--pool", GPU)
-    finally:
-        with ops.client() as c:
-            c.update_work_pool(GPU, WorkPoolUpdate(is_paused=False))
-            set_active(gpt2, False)
+    assert (seen.late_state, seen.pending_state) == ("Late", "Pending")  # fired on runs that really stayed there
+    report = seen.doctor  # the pool paused, and the jokes-gpt2 schedule on, whose config cannot load
     lines = report.stdout.splitlines()
     assert report.returncode == 2
     assert (f"fail  pool {GPU}: work pool {GPU} is paused: its runs stay Scheduled "
@@ -494,16 +538,19 @@ def test_runs_left_late_or_pending_fire_the_alert_webhook(ops, stuck):
 
 
 @pytest.fixture(scope="module")
-def gpu_run(ops, nightly, stuck):
+def gpu_run(ops, nightly, served, stuck):
     """A run from a GPU-pool deployment (the imdb-gpt one, here training the jokes preset, BETTER than the
-    first nightly run) through a worker on that pool, once the stuck runs there are cancelled."""
+    first nightly run) through a worker on that pool, once the stuck runs there are observed and cancelled; after
+    `served` (whose refused comparison is with the nightly champion, which this run replaces). The aliases it
+    left (a rollback moves them later)."""
+    stuck.observe()
     stuck.cancel()
     ops.start_worker(GPU)
     with ops.client() as c:
         dep = c.read_deployment_by_name("lmforge-pipeline/imdb-gpt")
         run = c.create_flow_run_from_deployment(dep.id, parameters={"preset": "jokes-char", "overrides": BETTER})
     assert wait_final(ops, run.id).name == "Completed", ops.log(f"worker-{GPU}")
-    return run.id
+    return {"run": run.id, "aliases": aliases(ops)}
 
 
 def slot_events(ops: Ops, flow_run_id) -> list:
@@ -517,7 +564,7 @@ def slot_events(ops: Ops, flow_run_id) -> list:
 
 def test_training_on_the_gpu_pool_holds_a_slot_of_its_limit(ops, nightly, served, gpu_run):
     deadline = time.monotonic() + 60  # events reach the server's store in batches
-    while len(events := slot_events(ops, gpu_run)) < 2 and time.monotonic() < deadline:
+    while len(events := slot_events(ops, gpu_run["run"])) < 2 and time.monotonic() < deadline:
         time.sleep(1)
     assert sorted(e.event for e in events) == ["prefect.concurrency-limit.acquired",
                                               "prefect.concurrency-limit.released"]
@@ -528,12 +575,12 @@ def test_training_on_the_gpu_pool_holds_a_slot_of_its_limit(ops, nightly, served
 
 
 def test_a_later_run_that_wins_replaces_the_champion(ops, nightly, gpu_run, registry):
-    first, better = version_of(nightly["first"]), version_of(gpu_run)
+    first, better = version_of(nightly["first"]), version_of(gpu_run["run"])
     assert better.tags["promotion_decision"] == "promoted"
     assert better.tags["promotion_reason"].startswith("candidate beats champion by more than 0.01 bits per byte")
     assert better.tags["promotion_previous_champion"] == first.version
     assert float(better.tags["promotion_champion_bpb"]) - float(better.tags["promotion_candidate_bpb"]) > 0.01
-    assert aliases()["champion"] == better.version
+    assert gpu_run["aliases"]["champion"] == better.version
 
 
 def decision_posts(ops: Ops, version: str) -> list[dict]:
@@ -541,13 +588,19 @@ def decision_posts(ops: Ops, version: str) -> list[dict]:
             and p["json"].get("candidate_version") == version]
 
 
-def test_each_promotion_decision_posts_one_alert(ops, nightly, served, gpu_run, registry):
+@pytest.fixture(scope="module")
+def rolled_back(ops, gpu_run):
+    """A person's `lmforge rollback jokes-char` once the GPU run has replaced the champion: the story's last move
+    of the aliases."""
+    return lmforge(ops.env, "rollback", "jokes-char", "--by", "carol")
+
+
+def test_each_promotion_decision_posts_one_alert(ops, nightly, served, gpu_run, rolled_back, registry):
     """Promoted (first, better), kept (second), refused (the served run), and a person's rollback: one POST each,
     with the reason and the scores, through the same webhook block as the stuck-run alerts."""
     first, second = version_of(nightly["first"]).version, version_of(nightly["second"]).version
-    refused, better = version_of(served["run"]).version, version_of(gpu_run).version
-    back = lmforge(ops.env, "rollback", "jokes-char", "--by", "carol")
-    assert back.returncode == 0, back.stderr[-3000:]
+    refused, better = version_of(served["run"]).version, version_of(gpu_run["run"]).version
+    assert rolled_back.returncode == 0, rolled_back.stderr[-3000:]
     want = {(first, "promoted"), (second, "kept"), (refused, "refused"), (better, "promoted"), (first, "rolled back")}
     deadline = time.monotonic() + 120
     while not want <= {(p["candidate_version"], p["decision"]) for v in (first, second, refused, better)
