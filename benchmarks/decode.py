@@ -7,11 +7,16 @@ per token, at fp32, int8 and int4: the model a user of onnxruntime-genai would d
 Reference shape: random-init lmforge gpt, 6 layers x 6 heads x 384 wide, vocab 8192, context 512 (~14M params);
 16-token prompts, 256 new greedy tokens, 2 threads, batch 1 and batch 8.
 
-Method (ratios that hold still on a shared machine): the onnxruntime contenders decode INTERLEAVED. Each round
-opens one decoding of the same prompts per contender (prefill + first token, timed: ttft), then advances them in
-sweeps of --block decode steps each, every sweep visiting the contenders in a fresh random order, until all have
-made the round's tokens. A load change then lands on every contender within one sweep (a few ms), not on one
-contender's whole run. Per round and contender: decode ms/step = the median over its sweeps; tokens/s = tokens /
+Method: the onnxruntime contenders take turns, each turn alone. Each round opens one decoding of the same prompts
+per contender (prefill + first token, timed: ttft), then advances them in sweeps of --block decode steps each
+(default: the whole generation in one turn), every sweep visiting the contenders in a fresh random order, until
+all have made the round's tokens; before each timed turn the benchmark waits --pause seconds, untimed. Why turns
+and the pause: an onnxruntime session's intra-op threads spin for a while after each call (allow_spinning, on by
+default in every contender, as in an app), so the threads of the contender that ran last take the CPU from the
+one that runs next: three sessions taking turns every 4 steps run the fp32 graph at 3.3x its solo ms/step,
+whole-generation turns with the pause at its solo speed (`python benchmarks/spinning.py`, docs/decode.md). Sweeps of a few steps (--block 4 --pause 0, the
+earlier default) spread a load change over every contender but measure mostly this interference. Per round and
+contender: decode ms/step = the median over its sweeps; tokens/s = tokens /
 (ttft + (new tokens - 1) x that median). A ratio is computed per round (both contenders from the same sweeps) and
 reported as the median over rounds with the min-max beside it. The load is measured over each phase and written
 beside every figure: the 1-minute load average, and the CPU time other processes used while it ran
@@ -27,7 +32,7 @@ Quality on trained weights (never random init): shakespeare-char trained here fo
 lmforge's own preparation and training, exported; each quantised variant's greedy agreement with fp32 over 256
 tokens (8 prompts x 32), its teacher-forced top-1 agreement over 256 val positions, and its val-loss delta.
 
-    python benchmarks/decode.py [--quick] [--json] [--profile] [--rounds N] [--block N] [--train-steps N]
+    python benchmarks/decode.py [--quick] [--json] [--profile] [--rounds N] [--block N] [--pause S] [--train-steps N]
 Writes benchmarks/results/decode-<time>.json and .md and prints the table (or the JSON with --json)."""
 from __future__ import annotations
 
@@ -306,7 +311,8 @@ def genai_contender(name: str, config, weights: int, group: str, variant: str, t
 
 
 # -- the interleaved measurement --------------------------------------------------------------------------------------
-def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, block: int, seed: int) -> dict:
+def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, block: int, seed: int,  # + pause
+               pause: float = 0.05) -> dict:
     """Decode `rounds` rounds of `batch` prompts x `n` new tokens with every contender, interleaved sweep by
     sweep (module docstring). Returns per contender its per-round ttft (s) and per-sweep ms/step, the tokens of
     round 0, and the load over the phase."""
@@ -324,15 +330,17 @@ def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, blo
         rng.shuffle(order)
         lanes = {}
         for c in order:
+            time.sleep(pause)  # the last contender's spinning threads go idle (module docstring)
             t = time.perf_counter()
             lanes[c.name] = c.open(prompts, n)
             ttft[c.name].append(time.perf_counter() - t)
             steps[c.name].append([])
         left = n - 1
         while left > 0:
-            k = min(block, left)
+            k = min(block or left, left)
             rng.shuffle(order)
             for c in order:
+                time.sleep(pause)
                 t = time.perf_counter()
                 lanes[c.name].advance(k)
                 steps[c.name][-1].append((time.perf_counter() - t) * 1e3 / k)
@@ -340,7 +348,7 @@ def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, blo
         if r == 0:
             tokens = {name: lane.tokens() for name, lane in lanes.items()}
     return {"ttft": ttft, "steps": steps, "tokens": tokens, "load": meter.read(), "batch": batch, "n": n,
-            "rounds": rounds, "block": block}
+            "rounds": rounds, "block": block or n - 1, "pause": pause}
 
 
 def rows_of(phase: dict) -> dict[str, dict]:
@@ -749,7 +757,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=300,
                    help="steps of shakespeare-char training for the quality rows (0: skip them)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per batch size (default 7; 5 --quick)")
-    p.add_argument("--block", type=int, default=4, help="decode steps a contender makes per turn in a sweep")
+    p.add_argument("--block", type=int, default=0, help="decode steps a contender makes per turn in a sweep "
+                   "(default 0: the whole generation in one turn)")
+    p.add_argument("--pause", type=float, default=0.05, help="seconds waited, untimed, before each timed turn "
+                   "(onnxruntime's spinning threads of the last contender go idle)")
     p.add_argument("--no-builder", action="store_true", help="skip onnxruntime-genai's builder models")
     p.add_argument("--builder-python", default=os.environ.get("LMFORGE_BUILDER_PYTHON", sys.executable),
                    help="the Python that runs onnxruntime-genai's builder (default $LMFORGE_BUILDER_PYTHON, else "
@@ -766,8 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = args.rounds or (5 if args.quick else 7)
     if n < 2:
         p.error("--new-tokens must be >= 2")
-    if args.block < 1 or args.rounds < 1:
-        p.error("--block and --rounds must be >= 1")
+    if args.block < 0 or args.rounds < 1 or args.pause < 0:
+        p.error("--block and --pause must be >= 0, --rounds >= 1")
     import onnxruntime as ort
     import torch
 
@@ -815,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
                 except RuntimeError as exc:  # e.g. a transformers the builder cannot import: rows left out, said why
                     contenders = [c for c in contenders if not c.name.startswith("ort-genai-builder")]
                     summ["ort-genai builder"] = f"left out: {str(exc)[-300:]} (hint: --builder-python PYTHON)"
-        phases = {"batch1": interleave(contenders, 1, n, args.rounds, args.block, seed=1),
-                  "batch8": interleave(contenders, 8, n, args.rounds, args.block, seed=8)}
+        phases = {"batch1": interleave(contenders, 1, n, args.rounds, args.block, seed=1, pause=args.pause),
+                  "batch8": interleave(contenders, 8, n, args.rounds, args.block, seed=8, pause=args.pause)}
         rows1, rows8 = rows_of(phases["batch1"]), rows_of(phases["batch8"])
         # greedy tokens: each lmforge row against its verified graph through the logits path; ort-genai over
         # lmforge's graph against lmforge's row of the same weights
@@ -874,8 +885,9 @@ def main(argv: list[str] | None = None) -> int:
     summ["bound_share"] = "(1000 / step_ms) / (bandwidth / weight bytes per decode step), batch 1"
     summ["shape"] = (f"gpt {SHAPE}, prompts of {PROMPT_LEN} tokens, {n} new tokens greedy, {args.threads} threads; "
                      "ort-genai-builder-*: onnxruntime-genai's builder on a random-init HF Phi of the same shape")
-    summ["method"] = (f"onnxruntime rows interleaved: {args.rounds} rounds per batch size, sweeps of {args.block} "
-                      "steps per contender in a fresh random order; figures are medians over rounds, ratios "
+    summ["method"] = (f"onnxruntime rows take turns: {args.rounds} rounds per batch size, turns of "
+                      f"{args.block or 'all the'} steps per contender in a fresh random order, {args.pause} s "
+                      "untimed before each turn; figures are medians over rounds, ratios "
                       "per round then median (min-max); torch / transformers rows: one run each "
                       f"({load_text(torch_load)})")
     summ["greedy_same"] = ("lmforge-*: share of batch-1 tokens equal to its verified graph's greedy ids "
