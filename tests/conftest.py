@@ -32,11 +32,9 @@ TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_
 
 # Modules whose tests still build on one another's state, kept in file order inside the shuffled run
 # (pytest-randomly shuffles modules, then the tests of each); drop one from here once each of its tests sets up
-# what it needs (issue #28). test_promote.py walks one registry through a story (a smoke run kept, a first
-# champion, a lost comparison, --force, rollback, a second tokenizer): its tests fail alone or reordered.
-# test_operate.py asserts the aliases at each step of its nightly story, and a later test moves them (the GPU
-# run's promotion, a rollback) before an earlier one would read them.
-IN_FILE_ORDER = ("test_promote.py", "test_operate.py")
+# what it needs (issue #28). test_operate.py asserts the aliases at each step of its nightly story, and a later
+# test moves them (the GPU run's promotion, a rollback) before an earlier one would read them.
+IN_FILE_ORDER = ("test_operate.py",)
 
 
 def pytest_collection_modifyitems(items: list) -> None:
