@@ -54,10 +54,11 @@ def prepared(name: str, corpora: Path, steps: int, threads: int, work: Path, ext
         overrides["train.eval_interval"] = max(1, steps // 4)
     overrides["train.threads"] = threads
     overrides.update(kv.split("=", 1) for kv in extra)
+    overrides.setdefault("name", name)  # the rows keep the preset's name (a local data.source would name the run)
     cfg = load_config(name, overrides)
     source = Path(overrides["data.source"]) if "data.source" in overrides else acquire(cfg.data.source, work / "cache")
-    meta = prepare_corpus(source, cfg, work / name / "data")
-    data = work / name / "data"
+    data = work / cfg.name / "data"  # cfg.name: the preset's, or named after the data (a local data.source)
+    meta = prepare_corpus(source, cfg, data)
     return cfg, meta, open_shard(data, "train"), open_shard(data, "val")
 
 

@@ -32,10 +32,9 @@ TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_
 
 # Modules whose tests still build on one another's state, kept in file order inside the shuffled run
 # (pytest-randomly shuffles modules, then the tests of each); drop one from here once each of its tests sets up
-# what it needs (issue #28). test_promote.py walks one registry through a story (a smoke run kept, a first
-# champion, a lost comparison, --force, rollback, a second tokenizer): its tests fail alone or reordered.
-# (test_operate.py left this list: its module fixtures play its story in order and record what each step saw.)
-IN_FILE_ORDER = ("test_promote.py",)
+# what it needs (issue #28). Empty now: test_promote.py and test_operate.py each play their story once in
+# module fixtures that record what each step saw, and their tests read those records.
+IN_FILE_ORDER: tuple[str, ...] = ()
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -66,71 +66,98 @@ def versions(registry):
     return {"strong": run(STRONG), "weak": run(WEAK)}
 
 
-def test_a_smoke_run_is_not_made_the_first_champion(versions):
+@pytest.fixture(scope="module")
+def story(versions):
+    """The promotion story, in order, once per module: a smoke run kept, a chosen first champion, a lost
+    comparison, --force by a person, a scheduled unchanged run and an automatic promotion to an older version
+    (both moving nothing), a rollback, and a second rollback with nothing earlier. Each step's result and the
+    aliases after it are recorded, so that each test reads the step it checks, in any order, alone or not."""
     from lmforge.flows.promote import promote
+    from lmforge.registry.promote import promote as library_promote
 
-    assert aliases() == {"candidate": versions["weak"]["model_version"]}
+    strong, weak = versions["strong"]["model_version"], versions["weak"]["model_version"]
+    out: dict = {"start": aliases()}
+    out["first"] = promote(name="jokes-char")
+    out["after_first"], out["weak_tags_first"] = aliases(), facts(weak)
+    out["chosen"] = promote(name="jokes-char", version=strong, gate=0.2)
+    out["after_chosen"] = aliases()
+    out["lost"] = promote(name="jokes-char")  # candidate is the weak run
+    out["after_lost"] = aliases()
+    out["forced"] = cli("promote", "jokes-char", "--force", "--by", "alice", "--json")
+    out["after_forced"], out["weak_tags_forced"] = aliases(), facts(weak)
+    out["nightly"] = run({**STRONG, "promote.auto": True})  # unchanged data: registers nothing new
+    out["after_nightly"] = aliases()
+    out["older"] = library_promote("jokes-char", version=strong, automatic=True)  # never to an older version
+    out["after_older"] = aliases()
+    out["back"] = cli("rollback", "jokes-char", "--by", "bob", "--json")
+    out["after_back"], out["strong_tags_back"], out["weak_tags_back"] = aliases(), facts(strong), facts(weak)
+    out["again"] = cli("rollback", "jokes-char")  # strong was the first champion: nothing earlier to put back
+    out["after_again"] = aliases()
+    return out
+
+
+def test_a_smoke_run_is_not_made_the_first_champion(versions, story):
+    assert story["start"] == {"candidate": versions["weak"]["model_version"]}
     assert "promotion" not in versions["weak"]  # a run outside the deployments: promote.auto is off
-    first = promote(name="jokes-char")
+    first = story["first"]
     assert first["decision"] == "kept" and first["champion_version"] is None
     assert first["candidate_bpb"] > first["unigram_bpb"] - first["gate"]  # it does not clear the gate
     assert first["margin"] == 0.02 and "trained with" in first["settings_from"]  # WEAK's own [promote] section
-    assert "gate" in first["reason"] and "champion" not in aliases()
-    assert facts(versions["weak"]["model_version"])["promotion_decision"] == "kept"
-    chosen = promote(name="jokes-char", version=versions["strong"]["model_version"], gate=0.2)
+    assert "gate" in first["reason"] and "champion" not in story["after_first"]
+    assert story["weak_tags_first"]["promotion_decision"] == "kept"
+    chosen = story["chosen"]
     assert chosen["decision"] == "promoted", (chosen["candidate_bpb"], chosen["unigram_bpb"], chosen["reason"])
     assert chosen["candidate_bpb"] < chosen["unigram_bpb"] - 0.2
     assert chosen["margin"] == 0.01  # STRONG's config: PromoteConfig's default
-    assert aliases()["champion"] == versions["strong"]["model_version"]
+    assert story["after_chosen"]["champion"] == versions["strong"]["model_version"]
 
 
-def test_champion_moves_only_when_the_candidate_wins_and_every_move_is_recorded(versions):
-    from lmforge.flows.promote import promote
-
+def test_champion_moves_only_when_the_candidate_wins_and_every_move_is_recorded(versions, story):
     strong, weak = versions["strong"]["model_version"], versions["weak"]["model_version"]
-    lost = promote(name="jokes-char")  # candidate is the weak run
+    lost = story["lost"]
     assert lost["decision"] == "kept" and lost["candidate_bpb"] > lost["champion_bpb"]
     assert lost["candidate_loss"] > lost["champion_loss"]  # the same tokenizer: val loss shown for both
     assert lost["tokenizers"] == "same" and "same data" in lost["scored_on"]
     assert lost["reason"].startswith("candidate does not beat champion by more than 0.02 bits per byte")
-    assert aliases() == {"candidate": weak, "champion": strong}
+    assert story["after_lost"] == {"candidate": weak, "champion": strong}
 
-    forced = cli("promote", "jokes-char", "--force", "--by", "alice", "--json")
+    forced = story["forced"]
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert json.loads(forced.stdout.strip().splitlines()[-1])["decision"] == "promoted"
-    assert aliases()["champion"] == weak
-    tags = facts(weak)
+    assert story["after_forced"]["champion"] == weak
+    tags = story["weak_tags_forced"]
     assert tags["promotion_by"] == "alice" and tags["promotion_previous_champion"] == strong
     assert float(tags["promotion_champion_bpb"]) < float(tags["promotion_candidate_bpb"])
     assert tags["promotion_at"][:4].isdigit() and tags["promotion"] == "promoted (forced)"
 
     # a scheduled run on unchanged data registers nothing new: the person's promotion stands
-    nightly = run({**STRONG, "promote.auto": True})
+    nightly = story["nightly"]
     assert nightly["reused"] and nightly["model_version"] == strong
     assert nightly["promotion"]["decision"] == "unchanged" and "registered nothing new" in nightly["promotion"]["reason"]
-    assert aliases()["champion"] == weak
-    from lmforge.registry.promote import promote as library_promote
-
-    older = library_promote("jokes-char", version=strong, automatic=True)  # and never to an older version
+    assert story["after_nightly"]["champion"] == weak
+    older = story["older"]  # and never to an older version
     assert older["decision"] == "unchanged" and "a person's promotion or rollback stands" in older["reason"]
-    assert aliases()["champion"] == weak
+    assert story["after_older"]["champion"] == weak
 
-    back = cli("rollback", "jokes-char", "--by", "bob", "--json")
+    back = story["back"]
     assert back.returncode == 0, back.stderr[-2000:]
-    assert aliases()["champion"] == strong
-    assert facts(strong)["rollback_from"] == weak and facts(weak)["rolled_back_to"] == strong
-    again = cli("rollback", "jokes-char")  # strong was the first champion: nothing earlier to put back
+    assert story["after_back"]["champion"] == strong
+    assert story["strong_tags_back"]["rollback_from"] == weak and story["weak_tags_back"]["rolled_back_to"] == strong
+    again = story["again"]
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "first champion" in again.stderr
+    assert story["after_again"]["champion"] == strong
 
 
 @pytest.fixture(scope="module")
-def other_tokenizer(versions):
-    """A version of the same corpus and split with a BPE tokenizer, compared with the (char) champion."""
+def other_tokenizer(versions, story):
+    """A version of the same corpus and split with a BPE tokenizer, compared with the (char) champion (the strong
+    run, after the story's rollback); the aliases after the comparison are recorded."""
     from lmforge.flows.promote import promote
 
     bpe = run(BPE)
-    assert aliases()["champion"] == versions["strong"]["model_version"]  # after the rollback above
-    return {"run": bpe, "result": promote(name="jokes-char", version=bpe["model_version"], margin=0.0)}
+    assert aliases()["champion"] == versions["strong"]["model_version"]  # after the story's rollback
+    result = promote(name="jokes-char", version=bpe["model_version"], margin=0.0)
+    return {"run": bpe, "result": result, "aliases": aliases()}
 
 
 def test_a_version_with_another_tokenizer_is_compared_by_bits_per_byte(other_tokenizer, versions):
@@ -142,7 +169,7 @@ def test_a_version_with_another_tokenizer_is_compared_by_bits_per_byte(other_tok
     expected = "promoted" if r["champion_bpb"] - r["candidate_bpb"] > 0 else "kept"
     assert r["decision"] == expected
     champion = other_tokenizer["run"]["model_version"] if expected == "promoted" else versions["strong"]["model_version"]
-    assert aliases()["champion"] == champion
+    assert other_tokenizer["aliases"]["champion"] == champion
 
 
 def test_the_side_by_side_table_holds_both_versions_text_for_every_prompt(other_tokenizer, versions, tmp_path):
@@ -167,7 +194,7 @@ def test_the_side_by_side_table_holds_both_versions_text_for_every_prompt(other_
     assert len(description) <= 5000
 
 
-def test_lmforge_promote_reads_the_margin_of_a_presets_promote_section(versions, tmp_path):
+def test_lmforge_promote_reads_the_margin_of_a_presets_promote_section(versions, story, tmp_path):
     weak = versions["weak"]["model_version"]
     preset = tmp_path / "jokes-strict.toml"
     preset.write_text((REPO / "configs" / "jokes-char.toml").read_text() + "\n[promote]\nmargin = 0.37\n")
@@ -180,7 +207,7 @@ def test_lmforge_promote_reads_the_margin_of_a_presets_promote_section(versions,
     assert json.loads(flag.stdout.strip().splitlines()[-1])["margin"] == 0.5
 
 
-def test_a_champion_that_moved_meanwhile_is_not_overwritten(versions):
+def test_a_champion_that_moved_meanwhile_is_not_overwritten(versions, story):
     from lmforge.core.errors import LmforgeError
     from lmforge.registry.promote import move_champion
 
@@ -212,7 +239,7 @@ def test_held_out_split_rules():
     assert not held_out_for_both(version(2), ModelVersion("m", "1", 0, tags={}))[0]  # registered before fingerprints
 
 
-def test_an_unchanged_rerun_registers_no_new_version(versions):
+def test_an_unchanged_rerun_registers_no_new_version(versions, other_tokenizer):
     from lmforge.registry.tracking import client
 
     again = run(STRONG)
@@ -222,7 +249,7 @@ def test_an_unchanged_rerun_registers_no_new_version(versions):
     assert aliases()["candidate"] == versions["strong"]["model_version"]
 
 
-def test_registered_version_is_reviewable(versions):
+def test_registered_version_is_reviewable(versions, story):
     """Tags a reviewer needs (a few flat, the rest grouped), and the generate model logged with a signature and
     an input example."""
     import mlflow
@@ -251,7 +278,7 @@ def test_registered_version_is_reviewable(versions):
     assert info.saved_input_example_info is not None
 
 
-def test_runs_and_promotions_publish_prefect_artifacts(versions):
+def test_runs_and_promotions_publish_prefect_artifacts(versions, story):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -320,22 +347,16 @@ def test_promotion_defaults_have_one_source():
 
 
 def test_a_warm_started_version_names_its_parent():
-    """The hook for the `train` branch's lineage record: a Trained whose lineage is a warm start gives the version
-    a `parent` tag and an `lmforge.lineage` group (read back flat by facts)."""
-    from dataclasses import dataclass
+    """A Trained whose lineage (lmforge.core.records.Lineage) is a warm start gives the version a `parent` tag and
+    an `lmforge.lineage` group (read back flat by facts); a fresh start gives none."""
     from types import SimpleNamespace
 
+    from lmforge.core.records import Lineage
     from lmforge.registry.review import facts as read
     from lmforge.registry.review import lineage_tags
 
-    @dataclass(frozen=True)
-    class Lineage:  # the shape of lmforge.core.records.Lineage on the `train` branch
-        kind: str = "fresh"
-        parent_name: str = ""
-        parent_version: str = ""
-        parent_data_fingerprint: str = ""
-
     assert lineage_tags(SimpleNamespace(lineage=Lineage())) == {}
-    tags = lineage_tags(SimpleNamespace(lineage=Lineage("warm-start", "jokes-char", "3", "f" * 64)))
+    tags = lineage_tags(SimpleNamespace(lineage=Lineage("warm-start", parent_name="jokes-char", parent_version="3",
+                                                        parent_data_fingerprint="f" * 64)))
     assert tags["parent"] == "jokes-char v3"
     assert read(tags)["lineage_parent_data_fingerprint"] == "f" * 64 and read(tags)["lineage_kind"] == "warm-start"
