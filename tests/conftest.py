@@ -30,22 +30,6 @@ TINY = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_
         "eval.temperatures": "[1.0]", "eval.prompts": '["Why"]'}
 
 
-# Modules whose tests still build on one another's state, kept in file order inside the shuffled run
-# (pytest-randomly shuffles modules, then the tests of each); drop one from here once each of its tests sets up
-# what it needs (issue #28). Empty now: test_promote.py and test_operate.py each play their story once in
-# module fixtures that record what each step saw, and their tests read those records.
-IN_FILE_ORDER: tuple[str, ...] = ()
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    """Put the tests of IN_FILE_ORDER modules back in file order (runs after pytest-randomly's shuffle, which is a
-    hook wrapper; their module's place in the run stays shuffled)."""
-    for name in IN_FILE_ORDER:
-        where = [i for i, item in enumerate(items) if item.path.name == name]
-        for i, item in zip(where, sorted((items[i] for i in where), key=lambda item: item.location[1])):
-            items[i] = item
-
-
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     return _ARTIFACTS
