@@ -162,7 +162,8 @@ def bench_shakespeare(cfg, meta, tr, va, work) -> list[dict]:
     our_val_text = tok.decode(np.asarray(va[:-1]).tolist())  # without the closing <eos>
     overlap = same_text(our_val_text, n_val_text)
     t = cfg.train
-    recipe = (f"{t.max_steps} steps x batch {t.batch_size}, lr {t.lr:g} -> {t.min_lr:g}, warmup {t.warmup_steps}")
+    recipe = (f"{t.max_steps} steps x batch {t.batch_size}, lr {t.lr:g} -> {t.min_lr:g}, warmup {t.warmup_steps}"
+              + (f", Muon at {t.muon_lr:g} on the blocks' matrices" if t.optimizer == "muon" else ""))
     return [row(cfg.name, "val loss (nats/char): nanoGPT's CPU config (2000 x 12, lr 1e-3), its split, a plain "
                 "PyTorch loop", "nanoGPT README ~1.88", round(ref["loss"], 4), ref_wall, ref_tps),
             row(cfg.name, f"val loss (nats/char): lmforge train(), preset ({recipe}), its contiguous split",

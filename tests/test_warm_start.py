@@ -208,3 +208,25 @@ def test_a_warm_start_carries_shared_token_rows_and_initialises_new_ones(tmp_pat
         assert torch.equal(child.wte.weight[i], expected), token
     assert torch.equal(child.blocks[0].attn.c_attn.weight, parent.blocks[0].attn.c_attn.weight)
     assert child.lm_head.weight is child.wte.weight  # still tied
+
+
+def test_init_optimizer_carries_the_parents_moments_and_refuses_another_optimizers(night1, capsys, caplog):
+    """train.init_optimizer: the parent's AdamW moments come along (the run says so); a run with another optimizer
+    (Muon's groups) cannot take them: one line, nothing trained."""
+    from lmforge.registry.tracking import client
+
+    nightly, _, _ = night1
+    carried = {**nightly, "train.max_steps": 20, "train.eval_interval": 10, "train.init_from": "champion",
+               "train.init_optimizer": "true"}
+    with caplog.at_level(logging.INFO):
+        assert main(["run", *cli_args(carried)]) == 0
+    assert "optimizer moments too" in caplog.text
+    capsys.readouterr()
+    before = len(client().search_model_versions("name='warmnight'"))
+    rc = main(["run", "--json", *cli_args({**carried, "train.optimizer": "muon"})])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert rc == 2 and "Traceback" not in err
+    assert len(errors) == 1 and "was trained with another optimizer" in errors[0], err[-2000:]
+    assert "(hint: --set train.init_optimizer=false" in errors[0]
+    assert len(client().search_model_versions("name='warmnight'")) == before

@@ -95,6 +95,9 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta2: float = 0.99
+    optimizer: str = "adamw"         # adamw | muon (gpt: Muon on the blocks' matrices, AdamW on the rest;
+                                     # lmforge/training/muon.py, docs/quality.md "Time to quality")
+    muon_lr: float = 0.02            # train.optimizer = muon: the matrices' peak lr (the schedule scales it as lr)
     grad_clip: float = 1.0
     eval_interval: int = 250
     eval_iters: int = 20
@@ -209,6 +212,7 @@ CHOICES = {
     "model.family": ("gpt", "lstm", "gru", "hf-gpt2"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.optimizer": ("adamw", "muon"),
     "export.gguf": ("f16", "f32", "q8_0", "none"),
 }
 
@@ -323,7 +327,7 @@ def _check(cfg: Config, policy: Policy) -> None:
     check_untrusted_keys(cfg, policy)  # the keys whoever triggers a run sets, checked before Prefect starts
     positive = ["data.parts", "model.n_layer", "model.n_head", "model.n_embd", "model.n_hidden", "model.block_size",
                 "train.max_steps", "train.batch_size", "train.nproc", "train.grad_accum", "train.eval_interval",
-                "train.eval_iters", "train.log_interval", "eval.max_new_tokens", "promote.windows",
+                "train.eval_iters", "train.log_interval", "train.muon_lr", "eval.max_new_tokens", "promote.windows",
                 "export.check_positions"]
     flat = cfg.flat()
     for key in positive:
@@ -342,6 +346,9 @@ def _check(cfg: Config, policy: Policy) -> None:
         raise LmforgeError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head ({cfg.model.n_head})",
                            hint="pick n_embd as a multiple of n_head")
     _check_start(cfg.train)
+    if cfg.train.optimizer == "muon" and cfg.model.family != "gpt":
+        raise LmforgeError(f"train.optimizer=muon orthogonalises the gpt blocks' matrices; model.family is "
+                           f"{cfg.model.family}", hint="--set train.optimizer=adamw")
     if cfg.model.family == "hf-gpt2" and not cfg.model.pretrained:
         raise LmforgeError("preset needs a local GPT-2 checkpoint directory",
                            hint=f"{CHECKPOINT_HOWTO}, then --set model.pretrained=$PWD/gpt2-local")

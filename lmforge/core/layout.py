@@ -57,6 +57,8 @@ def weights_hash(cfg: Config, without: tuple[str, ...] = ()) -> str:
     they make."""
     d = cfg.to_dict()
     skip = NOT_WEIGHTS["train"] + without
+    if d["train"]["optimizer"] == "adamw":  # muon_lr is unused then; and runs from before these keys keep their hash
+        skip += ("optimizer", "muon_lr")
     return _hash({"model": d["model"], "train": {k: v for k, v in d["train"].items() if k not in skip}})
 
 

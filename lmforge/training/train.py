@@ -24,7 +24,7 @@ from lmforge.core import interrupt
 from lmforge.core.config import TrainConfig
 from lmforge.core.errors import LmforgeError
 from lmforge.core.records import StartFrom
-from lmforge.training import ddp
+from lmforge.training import ddp, muon
 from lmforge.training.checkpoint import Checkpoints, Identity, resume_point
 from lmforge.training.evaluate import evaluate_tokens
 from lmforge.training.schedule import lr_at
@@ -173,7 +173,9 @@ def autocast_for(device: str, dtype: str):
     return torch.autocast("cuda", dtype=torch_dtype), scaler
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":  # Muon on the blocks' matrices, AdamW on the rest (lmforge.training.muon)
+        return muon.make(model, lr=cfg.lr, muon_lr=cfg.muon_lr, weight_decay=cfg.weight_decay, beta2=cfg.beta2)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -335,7 +337,7 @@ def train_step(loop: Loop, lr: float) -> torch.Tensor:
     loss as a float64 tensor on the device (reading it is a sync: the caller does so only when it logs)."""
     cfg, optimizer, scaler = loop.cfg, loop.optimizer, loop.scaler
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)  # a Muon group's peak is train.muon_lr
     total = torch.zeros((), dtype=torch.float64, device=loop.device)
     for micro in range(cfg.grad_accum):
         x, y = loop.batches.next()  # the batch after it is drawn now, while this one computes

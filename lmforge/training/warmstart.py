@@ -122,6 +122,11 @@ def _load_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, star
         raise LmforgeError(f"train.init_optimizer: {start.source} has no optimizer state on this machine",
                            hint="--set train.init_optimizer=false (weights only)")
     blob = torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu")["optimizer"]
+    if [len(g["params"]) for g in blob["param_groups"]] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise LmforgeError(f"train.init_optimizer: {start.source} was trained with another optimizer (its groups: "
+                           f"{[len(g['params']) for g in blob['param_groups']]} parameters, this run's: "
+                           f"{[len(g['params']) for g in optimizer.param_groups]})",
+                           hint="--set train.init_optimizer=false (weights only), or the parent's train.optimizer")
     ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     params = dict(model.named_parameters())
     names = {id(p): n for n, p in params.items()}
