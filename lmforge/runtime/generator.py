@@ -23,7 +23,7 @@ from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
 from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
-from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD
+from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, EXACT_VARIANTS, MAX_LOOKAHEAD
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.errors import RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
@@ -93,13 +93,16 @@ class Generator:
         self.last_stats: dict | None = None  # the graph calls of the last finished stream()/stream_batch() session
 
     @property
+    def max_width(self) -> int:
+        """Tokens one verifying call takes at most: the row's last token and up to `lookahead` drafted ones."""
+        return self.lookahead + 1
+
+    @property
     def speculates(self) -> bool:
         """Whether a greedy row's draft can be verified in one call with the very tokens of one call per token:
-        only the fast graph (KVBuffers.extend) on the CPU provider, and not the int8 variant. Its
-        DynamicQuantizeMatMul quantises the activations with ONE scale per tensor, so the other tokens of a
-        verifying call change a row's quantisation and its logits (fp32 and fp16 compute each row alone, and
-        int4's MatMulNBits quantises activations per row block: tests/test_lookahead.py checks both)."""
-        return self.fast and self.provider == "CPUExecutionProvider" and self.variant != "int8" and not self.rnn
+        the fast graph (KVBuffers.extend) on the CPU provider, fp32 and fp16 only (runtime.lookahead's
+        EXACT_VARIANTS says why not int8 and int4)."""
+        return self.fast and self.provider == "CPUExecutionProvider" and self.variant in EXACT_VARIANTS
 
     def _probe(self) -> None:
         """One token through the graph, batch 1, at the context's last position, on buffers of the graph's own

@@ -11,6 +11,13 @@ from __future__ import annotations
 
 DEFAULT_LOOKAHEAD = 4  # draft tokens per verifying call by default (Generator(lookahead=...); docs/decode.md)
 MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
+# the variants whose verifying call gives each position the logits of one call per token, to the last bit of
+# their float type (tests/test_lookahead.py), so that greedy tokens are the same. Not int8: its
+# DynamicQuantizeMatMul quantises a call's activations with ONE scale for the whole tensor, so the other tokens of
+# the call change every position's logits (by ~5e-2 on a small trained model). Not int4: MatMulNBits quantises the
+# activations per row block (the other tokens change nothing), but its one-token kernel and its many-token kernel
+# now and then round an activation to different int8 steps, a logit jump of ~7e-3: a near tie could flip.
+EXACT_VARIANTS = ("fp32", "fp16")
 MAX_NGRAM = 3  # the longest suffix looked up first
 MIN_NGRAM = 2  # the shortest: a single token repeats too often to predict what follows it
 MAX_WAIT = 16  # steps a row at most waits to draft again after drafts the graph rejected at once

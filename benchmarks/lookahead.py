@@ -1,0 +1,136 @@
+"""Prompt-lookup speculation (lmforge.runtime.lookahead) on a TRAINED model with real prompts: tokens/s with
+lookahead on against off at batch 1, greedy, and how much of the drafts the graph took.
+
+The decode benchmark's reference model (benchmarks/decode.py, random init) repeats one token, so its lookups
+succeed nearly always: an upper bound. Here shakespeare-char is trained --train-steps steps through lmforge's own
+preparation and train() (benchmarks/decode.py's train_shakespeare), exported, and decoded from --prompts slices of
+its val text (each --prompt-chars long), --new-tokens greedy tokens each, through Generator.stream() as an app
+calls it, once with lookahead=0 and once with each --lookahead value, per variant (fp32, int4). Each round runs
+every (variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the
+method of benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one).
+Per row: tokens/s (median over rounds, all prompts of a round timed together), the ratio to lookahead 0 of the same
+variant (per round; median and min-max), graph calls per token, draft tokens taken per verifying call and the
+share of draft tokens taken, and whether the text equals lookahead 0's (it must: greedy_same).
+
+    python benchmarks/lookahead.py [--quick] [--train-steps N] [--rounds N] [--lookahead K ...]
+Writes benchmarks/results/lookahead-<time>.json and .md and prints the table."""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import CORPORA, LoadMeter, load_text, train_shakespeare, write_report  # noqa: E402
+
+KEYS = ["variant", "lookahead", "tokens_per_s", "ratio_vs_off", "ratio_min_max", "calls_per_token",
+        "accepted_per_verify_call", "draft_acceptance", "greedy_same"]
+
+
+def prompts_from_val(gen, val: np.ndarray, count: int, chars: int, seed: int = 0) -> list[str]:
+    """`count` slices of the val text, `chars` characters each, at random starts (a char tokenizer: one id each)."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(val) - chars, count)
+    return [gen.tokenizer.decode([int(i) for i in val[s:s + chars]]) for s in starts]
+
+
+def decode_all(gen, prompts: list[str], n: int) -> tuple[float, list[str], dict]:
+    """Every prompt through gen.stream(), greedy, n new tokens: (seconds, texts, summed last_stats)."""
+    texts, stats = [], {}
+    t = time.perf_counter()
+    for p in prompts:
+        texts.append("".join(gen.stream(p, max_new_tokens=n, temperature=0)))
+        for k, v in (gen.last_stats or {}).items():
+            stats[k] = stats.get(k, 0) + v
+    return time.perf_counter() - t, texts, stats
+
+
+def measure(model_dir: Path, args) -> dict:
+    """The rounds: every (variant, lookahead) once per round, in a fresh random order, with a pause before each."""
+    from lmforge.runtime import Generator
+
+    gens = {(v, k): Generator(model_dir, variant=v, threads=args.threads, lookahead=k)
+            for v in args.variants for k in (0, *args.lookahead)}
+    prompts = prompts_from_val(next(iter(gens.values())), args.val, args.prompts, args.prompt_chars)
+    for gen in gens.values():  # warm up: the first calls' costs
+        decode_all(gen, prompts[:1], 8)
+    rng, meter = random.Random(0), LoadMeter()
+    seconds = {key: [] for key in gens}
+    texts, stats = {}, {}
+    for _ in range(args.rounds):
+        order = list(gens)
+        rng.shuffle(order)
+        for key in order:
+            time.sleep(args.pause)
+            s, texts[key], stats[key] = decode_all(gens[key], prompts, args.new_tokens)
+            seconds[key].append(s)
+    return {"rows": rows_of(gens, seconds, texts, stats, args), "load": meter.read(), "prompts": prompts}
+
+
+def rows_of(gens: dict, seconds: dict, texts: dict, stats: dict, args) -> list[dict]:
+    rows = []
+    for (v, k), per_round in seconds.items():
+        tps = args.prompts * args.new_tokens / np.array(per_round)
+        ratio = np.array(seconds[v, 0]) / np.array(per_round)
+        st = stats[v, k]
+        rows.append({"variant": v, "lookahead": gens[v, k].lookahead,
+                     "tokens_per_s": round(float(np.median(tps)), 1),
+                     "ratio_vs_off": round(float(np.median(ratio)), 3),
+                     "ratio_min_max": f"{ratio.min():.3f}-{ratio.max():.3f}",
+                     "calls_per_token": round(st["calls"] / max(1, st["tokens"]), 3),
+                     "accepted_per_verify_call": round(st["accepted"] / max(1, st["verify_calls"]), 3),
+                     "draft_acceptance": round(st["accepted"] / max(1, st["drafted"]), 3),
+                     "greedy_same": texts[v, k] == texts[v, 0]})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    out = [f"`python benchmarks/lookahead.py {' '.join(report['argv'])}` ({report['time']}); shakespeare-char "
+           f"trained {report['train_steps']} steps (best val loss {report['best_val_loss']}); {report['prompts']} "
+           f"val prompts x {report['new_tokens']} greedy tokens, batch 1, {report['rounds']} rounds; "
+           f"{load_text(report['load'])}.", "",
+           "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS)]
+    out += ["| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["rows"]]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/lookahead.py", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="200 training steps, 2 prompts x 64 tokens, 1 round")
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--prompt-chars", type=int, default=48)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--lookahead", type=int, nargs="+", default=[2, 4, 8], help="draft lengths against 0")
+    p.add_argument("--variants", nargs="+", default=["fp32", "int4"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pause", type=float, default=0.05)
+    p.add_argument("--corpora", type=Path, default=CORPORA)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_steps, args.prompts, args.new_tokens, args.rounds = 200, 2, 64, 1
+    if not (args.corpora / "tinyshakespeare.txt").is_file():
+        print(f"error: no tinyshakespeare.txt under {args.corpora} (hint: set LMFORGE_CORPORA)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as work:
+        _, out, val, _, result, _ = train_shakespeare(args.train_steps, args.threads, args.corpora, Path(work))
+        args.val = np.asarray(val)
+        report = {"argv": argv if argv is not None else sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "train_steps": args.train_steps, "best_val_loss": round(float(result.best_val_loss), 4),
+                  "new_tokens": args.new_tokens, "rounds": args.rounds,
+                  **measure(out, args)}
+    report["prompts"] = len(report["prompts"])
+    stem = write_report(report, "lookahead", markdown)
+    print(markdown(report))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
