@@ -49,8 +49,7 @@ class Generator:
         portable graph there when they have one). `provider` is the provider that actually runs.
         lookahead: draft tokens a greedy row may check per graph call (prompt-lookup speculation,
         runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD. Only
-        the fast graph on the CPU provider speculates, and never the int8 variant (see `speculates`); elsewhere
-        `self.lookahead` is 0. The tokens are the same either way; `last_stats` counts the calls."""
+        the fp32 fast graph on the CPU provider speculates (see `speculates`); elsewhere `self.lookahead` is 0. The tokens are the same either way; `last_stats` counts the calls."""
         self.dir = read_model_dir(model_dir)
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)
@@ -100,8 +99,8 @@ class Generator:
     @property
     def speculates(self) -> bool:
         """Whether a greedy row's draft can be verified in one call with the very tokens of one call per token:
-        the fast graph (KVBuffers.extend) on the CPU provider, fp32 and fp16 only (runtime.lookahead's
-        EXACT_VARIANTS says why not int8 and int4)."""
+        the fast graph (KVBuffers.extend) on the CPU provider, fp32 only (runtime.lookahead's EXACT_VARIANTS
+        says why not int8, int4 or fp16)."""
         return self.fast and self.provider == "CPUExecutionProvider" and self.variant in EXACT_VARIANTS
 
     def _probe(self) -> None:

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 DEFAULT_LOOKAHEAD = 4  # draft tokens per verifying call by default (Generator(lookahead=...); docs/decode.md)
 MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
-# the variants whose verifying call gives each position the logits of one call per token, to the last bit of
-# their float type (tests/test_lookahead.py), so that greedy tokens are the same. Not int8: its
+# the variants whose verifying call gives each position the logits of one call per token to float32 rounding (~1e-6;
+# tests/test_lookahead.py), so that greedy tokens are the same but on an exact tie. Not int8: its
 # DynamicQuantizeMatMul quantises a call's activations with ONE scale for the whole tensor, so the other tokens of
-# the call change every position's logits (by ~5e-2 on a small trained model). Not int4: MatMulNBits quantises the
-# activations per row block (the other tokens change nothing), but its one-token kernel and its many-token kernel
-# now and then round an activation to different int8 steps, a logit jump of ~7e-3: a near tie could flip.
-EXACT_VARIANTS = ("fp32", "fp16")
+# the call change every position's logits (by ~5e-2 on a small trained model). Not fp16 and int4: the other tokens
+# of a call change nothing there (fp16 MatMul, and MatMulNBits quantising activations per row block), but their
+# kernels for one token and for several tokens round differently: up to ~1.5e-3 (fp16) and now and then an int8
+# activation step (int4, ~7e-3) on a small trained model, enough to flip a near tie (benchmarks/lookahead.py
+# measures it per variant on trained shakespeare-char).
+EXACT_VARIANTS = ("fp32",)
 MAX_NGRAM = 3  # the longest suffix looked up first
 MIN_NGRAM = 2  # the shortest: a single token repeats too often to predict what follows it
 MAX_WAIT = 16  # steps a row at most waits to draft again after drafts the graph rejected at once
 
 
 class Lookup:
-    """One row's drafting state: its n-gram index, its current draft length (adapted: one more after a draft the
-    graph took whole, down to what it took after a partial one), and its counts (runtime.batch reports them)."""
+    """One row's drafting state: its n-gram index, its current draft length (adapted: two more after a draft the
+    graph took whole, one less after a partial one, one after a miss), and its counts (runtime.batch reports them)."""
 
     def __init__(self, k_max: int):
         self.k_max = self.k = k_max
@@ -63,10 +65,10 @@ class Lookup:
         """After a verifying call: `accepted` of `drafted` draft tokens were the graph's own choices."""
         self.drafted += drafted
         self.accepted += accepted
-        if accepted == drafted:
-            self.k, self.misses = min(self.k_max, self.k + 1), 0
+        if accepted == drafted:  # (as transformers adapts its assistant's draft length)
+            self.k, self.misses = min(self.k_max, self.k + 2), 0
         elif accepted:
-            self.k, self.misses = max(1, accepted), 0
+            self.k, self.misses = max(1, self.k - 1), 0
         else:  # rejected at once: try again later, later each time (bounded), at one token
             self.k, self.misses = 1, self.misses + 1
             self.wait = min(MAX_WAIT, 2 ** (self.misses - 1) - 1)
