@@ -8,7 +8,8 @@ its val text (each --prompt-chars long), --new-tokens greedy tokens each, throug
 calls it, once with lookahead=0 and once with each --lookahead value, per variant (fp32, int4). Each round runs
 every (variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the
 method of benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one).
-Per row: tokens/s (median over rounds, all prompts of a round timed together), the ratio to lookahead 0 of the same
+Also, per exported variant, how far one verifying call of 9 tokens puts the logits from one call per token (and
+from the same call with other tokens after them): the reason only fp32 speculates. Per row: tokens/s (median over rounds, all prompts of a round timed together), the ratio to lookahead 0 of the same
 variant (per round; median and min-max), graph calls per token, draft tokens taken per verifying call and the
 share of draft tokens taken, and whether the text equals lookahead 0's (it must: greedy_same).
 
@@ -89,6 +90,38 @@ def rows_of(gens: dict, seconds: dict, texts: dict, stats: dict, args) -> list[d
     return rows
 
 
+def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dict]:
+    """Per exported fast variant: how far one verifying call (KVBuffers.extend of `width` greedy tokens) puts each
+    position's logits from one call per token (max abs over the prompts' positions), and from the same call
+    with other tokens after them: why only fp32 speculates (runtime.lookahead.EXACT_VARIANTS)."""
+    from lmforge.runtime import Generator
+
+    out = []
+    for variant in ("fp32", "fp16", "int8", "int4"):
+        try:
+            gen = Generator(model_dir, variant=variant, lookahead=0)
+        except ValueError:  # not exported
+            continue
+        gap = junk_gap = 0.0
+        for prompt in prompts:
+            ids = gen.encode(prompt)[-(gen.block_size - width - 4):]
+            dec = gen.decoder(1, gen.block_size)
+            tokens, stepped = [int(dec.prefill_slot(0, ids).argmax())], []
+            for _ in range(width):
+                stepped.append(dec.step(np.array([tokens[-1]]))[0].copy())
+                tokens.append(int(stepped[-1].argmax()))
+            dec.truncate(0, len(ids))
+            extended = dec.extend(0, tokens[:width]).copy()
+            dec.truncate(0, len(ids))
+            junk = dec.extend(0, tokens[:width - 3] + [3, 5, 7]).copy()
+            gap = max(gap, float(np.abs(extended - np.array(stepped)).max()))
+            junk_gap = max(junk_gap, float(np.abs(junk[:width - 3] - extended[:width - 3]).max()))
+        out.append({"variant": variant, "speculates": Generator(model_dir, variant=variant).speculates,
+                    "max_logit_gap_vs_one_call_per_token": f"{gap:.2e}",
+                    "max_logit_gap_from_other_tokens_in_the_call": f"{junk_gap:.2e}"})
+    return out
+
+
 def markdown(report: dict) -> str:
     out = [f"`python benchmarks/lookahead.py {' '.join(report['argv'])}` ({report['time']}); shakespeare-char "
            f"trained {report['train_steps']} steps (best val loss {report['best_val_loss']}); {report['prompts']} "
@@ -96,6 +129,12 @@ def markdown(report: dict) -> str:
            f"{load_text(report['load'])}.", "",
            "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS)]
     out += ["| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["rows"]]
+    gaps = report.get("verify_gaps") or []
+    if gaps:
+        keys = list(gaps[0])
+        out += ["", "One verifying call of 9 tokens against one call per token, same prompts:", "",
+                "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
+                *("| " + " | ".join(str(g[k]) for k in keys) + " |" for g in gaps)]
     return "\n".join(out)
 
 
@@ -108,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-chars", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lookahead", type=int, nargs="+", default=[2, 4, 8], help="draft lengths against 0")
-    p.add_argument("--variants", nargs="+", default=["fp32", "int4"])
+    p.add_argument("--variants", nargs="+", default=["fp32"], help="variants timed (only fp32 speculates)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pause", type=float, default=0.05)
     p.add_argument("--corpora", type=Path, default=CORPORA)
@@ -125,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                   "train_steps": args.train_steps, "best_val_loss": round(float(result.best_val_loss), 4),
                   "new_tokens": args.new_tokens, "rounds": args.rounds,
                   **measure(out, args)}
+        report["verify_gaps"] = verify_gaps(out, report["prompts"])
     report["prompts"] = len(report["prompts"])
     stem = write_report(report, "lookahead", markdown)
     print(markdown(report))

@@ -226,6 +226,9 @@ def test_mixed_batches_and_continuous_batching_are_the_same(reciter):
                     [[i for r, _, ids, _ in log if r == row for i in ids] for row in range(4)])
         assert not session.busy
     assert logs[0] == logs[1] and session.stats["verify_calls"] == 0
+    both = [RowRequest(PROMPTS[0], max_new_tokens=45), RowRequest(PROMPTS[2], max_new_tokens=45)]  # no slide
+    assert events(on, both) == events(off, both) and on.last_stats["verify_calls"] == 0  # never alone: no drafts
+    assert events(on, both[:1]) == events(off, both[:1]) and on.last_stats["verify_calls"] > 0
     assert on.batch_session().stats == dict.fromkeys(session.stats, 0)
 
 
@@ -244,7 +247,21 @@ def test_lookahead_options(reciter, tmp_path):
         manifest["generation"]["lookahead"] = value
         (own / "lmforge.json").write_text(json.dumps(manifest))
         assert Generator(own).lookahead == expected and Generator(own, lookahead=2).lookahead == 2
+        assert Generator(own).generate(PROMPTS[0], max_new_tokens=30) == Generator(reciter).generate(PROMPTS[0], max_new_tokens=30)
     manifest["generation"]["lookahead"] = 99
     (own / "lmforge.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelDirError, match="generation.lookahead"):
         Generator(own)
+
+
+def test_cli_generate_takes_lookahead(reciter, capsys):
+    from lmforge.cli import main
+
+    texts = []
+    for k in ("0", "8"):
+        assert main(["generate", "--model", str(reciter), "--prompt", PROMPTS[1], "--max-new-tokens", "80",
+                     "--temperature", "0", "--lookahead", k, "--json"]) == 0
+        texts.append(json.loads(capsys.readouterr().out)["text"])
+    assert texts[0] == texts[1] and len(texts[0]) == 80
+    assert main(["generate", "--model", str(reciter), "--prompt", "a", "--lookahead", "99"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: lookahead must be an integer")

@@ -85,11 +85,16 @@ class Generator:
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
         self._probe()
-        asked = self.generation.get("lookahead", DEFAULT_LOOKAHEAD) if lookahead is None else lookahead
+        self.lookahead = self._lookahead(lookahead)
+        self.last_stats: dict | None = None  # the graph calls of the last finished stream()/stream_batch() session
+
+    def _lookahead(self, asked: int | None) -> int:
+        """The draft length asked (None: lmforge.json's `generation.lookahead`, else the default), checked; 0 where
+        the graph cannot verify drafts exactly (`speculates`)."""
+        asked = self.generation.get("lookahead", DEFAULT_LOOKAHEAD) if asked is None else asked
         if isinstance(asked, bool) or not isinstance(asked, int) or not 0 <= asked <= MAX_LOOKAHEAD:
             raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}], got {asked!r}")
-        self.lookahead = asked if self.speculates else 0
-        self.last_stats: dict | None = None  # the graph calls of the last finished stream()/stream_batch() session
+        return asked if self.speculates else 0
 
     @property
     def max_width(self) -> int:
