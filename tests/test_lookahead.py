@@ -59,6 +59,11 @@ def pair(model_dir, variant="fp32", k=4):
     return Generator(model_dir, variant=variant, lookahead=k), Generator(model_dir, variant=variant, lookahead=0)
 
 
+def last_events(gen, requests):
+    """The finishing event of each row."""
+    return [ev for ev in gen.stream_batch(requests) if ev.finish_reason]
+
+
 def events(gen, requests):
     """Per row: (its events' texts joined, its token ids in order, its finish reason, its completion_tokens)."""
     rows = {}
@@ -124,6 +129,7 @@ def test_lookup_drafts_what_followed_the_latest_earlier_ngram_and_backs_off_afte
     assert look.draft([1, 2, 3, 4, 1, 2, 3, 9, 2, 3], room=10) == [9, 2, 3, 9]  # the latest (2, 3): a period of 3
     assert Lookup(4).draft([5, 5, 5], room=2) == [5, 5]  # a repeated token continues; room caps the draft
     assert Lookup(4).draft([1, 2, 3, 4], room=10) == []  # no bigram seen twice: no draft
+    assert Lookup(4).draft([1, 2, 3, 1], room=10) == []  # a single token is not enough
     look.checked(4, 4)
     assert look.k == 4 and look.accepted == 4  # (at most k_max)
     look.checked(4, 1)
@@ -178,8 +184,16 @@ def test_events_carry_every_token_of_a_run_and_max_new_tokens_ends_inside_one(re
             assert len(ids) == count == n and finish == "length"
             runs += on.last_stats["accepted"] > 0
     assert runs > 12
+    ends = [last_events(on, [RowRequest(PROMPTS[1], max_new_tokens=n)])[0] for n in range(20, 40)]
+    assert any(len(e.token_ids) > 1 for e in ends)  # max_new_tokens reached inside a verified run
     evs = list(on.stream_batch([RowRequest(PROMPTS[1], max_new_tokens=150)]))
     assert max(len(e.token_ids) for e in evs) > 4 and len(evs) < 100
+    on.last_stats, got = None, ""  # a caller that stops reading at its last token still gets the stats
+    for piece in on.stream(PROMPTS[1], max_new_tokens=150):
+        got += piece
+        if len(got) == 150:
+            break
+    assert on.last_stats["tokens"] == 150 and on.last_stats["accepted"] > 0
 
 
 def test_stop_strings_and_eos_inside_an_accepted_run(reciter, tmp_path):
@@ -189,6 +203,9 @@ def test_stop_strings_and_eos_inside_an_accepted_run(reciter, tmp_path):
             req = [RowRequest(p, max_new_tokens=150, stop=stop)]
             assert events(on, req) == events(off, req)
     assert on.last_stats["accepted"] > 0
+    ends = [last_events(on, [RowRequest(PROMPTS[1], max_new_tokens=150, stop=[stop])])[0]
+            for stop in ("question", "be, t", "or not", "whether")]
+    assert any(e.finish_reason == "stop" and len(e.token_ids) > 1 for e in ends)  # a stop string inside a run
     eos_dir = tmp_path / "eos"
     shutil.copytree(reciter, eos_dir)
     manifest = json.loads((eos_dir / "lmforge.json").read_text())
@@ -202,6 +219,8 @@ def test_stop_strings_and_eos_inside_an_accepted_run(reciter, tmp_path):
         assert "q" not in got[0][0] and len(got[0][1]) == got[0][3]
         finishes.append(got[0][2])
     assert "stop" in finishes and on.last_stats["accepted"] > 0
+    ends = last_events(on, [RowRequest(PROMPTS[1], max_new_tokens=150)])  # EOS after tokens of the same run
+    assert ends[0].finish_reason == "stop" and len(ends[0].token_ids) > 0
 
 
 def test_mixed_batches_and_continuous_batching_are_the_same(reciter):
@@ -235,7 +254,7 @@ def test_mixed_batches_and_continuous_batching_are_the_same(reciter):
 def test_lookahead_options(reciter, tmp_path):
     from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD
 
-    assert Generator(reciter).lookahead == DEFAULT_LOOKAHEAD > 0
+    assert Generator(reciter).lookahead == DEFAULT_LOOKAHEAD == 4  # docs/decode.md
     assert Generator(reciter, fast=False, lookahead=4).lookahead == 0  # the portable graph steps singly
     for bad in (-1, 17, True, "4", 2.0):
         with pytest.raises(RequestError, match="lookahead"):

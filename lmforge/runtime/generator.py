@@ -165,10 +165,11 @@ class Generator:
         session = self._session([RowRequest(prompt, **kwargs)])
         while session.running or session.queue:  # (session.busy, less a call per token)
             for ev in session.step():
+                if ev.finish_reason:  # (before the last text: a caller may stop reading once it has it)
+                    self.last_stats = dict(session.stats)
                 if ev.text:
                     yield ev.text
                 if ev.finish_reason:
-                    self.last_stats = dict(session.stats)
                     check_finished(ev)
 
     def stream_batch(self, requests: list[RowRequest]) -> Iterator[RowEvent]:
@@ -185,8 +186,10 @@ class Generator:
 
         def events() -> Iterator[RowEvent]:
             while session.busy:
-                yield from session.step()
-            self.last_stats = dict(session.stats)
+                step = session.step()
+                if not session.busy:  # (before the last events: a caller may stop reading once it has them)
+                    self.last_stats = dict(session.stats)
+                yield from step
 
         return events()
 
