@@ -83,7 +83,7 @@ def rows_of(gens: dict, seconds: dict, texts: dict, stats: dict, args) -> list[d
                      "tokens_per_s": round(float(np.median(tps)), 1),
                      "ratio_vs_off": round(float(np.median(ratio)), 3),
                      "ratio_min_max": f"{ratio.min():.3f}-{ratio.max():.3f}",
-                     "calls_per_token": round(st["calls"] / max(1, st["tokens"]), 3),
+                     "calls_per_token": round((st["calls"] + st["prefills"]) / max(1, st["tokens"]), 3),
                      "accepted_per_verify_call": round(st["accepted"] / max(1, st["verify_calls"]), 3),
                      "draft_acceptance": round(st["accepted"] / max(1, st["drafted"]), 3),
                      "greedy_same": texts[v, k] == texts[v, 0]})

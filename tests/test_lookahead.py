@@ -116,6 +116,10 @@ def test_int8_fp16_and_int4_never_speculate_since_a_call_changes_their_logits(re
     runs = [stepped_and_extended(gens["fp16"], p, 8) for p in WINDOWS[::2]]
     assert max(np.abs(j - e).max() for _, e, j in runs) < 1e-5  # row-independent ...
     assert max(np.abs(e - s).max() for s, e, _ in runs) > 1e-4  # ... but not the logits of a call per token
+    text = (TEXT + "tis nobler in the mind to suffer the slings and arrows of outrageous fortune, or to take arms ") * 2
+    runs = [stepped_and_extended(gens["int4"], text[i:i + 20], 8) for i in range(140)]  # a jump is rare: 140 x 8
+    assert max(np.abs(j - e).max() for _, e, j in runs) < 1e-5
+    assert max(np.abs(e - s).max() for s, e, _ in runs) > 1e-3  # an int8 activation step, somewhere
     for variant, gen in gens.items():
         off = Generator(reciter, variant=variant, lookahead=0)
         for p in PROMPTS:

@@ -17,7 +17,7 @@ MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
 # the call change every position's logits (by ~5e-2 on a small trained model). Not fp16 and int4: the other tokens
 # of a call change nothing there (fp16 MatMul, and MatMulNBits quantising activations per row block), but their
 # kernels for one token and for several tokens round differently: up to ~1.5e-3 (fp16) and now and then an int8
-# activation step (int4, ~7e-3) on a small trained model, enough to flip a near tie (benchmarks/lookahead.py
+# activation step (int4, up to ~2e-2) on a small trained model, enough to flip a near tie (benchmarks/lookahead.py
 # measures it per variant on trained shakespeare-char).
 EXACT_VARIANTS = ("fp32",)
 MAX_NGRAM = 3  # the longest suffix looked up first
