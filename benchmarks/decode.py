@@ -416,7 +416,7 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 7, batches: tuple[int
         model_dir = export_reference(GPT(GPTConfig(**SHAPE)).eval(), directory)
     finally:
         SHAPE = saved
-    gen = Generator(model_dir, threads=1)
+    gen = Generator(model_dir, threads=1, lookahead=0)  # a graph call per token: the loops compared call for call
     rng = np.random.default_rng(0)
     prompts = lambda b: rng.integers(4, SHAPE["vocab_size"], (b, PROMPT_LEN)).tolist()  # noqa: E731
 

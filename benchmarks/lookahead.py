@@ -1,17 +1,18 @@
-"""Prompt-lookup speculation (lmforge.runtime.lookahead) on a TRAINED model with real prompts: tokens/s with
-lookahead on against off at batch 1, greedy, and how much of the drafts the graph took.
+"""Prompt-lookup speculation (lmforge.runtime.lookahead) on a TRAINED model with real prompts: tokens/s with lookahead
+on against off at batch 1, greedy, and how much of the drafts the graph took.
 
-The decode benchmark's reference model (benchmarks/decode.py, random init) repeats one token, so its lookups
-succeed nearly always: an upper bound. Here shakespeare-char is trained --train-steps steps through lmforge's own
+The decode benchmark's reference model (benchmarks/decode.py, random init) repeats one token, so its lookups succeed
+nearly always: an upper bound. Here shakespeare-char is trained --train-steps steps through lmforge's own
 preparation and train() (benchmarks/decode.py's train_shakespeare), exported, and decoded from --prompts slices of
-its val text (each --prompt-chars long), --new-tokens greedy tokens each, through Generator.stream() as an app
-calls it, once with lookahead=0 and once with each --lookahead value, per variant (fp32, int4). Each round runs
-every (variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the
-method of benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one).
-Also, per exported variant, how far one verifying call of 9 tokens puts the logits from one call per token (and
-from the same call with other tokens after them): the reason only fp32 speculates. Per row: tokens/s (median over rounds, all prompts of a round timed together), the ratio to lookahead 0 of the same
-variant (per round; median and min-max), graph calls per token, draft tokens taken per verifying call and the
-share of draft tokens taken, and whether the text equals lookahead 0's (it must: greedy_same).
+its val text (each --prompt-chars long), --new-tokens greedy tokens each, through Generator.stream() as an app calls
+it, once with lookahead=0 and once with each --lookahead value, per --variants (fp32: the one that speculates). Each round runs every
+(variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the method of
+benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one). Also, per
+exported variant, how far one verifying call of 9 tokens puts the logits from one call per token (and from the same
+call with other tokens after them): the reason only fp32 speculates. Per row: tokens/s (median over rounds, all
+prompts of a round timed together), the ratio to lookahead 0 of the same variant (per round; median and min-max),
+graph calls per token, draft tokens taken per verifying call and the share of draft tokens taken, and whether the
+text equals lookahead 0's (it must: greedy_same).
 
     python benchmarks/lookahead.py [--quick] [--train-steps N] [--rounds N] [--lookahead K ...]
 Writes benchmarks/results/lookahead-<time>.json and .md and prints the table."""

@@ -270,7 +270,8 @@ def test_lookahead_options(reciter, tmp_path):
         manifest["generation"]["lookahead"] = value
         (own / "lmforge.json").write_text(json.dumps(manifest))
         assert Generator(own).lookahead == expected and Generator(own, lookahead=2).lookahead == 2
-        assert Generator(own).generate(PROMPTS[0], max_new_tokens=30) == Generator(reciter).generate(PROMPTS[0], max_new_tokens=30)
+        text = Generator(own).generate(PROMPTS[0], max_new_tokens=30)
+        assert text == Generator(reciter).generate(PROMPTS[0], max_new_tokens=30)
     manifest["generation"]["lookahead"] = 99
     (own / "lmforge.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelDirError, match="generation.lookahead"):

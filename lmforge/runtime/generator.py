@@ -49,7 +49,8 @@ class Generator:
         portable graph there when they have one). `provider` is the provider that actually runs.
         lookahead: draft tokens a greedy row may check per graph call (prompt-lookup speculation,
         runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD. Only
-        the fp32 fast graph on the CPU provider speculates (see `speculates`); elsewhere `self.lookahead` is 0. The tokens are the same either way; `last_stats` counts the calls."""
+        the fp32 fast graph on the CPU provider speculates (see `speculates`); elsewhere `self.lookahead` is 0.
+        The tokens are the same either way; `last_stats` counts the calls."""
         self.dir = read_model_dir(model_dir)
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)
