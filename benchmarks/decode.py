@@ -179,8 +179,9 @@ def bench_hf(n: int) -> dict | None:
 
 
 # -- the model directories ---------------------------------------------------------------------------------------
-def export_reference(model, directory: Path) -> Path:
-    """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS."""
+def export_reference(model, directory: Path, fp32_only: bool = False) -> Path:
+    """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS (fp32_only:
+    no quantised or optimised graphs)."""
     from lmforge.data.tokenize import train_char
     from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
@@ -189,8 +190,8 @@ def export_reference(model, directory: Path) -> Path:
     tok.save(str(directory / "tokenizer.json"))
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest,
-                              ExportConfig(int4=True))
+    config = ExportConfig(int8=False, optimize=False) if fp32_only else ExportConfig(int4=True)
+    out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest, config)
     return out
 
 

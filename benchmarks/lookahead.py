@@ -12,7 +12,8 @@ exported variant, how far one verifying call of 9 tokens puts the logits from on
 call with other tokens after them): the reason only fp32 speculates. Per row: tokens/s (median over rounds, all
 prompts of a round timed together), the ratio to lookahead 0 of the same variant (per round; median and min-max),
 graph calls per token, draft tokens taken per verifying call and the share of draft tokens taken, and whether the
-text equals lookahead 0's (it must: greedy_same).
+text equals lookahead 0's (it must: greedy_same). Then the worst case, the same rounds on a random model of the
+decode benchmark's shape whose greedy output varies, so drafts are rare and mostly rejected (--no-varied skips it).
 
     python benchmarks/lookahead.py [--quick] [--train-steps N] [--rounds N] [--lookahead K ...]
 Writes benchmarks/results/lookahead-<time>.json and .md and prints the table."""
@@ -52,13 +53,14 @@ def decode_all(gen, prompts: list[str], n: int) -> tuple[float, list[str], dict]
     return time.perf_counter() - t, texts, stats
 
 
-def measure(model_dir: Path, args) -> dict:
-    """The rounds: every (variant, lookahead) once per round, in a fresh random order, with a pause before each."""
+def measure(model_dir: Path, args, prompts: list[str] | None = None) -> dict:
+    """The rounds: every (variant, lookahead) once per round, in a fresh random order, with a pause before each
+    (prompts: default --prompts slices of the val text)."""
     from lmforge.runtime import Generator
 
     gens = {(v, k): Generator(model_dir, variant=v, threads=args.threads, lookahead=k)
             for v in args.variants for k in (0, *args.lookahead)}
-    prompts = prompts_from_val(next(iter(gens.values())), args.val, args.prompts, args.prompt_chars)
+    prompts = prompts or prompts_from_val(next(iter(gens.values())), args.val, args.prompts, args.prompt_chars)
     for gen in gens.values():  # warm up: the first calls' costs
         decode_all(gen, prompts[:1], 8)
     rng, meter = random.Random(0), LoadMeter()
@@ -123,6 +125,26 @@ def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dic
     return out
 
 
+def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
+    """The decode benchmark's reference shape, random init with larger weights (N(0, std)), so that its greedy
+    output varies instead of repeating one token: the lookup finds few drafts and most are rejected, the case
+    where speculation can only cost. Exported fp32 only; 16-character random prompts."""
+    import torch
+
+    from decode import SHAPE, export_reference
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**SHAPE)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, std)
+    out = export_reference(model, work, fp32_only=True)
+    rng = np.random.default_rng(0)
+    return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
+
+
 def markdown(report: dict) -> str:
     out = [f"`python benchmarks/lookahead.py {' '.join(report['argv'])}` ({report['time']}); shakespeare-char "
            f"trained {report['train_steps']} steps (best val loss {report['best_val_loss']}); {report['prompts']} "
@@ -130,6 +152,11 @@ def markdown(report: dict) -> str:
            f"{load_text(report['load'])}.", "",
            "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS)]
     out += ["| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["rows"]]
+    if report.get("varied"):
+        out += ["", "The worst case: a random model of the reference shape whose greedy output varies (drafts rare and "
+                f"mostly rejected), the same rounds; {load_text(report['varied']['load'])}:", "",
+                "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS),
+                *("| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["varied"]["rows"])]
     gaps = report.get("verify_gaps") or []
     if gaps:
         keys = list(gaps[0])
@@ -152,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pause", type=float, default=0.05)
     p.add_argument("--corpora", type=Path, default=CORPORA)
+    p.add_argument("--no-varied", action="store_true", help="skip the worst-case phase (a varied random model)")
     args = p.parse_args(argv)
     if args.quick:
         args.train_steps, args.prompts, args.new_tokens, args.rounds = 200, 2, 64, 1
@@ -166,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                   "new_tokens": args.new_tokens, "rounds": args.rounds,
                   **measure(out, args)}
         report["verify_gaps"] = verify_gaps(out, report["prompts"])
+        if not args.no_varied:
+            (Path(work) / "varied").mkdir()
+            varied, prompts = varied_model(Path(work) / "varied")
+            report["varied"] = measure(varied, args, prompts)
+            report["varied"]["prompts"] = len(prompts)
     report["prompts"] = len(report["prompts"])
     stem = write_report(report, "lookahead", markdown)
     print(markdown(report))
