@@ -7,7 +7,9 @@ stop-string hold-back (runtime.stops). A BatchSession holds a fixed number of sl
 they end. Every step reads top to bottom:
 
     1. forward  each running row's last token in one batched call (a row whose context is full re-prefills
-                its last block_size // 2 tokens instead: the sliding window)
+                its last block_size // 2 tokens instead: the sliding window); a greedy row that is the only one
+                appending a token checks a prompt-lookup draft in the same call instead (runtime.lookahead,
+                KVBuffers.extend) and takes the verified run of tokens in step 4
     2. admit    queued rows into free slots: a prefill each, alone, so the other rows are untouched (a row
                 with an empty prompt cannot draw <eos> first: its text is never empty)
     3. sample   one call for every row (runtime.sampling.sample_rows; each row its own parameters and RNG)
