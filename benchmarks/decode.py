@@ -179,8 +179,9 @@ def bench_hf(n: int) -> dict | None:
 
 
 # -- the model directories ---------------------------------------------------------------------------------------
-def export_reference(model, directory: Path) -> Path:
-    """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS."""
+def export_reference(model, directory: Path, fp32_only: bool = False) -> Path:
+    """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS (fp32_only:
+    no quantised or optimised graphs)."""
     from lmforge.data.tokenize import train_char
     from lmforge.core.config import ExportConfig
     from lmforge.export.modeldir import export_model_dir
@@ -189,8 +190,8 @@ def export_reference(model, directory: Path) -> Path:
     tok.save(str(directory / "tokenizer.json"))
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest,
-                              ExportConfig(int4=True))
+    config = ExportConfig(int8=False, optimize=False) if fp32_only else ExportConfig(int4=True)
+    out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest, config)
     return out
 
 
@@ -248,12 +249,14 @@ class Contender:
     runtime: object = field(default=None, repr=False)
 
 
-def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fast: bool | None) -> Contender:
+def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fast: bool | None,  # + lookahead
+                      lookahead: int = 0) -> Contender:
     """lmforge.runtime.Generator as an app streams text with it, greedy: stream() at batch 1 (a text piece per
-    token), stream_batch() at batch 8 (a RowEvent per row and step)."""
+    token, or per verified run with lookahead), stream_batch() at batch 8 (a RowEvent per row and step).
+    lookahead: Generator's (0: one graph call per token, the rows that compare loops on the same graph)."""
     from lmforge.runtime import Generator, RowRequest
 
-    gen = Generator(model_dir, variant=variant, threads=threads, fast=fast)
+    gen = Generator(model_dir, variant=variant, threads=threads, fast=fast, lookahead=lookahead)
 
     def open_(prompts: list[list[int]], n: int) -> Lane:
         made: list[list[int]] = [[] for _ in prompts]
@@ -263,8 +266,9 @@ def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fa
             pieces = gen.stream(texts[0], max_new_tokens=n, temperature=0)
 
             def advance(k: int) -> None:
-                for _ in range(k):  # every id of this tokenizer is one whole character: one piece per token
-                    made[0].append(gen.tokenizer.token_to_id(next(pieces)))
+                want = len(made[0]) + k  # every id of this tokenizer is one whole character (a run: several)
+                while len(made[0]) < want:
+                    made[0] += [gen.tokenizer.token_to_id(c) for c in next(pieces)]
         else:
             events = gen.stream_batch([RowRequest(t, max_new_tokens=n, temperature=0) for t in texts])
 
@@ -351,6 +355,18 @@ def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, blo
             "rounds": rounds, "block": block or n - 1, "pause": pause}
 
 
+def call_stats(contenders: list[Contender]) -> dict[str, dict]:
+    """Per lmforge contender, from its Generator's last finished session (the phase's last round, last lane):
+    graph calls (decode calls + prefills) per token and draft tokens taken per verifying call."""
+    out = {}
+    for c in contenders:
+        st = getattr(c.runtime, "last_stats", None)
+        if st and st["tokens"]:
+            out[c.name] = {"calls_per_token": round((st["calls"] + st["prefills"]) / st["tokens"], 3),
+                           "accepted_per_verify": round(st["accepted"] / max(1, st["verify_calls"]), 2)}
+    return out
+
+
 def rows_of(phase: dict) -> dict[str, dict]:
     """Per contender: medians over rounds of ttft, decode ms/step (each round's median over its sweeps), p90 of
     the sweep averages, and tokens/s; plus per-round tokens/s for the paired ratios."""
@@ -401,7 +417,7 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 7, batches: tuple[int
         model_dir = export_reference(GPT(GPTConfig(**SHAPE)).eval(), directory)
     finally:
         SHAPE = saved
-    gen = Generator(model_dir, threads=1)
+    gen = Generator(model_dir, threads=1, lookahead=0)  # a graph call per token: the loops compared call for call
     rng = np.random.default_rng(0)
     prompts = lambda b: rng.integers(4, SHAPE["vocab_size"], (b, PROMPT_LEN)).tolist()  # noqa: E731
 
@@ -677,7 +693,8 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
 
 
 # -- the report ---------------------------------------------------------------------------------------------------------
-ROW_KEYS = ["name", "tokens_per_s", "ttft_ms", "step_ms", "step_p90_ms", "batch8_tokens_per_s", "weight_mb",
+ROW_KEYS = ["name", "tokens_per_s", "ttft_ms", "step_ms", "step_p90_ms", "batch8_tokens_per_s", "calls_per_token",
+            "accepted_per_verify", "batch8_calls_per_token", "weight_mb",
             "bound_share", "greedy_same", "quality"]
 
 
@@ -806,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = export_reference(model, Path(tmp))
         fp32_torch_bytes = weight_bytes(model_dir / "model.fast.onnx")
         contenders = [lmforge_contender(f"lmforge-{v}", model_dir, v, args.threads, None) for v in VARIANTS]
+        # prompt-lookup speculation (runtime.lookahead; fp32 only: the variants that verify exactly), its default K
+        contenders.append(lmforge_contender("lmforge-fp32-lookup", model_dir, "fp32", args.threads, None, None))
         if not args.quick:
             contenders += [lmforge_contender(f"lmforge-{v}-portable", model_dir, v, args.threads, False)
                            for v in ("fp32", "int8")]
@@ -826,8 +845,10 @@ def main(argv: list[str] | None = None) -> int:
                 except RuntimeError as exc:  # e.g. a transformers the builder cannot import: rows left out, said why
                     contenders = [c for c in contenders if not c.name.startswith("ort-genai-builder")]
                     summ["ort-genai builder"] = f"left out: {str(exc)[-300:]} (hint: --builder-python PYTHON)"
-        phases = {"batch1": interleave(contenders, 1, n, args.rounds, args.block, seed=1, pause=args.pause),
-                  "batch8": interleave(contenders, 8, n, args.rounds, args.block, seed=8, pause=args.pause)}
+        phases = {"batch1": interleave(contenders, 1, n, args.rounds, args.block, seed=1, pause=args.pause)}
+        calls1 = call_stats(contenders)
+        phases["batch8"] = interleave(contenders, 8, n, args.rounds, args.block, seed=8, pause=args.pause)
+        calls8 = call_stats(contenders)
         rows1, rows8 = rows_of(phases["batch1"]), rows_of(phases["batch8"])
         # greedy tokens: each lmforge row against its verified graph through the logits path; ort-genai over
         # lmforge's graph against lmforge's row of the same weights
@@ -845,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
             r1, r8 = rows1[c.name], rows8[c.name]
             results.append({"name": c.name, **{k: v for k, v in r1.items() if k != "per_round_tokens_per_s"},
                             "batch8_tokens_per_s": r8["tokens_per_s"], "weight_bytes": c.weight_bytes,
-                            "greedy_same": same.get(c.name)})
+                            "greedy_same": same.get(c.name), **calls1.get(c.name, {}),
+                            **{f"batch8_{k}": v for k, v in calls8.get(c.name, {}).items()}})
         ratios = []
         by_name = {c.name: c for c in contenders}
         for batch, rows in ((1, rows1), (8, rows8)):
@@ -862,6 +884,10 @@ def main(argv: list[str] | None = None) -> int:
                     ratios.append({"label": f"fastest: {lm} / {best}", "batch": batch, **ratio(rows, lm, best)})
             ratios.append({"label": "lmforge-int4 / lmforge-fp32", "batch": batch,
                            **ratio(rows, "lmforge-int4", "lmforge-fp32")})
+            for peer in ("lmforge-fp32", "ort-genai-lmforge-fp32"):
+                if peer in rows:
+                    ratios.append({"label": f"lmforge-fp32-lookup / {peer}", "batch": batch,
+                                   **ratio(rows, "lmforge-fp32-lookup", peer)})
         profile = None
         if args.profile:
             files = [model_dir / f for f in ("model.fast.onnx", "model.fast.int8.onnx", "model.fast.int4.onnx",
@@ -893,6 +919,12 @@ def main(argv: list[str] | None = None) -> int:
     summ["greedy_same"] = ("lmforge-*: share of batch-1 tokens equal to its verified graph's greedy ids "
                            "(runtime.scoring.greedy_ids); ort-genai-lmforge-*: equal to lmforge's row of the same "
                            "weights")
+    summ["lookup"] = ("lmforge-fp32-lookup: Generator's default prompt-lookup speculation (runtime.lookahead, "
+                      "fp32 only: int8 and int4 never speculate, docs/decode.md); calls_per_token = decode graph "
+                      "calls (+ prefills) per token, accepted_per_verify = draft tokens taken per verifying call, "
+                      "of the last round (batch8_*: at batch 8, where a row speculates only while it runs alone). "
+                      "This random-init model's greedy output repeats one token: the lookup's upper bound; "
+                      "benchmarks/lookahead.py measures a trained model")
     if og is None:
         summ["ort-genai"] = "not installed (pip install onnxruntime-genai): no ort-genai rows"
     report = {"results": results, "ratios": ratios, "summary": summ,

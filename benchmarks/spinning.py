@@ -43,7 +43,7 @@ def generators(model_dir: Path, variants: tuple[str, ...], spin: str) -> list:
 
     S._session = spinning
     try:
-        return [Generator(model_dir, variant=v, threads=2) for v in variants]
+        return [Generator(model_dir, variant=v, threads=2, lookahead=0) for v in variants]  # a call per step
     finally:
         S._session = plain
 

@@ -149,7 +149,7 @@ def _generate(args) -> int:
         from lmforge.registry.tracking import fetch_model_dir
 
         model = str(fetch_model_dir(model, quiet=not args.verbose))
-    gen = Generator(model, variant=args.variant, device=args.device, threads=args.threads)
+    gen = Generator(model, variant=args.variant, device=args.device, threads=args.threads, lookahead=args.lookahead)
     request = RowRequest(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                          stop=args.stop, seed=args.seed)
@@ -440,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:  # the CLI's table: one command, 
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where onnxruntime runs: auto = CUDA when it loads, else CPU")
     g.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
+    g.add_argument("--lookahead", type=int, metavar="K", help="greedy: draft tokens checked per graph call "
+                   "(prompt lookup, fp32 fast graph; the same text); 0 = off (default: lmforge.json's, else 4)")
     g.add_argument("--json", action="store_true", help="print one JSON line: text, provider, finish reason, "
                    "token counts, tokens/s, time to first token")
     g.add_argument("--quiet", action="store_true", help="no speed line on stderr (tokens/s, time to first token)")

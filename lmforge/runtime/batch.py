@@ -7,7 +7,9 @@ stop-string hold-back (runtime.stops). A BatchSession holds a fixed number of sl
 they end. Every step reads top to bottom:
 
     1. forward  each running row's last token in one batched call (a row whose context is full re-prefills
-                its last block_size // 2 tokens instead: the sliding window)
+                its last block_size // 2 tokens instead: the sliding window); a greedy row that is the only one
+                appending a token checks a prompt-lookup draft in the same call instead (runtime.lookahead,
+                KVBuffers.extend) and takes the verified run of tokens in step 4
     2. admit    queued rows into free slots: a prefill each, alone, so the other rows are untouched (a row
                 with an empty prompt cannot draw <eos> first: its text is never empty)
     3. sample   one call for every row (runtime.sampling.sample_rows; each row its own parameters and RNG)
@@ -32,6 +34,7 @@ import numpy as np
 
 from lmforge.runtime.detok import TextStream
 from lmforge.runtime.errors import RequestError
+from lmforge.runtime.lookahead import Lookup
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, settle
 from lmforge.runtime.sampling import sample_rows
 from lmforge.runtime.stops import StopStrings
@@ -62,6 +65,9 @@ class Row:
         self.slot = -1  # its slot in the session's decoding state; -1 while queued
         self.finish: str | None = None  # why it ended (requests.FINISH_REASONS)
         self.deadline = time.monotonic() + gen.limits.deadline_s
+        # prompt-lookup drafts (runtime.lookahead) for a greedy row, where the generator speculates
+        self.lookup = Lookup(gen.lookahead) if self.greedy and gen.lookahead else None
+        self.run: tuple[int, ...] | None = None  # the tokens of this step's verified run, when it had one
 
     def accept(self, token: int, eos: int | None) -> str:
         """Take the row's sampled token; return the text now safe to show. Sets `finish` when the row ends."""
@@ -77,6 +83,20 @@ class Row:
             text = self._held_back(text)
         if self.finish is None and self.sampled >= self.max_new_tokens:
             text += self.end("length")
+        return text
+
+    def accept_run(self, tokens: list[int], eos: int | None, now: float) -> str:
+        """Take a verified run of greedy tokens (runtime.lookahead), each as accept() takes one, up to the first
+        that ends the row (EOS, a stop string, max_new_tokens) or, past the deadline, the first: the tokens after
+        it are dropped, never shown or counted. The event then carries every token taken (EOS left out)."""
+        text, took = "", []
+        for token in tokens:
+            text += self.accept(token, eos)
+            if token != eos:
+                took.append(token)
+            if self.finish is not None or now > self.deadline:
+                break
+        self.run = tuple(took)
         return text
 
     def end(self, reason: str) -> str:
@@ -107,8 +127,12 @@ class Row:
             self.pending, self.finish = self.pending[:base + cut], "stop"
 
     def event(self, text: str) -> RowEvent:
-        """This step's event: the token sampled (none for EOS, or for a row that ended unsampled) and `text`."""
-        ids = () if self.last is None else (self.last,)
+        """This step's event: the token sampled (none for EOS, or for a row that ended unsampled), or the tokens of
+        a verified run, and `text`."""
+        if self.run is not None:
+            ids, self.run = self.run, None
+        else:
+            ids = () if self.last is None else (self.last,)
         return RowEvent(self.id, text, ids, self.finish, self.prompt_tokens, self.generated)
 
 
@@ -147,6 +171,10 @@ class BatchSession:
         self._ids = iter(range(2**62))
         self._lock = threading.Lock()
         self.window = max(1, gen.block_size // 2)  # tokens a full row keeps when it slides
+        self.runs: dict[int, list[int]] = {}  # slot -> the greedy tokens this step's verifying call gave it
+        # graph calls and drafts so far (Generator.last_stats): decode calls (step or extend), prefills (a row
+        # joining or sliding), verifying calls, draft tokens checked and taken, tokens sampled by ended rows
+        self.stats = dict.fromkeys(("calls", "prefills", "verify_calls", "drafted", "accepted", "tokens"), 0)
 
     # -- the API ------------------------------------------------------------------------------------------------
     def add(self, request: RowRequest) -> int:
@@ -181,15 +209,20 @@ class BatchSession:
             return events
         ids = self.sample(rows)  # 3. one call: every row's next token
         now, eos, seen, cancelled = time.monotonic(), self.gen.eos, self.seen, self.cancelled
+        runs = self.runs
         for row, token in zip(rows, ids):  # 4. each row: EOS, text, stop strings, limits
-            text = row.accept(token, eos)
+            if runs and row.slot in runs:  # a verified run of greedy tokens (its slot's logits are not read)
+                token = runs[row.slot][-1]
+                text = row.accept_run(runs.pop(row.slot), eos, now)
+            else:
+                text = row.accept(token, eos)
             if row.finish is None and (now > row.deadline or cancelled and row.id in cancelled):
                 text += row.end("cancelled" if row.id in cancelled else "deadline")
             events.append(row.event(text))  # every step: its token, its text (may be "": held back)
             if row.finish:
                 self._leave(row)
             elif seen is not None:
-                seen[row.slot, token] = True
+                seen[row.slot, token] = True  # (a run is greedy: no repetition penalty reads it)
         return events
 
     def sample(self, rows: list[Row]) -> list[int]:
@@ -219,7 +252,9 @@ class BatchSession:
                 next_ids[r.slot] = r.last
                 stepping.append(r.slot)
             r.last = None
-        if len(stepping) == self.slots:  # the usual step: every slot appends its token
+        if len(stepping) == 1 and self.gen.lookahead and self._verify(self.rows[stepping[0]]):
+            pass  # one greedy row, drafts verified in one call: its tokens are in self.runs
+        elif len(stepping) == self.slots:  # the usual step: every slot appends its token
             out = dec.step(next_ids)
             if out is not self.logits:
                 np.copyto(self.logits, out)
@@ -230,8 +265,38 @@ class BatchSession:
             out = dec.step(next_ids, active)
             if out is not self.logits:  # (written in place, the other slots' logits are junk that nothing reads)
                 self.logits[active] = out[active]
+        self.stats["calls"] += bool(stepping)
+        self.stats["prefills"] += len(sliding)
         for r in sliding:  # the context is full: re-prefill the row's last `window` tokens
             self.logits[r.slot] = dec.prefill_slot(r.slot, r.tokens[-self.window:])
+
+    def _verify(self, row: Row) -> bool:
+        """Speculate for the one running row, when greedy (runtime.lookahead): its last token and a draft of the
+        tokens that followed its last n-gram before, through the graph in ONE call (KVBuffers.extend); keep the
+        longest prefix of the draft that is the graph's own argmax at each position, plus the argmax after it,
+        and give the rest of the cache back. False (nothing run) when the row drafts nothing: no match, no room
+        in the cache (a row about to slide steps singly) or in max_new_tokens, or the row is waiting after
+        misses. Only one row: GroupQueryAttention takes several new tokens with a past only at batch 1."""
+        if row.lookup is None:
+            return False
+        dec, slot = self.dec, row.slot
+        n = dec.length[slot]
+        room = min(dec.capacity - n - 1, row.max_new_tokens - row.sampled - 1)
+        draft = row.lookup.draft(row.tokens, room)
+        if not draft:
+            return False
+        best = dec.extend(slot, [row.tokens[-1], *draft]).argmax(-1).tolist()  # [W] the graph's choice per position
+        took = 0
+        while took < len(draft) and draft[took] == best[took]:
+            took += 1
+        dec.truncate(slot, n + 1 + took)  # the last token and the accepted draft; the rest is given back
+        row.lookup.checked(len(draft), took)
+        self.runs[slot] = best[:took + 1]
+        stats = self.stats
+        stats["verify_calls"] += 1
+        stats["drafted"] += len(draft)
+        stats["accepted"] += took
+        return True
 
     def _admit(self, events: list[RowEvent]) -> None:
         if not self.queue:
@@ -247,6 +312,7 @@ class BatchSession:
                     continue
                 row.slot = free.pop(0)
                 joining.append(row)
+        self.stats["prefills"] += len(joining)
         if len(joining) == self.slots:  # every slot at once (a fresh batch): one batched prefill
             self.logits[:] = self.dec.prefill([r.tokens for r in joining])
         else:
@@ -270,6 +336,7 @@ class BatchSession:
         self.live = [r for r in self.rows if r is not None]
         self.running -= 1
         self.sampling -= not row.greedy
+        self.stats["tokens"] += row.sampled
         self.dec.release(row.slot)
         self.cancelled.discard(row.id)
         row.slot = -1

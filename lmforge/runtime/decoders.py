@@ -115,6 +115,7 @@ class KVBuffers(Slots):
         # ids, pos, seqlens, total, lengths as flat memoryviews (the same memory): _step_one writes through them
         self.scalars = tuple(memoryview(a.reshape(-1)) for a in (self.ids, self.pos, self.seqlens, self.total,
                                                                   self.lengths))
+        self._extensions: dict[tuple[int, int], tuple] = {}  # extend()'s bindings per (slot, width), on first use
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         """An OrtValue on the session's device; on the CPU it shares the numpy array's memory."""
@@ -212,6 +213,52 @@ class KVBuffers(Slots):
         for name, array in self.host.items():
             self.values[name].update_inplace(array)
         return self._run(self.binding, self.values["logits"], None)[:, 0]
+
+
+    def extend(self, slot: int, run: list[int]) -> np.ndarray:
+        """Append the tokens `run` (W of them) to `slot` in ONE call, at its positions lengths[slot]..; returns the
+        logits [W, V] of every position (a buffer the next extend() of this slot and width overwrites). The slot's
+        length grows by W; truncate() takes some back (what a rejected draft does). The slot must have room for W
+        more tokens; the other slots are untouched. One slot per call: GroupQueryAttention's CPU kernel takes
+        several new tokens with a past only at batch 1 ("batch_size must be 1 when sequence_length > 1 and past
+        context is given"), so the call binds the slot's part of the caches, as prefill_slot does. CPU only."""
+        W = len(run)
+        binding, ids, pos, seqlens, total, logits = self._extension(slot, W)
+        n = int(self.lengths[slot])
+        ids[0] = run
+        pos[0] = range(n, n + W)
+        seqlens[0], total[()] = n + W - 1, n + W
+        self.gen.session.run_with_iobinding(binding)
+        self.lengths[slot] = n + W
+        return logits[0]
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Keep the first `length` tokens of the slot's cache: the entries past it are overwritten by later calls
+        (GroupQueryAttention reads each row only up to its seqlens_k)."""
+        self.lengths[slot] = length
+
+    def _extension(self, slot: int, width: int) -> tuple:
+        """extend()'s binding for `slot` and W = `width` tokens, made once per (slot, width): the slot's part of
+        the caches [1, H, capacity, D] (by pointer), and ids [1, W], positions [1, W], seqlens_k [1], total [] and
+        logits [1, W, V] as numpy arrays bound by memory (written in place before each call)."""
+        key = (slot, width)
+        if key not in self._extensions:
+            if self.device != "cpu":
+                raise NotImplementedError("extend() runs on the CPU provider only")
+            binding = self.gen.session.io_binding()
+            shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
+            for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
+                ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
+                binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
+                binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
+            arrays = (np.zeros((1, width), np.int64), np.zeros((1, width), np.int64), np.zeros(1, np.int32),
+                      np.zeros((), np.int32), np.zeros((1, width, self.gen.vocab_size), np.float32))
+            self._bind(binding, {"input_ids": self._value(arrays[0]), "position_ids": self._value(arrays[1]),
+                                 "seqlens_k": self._value(arrays[2]),
+                                 "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(arrays[3]),
+                                 "logits": self._value(arrays[4])})
+            self._extensions[key] = (binding, *arrays)
+        return self._extensions[key]
 
 
 class PortableKV(Slots):

@@ -23,7 +23,9 @@ from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
 from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
+from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, EXACT_VARIANTS, MAX_LOOKAHEAD
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
+from lmforge.runtime.errors import RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
 from lmforge.runtime.schema import check_graph
 from lmforge.runtime.tokenizer import SafeTokenizer, load_tokenizer
@@ -38,13 +40,17 @@ class Generator:
     """Load an exported model directory once; generate from many threads (each call keeps its own state)."""
 
     def __init__(self, model_dir: str | Path, variant: str = "fp32", device: str = "auto", threads: int | None = None,
-                 fast: bool | None = None, *, limits: dict | None = None):
+                 fast: bool | None = None, *, limits: dict | None = None, lookahead: int | None = None):
         """limits: {name: value} of runtime.limits.ServingLimits, each at most the model directory's (lmforge.json
         `limits`, else the built-in defaults): an app may lower them, never raise them.
         fast: use the variant's fast graph (model.fast*.onnx: fused attention over in-place KV buffers);
         None = whenever the directory has it, except that on the CUDA provider only the fp16 fast graph is picked
         by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
-        portable graph there when they have one). `provider` is the provider that actually runs."""
+        portable graph there when they have one). `provider` is the provider that actually runs.
+        lookahead: draft tokens a greedy row may check per graph call (prompt-lookup speculation,
+        runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD. Only
+        the fp32 fast graph on the CPU provider speculates (see `speculates`); elsewhere `self.lookahead` is 0.
+        The tokens are the same either way; `last_stats` counts the calls."""
         self.dir = read_model_dir(model_dir)
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)
@@ -80,6 +86,28 @@ class Generator:
         self.unk = self.dir.tokens.get("unk")
         self.output_names = [self.dir.io["logits"]] + [s["output"] for s in self.state_io]
         self._probe()
+        self.lookahead = self._lookahead(lookahead)
+        self.last_stats: dict | None = None  # the graph calls of the last finished stream()/stream_batch() session
+
+    def _lookahead(self, asked: int | None) -> int:
+        """The draft length asked (None: lmforge.json's `generation.lookahead`, else the default), checked; 0 where
+        the graph cannot verify drafts exactly (`speculates`)."""
+        asked = self.generation.get("lookahead", DEFAULT_LOOKAHEAD) if asked is None else asked
+        if isinstance(asked, bool) or not isinstance(asked, int) or not 0 <= asked <= MAX_LOOKAHEAD:
+            raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}], got {asked!r}")
+        return asked if self.speculates else 0
+
+    @property
+    def max_width(self) -> int:
+        """Tokens one verifying call takes at most: the row's last token and up to `lookahead` drafted ones."""
+        return self.lookahead + 1
+
+    @property
+    def speculates(self) -> bool:
+        """Whether a greedy row's draft can be verified in one call with the very tokens of one call per token:
+        the fast graph (KVBuffers.extend) on the CPU provider, fp32 only (runtime.lookahead's EXACT_VARIANTS
+        says why not int8, int4 or fp16)."""
+        return self.fast and self.provider == "CPUExecutionProvider" and self.variant in EXACT_VARIANTS
 
     def _probe(self) -> None:
         """One token through the graph, batch 1, at the context's last position, on buffers of the graph's own
@@ -138,6 +166,8 @@ class Generator:
         session = self._session([RowRequest(prompt, **kwargs)])
         while session.running or session.queue:  # (session.busy, less a call per token)
             for ev in session.step():
+                if ev.finish_reason:  # (before the last text: a caller may stop reading once it has it)
+                    self.last_stats = dict(session.stats)
                 if ev.text:
                     yield ev.text
                 if ev.finish_reason:
@@ -157,7 +187,10 @@ class Generator:
 
         def events() -> Iterator[RowEvent]:
             while session.busy:
-                yield from session.step()
+                step = session.step()
+                if not session.busy:  # (before the last events: a caller may stop reading once it has them)
+                    self.last_stats = dict(session.stats)
+                yield from step
 
         return events()
 

@@ -9,6 +9,7 @@ from numbers import Integral
 from typing import TYPE_CHECKING
 
 from lmforge.runtime.errors import ModelDirError, RequestError
+from lmforge.runtime.lookahead import MAX_LOOKAHEAD
 from lmforge.runtime.sampling import SamplingParams
 
 MAX_MANIFEST_BYTES = 4 << 20  # lmforge.json: a few KB in practice (architecture, metrics, verification)
@@ -106,6 +107,8 @@ def check_generation(g: dict, where: str) -> None:
     """The generation defaults: valid sampling parameters and a positive max_new_tokens."""
     if g.get("max_new_tokens") is not None:
         _int(where, "generation.max_new_tokens", g["max_new_tokens"], 1, 1 << 30)
+    if g.get("lookahead") is not None:  # draft tokens per verifying call (runtime.lookahead; 0 = off)
+        _int(where, "generation.lookahead", g["lookahead"], 0, MAX_LOOKAHEAD)
     given = {k: g[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty") if g.get(k) is not None}
     try:
         SamplingParams(**given)

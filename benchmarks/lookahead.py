@@ -1,0 +1,210 @@
+"""Prompt-lookup speculation (lmforge.runtime.lookahead) on a TRAINED model with real prompts: tokens/s with lookahead
+on against off at batch 1, greedy, and how much of the drafts the graph took.
+
+The decode benchmark's reference model (benchmarks/decode.py, random init) repeats one token, so its lookups succeed
+nearly always: an upper bound. Here shakespeare-char is trained --train-steps steps through lmforge's own
+preparation and train() (benchmarks/decode.py's train_shakespeare), exported, and decoded from --prompts slices of
+its val text (each --prompt-chars long), --new-tokens greedy tokens each, through Generator.stream() as an app calls
+it, once with lookahead=0 and once with each --lookahead value, per --variants (fp32: the one that speculates). Each round runs every
+(variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the method of
+benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one). Also, per
+exported variant, how far one verifying call of 9 tokens puts the logits from one call per token (and from the same
+call with other tokens after them): the reason only fp32 speculates. Per row: tokens/s (median over rounds, all
+prompts of a round timed together), the ratio to lookahead 0 of the same variant (per round; median and min-max),
+graph calls per token, draft tokens taken per verifying call and the share of draft tokens taken, and whether the
+text equals lookahead 0's (it must: greedy_same). Then the worst case, the same rounds on a random model of the
+decode benchmark's shape whose greedy output varies, so drafts are rare and mostly rejected (--no-varied skips it).
+
+    python benchmarks/lookahead.py [--quick] [--train-steps N] [--rounds N] [--lookahead K ...]
+Writes benchmarks/results/lookahead-<time>.json and .md and prints the table."""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import CORPORA, LoadMeter, load_text, train_shakespeare, write_report  # noqa: E402
+
+KEYS = ["variant", "lookahead", "tokens_per_s", "ratio_vs_off", "ratio_min_max", "calls_per_token",
+        "accepted_per_verify_call", "draft_acceptance", "greedy_same"]
+
+
+def prompts_from_val(gen, val: np.ndarray, count: int, chars: int, seed: int = 0) -> list[str]:
+    """`count` slices of the val text, `chars` characters each, at random starts (a char tokenizer: one id each)."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(val) - chars, count)
+    return [gen.tokenizer.decode([int(i) for i in val[s:s + chars]]) for s in starts]
+
+
+def decode_all(gen, prompts: list[str], n: int) -> tuple[float, list[str], dict]:
+    """Every prompt through gen.stream(), greedy, n new tokens: (seconds, texts, summed last_stats)."""
+    texts, stats = [], {}
+    t = time.perf_counter()
+    for p in prompts:
+        texts.append("".join(gen.stream(p, max_new_tokens=n, temperature=0)))
+        for k, v in (gen.last_stats or {}).items():
+            stats[k] = stats.get(k, 0) + v
+    return time.perf_counter() - t, texts, stats
+
+
+def measure(model_dir: Path, args, prompts: list[str] | None = None) -> dict:
+    """The rounds: every (variant, lookahead) once per round, in a fresh random order, with a pause before each
+    (prompts: default --prompts slices of the val text)."""
+    from lmforge.runtime import Generator
+
+    gens = {(v, k): Generator(model_dir, variant=v, threads=args.threads, lookahead=k)
+            for v in args.variants for k in (0, *args.lookahead)}
+    prompts = prompts or prompts_from_val(next(iter(gens.values())), args.val, args.prompts, args.prompt_chars)
+    for gen in gens.values():  # warm up: the first calls' costs
+        decode_all(gen, prompts[:1], 8)
+    rng, meter = random.Random(0), LoadMeter()
+    seconds = {key: [] for key in gens}
+    texts, stats = {}, {}
+    for _ in range(args.rounds):
+        order = list(gens)
+        rng.shuffle(order)
+        for key in order:
+            time.sleep(args.pause)
+            s, texts[key], stats[key] = decode_all(gens[key], prompts, args.new_tokens)
+            seconds[key].append(s)
+    return {"rows": rows_of(gens, seconds, texts, stats, args), "load": meter.read(), "prompts": prompts}
+
+
+def rows_of(gens: dict, seconds: dict, texts: dict, stats: dict, args) -> list[dict]:
+    rows = []
+    for (v, k), per_round in seconds.items():
+        tps = args.prompts * args.new_tokens / np.array(per_round)
+        ratio = np.array(seconds[v, 0]) / np.array(per_round)
+        st = stats[v, k]
+        rows.append({"variant": v, "lookahead": gens[v, k].lookahead,
+                     "tokens_per_s": round(float(np.median(tps)), 1),
+                     "ratio_vs_off": round(float(np.median(ratio)), 3),
+                     "ratio_min_max": f"{ratio.min():.3f}-{ratio.max():.3f}",
+                     "calls_per_token": round((st["calls"] + st["prefills"]) / max(1, st["tokens"]), 3),
+                     "accepted_per_verify_call": round(st["accepted"] / max(1, st["verify_calls"]), 3),
+                     "draft_acceptance": round(st["accepted"] / max(1, st["drafted"]), 3),
+                     "greedy_same": texts[v, k] == texts[v, 0]})
+    return rows
+
+
+def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dict]:
+    """Per exported fast variant: how far one verifying call (KVBuffers.extend of `width` greedy tokens) puts each
+    position's logits from one call per token (max abs over the prompts' positions), and from the same call
+    with other tokens after them: why only fp32 speculates (runtime.lookahead.EXACT_VARIANTS)."""
+    from lmforge.runtime import Generator
+
+    out = []
+    for variant in ("fp32", "fp16", "int8", "int4"):
+        try:
+            gen = Generator(model_dir, variant=variant, lookahead=0)
+        except ValueError:  # not exported
+            continue
+        gap = junk_gap = 0.0
+        for prompt in prompts:
+            ids = gen.encode(prompt)[-(gen.block_size - width - 4):]
+            dec = gen.decoder(1, gen.block_size)
+            tokens, stepped = [int(dec.prefill_slot(0, ids).argmax())], []
+            for _ in range(width):
+                stepped.append(dec.step(np.array([tokens[-1]]))[0].copy())
+                tokens.append(int(stepped[-1].argmax()))
+            dec.truncate(0, len(ids))
+            extended = dec.extend(0, tokens[:width]).copy()
+            dec.truncate(0, len(ids))
+            junk = dec.extend(0, tokens[:width - 3] + [3, 5, 7]).copy()
+            gap = max(gap, float(np.abs(extended - np.array(stepped)).max()))
+            junk_gap = max(junk_gap, float(np.abs(junk[:width - 3] - extended[:width - 3]).max()))
+        out.append({"variant": variant, "speculates": Generator(model_dir, variant=variant).speculates,
+                    "max_logit_gap_vs_one_call_per_token": f"{gap:.2e}",
+                    "max_logit_gap_from_other_tokens_in_the_call": f"{junk_gap:.2e}"})
+    return out
+
+
+def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
+    """The decode benchmark's reference shape, random init with larger weights (N(0, std)), so that its greedy
+    output varies instead of repeating one token: the lookup finds few drafts and most are rejected, the case
+    where speculation can only cost. Exported fp32 only; 16-character random prompts."""
+    import torch
+
+    from decode import SHAPE, export_reference
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**SHAPE)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, std)
+    out = export_reference(model, work, fp32_only=True)
+    rng = np.random.default_rng(0)
+    return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
+
+
+def markdown(report: dict) -> str:
+    out = [f"`python benchmarks/lookahead.py {' '.join(report['argv'])}` ({report['time']}); shakespeare-char "
+           f"trained {report['train_steps']} steps (best val loss {report['best_val_loss']}); {report['prompts']} "
+           f"val prompts x {report['new_tokens']} greedy tokens, batch 1, {report['rounds']} rounds; "
+           f"{load_text(report['load'])}.", "",
+           "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS)]
+    out += ["| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["rows"]]
+    if report.get("varied"):
+        out += ["", "The worst case: a random model of the reference shape whose greedy output varies (drafts rare and "
+                f"mostly rejected), the same rounds; {load_text(report['varied']['load'])}:", "",
+                "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS),
+                *("| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["varied"]["rows"])]
+    gaps = report.get("verify_gaps") or []
+    if gaps:
+        keys = list(gaps[0])
+        out += ["", "One verifying call of 9 tokens against one call per token, same prompts:", "",
+                "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
+                *("| " + " | ".join(str(g[k]) for k in keys) + " |" for g in gaps)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/lookahead.py", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="200 training steps, 2 prompts x 64 tokens, 1 round")
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--prompt-chars", type=int, default=48)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--lookahead", type=int, nargs="+", default=[2, 4, 8], help="draft lengths against 0")
+    p.add_argument("--variants", nargs="+", default=["fp32"], help="variants timed (only fp32 speculates)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pause", type=float, default=0.05)
+    p.add_argument("--corpora", type=Path, default=CORPORA)
+    p.add_argument("--no-varied", action="store_true", help="skip the worst-case phase (a varied random model)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_steps, args.prompts, args.new_tokens, args.rounds = 200, 2, 64, 1
+    if not (args.corpora / "tinyshakespeare.txt").is_file():
+        print(f"error: no tinyshakespeare.txt under {args.corpora} (hint: set LMFORGE_CORPORA)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as work:
+        _, out, val, _, result, _ = train_shakespeare(args.train_steps, args.threads, args.corpora, Path(work))
+        args.val = np.asarray(val)
+        report = {"argv": argv if argv is not None else sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "train_steps": args.train_steps, "best_val_loss": round(float(result.best_val_loss), 4),
+                  "new_tokens": args.new_tokens, "rounds": args.rounds,
+                  **measure(out, args)}
+        report["verify_gaps"] = verify_gaps(out, report["prompts"])
+        if not args.no_varied:
+            (Path(work) / "varied").mkdir()
+            varied, prompts = varied_model(Path(work) / "varied")
+            report["varied"] = measure(varied, args, prompts)
+            report["varied"]["prompts"] = len(prompts)
+    report["prompts"] = len(report["prompts"])
+    stem = write_report(report, "lookahead", markdown)
+    print(markdown(report))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
