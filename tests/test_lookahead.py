@@ -30,7 +30,8 @@ PROMPTS = ["to be or", "that is the question: whether to be or not to be, that",
 
 @pytest.fixture(scope="module")
 def reciter(tmp_path_factory, one_torch_thread):
-    """A char GPT (context 64) trained to recite TEXT, exported with every fast variant: its model dir."""
+    """A char GPT (context 64) trained to recite TEXT, exported with every fast variant: its model dir. One thread
+    (threads=0 would pick them from the machine's load): the same weights every run, so the same rounding gaps."""
     root = tmp_path_factory.mktemp("lookahead")
     tok = train_char([TEXT])
     tok.save(str(root / "tokenizer.json"))
@@ -38,7 +39,7 @@ def reciter(tmp_path_factory, one_torch_thread):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=2, n_head=2, n_embd=64))
     train(model, ids, ids, 64, TrainConfig(max_steps=300, batch_size=16, lr=3e-3, warmup_steps=10,
-                                          eval_interval=300, eval_iters=1), root / "ckpt")
+                                          eval_interval=300, eval_iters=1, threads=1), root / "ckpt")
     out, _ = export_model_dir(model.eval(), root / "tokenizer.json", root / "model", MANIFEST,
                               ExportConfig(optimize=False, fp16=True, int4=True))
     return out
