@@ -38,8 +38,8 @@ def client():
 
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(db) + ".init.lock"):
-            c = mlflow.MlflowClient(uri)
+        with FileLock(str(db) + ".init.lock"), _quiet_mlflow(True):  # (its "Creating initial ... tables" INFO lines
+            c = mlflow.MlflowClient(uri)                                # would come before a command's one-line error)
         _ready.add(uri)
         return c
     return mlflow.MlflowClient(uri)
