@@ -472,7 +472,10 @@ def served(ops, nightly, stuck):
     final = wait_final(ops, run.id)
     aliases_then = aliases(ops)  # before gpu_run (which depends on this fixture) moves the champion
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    code = proc.wait(90)
+    try:
+        code = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("`lmforge serve` did not stop within 90 s of Ctrl-C; its log:\n" + ops.log("serve"))
     with ops.client() as c:
         after = c.read_deployment(dep.id)
     return {"refused": refused, "deployment": dep, "run": run.id, "final": final, "code": code, "after": after,

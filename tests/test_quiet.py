@@ -70,7 +70,7 @@ def test_every_generate_flag_has_help_and_the_speed_line(capsys, tmp_path):
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
     flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
-    assert len(flags) == 15 and [a.dest for a in flags if not a.help] == []
+    assert len(flags) == 16 and [a.dest for a in flags if not a.help] == []
     d = tiny_model_dir(tmp_path / "model")
     base = ["generate", "--model", str(d), "--prompt", "why", "--max-new-tokens", "6", "--temperature", "0"]
     assert main(base) == 0
