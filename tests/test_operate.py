@@ -80,6 +80,10 @@ class Receiver:
         return [p for p in self.posts if p["json"].get("flow_run_id") == str(flow_run_id)]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Ops:
     """The module's server, receiver and background processes."""
 
@@ -95,8 +99,11 @@ class Ops:
 
     def spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")
+        # SIGINT back to its default in the child: a test run started in the background of a shell without job
+        # control (`pytest &`, as a CI script may) ignores SIGINT, the child would inherit that, and the Ctrl-C the
+        # served fixture sends would do nothing
         proc = subprocess.Popen(cmd, env=env or self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
         self.background[name] = (proc, log)
         return proc
 
@@ -475,6 +482,7 @@ def served(ops, nightly, stuck):
     try:
         code = proc.wait(90)
     except subprocess.TimeoutExpired:
+        proc.kill()
         pytest.fail("`lmforge serve` did not stop within 90 s of Ctrl-C; its log:\n" + ops.log("serve"))
     with ops.client() as c:
         after = c.read_deployment(dep.id)
