@@ -59,6 +59,17 @@ class Slots:
         """Run whole rows from an empty state, one per slot; the last real logits [B, V]."""
         return np.stack([self.prefill_slot(i, r) for i, r in enumerate(rows)])
 
+    def _slot_binding(self, slot: int):
+        """A new binding whose caches are `slot`'s part of the shared buffers, [1, H, capacity, D] each, bound by
+        pointer as both past and present (what prefill_slot and extend run a single row through)."""
+        binding = self.gen.session.io_binding()
+        shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
+        for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
+            ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
+            binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
+            binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
+        return binding
+
     def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
         raise NotImplementedError
 
@@ -162,12 +173,7 @@ class KVBuffers(Slots):
 
     def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
         """Run one row into `slot` alone, from position 0; its last logits [V]. The other slots keep theirs."""
-        binding = self.gen.session.io_binding()
-        shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
-        for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
-            ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots  # slot's [1, H, capacity, D]
-            binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
-            binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
+        binding = self._slot_binding(slot)
         lengths = np.array([len(ids)], np.int64)
         out = self._run_whole(binding, np.array([ids], np.int64), lengths)
         self.lengths[slot], self.live[slot] = len(ids), True
@@ -245,12 +251,7 @@ class KVBuffers(Slots):
         if key not in self._extensions:
             if self.device != "cpu":
                 raise NotImplementedError("extend() runs on the CPU provider only")
-            binding = self.gen.session.io_binding()
-            shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
-            for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
-                ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
-                binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
-                binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
+            binding = self._slot_binding(slot)
             arrays = (np.zeros((1, width), np.int64), np.zeros((1, width), np.int64), np.zeros(1, np.int32),
                       np.zeros((), np.int32), np.zeros((1, width, self.gen.vocab_size), np.float32))
             self._bind(binding, {"input_ids": self._value(arrays[0]), "position_ids": self._value(arrays[1]),
