@@ -31,7 +31,7 @@ class Lookup:
 
     def __init__(self, k_max: int):
         self.k_max = self.k = k_max
-        self.index: dict[tuple[int, ...], int] = {}  # n-gram (n = 1..MAX_NGRAM) -> the position after its latest
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram (n = MIN..MAX_NGRAM) -> the position after its latest
         self.indexed = 0  # the n-grams ending at tokens[:indexed] are in the index
         self.wait = 0  # steps left before the next draft (after misses)
         self.misses = 0  # drafts in a row the graph rejected from the first token
@@ -46,7 +46,7 @@ class Lookup:
             return []
         end, index = len(tokens) - 1, self.index
         for e in range(max(self.indexed, 0), end):  # the n-grams ending before the last token (not the suffix itself)
-            for n in range(1, min(MAX_NGRAM, e + 1) + 1):
+            for n in range(MIN_NGRAM, min(MAX_NGRAM, e + 1) + 1):  # (shorter n-grams are never looked up)
                 index[tuple(tokens[e - n + 1:e + 1])] = e + 1
         self.indexed = max(self.indexed, end)
         k = min(self.k, room)
