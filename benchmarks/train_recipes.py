@@ -13,7 +13,6 @@ and .md."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from quality import CORPORA, prepared  # noqa: E402
 from lmforge.core.config import ModelConfig, TrainConfig  # noqa: E402
 from lmforge.models import build_model  # noqa: E402
 from lmforge.training.evaluate import evaluate_tokens  # noqa: E402
+from lmforge.training.schedule import lr_at  # noqa: E402
 from lmforge.training.train import get_batch, make_optimizer  # noqa: E402
 
 MODEL = ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64)
@@ -61,9 +61,7 @@ def run_recipe(recipe: str, tr, va, vocab: int) -> dict:
     model.train()
     t0 = time.perf_counter()
     for step in range(cfg.max_steps):
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        lr = (cfg.lr * (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else
-              cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr))
+        lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         x, y = get_batch(tr, MODEL.block_size, cfg.batch_size, gen, "cpu")
