@@ -94,7 +94,7 @@ class Generator:
         the graph cannot verify drafts exactly (`speculates`)."""
         asked = self.generation.get("lookahead", DEFAULT_LOOKAHEAD) if asked is None else asked
         if isinstance(asked, bool) or not isinstance(asked, int) or not 0 <= asked <= MAX_LOOKAHEAD:
-            raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}], got {asked!r}")
+            raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}] (0 = off), got {asked!r}")
         return asked if self.speculates else 0
 
     @property
