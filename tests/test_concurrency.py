@@ -1,5 +1,6 @@
-"""Two processes at once, on real parts: two `lmforge run` of one config started together both finish (the
-second waits for the first, saying so, then re-uses its training), and the registered model matches its data;
+"""Two processes at once, on real parts: two `lmforge run` of one config started together both finish (each
+waits for the holder of the data directory, saying for whom; one trains, the other re-uses its training), and the
+registered model matches its data;
 with --no-wait the second stops with one line; two first registrations of one new name against a real
 `mlflow server` both get their versions; a user error raised inside a flow reaches the terminal as one line."""
 from __future__ import annotations
@@ -12,9 +13,13 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from lmforge.core.config import load_config
+from lmforge.core.layout import RunLayout
+from lmforge.core.locks import hold
+
 from conftest import REPO, TINY
 from test_mlflow_server import mlflow_server  # noqa: F401 (fixture)
-from test_terminal import env_for, lmforge, run_args
+from test_terminal import Stderr, env_for, lmforge, run_args
 
 
 def start(env: dict, overrides: dict, *extra: str) -> subprocess.Popen:
@@ -28,17 +33,33 @@ def finish(proc: subprocess.Popen) -> tuple[dict, str]:
     return json.loads(out.strip().splitlines()[-1]), err
 
 
+def collect(proc: subprocess.Popen, err: Stderr) -> dict:
+    out = proc.stdout.read()
+    proc.wait(timeout=600)
+    err.join(timeout=60)
+    text = "\n".join(err.lines)
+    assert proc.returncode == 0, text[text.find("Traceback"):][:4000] + "\n...\n" + text[-1500:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def test_two_runs_of_one_config_started_together_both_finish(tmp_path, monkeypatch):
     import mlflow
 
     from lmforge.registry.tracking import fetch_model_dir
 
     env = env_for(tmp_path)
-    first, second = start(env, TINY), start(env, TINY)
-    (a, a_err), (b, b_err) = finish(first), finish(second)
+    monkeypatch.setenv("LMFORGE_ARTIFACTS", env["LMFORGE_ARTIFACTS"])
+    layout = RunLayout.for_config(load_config("jokes-char", [f"{k}={v}" for k, v in TINY.items()]))
+    # The test holds the config's data directory, so the two runs really overlap: started "together", one could
+    # otherwise finish before the other's start-up (its own Prefect server) reached a lock at all.
+    with hold(layout.prepared_lock, "the prepared data"):
+        procs = [start(env, TINY), start(env, TINY)]
+        errs = [Stderr(p) for p in procs]
+        for err in errs:  # each queued behind the holder and said for whom
+            err.wait_for(rf"waiting for pid {os.getpid()} on .* which holds the prepared data of jokes-char")
+    a, b = (collect(p, e) for p, e in zip(procs, errs))
     assert a["run_dir"] == b["run_dir"] and a["model_version"] == b["model_version"] == "1"
     assert sorted([a["reused"], b["reused"]]) == [False, True]  # one registered, the other found it identical
-    assert sum("waiting for pid" in err for err in (a_err, b_err)) == 1  # the one that waited said so
     later = a if a["reused"] else b
     assert later["metrics"]["resumed_from"] == TINY["train.max_steps"]  # it re-used the first one's training
 
