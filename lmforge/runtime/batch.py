@@ -185,7 +185,9 @@ class BatchSession:
         req, ids = settled
         if self.capacity < self.gen.block_size and len(ids) + req.max_new_tokens > self.capacity:
             raise RequestError(f"this batch's cache holds {self.capacity} positions, fewer than the prompt's "
-                               f"{len(ids)} + max_new_tokens {req.max_new_tokens}")
+                               f"{len(ids)} + max_new_tokens {req.max_new_tokens}",
+                               hint=f"ask for at most {max(self.capacity - len(ids), 0)} new tokens, or make the "
+                                    f"BatchSession with a larger capacity (up to the model's {self.gen.block_size})")
         with self._lock:
             row = Row(next(self._ids), req, ids, self.gen)
             self.queue.append(row)

@@ -25,7 +25,7 @@ from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
 from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, EXACT_VARIANTS, MAX_LOOKAHEAD
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
-from lmforge.runtime.errors import RequestError
+from lmforge.runtime.errors import REEXPORT, TAMPERED, RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
 from lmforge.runtime.schema import check_graph
 from lmforge.runtime.tokenizer import SafeTokenizer, load_tokenizer
@@ -55,14 +55,16 @@ class Generator:
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)
         if variant.startswith("genai"):  # lmforge.export.genai's graphs read batch rows as right-padded
-            raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph: load {self.dir.path} with "
-                                f"onnxruntime_genai.Model; lmforge decodes the same weights with variant='fp32'/'int8'")
+            raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph, which lmforge does not decode",
+                                hint=f"load {self.dir.path} with onnxruntime_genai.Model, or use variant='fp32' "
+                                     "(or 'int8'): lmforge decodes the same weights")
         fast_variant = FAST_VARIANTS.get(variant)
         has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
         self.fast = has_fast if fast is None else bool(fast)
         if self.fast and not has_fast:
-            raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}; "
-                                f"re-export it with lmforge.export.modeldir (gpt models) or pass fast=False")
+            raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}",
+                                hint="pass fast=False (the portable graph), or re-export a gpt model with `lmforge "
+                                     "run` (only gpt models have one)")
         self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
         if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
                 and variant in self.dir.variants()):
@@ -94,7 +96,9 @@ class Generator:
         the graph cannot verify drafts exactly (`speculates`)."""
         asked = self.generation.get("lookahead", DEFAULT_LOOKAHEAD) if asked is None else asked
         if isinstance(asked, bool) or not isinstance(asked, int) or not 0 <= asked <= MAX_LOOKAHEAD:
-            raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}] (0 = off), got {asked!r}")
+            raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}] (0 = off), got {asked!r}",
+                               hint=f"pass a whole number of draft tokens from 0 to {MAX_LOOKAHEAD}, e.g. 4, or 0 "
+                                    "to turn lookahead off")
         return asked if self.speculates else 0
 
     @property
@@ -135,11 +139,12 @@ class Generator:
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class but Exception
             reason = str(exc).splitlines()[0].split("Status Message: ")[-1][:160]
             raise ModelDirError(f"{self.dir.path}: the graph fails on one token at position {last}, the last of "
-                                f"lmforge.json's block_size {self.block_size if not self.rnn else '-'} ({reason}) "
-                                "(hint: re-export the model)") from None
+                                f"lmforge.json's block_size {self.block_size if not self.rnn else '-'} ({reason})",
+                                hint=TAMPERED) from None
         if logits.shape[-1] != self.vocab_size:
             raise ModelDirError(f"{self.dir.path}: the graph gives {logits.shape[-1]} logits, lmforge.json "
-                                f"says vocab_size {self.vocab_size}")
+                                f"says vocab_size {self.vocab_size}",
+                                hint=f"put back the lmforge.json exported with this graph, or {REEXPORT}")
 
     def _load(self, files_key: str, device: str, threads: int | None):
         onnx_file = self.dir.onnx_path(files_key)
@@ -147,7 +152,9 @@ class Generator:
             return create_session(str(onnx_file), device, threads)
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # truncated / corrupted / hostile file
-            raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}") from None
+            raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}",
+                                hint=f"copy the whole directory again, or {REEXPORT}; if it names an unsupported "
+                                     "opset, upgrade onnxruntime") from None
 
     # -- public API -------------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str], **kwargs) -> str | list[str]:

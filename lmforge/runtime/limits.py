@@ -39,13 +39,16 @@ def _number(value: object, integral: bool) -> bool:
 
 def _checked(values: dict, where: str, error: type, ceiling: ServingLimits) -> dict:
     """The limits in `values` (a dict from JSON or an app), each a positive number no larger than `ceiling`'s."""
-    hint = (" (hint: an app may only lower the model's limits)" if error is RequestError else
-            " (hint: fix or remove the `limits` section: without it the runtime's defaults apply)")
+    app = error is RequestError  # an app lowering the model's limits; else lmforge.json's own `limits` section
+    fix = "an app may only lower the model's limits" if app else \
+        "fix or remove the `limits` section: without it the runtime's defaults apply"
     if not isinstance(values, dict):
-        raise error(f"{where} must be an object of limits ({', '.join(NAMES)}), got {type(values).__name__}{hint}")
+        raise error(f"{where} must be an object of limits ({', '.join(NAMES)}), got {type(values).__name__}",
+                    hint='pass limits as a dict, e.g. {"max_new_tokens": 256}' if app else fix)
     unknown = sorted(set(values) - set(NAMES), key=str)
     if unknown:
-        raise error(f"{where} has unknown limit {str(unknown[0])[:40]!r}; the limits are {', '.join(NAMES)}")
+        raise error(f"{where} has unknown limit {str(unknown[0])[:40]!r}; the limits are {', '.join(NAMES)}",
+                    hint=f"remove {str(unknown[0])[:40]!r} or correct its spelling" if app else fix)
     out = {}
     for name, value in values.items():
         integral = name != "deadline_s"
@@ -53,7 +56,8 @@ def _checked(values: dict, where: str, error: type, ceiling: ServingLimits) -> d
         if not _number(value, integral) or not 0 < value <= top:
             kind = "an integer" if integral else "a number of seconds"
             shown = repr(value)[:40] if not isinstance(value, int) or value.bit_length() < 128 else "a huge integer"
-            raise error(f"{where}.{name} must be {kind} in (0, {top}], got {shown}{hint}")
+            raise error(f"{where}.{name} must be {kind} in (0, {top}], got {shown}",
+                        hint=f"pass {name} from {'1' if integral else 'above 0'} to {top}: {fix}" if app else fix)
         out[name] = int(value) if integral else float(value)
     return out
 

@@ -12,6 +12,8 @@ from lmforge.runtime.errors import RequestError
 from lmforge.runtime.limits import ServingLimits
 from lmforge.runtime.sampling import SamplingParams
 
+SERVED = "where the model is served (lmforge.json `limits`)"  # who may raise a limit: the model's owner
+
 # EOS or a stop string; max_new_tokens; limits.deadline_s; BatchSession.cancel
 FINISH_REASONS = ("stop", "length", "deadline", "cancelled")
 
@@ -53,8 +55,8 @@ def check_finished(ev: RowEvent) -> None:
     """Raise RequestError when a row's last event says it ran out of time (what generate() and `lmforge generate`
     do; a streaming server may rather end the stream with finish_reason "deadline")."""
     if ev.finish_reason == "deadline":
-        raise RequestError("the request ran past its deadline (limits.deadline_s) "
-                           "(hint: ask for fewer tokens, or raise limits.deadline_s where the model is served)")
+        raise RequestError("the request ran past its deadline (limits.deadline_s)",
+                           hint=f"ask for fewer tokens, or raise limits.deadline_s {SERVED}")
 
 
 @dataclass(frozen=True)
@@ -69,19 +71,21 @@ class Settled:
 
 def _integer(name: str, value: object, low: int, high: int, limit: str) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise RequestError(f"{name} must be an integer, got {value!r}")
+        raise RequestError(f"{name} must be an integer, got {value!r}",
+                           hint=f"pass {name} as a whole number from {low} to {high}")
     if value < low:
-        raise RequestError(f"{name} must be >= {low}, got {value}")
+        raise RequestError(f"{name} must be >= {low}, got {value}", hint=f"pass {name} from {low} to {high}")
     if value > high:
-        raise RequestError(f"{name} {value} is over the limit of {high} ({limit}) "
-                           f"(hint: ask for at most {high}, or raise {limit} where the model is served)")
+        raise RequestError(f"{name} {value} is over the limit of {high} ({limit})",
+                           hint=f"ask for at most {high}, or raise {limit} {SERVED}")
     return int(value)
 
 
 def check_prompt(prompt: object, limits: ServingLimits) -> str:
     """The prompt as valid UTF-8 text within limits.max_prompt_bytes, measured before anything tokenises it."""
     if not isinstance(prompt, str):
-        raise RequestError(f"prompt must be a string, got {type(prompt).__name__}")
+        raise RequestError(f"prompt must be a string, got {type(prompt).__name__}",
+                           hint="pass the prompt as text (a str; decode bytes as UTF-8 first)")
     top = limits.max_prompt_bytes
     if len(prompt) > top:  # each character is at least one byte: over without encoding a huge prompt
         size = f"over {top}"
@@ -90,12 +94,12 @@ def check_prompt(prompt: object, limits: ServingLimits) -> str:
             size = len(prompt.encode("utf-8"))
         except UnicodeEncodeError as exc:  # a lone surrogate: e.g. a non-UTF-8 byte from argv (surrogateescape)
             bad = prompt[exc.start]
-            raise RequestError(f"prompt is not valid UTF-8 text: {bad!r} at character {exc.start} "
-                               "(hint: pass UTF-8 text; re-encode the input or set a UTF-8 locale)") from None
+            raise RequestError(f"prompt is not valid UTF-8 text: {bad!r} at character {exc.start}",
+                               hint="pass UTF-8 text; re-encode the input or set a UTF-8 locale") from None
         if size <= top:
             return prompt
-    raise RequestError(f"prompt is {size} bytes, over the limit of {top} (limits.max_prompt_bytes) "
-                       "(hint: send a shorter prompt: only its last tokens fit the model's context anyway)")
+    raise RequestError(f"prompt is {size} bytes, over the limit of {top} (limits.max_prompt_bytes)",
+                       hint="send a shorter prompt: only its last tokens fit the model's context anyway")
 
 
 def check_stop(stop: object, limits: ServingLimits) -> tuple[str, ...]:
@@ -103,14 +107,18 @@ def check_stop(stop: object, limits: ServingLimits) -> tuple[str, ...]:
         return ()
     stops = (stop,) if isinstance(stop, str) else stop
     if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops):
-        raise RequestError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+        raise RequestError(f"stop must be a string or a list of strings, got {type(stop).__name__}",
+                           hint='pass stop as one string or a list of strings, e.g. ["\\n", "."]')
     if len(stops) > limits.max_stop_strings:
         raise RequestError(f"{len(stops)} stop strings are over the limit of {limits.max_stop_strings} "
-                           "(limits.max_stop_strings)")
+                           "(limits.max_stop_strings)",
+                           hint=f"pass at most {limits.max_stop_strings}, or raise limits.max_stop_strings {SERVED}")
     for s in stops:
         if len(s) > limits.max_stop_chars:
             raise RequestError(f"a stop string of {len(s)} characters is over the limit of {limits.max_stop_chars} "
-                               "(limits.max_stop_chars)")
+                               "(limits.max_stop_chars)",
+                               hint=f"shorten it to {limits.max_stop_chars} characters, or raise limits.max_stop_chars "
+                                    f"{SERVED}")
     return tuple(s for s in stops if s)
 
 
@@ -118,7 +126,8 @@ def settle(req: RowRequest, defaults: dict, limits: ServingLimits) -> Settled:
     """Check one request against the limits and fill what it leaves out from `defaults` (lmforge.json
     `generation`, already validated). RequestError names the first problem."""
     if not isinstance(req, RowRequest):
-        raise RequestError(f"a request must be a lmforge.runtime.RowRequest, got {type(req).__name__}")
+        raise RequestError(f"a request must be a lmforge.runtime.RowRequest, got {type(req).__name__}",
+                           hint="build each request with lmforge.runtime.RowRequest(prompt, max_new_tokens=...)")
     prompt = check_prompt(req.prompt, limits)
 
     def pick(name: str, fallback):
@@ -135,5 +144,6 @@ def settle(req: RowRequest, defaults: dict, limits: ServingLimits) -> Settled:
                             repetition_penalty=pick("repetition_penalty", 1.0))
     seed = req.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**64):
-        raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}",
+                           hint="pass a whole number such as seed 42, or leave it out for a random draw")
     return Settled(prompt, n, params, check_stop(req.stop, limits), seed)

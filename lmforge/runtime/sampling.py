@@ -12,9 +12,9 @@ import numpy as np
 from lmforge.runtime.errors import RequestError
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
+def _check(name: str, value: object, ok: bool, valid: str, hint: str) -> None:
     if not ok:
-        raise RequestError(f"{name} must be {valid}, got {value!r}")
+        raise RequestError(f"{name} must be {valid}, got {value!r}", hint=hint)
 
 
 def _is_finite(value: object) -> bool:
@@ -32,12 +32,14 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         t, k, p, r = self.temperature, self.top_k, self.top_p, self.repetition_penalty
-        _check("temperature", t, _is_finite(t) and t >= 0, "a finite number >= 0 (0 = greedy)")
+        _check("temperature", t, _is_finite(t) and t >= 0, "a finite number >= 0 (0 = greedy)",
+               "pass e.g. temperature 0.8 to sample, or 0 for greedy decoding")
         _check("top_k", k, isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0,
-               "an int >= 0 (0 = off)")
-        _check("top_p", p, _is_finite(p) and 0 < p <= 1, "a number in (0, 1] (1 = off)")
+               "an int >= 0 (0 = off)", "pass a whole number such as top_k 40, or 0 to sample from every token")
+        _check("top_p", p, _is_finite(p) and 0 < p <= 1, "a number in (0, 1] (1 = off)",
+               "pass e.g. top_p 0.9, or 1 to turn nucleus sampling off")
         _check("repetition_penalty", r, _is_finite(r) and np.float32(r) > 0,  # > 0 still in float32
-               "a finite number > 0 (1 = off)")
+               "a finite number > 0 (1 = off)", "pass e.g. repetition_penalty 1.1, or 1 to turn it off")
 
 
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | Sequence[np.random.Generator],
@@ -52,11 +54,14 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     """
     x = np.asarray(logits, dtype=np.float32)
     if x.ndim != 2:
-        raise RequestError(f"logits must be 2-D [batch, vocab], got shape {x.shape}")
+        raise RequestError(f"logits must be 2-D [batch, vocab], got shape {x.shape}",
+                           hint="pass the last position's logits only, e.g. logits[:, -1, :] of a [batch, seq, vocab] "
+                                "output")
     if seen is not None and params.repetition_penalty != 1.0:
         seen, r = np.asarray(seen, dtype=bool), np.float32(params.repetition_penalty)
         if seen.shape != x.shape:
-            raise RequestError(f"seen must have the logits' shape {x.shape}, got {seen.shape}")
+            raise RequestError(f"seen must have the logits' shape {x.shape}, got {seen.shape}",
+                               hint="pass seen as a bool mask [batch, vocab] of the ids already in each row, or None")
         x = x.copy()  # the caller's logits are never modified
         hit = x[seen]  # masked indexing: ~7x faster than np.where over the full vocab
         x[seen] = np.where(hit > 0, hit / r, hit * r)

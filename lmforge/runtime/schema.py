@@ -8,7 +8,7 @@ from __future__ import annotations
 from numbers import Integral
 from typing import TYPE_CHECKING
 
-from lmforge.runtime.errors import ModelDirError, RequestError
+from lmforge.runtime.errors import TAMPERED, ModelDirError, RequestError
 from lmforge.runtime.lookahead import MAX_LOOKAHEAD
 from lmforge.runtime.sampling import SamplingParams
 
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
 
 def _fail(where: str, problem: str):
-    raise ModelDirError(f"{where}: {problem} (hint: re-export the model; a directory from an unknown source may "
-                        "have been tampered with)")
+    raise ModelDirError(f"{where}: {problem}", hint=TAMPERED)
 
 
 def _show(value: object) -> str:
@@ -113,7 +112,7 @@ def check_generation(g: dict, where: str) -> None:
     try:
         SamplingParams(**given)
     except RequestError as exc:
-        _fail(where, f"generation.{exc}")
+        _fail(where, f"generation.{exc.message}")
 
 
 def genai_paths(m: dict) -> list[str]:

@@ -22,7 +22,8 @@ def create_session(path: str, device: str = "auto", threads: int | None = None) 
     """Return (session, provider actually used). device: auto | cpu | cuda."""
     global _cuda_loads
     if device not in ("auto", "cpu", "cuda"):
-        raise RequestError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise RequestError(f"device must be auto, cpu or cuda, got {device!r}",
+                           hint="pass device 'auto' (CUDA when onnxruntime has it, else the CPU), 'cpu' or 'cuda'")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:

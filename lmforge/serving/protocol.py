@@ -91,12 +91,14 @@ PARAMS = {"max_new_tokens": "max_tokens", "prompt": "prompt", "stop": "stop", "t
 
 def refused(message: str) -> BadRequest:
     """The runtime's RequestError as a 400: its message names the limit or parameter; `param` is the request
-    field it is about (the runtime's max_new_tokens is the API's max_tokens)."""
-    head = message.split(" ", 2)
+    field it is about (the runtime's max_new_tokens is the API's max_tokens). The message keeps the runtime's
+    `(hint: ...)`, the fix, but only the problem before it decides `param` and `code`."""
+    problem = message.split(" (hint: ", 1)[0]
+    head = problem.split(" ", 2)
     word = next((w for w in head if w in PARAMS), None)
-    if word is None and "stop string" in message:
+    if word is None and "stop string" in problem:
         word = "stop"
-    return BadRequest(message, PARAMS.get(word), code="limit" if "limit" in message else None)
+    return BadRequest(message, PARAMS.get(word), code="limit" if "limit" in problem else None)
 
 
 def completion_id() -> str:

@@ -29,11 +29,14 @@ def check_model(model_dir: str | Path, variant: str, device: str, limits: dict |
 
     try:
         gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits)
-    except RequestError as exc:  # a flag above the model's own limit: flags may only lower them
-        raise LmforgeError(str(exc), hint="serving flags may only lower the model's limits (lmforge.json `limits`)"
+    except RequestError as exc:
+        if exc.message.startswith("limits."):  # a flag above the model's own limit: flags may only lower them
+            raise LmforgeError(exc.message, hint="serving flags may only lower the model's limits (lmforge.json "
+                                                 "`limits`)") from None
+        raise LmforgeError(exc.message, hint=exc.hint or "check the serve-model flags") from None
+    except RuntimeInputError as exc:  # the runtime's hint names the fix (re-export, the variant to use, ...)
+        raise LmforgeError(exc.message, hint=exc.hint or "pass an exported model directory or models:/NAME@ALIAS"
                            ) from None
-    except RuntimeInputError as exc:
-        raise LmforgeError(str(exc), hint="pass an exported model directory or models:/NAME@ALIAS") from None
     return {"name": str(gen.dir.manifest.get("name") or Path(model_dir).name), "provider": gen.provider,
             "family": gen.dir.model.get("family"), "tokenizer": gen.dir.manifest["tokenizer"].get("kind"),
             "context": None if gen.rnn else gen.block_size, "limits": dict(vars(gen.limits))}

@@ -87,14 +87,18 @@ def model_files(model_dir: str | Path) -> dict[str, Path]:
     path = Path(model_dir)
     if not path.is_dir():
         raise LmforgeError(f"{model_dir} is not a directory", hint="lmforge web artifacts/runs/<run>/model")
+    if not (path / MANIFEST).is_file():
+        raise LmforgeError(f"{model_dir} is not an lmforge model directory (no {MANIFEST})",
+                           hint="point `lmforge web` at a directory written by `lmforge run` (its model/) or "
+                                "lmforge.export.modeldir")
     try:
         md = read_model_dir(path)
         files = {MANIFEST: path.resolve() / MANIFEST, md.manifest["tokenizer"]["file"]: md.tokenizer_path}
         for variant in md.variants():
             files[md.manifest["files"][variant]] = md.onnx_path(variant)
-    except ModelDirError as exc:
-        raise LmforgeError(str(exc), hint="point `lmforge web` at a directory written by `lmforge run` or "
-                                          "lmforge.export.modeldir") from None
+    except ModelDirError as exc:  # the runtime's own hint names the fix (re-export, the file to put back)
+        raise LmforgeError(exc.message, hint=exc.hint or "point `lmforge web` at a directory written by `lmforge run` "
+                                                         "or lmforge.export.modeldir") from None
     return {f"/model/{name}": file for name, file in files.items()}
 
 
