@@ -205,3 +205,16 @@ def gpt2_tokenizer_files(bpe, directory: Path) -> None:
     (directory / "vocab.json").write_text(json.dumps({t: n for n, (_, t) in enumerate(tokens)}))
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+ERROR_LINE = r"error: .+ \(hint: .+\)"  # the project's one line for bad input: the problem, then the fix
+
+
+def assert_error_line(err: str) -> str:
+    """`err` (stderr, stripped) is exactly one `error: <problem> (hint: <fix>)` line with one hint (a wrapper
+    that adds its own to an error that already has one would double it); returns the line."""
+    import re
+
+    assert len(err.splitlines()) == 1 and re.fullmatch(ERROR_LINE, err), err
+    assert err.count("(hint: ") == 1, err
+    return err

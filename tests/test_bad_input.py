@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, restore_closed_log_streams
+from conftest import REPO, TINY, assert_error_line, restore_closed_log_streams
 from lmforge.cli import main
 from lmforge.core.errors import LmforgeError
 
@@ -66,7 +66,7 @@ def cli(capsys, *argv: str) -> tuple[int, str]:
 def one_line_error(rc: int, err: str, *needles: str) -> None:
     last = err.splitlines()[-1] if err else ""
     assert rc == 2, err
-    assert last.startswith("error: "), err
+    assert_error_line(last)  # `error: <problem> (hint: <fix>)`, one hint
     for n in needles:
         assert n in last, (n, last)
 
@@ -301,7 +301,7 @@ def test_corrupted_tokenizer_json(copy_of, capsys):
     d = copy_of()
     (d / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Wor')
     rc, err = cli(capsys, "generate", "--model", str(d))
-    one_line_error(rc, err, "cannot read tokenizer", "tokenizer.json")
+    one_line_error(rc, err, "cannot read tokenizer", "tokenizer.json", "copy the model directory again")
 
 
 def test_tokenizer_that_does_not_match_the_model(copy_of, capsys):
@@ -310,12 +310,39 @@ def test_tokenizer_that_does_not_match_the_model(copy_of, capsys):
     d = copy_of()
     train_char(["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789"]).save(str(d / "tokenizer.json"))
     rc, err = cli(capsys, "generate", "--model", str(d))
-    one_line_error(rc, err, "the tokenizer does not belong to this model")
+    one_line_error(rc, err, "the tokenizer does not belong to this model", "put back the tokenizer.json")
 
 
 def test_missing_model_directory(capsys, tmp_path):
     rc, err = cli(capsys, "generate", "--model", str(tmp_path / "nothing"))
-    one_line_error(rc, err, "is not an lmforge model directory")
+    one_line_error(rc, err, "is not an lmforge model directory", "models:/NAME@ALIAS")
+
+
+def test_runtime_errors_read_like_lmforge_errors():
+    """The torch-free runtime's errors have LmforgeError's shape without importing it: message, hint, one line;
+    still ValueErrors; the hint survives a pickle (LitServe's worker processes hand errors back)."""
+    import pickle
+
+    from lmforge.runtime import ModelDirError, RequestError, RuntimeInputError
+
+    e = RequestError("top_p must be a number in (0, 1], got 2", hint="pass e.g. top_p 0.9")
+    assert (e.message, e.hint, str(e)) == ("top_p must be a number in (0, 1], got 2", "pass e.g. top_p 0.9",
+                                           "top_p must be a number in (0, 1], got 2 (hint: pass e.g. top_p 0.9)")
+    assert str(LmforgeError(e.message, hint=e.hint)) == str(e)
+    assert isinstance(e, RuntimeInputError) and isinstance(e, ValueError)
+    back = pickle.loads(pickle.dumps(ModelDirError("x is empty", hint="re-export")))
+    assert type(back) is ModelDirError and (back.message, back.hint) == ("x is empty", "re-export")
+    assert str(RuntimeInputError("no hint")) == "no hint"
+
+
+@pytest.mark.parametrize("argv, problem, fix", [
+    (["--temperature", "-1"], "temperature must be a finite number >= 0", "0 for greedy decoding"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0", "pass max_new_tokens from 1 to"),
+    (["--variant", "int4", "--max-new-tokens", "2"], "has no 'int4' model", "--set export.int4=true"),
+])
+def test_bad_requests_through_generate_name_the_fix(model_dir, capsys, argv, problem, fix):
+    rc, err = cli(capsys, "generate", "--model", str(model_dir), "--prompt", "why", *argv)
+    one_line_error(rc, err, problem, fix)
 
 
 # -- a full disk (a 64 KiB tmpfs; needs root) ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import BEATS_UNIFORM, REPO, TINY, uniform_loss
+from conftest import BEATS_UNIFORM, REPO, TINY, assert_error_line, uniform_loss
 from test_bad_input import restore_log_streams  # noqa: F401 (autouse fixture)
 
 from lmforge.cli import build_parser, main
@@ -98,5 +98,5 @@ def test_report_of_an_unknown_run_is_one_line(prefect_server, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", "0123456789abcdef", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no lmforge run id starts with '0123456789abcdef'") and len(err.splitlines()) == 1
+    assert err.startswith("error: no lmforge run id starts with '0123456789abcdef'") and assert_error_line(err)
     assert not out.exists()

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_random_gpt
+from conftest import assert_error_line, tiny_random_gpt
 
 from lmforge.core.config import ExportConfig, TrainConfig
 from lmforge.data.tokenize import train_char
@@ -290,4 +290,4 @@ def test_cli_generate_takes_lookahead(reciter, capsys):
     assert texts[0] == texts[1] and len(texts[0]) == 80
     assert main(["generate", "--model", str(reciter), "--prompt", "a", "--lookahead", "99"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: lookahead must be an integer") and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: lookahead must be an integer") and assert_error_line(err) and "0 to turn" in err
