@@ -187,7 +187,7 @@ class BatchSession:
             raise RequestError(f"this batch's cache holds {self.capacity} positions, fewer than the prompt's "
                                f"{len(ids)} + max_new_tokens {req.max_new_tokens}",
                                hint=f"ask for at most {max(self.capacity - len(ids), 0)} new tokens, or make the "
-                                    f"BatchSession with a larger capacity (up to the model's {self.gen.block_size})")
+                                    f"BatchSession with a larger capacity, up to the model's {self.gen.block_size}")
         with self._lock:
             row = Row(next(self._ids), req, ids, self.gen)
             self.queue.append(row)

@@ -7,7 +7,7 @@ lmforge.core.errors.LmforgeError, which the runtime does not import (it stays to
 from __future__ import annotations
 
 # the fix for a damaged or foreign model directory, shared by the hints that name it
-REEXPORT = "re-export the model (`lmforge run` writes a fresh model/ directory)"
+REEXPORT = "re-export the model with `lmforge run`"
 TAMPERED = f"{REEXPORT}; a directory from an unknown source may have been tampered with"
 
 

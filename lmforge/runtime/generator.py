@@ -56,13 +56,13 @@ class Generator:
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)
         if variant.startswith("genai"):  # lmforge.export.genai's graphs read batch rows as right-padded
             raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph, which lmforge does not run", hint=f"load "
-                                f"{self.dir.path} with onnxruntime_genai.Model, or use variant='fp32' (or 'int8')")
+                                f"{self.dir.path} with onnxruntime_genai.Model, or use variant='fp32' or 'int8'")
         fast_variant = FAST_VARIANTS.get(variant)
         has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
         self.fast = has_fast if fast is None else bool(fast)
         if self.fast and not has_fast:
             raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}", hint="pass fast=False "
-                                "(the portable graph), or re-export a gpt model with `lmforge run` (only gpt has one)")
+                                "(the portable graph), or re-export a gpt model with `lmforge run`: only gpt has one")
         self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
         if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
                 and variant in self.dir.variants()):

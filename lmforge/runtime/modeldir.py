@@ -137,13 +137,15 @@ def read_model_dir(directory: str | Path) -> ModelDir:
     path = Path(directory)
     if not (path / MANIFEST).is_file():
         raise ModelDirError(f"{path} is not an lmforge model directory (no {MANIFEST})",
-                            hint="pass a run's model/ directory (artifacts/runs/<run>/model) or models:/NAME@ALIAS")
+                            hint="pass a run's model/ directory, e.g. artifacts/runs/<run>/model, or "
+                                 "models:/NAME@ALIAS")
     manifest = _load_manifest(path / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelDirError(f"{path / MANIFEST} has format {str(manifest.get('format'))[:40]!r} version "
                             f"{str(manifest.get('format_version'))[:20]!r}; "
                             f"this runtime reads {FORMAT} v{FORMAT_VERSION}",
-                            hint=f"{REEXPORT} with this lmforge version, or install the lmforge that wrote it")
+                            hint="re-export the model with this lmforge (`lmforge run`), or install the lmforge "
+                                 "that wrote it")
     for key in ("model", "io", "tokens", "tokenizer", "files"):
         if key not in manifest:
             raise ModelDirError(f"{path / MANIFEST} lacks the {key!r} section", hint=TAMPERED)

@@ -12,7 +12,7 @@ from lmforge.runtime.errors import RequestError
 from lmforge.runtime.limits import ServingLimits
 from lmforge.runtime.sampling import SamplingParams
 
-SERVED = "where the model is served (lmforge.json `limits`)"  # who may raise a limit: the model's owner
+SERVED = "where the model is served: lmforge.json `limits`, or the app's own lower limit"  # who may raise one
 
 # EOS or a stop string; max_new_tokens; limits.deadline_s; BatchSession.cancel
 FINISH_REASONS = ("stop", "length", "deadline", "cancelled")
@@ -85,7 +85,7 @@ def check_prompt(prompt: object, limits: ServingLimits) -> str:
     """The prompt as valid UTF-8 text within limits.max_prompt_bytes, measured before anything tokenises it."""
     if not isinstance(prompt, str):
         raise RequestError(f"prompt must be a string, got {type(prompt).__name__}",
-                           hint="pass the prompt as text (a str; decode bytes as UTF-8 first)")
+                           hint="pass the prompt as a str; decode bytes as UTF-8 first")
     top = limits.max_prompt_bytes
     if len(prompt) > top:  # each character is at least one byte: over without encoding a huge prompt
         size = f"over {top}"

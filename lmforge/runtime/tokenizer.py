@@ -23,8 +23,8 @@ def guarded(fn, *args, what: str = "the tokenizer", **kwargs):
     except BaseException as exc:  # noqa: BLE001 - PanicException derives from BaseException, not Exception
         first = (str(exc).splitlines() or [""])[0][:160]
         raise ModelDirError(f"{what} failed ({type(exc).__name__}: {first})",
-                            hint="re-export the model (`lmforge run`); its tokenizer.json may have been tampered "
-                                 "with") from None
+                            hint="re-export the model with `lmforge run`; its tokenizer.json may have been "
+                                 "tampered with") from None
 
 
 class SafeTokenizer:
@@ -50,18 +50,19 @@ def load_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
     except BaseException as exc:  # noqa: BLE001 - malformed JSON is a plain Exception; a panic a BaseException
         raise ModelDirError(f"cannot read tokenizer {path}: {(str(exc).splitlines() or [''])[0][:160]}",
                             hint=f"{path.name} must be a Hugging Face `tokenizers` JSON file: copy the model "
-                                 "directory again, or re-export it (`lmforge run`)") from None
+                                 "directory again, or re-export it with `lmforge run`") from None
     ids = guarded(tok.get_vocab, with_added_tokens=True, what=f"reading {path.name}").values()
     top = max(ids, default=-1)
     if top >= vocab_size or tok.get_vocab_size() > vocab_size:
         raise ModelDirError(f"tokenizer has {max(tok.get_vocab_size(), top + 1)} tokens but the model only "
                             f"{vocab_size}: the tokenizer does not belong to this model",
-                            hint=f"put back the {path.name} exported with this model (`lmforge run` writes both into "
-                                 "one model/ directory)")
+                            hint=f"put back the {path.name} exported with this model: `lmforge run` writes both into "
+                                 "one model/ directory")
     safe = SafeTokenizer(tok, path.name)
     probe = safe.encode(PROBE, add_special_tokens=False).ids
     if any(not 0 <= i < vocab_size for i in probe):
         raise ModelDirError(f"tokenizer {path} gives ids outside the model's vocabulary of {vocab_size}",
-                            hint=f"put back the {path.name} exported with this model, or re-export it (`lmforge run`)")
+                            hint=f"put back the {path.name} exported with this model, or re-export it with "
+                                 "`lmforge run`")
     safe.decode(probe)
     return tok
