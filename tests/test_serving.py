@@ -150,6 +150,7 @@ def test_served_bad_params_are_a_400_naming_the_parameter(server):
     server, _ = server
     status, out = post(server, {"dataframe_records": [{"prompt": "Why"}], "params": {"top_p": 2.0}})
     assert status == 400 and "top_p must be a number in (0, 1]" in out["message"]
+    assert out["message"].count("(hint: ") == 1 and "top_p 0.9" in out["message"]  # the runtime's fix, once
     status, out = post(server, {"dataframe_records": [{"prompt": "Why"}], "params": {"max_new_tokens": "many"}})
     assert status == 400 and "max_new_tokens" in out["message"]
 
