@@ -608,9 +608,10 @@ def main(argv: list[str] | None = None) -> int:
               "LMFORGE_ARTIFACTS at a larger disk)", file=sys.stderr)
         return 2
     except ValueError as exc:
-        if args.command != "generate":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+        runtime = sys.modules.get("lmforge.runtime.errors")  # loaded whenever the runtime raised one of its errors
+        if args.command != "generate" and not (runtime and isinstance(exc, runtime.RuntimeInputError)):
+            raise  # a bug, not bad input: the traceback says where
+        print(f"error: {exc}", file=sys.stderr)  # a RuntimeInputError names its fix: `<problem> (hint: <fix>)`
         return 2
 
 

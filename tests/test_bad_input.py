@@ -345,6 +345,20 @@ def test_bad_requests_through_generate_name_the_fix(model_dir, capsys, argv, pro
     one_line_error(rc, err, problem, fix)
 
 
+def test_a_runtime_error_under_any_command_is_one_line(monkeypatch, capsys, tmp_path):
+    """`lmforge promote` and the evaluation load model directories with the runtime too: its errors are bad input
+    (one line with the fix, exit 2) under every command, not only `generate`; any other ValueError stays a bug."""
+    import lmforge.cli as cli_module
+    from lmforge.runtime import read_model_dir
+
+    monkeypatch.setattr(cli_module, "cmd_presets", lambda args: read_model_dir(tmp_path))  # as promote() does
+    rc, err = cli(capsys, "presets")
+    one_line_error(rc, err, "is not an lmforge model directory", "models:/NAME@ALIAS")
+    monkeypatch.setattr(cli_module, "cmd_presets", lambda args: int("many"))
+    with pytest.raises(ValueError, match="many"):
+        main(["presets"])
+
+
 # -- a full disk (a 64 KiB tmpfs; needs root) ----------------------------------------------------------------------
 @pytest.fixture
 def tiny_disk(tmp_path):
