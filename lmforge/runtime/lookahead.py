@@ -27,8 +27,9 @@ MAX_WAIT = 16  # steps a row at most waits to draft again after drafts the graph
 
 
 class Lookup:
-    """One row's drafting state: its n-gram index, its current draft length (adapted: two more after a draft the
-    graph took whole, one less after a partial one, one after a miss), and its counts (runtime.batch reports them)."""
+    """One row's drafting state: its n-gram index and its current draft length (adapted: two more after a draft the
+    graph took whole, one less after a partial one, one after a miss). The session counts drafts for all rows
+    (BatchSession.stats)."""
 
     def __init__(self, k_max: int):
         self.k_max = self.k = k_max
@@ -36,8 +37,6 @@ class Lookup:
         self.indexed = 0  # the n-grams ending at tokens[:indexed] are in the index
         self.wait = 0  # steps left before the next draft (after misses)
         self.misses = 0  # drafts in a row the graph rejected from the first token
-        self.drafted = 0  # draft tokens checked
-        self.accepted = 0  # draft tokens the graph agreed with
 
     def draft(self, tokens: list[int], room: int) -> list[int]:
         """At most min(k, room) tokens that followed the latest earlier occurrence of the context's last n tokens
@@ -64,8 +63,6 @@ class Lookup:
 
     def checked(self, drafted: int, accepted: int) -> None:
         """After a verifying call: `accepted` of `drafted` draft tokens were the graph's own choices."""
-        self.drafted += drafted
-        self.accepted += accepted
         if accepted == drafted:  # (as transformers adapts its assistant's draft length)
             self.k, self.misses = min(self.k_max, self.k + 2), 0
         elif accepted:
