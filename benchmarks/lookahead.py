@@ -9,7 +9,9 @@ it, once with lookahead=0 and once with each --lookahead value, per --variants (
 (variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the method of
 benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one). Also, per
 exported variant, how far one verifying call of 9 tokens puts the logits from one call per token (and from the same
-call with other tokens after them): the reason only fp32 speculates. Per row: tokens/s (median over rounds, all
+call with other tokens after them, and when the row steps beside another row in a batch): the reason only fp32
+speculates, and how far a batch's other rows move a row's logits in each variant; on the trained model and on the
+decode benchmark's reference model (6 x 384, random init). Per row: tokens/s (median over rounds, all
 prompts of a round timed together), the ratio to lookahead 0 of the same variant (per round; median and min-max),
 graph calls per token, draft tokens taken per verifying call and the share of draft tokens taken, and whether the
 text equals lookahead 0's (it must: greedy_same). Then the worst case, the same rounds on a random model of the
@@ -105,8 +107,8 @@ def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dic
             gen = Generator(model_dir, variant=variant, lookahead=0)
         except ValueError:  # not exported
             continue
-        gap = junk_gap = 0.0
-        for prompt in prompts:
+        gap = junk_gap = pair_gap = 0.0
+        for i, prompt in enumerate(prompts):
             ids = gen.encode(prompt)[-(gen.block_size - width - 4):]
             dec = gen.decoder(1, gen.block_size)
             tokens, stepped = [int(dec.prefill_slot(0, ids).argmax())], []
@@ -119,10 +121,34 @@ def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dic
             junk = dec.extend(0, tokens[:width - 3] + [3, 5, 7]).copy()
             gap = max(gap, float(np.abs(extended - np.array(stepped)).max()))
             junk_gap = max(junk_gap, float(np.abs(junk[:width - 3] - extended[:width - 3]).max()))
+            # the same row stepped beside another prompt's row, both greedy: what a batch neighbour changes
+            pair = gen.decoder(2, gen.block_size)
+            other = gen.encode(prompts[(i + 1) % len(prompts)])[-(gen.block_size - width - 4):]
+            nxt = np.array([tokens[0], int(pair.prefill_slot(1, other).argmax())])
+            pair.prefill_slot(0, ids)
+            for j in range(width):
+                both = pair.step(nxt)
+                pair_gap = max(pair_gap, float(np.abs(both[0] - stepped[j]).max()))
+                nxt = np.array([tokens[j + 1], int(both[1].argmax())])
         out.append({"variant": variant, "speculates": Generator(model_dir, variant=variant).speculates,
                     "max_logit_gap_vs_one_call_per_token": f"{gap:.2e}",
-                    "max_logit_gap_from_other_tokens_in_the_call": f"{junk_gap:.2e}"})
+                    "max_logit_gap_from_other_tokens_in_the_call": f"{junk_gap:.2e}",
+                    "max_logit_gap_from_a_batch_neighbour": f"{pair_gap:.2e}"})
     return out
+
+
+def reference_model(work: Path) -> tuple[Path, list[str]]:
+    """The decode benchmark's reference model itself (its shape, seed 0, random init), every variant exported, with
+    4 random 16-character prompts: the gaps of verify_gaps at the width (384) the decode benchmark runs."""
+    import torch
+
+    from decode import SHAPE, export_reference
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    out = export_reference(GPT(GPTConfig(**SHAPE)).eval(), work)
+    rng = np.random.default_rng(1)
+    return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
 
 
 def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
@@ -160,9 +186,16 @@ def markdown(report: dict) -> str:
     gaps = report.get("verify_gaps") or []
     if gaps:
         keys = list(gaps[0])
-        out += ["", "One verifying call of 9 tokens against one call per token, same prompts:", "",
+        out += ["", "One verifying call of 9 tokens against one call per token; the same call with its last 3 tokens "
+                "changed; the row stepped beside another prompt's row (same prompts):", "",
                 "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
                 *("| " + " | ".join(str(g[k]) for k in keys) + " |" for g in gaps)]
+    ref = report.get("reference_gaps") or []
+    if ref:
+        keys = list(ref[0])
+        out += ["", "The same gaps on the decode benchmark's reference model (6 x 384, random init, every variant):", "",
+                "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
+                *("| " + " | ".join(str(g[k]) for k in keys) + " |" for g in ref)]
     return "\n".join(out)
 
 
@@ -194,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                   "new_tokens": args.new_tokens, "rounds": args.rounds,
                   **measure(out, args)}
         report["verify_gaps"] = verify_gaps(out, report["prompts"])
+        (Path(work) / "reference").mkdir()
+        report["reference_gaps"] = verify_gaps(*reference_model(Path(work) / "reference"))
         if not args.no_varied:
             (Path(work) / "varied").mkdir()
             varied, prompts = varied_model(Path(work) / "varied")

@@ -15,8 +15,11 @@ they end. Every step reads top to bottom:
     3. sample   one call for every row (runtime.sampling.sample_rows; each row its own parameters and RNG)
     4. advance  each row: EOS, text, stop strings, max_new_tokens, deadline -> RowEvents; ended rows leave
 
-Because a row is prefilled alone and the graphs keep each row to its own sequence length (or mask), and its
-tokens are drawn from its own RNG, a row's text is exactly what it gets decoded alone.
+Because a row is prefilled alone and the graphs keep each row to its own sequence length (or mask), and its tokens
+are drawn from its own RNG, a row's text is exactly what it gets decoded alone: on the fp32 graphs
+(tests/test_batch.py). The int8 and int4 graphs' CPU kernels quantise a call's rows together (int8: one activation
+scale per call; int4: rows in pairs), so there the rows beside a row move its logits by ~1e-2
+(benchmarks/lookahead.py), and a near tie can decode differently in a batch than alone.
 
 A step costs a few microseconds of Python per row on top of the graph (`lmforge bench decode --loop-cost`), since
 each stage does only what can matter: on the fast graph the logits are read where the graph wrote them (the

@@ -14,11 +14,12 @@ MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
 # the variants whose verifying call gives each position the logits of one call per token to float32 rounding (~1e-6;
 # tests/test_lookahead.py), so that greedy tokens are the same but on an exact tie. Not int8: its
 # DynamicQuantizeMatMul quantises a call's activations with ONE scale for the whole tensor, so the other tokens of
-# the call change every position's logits (by ~5e-2 on a small trained model). Not fp16 and int4: the other tokens
-# of a call change nothing there (fp16 MatMul, and MatMulNBits quantising activations per row block), but their
-# kernels for one token and for several tokens round differently: up to ~1.5e-3 (fp16) and now and then an int8
-# activation step (int4, up to ~2e-2) on a small trained model, enough to flip a near tie (benchmarks/lookahead.py
-# measures it per variant on trained shakespeare-char).
+# the call change every position's logits (by ~5e-2 on a small trained model). Not int4: onnxruntime's CPU
+# MatMulNBits kernel (accuracy level 4) takes a call's rows in pairs and a row left alone by another path, so a
+# token's logits depend on which token shares its pair (up to ~2.5e-2 on the decode benchmark's 384-wide model;
+# ~5e-6 at 128 wide, where a row is one block). Not fp16: its kernels for one token and for several round apart
+# (up to ~1.5e-3). `python benchmarks/lookahead.py` measures each gap per variant, and what a batch neighbour
+# changes (the same mechanisms: int8 and int4 rows are not independent of the rows beside them; docs/decode.md).
 EXACT_VARIANTS = ("fp32",)
 MAX_NGRAM = 3  # the longest suffix looked up first
 MIN_NGRAM = 2  # the shortest: a single token repeats too often to predict what follows it
@@ -26,8 +27,9 @@ MAX_WAIT = 16  # steps a row at most waits to draft again after drafts the graph
 
 
 class Lookup:
-    """One row's drafting state: its n-gram index, its current draft length (adapted: two more after a draft the
-    graph took whole, one less after a partial one, one after a miss), and its counts (runtime.batch reports them)."""
+    """One row's drafting state: its n-gram index and its current draft length (adapted: two more after a draft the
+    graph took whole, one less after a partial one, one after a miss). The session counts drafts for all rows
+    (BatchSession.stats)."""
 
     def __init__(self, k_max: int):
         self.k_max = self.k = k_max
@@ -35,8 +37,6 @@ class Lookup:
         self.indexed = 0  # the n-grams ending at tokens[:indexed] are in the index
         self.wait = 0  # steps left before the next draft (after misses)
         self.misses = 0  # drafts in a row the graph rejected from the first token
-        self.drafted = 0  # draft tokens checked
-        self.accepted = 0  # draft tokens the graph agreed with
 
     def draft(self, tokens: list[int], room: int) -> list[int]:
         """At most min(k, room) tokens that followed the latest earlier occurrence of the context's last n tokens
@@ -63,8 +63,6 @@ class Lookup:
 
     def checked(self, drafted: int, accepted: int) -> None:
         """After a verifying call: `accepted` of `drafted` draft tokens were the graph's own choices."""
-        self.drafted += drafted
-        self.accepted += accepted
         if accepted == drafted:  # (as transformers adapts its assistant's draft length)
             self.k, self.misses = min(self.k_max, self.k + 2), 0
         elif accepted:
