@@ -16,6 +16,7 @@ carries `lr_scale`: its lr is the schedule's times that)."""
 from __future__ import annotations
 
 import torch
+from torch.optim.adamw import adamw
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's (a, b, c): Muon's, torch.optim.Muon's defaults
 
@@ -83,22 +84,15 @@ class MuonAdamW(torch.optim.Optimizer):
                 p.add_(o if p.shape[0] <= p.shape[1] else o.T, alpha=-lr * scale)
 
     def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
-        (b1, b2), eps, lr, wd = group["betas"], group["eps"], group["lr"], group["weight_decay"]
+        """torch's own AdamW step (torch.optim.adamw.adamw, the function torch.optim.AdamW runs) on the group."""
         states = [self.state[p] for p in params]
         for p, s in zip(params, states):
-            if not s:
-                s["step"], s["exp_avg"], s["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-            s["step"] += 1
-        t = states[0]["step"]  # every parameter of a group steps together
-        m, v, grads = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [p.grad for p in params]
-        torch._foreach_lerp_(m, grads, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
-        torch._foreach_mul_(params, 1.0 - lr * wd)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - b1 ** t))
+            if not s:  # the state torch.optim.AdamW keeps, so a checkpoint reads the same
+                s["step"], s["exp_avg"], s["exp_avg_sq"] = torch.tensor(0.0), torch.zeros_like(p), torch.zeros_like(p)
+        b1, b2 = group["betas"]
+        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+              [s["step"] for s in states], foreach=True, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
+              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
 
 def make(model: torch.nn.Module, *, lr: float, muon_lr: float, weight_decay: float, beta2: float) -> MuonAdamW:
