@@ -122,10 +122,10 @@ def _load_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, star
         raise LmforgeError(f"train.init_optimizer: {start.source} has no optimizer state on this machine",
                            hint="--set train.init_optimizer=false (weights only)")
     blob = torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu")["optimizer"]
-    if [len(g["params"]) for g in blob["param_groups"]] != [len(g["params"]) for g in optimizer.param_groups]:
+    theirs, mine = ([len(g["params"]) for g in groups] for groups in (blob["param_groups"], optimizer.param_groups))
+    if theirs != mine:
         raise LmforgeError(f"train.init_optimizer: {start.source} was trained with another optimizer (its groups: "
-                           f"{[len(g['params']) for g in blob['param_groups']]} parameters, this run's: "
-                           f"{[len(g['params']) for g in optimizer.param_groups]})",
+                           f"{theirs} parameters, this run's: {mine})",
                            hint="--set train.init_optimizer=false (weights only), or the parent's train.optimizer")
     ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     params = dict(model.named_parameters())
