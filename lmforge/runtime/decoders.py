@@ -59,17 +59,6 @@ class Slots:
         """Run whole rows from an empty state, one per slot; the last real logits [B, V]."""
         return np.stack([self.prefill_slot(i, r) for i, r in enumerate(rows)])
 
-    def _slot_binding(self, slot: int):
-        """A new binding whose caches are `slot`'s part of the shared buffers, [1, H, capacity, D] each, bound by
-        pointer as both past and present (what prefill_slot and extend run a single row through)."""
-        binding = self.gen.session.io_binding()
-        shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
-        for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
-            ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
-            binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
-            binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
-        return binding
-
     def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
         raise NotImplementedError
 
@@ -170,6 +159,17 @@ class KVBuffers(Slots):
         out = self._run_whole(self.binding, ids, self.lengths)
         self._bind(self.binding, self.values)  # back to the step buffers
         return out[np.arange(B), self.lengths - 1]
+
+    def _slot_binding(self, slot: int):
+        """A new binding whose caches are `slot`'s part of the shared buffers, [1, H, capacity, D] each, bound by
+        pointer as both past and present (what prefill_slot and extend run a single row through)."""
+        binding = self.gen.session.io_binding()
+        shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
+        for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
+            ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
+            binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
+            binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
+        return binding
 
     def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
         """Run one row into `slot` alone, from position 0; its last logits [V]. The other slots keep theirs."""
