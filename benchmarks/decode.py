@@ -94,6 +94,13 @@ def _own() -> float:
     return t.user + t.system
 
 
+def md_table(rows: list[dict], keys: list[str] | None = None, fmt=lambda key, value: str(value)) -> list[str]:
+    """A markdown table of `rows` (dicts), one column per key (default: the first row's), each cell fmt(key, value)."""
+    keys = keys or list(rows[0])
+    return ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
+            *("| " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows)]
+
+
 def load_text(load: dict) -> str:
     bg = f", others used {100 * load['background_cpu']:.0f}% of the CPUs" if "background_cpu" in load else ""
     return f"load {load['loadavg_start']}-{load['loadavg_end']}{bg}"

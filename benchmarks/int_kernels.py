@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, load_text, write_report  # noqa: E402
+from decode import SHAPE, LoadMeter, load_text, md_table, write_report  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 5, 6, 8, 16)
 CALL_TOKENS = (1, 2, 3, 5)
@@ -93,15 +93,11 @@ def measure(path: Path, threads: int, rounds: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    rows = report["rows"]
-    keys = [k for k in rows[0] if k != "graph"]
-    def fmt(k, v):
-        return f"{v:.2e}" if k.startswith("gap") else str(v)
+    def fmt(key: str, value) -> str:
+        return f"{value:.2e}" if key.startswith("gap") else str(value)
     return "\n".join([f"`python benchmarks/int_kernels.py {' '.join(report['argv'])}` ({report['time']}); the decode "
                       f"benchmark's reference model, batch 1, {report['threads']} threads, {report['rounds']} rounds; "
-                      f"{load_text(report['load'])}.", "",
-                      "| graph | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1),
-                      *("| " + r["graph"] + " | " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows)])
+                      f"{load_text(report['load'])}.", "", *md_table(report["rows"], fmt=fmt)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import CORPORA, LoadMeter, load_text, train_shakespeare, write_report  # noqa: E402
+from decode import CORPORA, LoadMeter, load_text, md_table, train_shakespeare, write_report  # noqa: E402
 
 KEYS = ["variant", "lookahead", "tokens_per_s", "ratio_vs_off", "ratio_min_max", "calls_per_token",
         "accepted_per_verify_call", "draft_acceptance", "greedy_same"]
@@ -175,27 +175,18 @@ def markdown(report: dict) -> str:
     out = [f"`python benchmarks/lookahead.py {' '.join(report['argv'])}` ({report['time']}); shakespeare-char "
            f"trained {report['train_steps']} steps (best val loss {report['best_val_loss']}); {report['prompts']} "
            f"val prompts x {report['new_tokens']} greedy tokens, batch 1, {report['rounds']} rounds; "
-           f"{load_text(report['load'])}.", "",
-           "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS)]
-    out += ["| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["rows"]]
+           f"{load_text(report['load'])}.", "", *md_table(report["rows"], KEYS)]
     if report.get("varied"):
         out += ["", "The worst case: a random model of the reference shape whose greedy output varies (drafts rare and "
                 f"mostly rejected), the same rounds; {load_text(report['varied']['load'])}:", "",
-                "| " + " | ".join(KEYS) + " |", "|" + " --- |" * len(KEYS),
-                *("| " + " | ".join(str(r[k]) for k in KEYS) + " |" for r in report["varied"]["rows"])]
-    gaps = report.get("verify_gaps") or []
-    if gaps:
-        keys = list(gaps[0])
+                *md_table(report["varied"]["rows"], KEYS)]
+    if report.get("verify_gaps"):
         out += ["", "One verifying call of 9 tokens against one call per token; the same call with its last 3 tokens "
                 "changed; the row stepped beside another prompt's row (same prompts):", "",
-                "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
-                *("| " + " | ".join(str(g[k]) for k in keys) + " |" for g in gaps)]
-    ref = report.get("reference_gaps") or []
-    if ref:
-        keys = list(ref[0])
+                *md_table(report["verify_gaps"])]
+    if report.get("reference_gaps"):
         out += ["", "The same gaps on the decode benchmark's reference model (6 x 384, random init, every variant):", "",
-                "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
-                *("| " + " | ".join(str(g[k]) for k in keys) + " |" for g in ref)]
+                *md_table(report["reference_gaps"])]
     return "\n".join(out)
 
 
