@@ -90,6 +90,33 @@ def test_int4_graph_is_matmulnbits_and_the_int4_variant_runs_it(exported):
     assert len(gen.generate("ROMEO:", max_new_tokens=40, temperature=0)) == 40  # char model: a char a token
 
 
+def test_int8_kernel_blocks_by_default_or_dynamic(trained, exported):
+    """export.int8_kernel: "blocks" (the default) writes the fast int8 graph as MatMulNBits with 8-bit blocks of 128
+    and lists it in io.fast.rows_in_pairs (its greedy rows speculate); "dynamic" writes onnxruntime's quantize_dynamic
+    (DynamicQuantizeMatMul once loaded), which never speculates; both pass the verification, blocks closer to fp32."""
+    out, metrics = exported
+
+    def int8_ops(directory):
+        nodes = onnx.load(str(directory / "model.fast.int8.onnx")).graph.node
+        return {n.op_type for n in nodes}, {a.i for n in nodes for a in n.attribute if a.name == "bits"}
+    manifest = json.loads((out / "lmforge.json").read_text())
+    ops, bits = int8_ops(out)
+    assert "MatMulNBits" in ops and "MatMul" not in ops and bits == {8}
+    assert manifest["io"]["fast"]["rows_in_pairs"] == ["int8", "int4"]
+    assert Generator(out, variant="int8").speculates
+    root, model, val, _ = trained
+    dyn, dmetrics = export_model_dir(model, root / "tokenizer.json", root / "model-dynamic", MANIFEST,
+                                     ExportConfig(optimize=False, int8_kernel="dynamic"), val=val)
+    ops, bits = int8_ops(dyn)  # (quantize_dynamic's MatMulInteger, fused to DynamicQuantizeMatMul at load)
+    assert "MatMulInteger" in ops and "MatMulNBits" not in ops and not bits
+    assert json.loads((dyn / "lmforge.json").read_text())["io"]["fast"]["rows_in_pairs"] == []
+    gen = Generator(dyn, variant="int8")
+    assert not gen.speculates and gen.lookahead == 0
+    e = ExportConfig()
+    assert dmetrics["verify_fast_int8_agreement"] >= e.min_int8_agreement
+    assert metrics["verify_fast_int8_agreement"] >= dmetrics["verify_fast_int8_agreement"]  # blocks: finer scales
+
+
 def test_fp16_fast_graph_has_half_kv_buffers_and_runs_on_cpu(exported):
     out, _ = exported
     proto = onnx.load(str(out / "model.fast.fp16.onnx"))
@@ -103,10 +130,10 @@ def test_fp16_fast_graph_has_half_kv_buffers_and_runs_on_cpu(exported):
 
 
 def _negate_lm_head_scale(directory):
-    """Flip the sign of one number in model.fast.int8.onnx: the quantised head's scale."""
+    """Flip the sign of the quantised head's block scales in model.fast.int8.onnx (MatMulNBits)."""
     path = directory / "model.fast.int8.onnx"
     proto = onnx.load(str(path))
-    t = next(t for t in proto.graph.initializer if t.name == "lm_head_t_scale")
+    t = next(t for t in proto.graph.initializer if t.name == "lm_head_t_scales")
     t.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(t), t.name))
     onnx.save(proto, str(path))
 

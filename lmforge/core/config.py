@@ -138,6 +138,9 @@ class ExportConfig:
     parity_tolerance: float = 1e-3
     int4: bool = False               # model.fast.int4.onnx: block-wise 4-bit weights (MatMulNBits), gpt only; opt-in:
                                      # on a barely trained model 4-bit rounding flips near-tied choices past min_int4_agreement
+    int8_kernel: str = "blocks"      # model.fast.int8.onnx: "blocks" (MatMulNBits, 8-bit blocks of 128: greedy rows
+                                     # speculate exactly at batch 1) or "dynamic" (DynamicQuantizeMatMul: ~1.25x the
+                                     # tokens/s at batch 8, never speculates; docs/decode.md)
     # Checked at export through lmforge.runtime's own decoding state (docs/decode.md "Verification"); an export
     # past a bound fails. fp32 graphs against torch:
     max_abs_logit_diff: float = 1e-3
@@ -214,6 +217,7 @@ CHOICES = {
     "train.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.optimizer": ("adamw", "muon"),
     "export.gguf": ("f16", "f32", "q8_0", "none"),
+    "export.int8_kernel": ("blocks", "dynamic"),
 }
 
 

@@ -1,9 +1,10 @@
 """The fast decoding graph of a GPT, built node by node with onnx.helper from the trained weights (no tracing):
 embeddings Gather, com.microsoft SkipLayerNormalization (residual add + LayerNorm in one op; the first one also
 adds the token and position embeddings), MatMul(+Add), com.microsoft GroupQueryAttention over a fixed-size KV
-cache shared between past and present (written in place), FastGelu, tied head: 52 nodes for 6 layers. The int4
-graph's MatMuls are com.microsoft.MatMulNBits (BlockQuant). No greedy ArgMax in the graph: onnxruntime's is
-slower than numpy's on the bound logits (benchmarks/decode_options.py).
+cache shared between past and present (written in place), FastGelu, tied head: 52 nodes for 6 layers. The int8
+and int4 graphs' MatMuls are com.microsoft.MatMulNBits (BlockQuant: INT8, INT4), whose CPU kernel takes a call's
+rows in pairs (ROWS_IN_PAIRS). No greedy ArgMax in the graph: onnxruntime's is slower than numpy's on the bound
+logits (benchmarks/decode_options.py).
 
 I/O (written to lmforge.json as io["fast"]):
   input_ids [B,S] int64, position_ids [B,S] int64, seqlens_k [B] int32 (tokens in the cache after this call,
@@ -24,18 +25,29 @@ from lmforge.runtime.names import kv_names
 FAST_INPUTS = ["input_ids", "position_ids", "seqlens_k", "total_sequence_length"]
 
 
-def fast_io_spec(spec: dict) -> dict:
+def fast_io_spec(spec: dict, pairs: tuple[str, ...] = ()) -> dict:
+    """lmforge.json's io["fast"]: the I/O names, and `pairs`, the variants written whose every MatMul is MatMulNBits
+    (ROWS_IN_PAIRS: the runtime runs a speculating row's calls of them in pairs of tokens, KVBuffers.pairs)."""
     past, present = kv_names(spec["n_layer"])
     return {"inputs": FAST_INPUTS, "logits": "logits",
-            "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)]}
+            "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)],
+            "rows_in_pairs": list(pairs)}
 
 
 # MatMulNBits accuracy_level 4: the CPU kernel quantises activations to int8 and multiplies in int8 (what
 # onnxruntime-genai's model builder sets for CPU int4 models; 1.5x the tokens/s of float32 compute here,
 # benchmarks/decode.py); the CUDA kernel ignores it
 INT4_ACCURACY_LEVEL = 4
-PRECISIONS = ("fp32", "fp16", "int4")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 INT4_BLOCK = 32
+# The variants whose every MatMul is MatMulNBits at accuracy level 4. Its CPU kernel (measured on onnxruntime 1.32,
+# benchmarks/int_kernels.py) quantises each row's activations on its own and multiplies the rows of a call two at a
+# time; a call with an odd number of rows M = batch x tokens runs its last row through another kernel, whose
+# logits differ by ~3e-2 on a 384-wide model. A row's logits never depend on the row it is paired with. So a call
+# of an EVEN number of rows gives every row the same logits whatever the call's width, batch or neighbours
+# (tests/test_lookahead.py): the runtime runs a speculating row's calls of these graphs with an even number of
+# tokens, which is what lets them verify drafts exactly (int8 only when built here, export.int8_kernel "blocks").
+ROWS_IN_PAIRS = ("int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,12 @@ class BlockQuant:
 # halve the loss cost of symmetric blocks; an int8 head gains 0.01 agreement for 10-15% of the speed, so the
 # head stays at 4 bits, the lowest precision that keeps the export's bounds
 INT4 = BlockQuant(block=128)
+# The int8 graph: MatMulNBits with 8-bit weights in blocks of 128 with zero points, the head too. Before, int8 was
+# onnxruntime's quantize_dynamic (DynamicQuantizeMatMul: ONE activation scale for a whole call, so every token of
+# a call moves every other's logits and no call of several tokens can be exact); this reads as many bytes and runs
+# as fast per token (docs/decode.md, "int8 and int4 in pairs of rows")
+INT8 = BlockQuant(bits=8, block=128, head_bits=8)
+QUANTS = {"int8": INT8, "int4": INT4}
 
 
 def nbits_blocks(weight: np.ndarray, bits: int = 4, block: int = INT4_BLOCK,
@@ -101,13 +119,16 @@ def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray
     return nbits_blocks(weight, 4, block, symmetric=False)
 
 
-def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32", quant: BlockQuant = INT4) -> Path:  # one graph, node by node in the forward's order
+def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32",
+                   quant: BlockQuant | None = None) -> Path:  # one graph, node by node in the forward's order
     """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it. precision: fp32; fp16
-    (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int4
-    (every MatMul as com.microsoft.MatMulNBits, 4-bit weights in blocks of `quant.block` (128 by default, INT4) with a scale and zero point each,
-    int8 compute on the CPU; embeddings, norms and activations stay float32)."""
+    (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int8 and
+    int4 (every MatMul as com.microsoft.MatMulNBits, 8- or 4-bit weights in blocks of `quant.block` (default
+    QUANTS[precision]: 128) with a scale and zero point each, int8 compute on the CPU; embeddings, norms and
+    activations stay float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    quant = quant or QUANTS.get(precision, INT4)
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
     H, D, C, V = spec["n_head"], spec["head_dim"], spec["n_embd"], spec["vocab_size"]
     nodes, inits = [], []
@@ -120,7 +141,7 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32", quant
 
     def matmul(x: str, weight: np.ndarray, name: str, out: str, bits: int | None = None) -> str:
         """x @ weight.T for a torch-layout weight [N, K]."""
-        if precision != "int4":
+        if precision not in QUANTS:
             return node("MatMul", [x, init(name, weight.T)], out)
         bits = bits or quant.bits
         packed, scales, zp = nbits_blocks(weight, bits, quant.block, quant.symmetric)

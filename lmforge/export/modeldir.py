@@ -167,18 +167,24 @@ def export_fast_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple
     lmforge.export.verify, through the runtime."""
     from lmforge.export.fast import build_fast_gpt, fast_io_spec
 
-    fast = build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast"])
+    build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast"])
     files = {"fast": VARIANT_FILES["fast"]}
+    pairs = []  # the variants whose MatMuls are all MatMulNBits (lmforge.export.fast.ROWS_IN_PAIRS)
+    if e.int8 and e.int8_kernel == "dynamic":  # DynamicQuantizeMatMul: faster batches, never speculates
+        quantize_int8(tmp / VARIANT_FILES["fast"], tmp / VARIANT_FILES["fast-int8"])
+    elif e.int8:
+        build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-int8"], precision="int8")
+        pairs.append("int8")
     if e.int8:
-        quantize_int8(fast, tmp / VARIANT_FILES["fast-int8"])
         files["fast-int8"] = VARIANT_FILES["fast-int8"]
     if e.int4:
         build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-int4"], precision="int4")
         files["fast-int4"] = VARIANT_FILES["fast-int4"]
+        pairs.append("int4")
     if e.fp16:
         build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-fp16"], precision="fp16")
         files["fast-fp16"] = VARIANT_FILES["fast-fp16"]
-    return files, fast_io_spec(spec)
+    return files, fast_io_spec(spec, tuple(pairs))
 
 
 def export_portable_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple[dict, dict]:

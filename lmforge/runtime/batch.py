@@ -17,9 +17,12 @@ they end. Every step reads top to bottom:
 
 Because a row is prefilled alone and the graphs keep each row to its own sequence length (or mask), and its tokens
 are drawn from its own RNG, a row's text is exactly what it gets decoded alone: on the fp32 graphs
-(tests/test_batch.py). The int8 and int4 graphs' CPU kernels quantise a call's rows together (int8: one activation
-scale per call; int4: rows in pairs), so there the rows beside a row move its logits by ~1e-2
-(benchmarks/lookahead.py), and a near tie can decode differently in a batch than alone.
+(tests/test_batch.py). On the int8 and int4 graphs (MatMulNBits) the values of the rows beside a row change
+nothing either, but their number does: the last row of an odd count runs through another kernel, and a greedy row
+that speculates alone runs its calls two tokens or more wide (KVBuffers.pairs); these round apart by ~1e-6 before
+an int8 activation step, which can make it ~1e-2, so a near tie can decode differently in a batch than alone
+(benchmarks/lookahead.py measures it). An int8 graph exported before (DynamicQuantizeMatMul: one activation scale
+per call) moves a row's logits with its neighbours' values too.
 
 A step costs a few microseconds of Python per row on top of the graph (`lmforge bench decode --loop-cost`), since
 each stage does only what can matter: on the fast graph the logits are read where the graph wrote them (the
@@ -160,6 +163,8 @@ class BatchSession:
         self.slots = max(1, min(int(slots or DEFAULT_SLOTS), gen.limits.max_batch))
         self.capacity = min(gen.block_size, capacity or gen.block_size)
         self.dec = gen.decoder(self.slots, self.capacity)  # runtime.decoders: the graph's state, allocated once
+        # whether a lone greedy row checks drafts: fp32, and int8/int4 in a one-slot session (its calls in pairs)
+        self.verifies = gen.lookahead > 0 and (not gen.rows_in_pairs or self.slots == 1)
         # [slots, V] each slot's next-token logits: the very buffer the graph writes into when the decoder has one
         self.logits = self.dec.out if self.dec.out is not None else np.zeros((self.slots, gen.vocab_size), np.float32)
         self.seen: np.ndarray | None = None  # [slots, V] bool ids in each context, once a row has a repetition penalty
@@ -281,13 +286,16 @@ class BatchSession:
         longest prefix of the draft that is the graph's own argmax at each position, plus the argmax after it,
         and give the rest of the cache back. False (nothing run) when the row drafts nothing: no match, no room
         in the cache (a row about to slide steps singly) or in max_new_tokens, or the row is waiting after
-        misses. Only one row: GroupQueryAttention takes several new tokens with a past only at batch 1."""
-        if row.lookup is None:
-            return False
+        misses. Only one row: GroupQueryAttention takes several new tokens with a past only at batch 1. On the
+        int8/int4 graphs only in a one-slot session, whose every call for the row runs an even number of tokens
+        (KVBuffers.pairs): in a batch the row's other steps run one token each, which round apart from a verifying
+        call's."""
         dec, slot = self.dec, row.slot
+        if row.lookup is None or not self.verifies:
+            return False
         n = dec.length[slot]
         room = min(dec.capacity - n - 1, row.max_new_tokens - row.sampled - 1)
-        draft = row.lookup.draft(row.tokens, room)
+        draft = row.lookup.draft(row.tokens, room, odd=dec.pairs)  # (pairs: an even width, no pad token)
         if not draft:
             return False
         best = dec.extend(slot, [row.tokens[-1], *draft]).argmax(-1).tolist()  # [W] the graph's choice per position
@@ -318,6 +326,8 @@ class BatchSession:
                 row.slot = free.pop(0)
                 joining.append(row)
         self.stats["prefills"] += len(joining)
+        if getattr(self.dec, "can_pair", False):  # one slot, an int8/int4 graph: pairs for a row that speculates
+            self.dec.pairs = joining[0].lookup is not None
         if len(joining) == self.slots:  # every slot at once (a fresh batch): one batched prefill
             self.logits[:] = self.dec.prefill([r.tokens for r in joining])
         else:

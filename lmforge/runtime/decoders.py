@@ -77,21 +77,35 @@ class KVBuffers(Slots):
     Under the CUDA provider the caches, the step inputs and the logits are OrtValues on the GPU: a step copies
     the new ids, positions and lengths up (a few bytes per row) and the logits [B, V] down, since sampling
     (lmforge.runtime.sampling) runs in numpy on the host. total_sequence_length stays on the host: the kernel
-    reads it there."""
+    reads it there.
+
+    Pairs (`pairs`): a one-slot decoder of a generator that speculates on an int8/int4 graph (Generator.rows_in_pairs:
+    MatMulNBits, whose CPU kernel runs the last row of an odd count through another kernel) runs every call with an
+    even number of tokens, two or more: a call of an odd number (prefill_slot, extend, and a step, which then runs
+    as extend) gets one pad token more, written one position past the row (the caches hold capacity + 1 positions)
+    and never counted. onnxruntime's attention also gives the same bits for every width of two or more (a call of
+    one token rounds apart by ~1e-6, which an int8 activation step can turn into ~1e-2). So its steps and its
+    verifying calls give a position the very same logits (tests/test_lookahead.py). A step of two tokens costs
+    ~20-25% more than one of a single token, so only a row that speculates runs in pairs (BatchSession sets `pairs`
+    per row), and its Lookup fills the second token with a free guess where it has no draft."""
 
     def __init__(self, gen: Generator, slots: int, capacity: int):
         super().__init__(slots)
         self.gen, self.capacity = gen, capacity
         self.device = "cuda" if gen.provider == "CUDAExecutionProvider" else "cpu"
+        self.can_pair = slots == 1 and gen.rows_in_pairs and gen.lookahead > 0
+        self.pairs = self.can_pair  # this row's calls run in pairs (BatchSession: only a row that speculates)
+        self.cache = capacity + self.can_pair  # positions each slot's cache holds: one more for a pad token
+        self.pad = gen.pad or 0
         io = gen.dir.io["fast"]
         types = {i.name: i.type for i in gen.session.get_inputs()}
         H, D, V = gen.n_head, gen.head_dim, gen.vocab_size
         self.binding = gen.session.io_binding()  # the step's binding: every buffer bound once, here
-        self.kv: list[ort.OrtValue] = []  # [slots, H, capacity, D] per state input, bound as its input and its output
+        self.kv: list[ort.OrtValue] = []  # [slots, H, cache, D] per state input, bound as its input and its output
         self.kv_io: list[tuple[str, str, type]] = []  # (input name, output name, numpy dtype) per cache
         for s in io["state"]:
             dtype = ORT_DTYPES.get(types.get(s["input"]), np.float32)
-            zeros = np.zeros((slots, H, capacity, D), dtype)  # zeroed: a padded slot is never NaN
+            zeros = np.zeros((slots, H, self.cache, D), dtype)  # zeroed: a padded slot is never NaN
             buf = ort.OrtValue.ortvalue_from_numpy(zeros, self.device, 0)
             self.kv.append(buf)
             self.kv_io.append((s["input"], s["output"], dtype))
@@ -109,7 +123,6 @@ class KVBuffers(Slots):
         self.values["logits"] = self._value(self.logits)
         self.logits_name = io["logits"]
         self._bind(self.binding, self.values)
-        self.pad = gen.pad or 0
         if self.device == "cpu":  # the graph writes the logits straight into self.logits: a step returns this view
             self.out = self.logits[:, 0]
         # ids, pos, seqlens, total, lengths as flat memoryviews (the same memory): _step_one writes through them
@@ -142,14 +155,20 @@ class KVBuffers(Slots):
         host = np.zeros((B, S, self.gen.vocab_size), np.float32) if self.device == "cpu" else None
         logits = (self._value(host) if host is not None else
                   ort.OrtValue.ortvalue_from_shape_and_type((B, S, self.gen.vocab_size), np.float32, self.device, 0))
-        self._bind(binding, {"input_ids": self._value(ids), "position_ids": self._value(pos),
-                             "seqlens_k": self._value((lengths - 1).astype(np.int32)),
-                             "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(np.array(S, np.int32)),
-                             "logits": logits})
-        return self._run(binding, logits, host)
+        # kept until the call returns: an OrtValue made from a numpy array only points at its memory, and the
+        # binding holds the pointer, not the array (freed with a temporary dict, it was read as 0 or junk)
+        values = {"input_ids": self._value(ids), "position_ids": self._value(pos),
+                  "seqlens_k": self._value((lengths - 1).astype(np.int32)),
+                  "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(np.array(S, np.int32)), "logits": logits}
+        self._bind(binding, values)
+        out = self._run(binding, logits, host)
+        del values
+        return out
 
     def prefill(self, rows: list[list[int]]) -> np.ndarray:
         """Every slot at once (one call), from position 0; the last real logits [B, V]."""
+        if self.pairs:  # (a one-slot decoder: its pad token, as in its every call)
+            return self.prefill_slot(0, rows[0])[None]
         B, width = len(rows), max(len(r) for r in rows)
         ids = np.zeros((B, width), np.int64)
         for i, r in enumerate(rows):
@@ -161,10 +180,10 @@ class KVBuffers(Slots):
         return out[np.arange(B), self.lengths - 1]
 
     def _slot_binding(self, slot: int):
-        """A new binding whose caches are `slot`'s part of the shared buffers, [1, H, capacity, D] each, bound by
+        """A new binding whose caches are `slot`'s part of the shared buffers, [1, H, cache, D] each, bound by
         pointer as both past and present (what prefill_slot and extend run a single row through)."""
         binding = self.gen.session.io_binding()
-        shape = [1, self.gen.n_head, self.capacity, self.gen.head_dim]
+        shape = [1, self.gen.n_head, self.cache, self.gen.head_dim]
         for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
             ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
             binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
@@ -174,16 +193,19 @@ class KVBuffers(Slots):
     def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
         """Run one row into `slot` alone, from position 0; its last logits [V]. The other slots keep theirs."""
         binding = self._slot_binding(slot)
-        lengths = np.array([len(ids)], np.int64)
-        out = self._run_whole(binding, np.array([ids], np.int64), lengths)
-        self.lengths[slot], self.live[slot] = len(ids), True
-        return out[0, -1]
+        n = len(ids)
+        run = [*ids, self.pad] if self.pairs and n % 2 else ids  # an even number of tokens (pairs)
+        out = self._run_whole(binding, np.array([run], np.int64), np.array([n], np.int64))  # (the pad: position 0)
+        self.lengths[slot], self.live[slot] = n, True
+        return out[0, n - 1]
 
     def step(self, next_ids: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """Append one token to each active slot (default: every slot); returns the logits [slots, V]
         (on the CPU `out`, the buffer the next step overwrites). An inactive slot runs a pad token at position 0
         into its own cache and keeps its length: its output is ignored."""
         if active is None and self.slots == 1:
+            if self.pairs:  # [token, pad]: every call of the row an even number of tokens
+                return self.extend(0, [int(next_ids[0])])
             return self._step_one(int(next_ids[0]))
         lengths = self.lengths
         if active is None:  # the usual step: every slot appends its token
@@ -227,16 +249,18 @@ class KVBuffers(Slots):
         length grows by W; truncate() takes some back (what a rejected draft does). The slot must have room for W
         more tokens; the other slots are untouched. One slot per call: GroupQueryAttention's CPU kernel takes
         several new tokens with a past only at batch 1 ("batch_size must be 1 when sequence_length > 1 and past
-        context is given"), so the call binds the slot's part of the caches, as prefill_slot does. CPU only."""
+        context is given"), so the call binds the slot's part of the caches, as prefill_slot does. CPU only. With
+        `pairs` an odd W runs with one pad token more, never counted."""
         W = len(run)
-        binding, ids, pos, seqlens, total, logits = self._extension(slot, W)
+        Wp = W + (self.pairs and W % 2)
+        binding, ids, pos, seqlens, total, logits = self._extension(slot, Wp)
         n = int(self.lengths[slot])
-        ids[0] = run
-        pos[0] = range(n, n + W)
-        seqlens[0], total[()] = n + W - 1, n + W
+        ids[0, :W] = run
+        pos[0, :W] = range(n, n + W)  # (a pad token keeps 0 or an earlier call's position: in range)
+        seqlens[0], total[()] = n + Wp - 1, n + Wp
         self.gen.session.run_with_iobinding(binding)
         self.lengths[slot] = n + W
-        return logits[0]
+        return logits[0, :W]
 
     def truncate(self, slot: int, length: int) -> None:
         """Keep the first `length` tokens of the slot's cache: the entries past it are overwritten by later calls
@@ -252,7 +276,7 @@ class KVBuffers(Slots):
             if self.device != "cpu":
                 raise NotImplementedError("extend() runs on the CPU provider only")
             binding = self._slot_binding(slot)
-            arrays = (np.zeros((1, width), np.int64), np.zeros((1, width), np.int64), np.zeros(1, np.int32),
+            arrays = (np.full((1, width), self.pad, np.int64), np.zeros((1, width), np.int64), np.zeros(1, np.int32),
                       np.zeros((), np.int32), np.zeros((1, width, self.gen.vocab_size), np.float32))
             self._bind(binding, {"input_ids": self._value(arrays[0]), "position_ids": self._value(arrays[1]),
                                  "seqlens_k": self._value(arrays[2]),

@@ -23,7 +23,7 @@ from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
 from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
-from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, EXACT_VARIANTS, MAX_LOOKAHEAD
+from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.errors import REEXPORT, TAMPERED, RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
@@ -49,7 +49,8 @@ class Generator:
         portable graph there when they have one). `provider` is the provider that actually runs.
         lookahead: draft tokens a greedy row may check per graph call (prompt-lookup speculation,
         runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD. Only
-        the fp32 fast graph on the CPU provider speculates (see `speculates`); elsewhere `self.lookahead` is 0.
+        the fast graph on the CPU provider speculates at fp32, int8 and int4 (see `speculates`); elsewhere
+        `self.lookahead` is 0.
         The tokens are the same either way; `last_stats` counts the calls."""
         self.dir = read_model_dir(model_dir)
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
@@ -105,11 +106,21 @@ class Generator:
         return self.lookahead + 1
 
     @property
+    def rows_in_pairs(self) -> bool:
+        """Whether this fast graph's CPU kernels take a call's rows in pairs (lmforge.export.fast.ROWS_IN_PAIRS:
+        MatMulNBits), so that KVBuffers pads every call to an even number of rows. Read from lmforge.json's
+        io.fast.rows_in_pairs: a directory exported before it (int8 as DynamicQuantizeMatMul) has none."""
+        return (self.fast and self.provider == "CPUExecutionProvider"
+                and self.variant in self.dir.io["fast"].get("rows_in_pairs", ()))
+
+    @property
     def speculates(self) -> bool:
         """Whether a greedy row's draft can be verified in one call with the very tokens of one call per token:
-        the fast graph (KVBuffers.extend) on the CPU provider, fp32 only (runtime.lookahead's EXACT_VARIANTS
-        says why not int8, int4 or fp16)."""
-        return self.fast and self.provider == "CPUExecutionProvider" and self.variant in EXACT_VARIANTS
+        the fast graph (KVBuffers.extend) on the CPU provider, at fp32 (a row's logits do not depend on the call's
+        other tokens, to float32 rounding) and on the graphs whose calls run in pairs of rows (int8, int4: the
+        same logits for every even call; runtime.lookahead). Not fp16: its one-token and many-token kernels round
+        apart."""
+        return self.fast and self.provider == "CPUExecutionProvider" and (self.variant == "fp32" or self.rows_in_pairs)
 
     def _probe(self) -> None:
         """One token through the graph, batch 1, at the context's last position, on buffers of the graph's own

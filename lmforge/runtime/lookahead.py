@@ -11,16 +11,14 @@ from __future__ import annotations
 
 DEFAULT_LOOKAHEAD = 4  # draft tokens per verifying call by default (Generator(lookahead=...); docs/decode.md)
 MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
-# the variants whose verifying call gives each position the logits of one call per token to float32 rounding (~1e-6;
-# tests/test_lookahead.py), so that greedy tokens are the same but on an exact tie. Not int8: its
-# DynamicQuantizeMatMul quantises a call's activations with ONE scale for the whole tensor, so the other tokens of
-# the call change every position's logits (by ~5e-2 on a small trained model). Not int4: onnxruntime's CPU
-# MatMulNBits kernel (accuracy level 4) takes a call's rows in pairs and a row left alone by another path, so a
-# token's logits depend on which token shares its pair (up to ~2.5e-2 on the decode benchmark's 384-wide model;
-# ~5e-6 at 128 wide, where a row is one block). Not fp16: its kernels for one token and for several round apart
-# (up to ~1.5e-3). `python benchmarks/lookahead.py` measures each gap per variant, and what a batch neighbour
-# changes (the same mechanisms: int8 and int4 rows are not independent of the rows beside them; docs/decode.md).
-EXACT_VARIANTS = ("fp32",)
+# Which graphs speculate (Generator.speculates): those whose verifying call gives each position the logits of one
+# call per token, so that greedy tokens are the same. fp32: to float32 rounding (~1e-6; tests/test_lookahead.py).
+# int8 and int4 (MatMulNBits): onnxruntime's CPU kernel multiplies a call's rows two at a time and runs the last
+# row of an odd count through another kernel (~3e-2 apart on a 384-wide model), but a row's logits never depend
+# on its partner: the decoder pads every call of these graphs to an even number of rows (KVBuffers.pairs), and
+# then a step, a verifying call of any width and a prefill agree exactly (lmforge.export.fast.ROWS_IN_PAIRS). Not
+# fp16: its kernels for one token and for several round apart (up to ~1.5e-3). Not an int8 graph exported before
+# (DynamicQuantizeMatMul: one activation scale for a whole call). `python benchmarks/lookahead.py` measures each gap.
 MAX_NGRAM = 3  # the longest suffix looked up first
 MIN_NGRAM = 2  # the shortest: a single token repeats too often to predict what follows it
 MAX_WAIT = 16  # steps a row at most waits to draft again after drafts the graph rejected at once
@@ -37,21 +35,27 @@ class Lookup:
         self.indexed = 0  # the n-grams ending at tokens[:indexed] are in the index
         self.wait = 0  # steps left before the next draft (after misses)
         self.misses = 0  # drafts in a row the graph rejected from the first token
+        self.guessed = False  # the last draft was a free guess (below), which adapts nothing
 
-    def draft(self, tokens: list[int], room: int) -> list[int]:
+    def draft(self, tokens: list[int], room: int, odd: bool = False) -> list[int]:
         """At most min(k, room) tokens that followed the latest earlier occurrence of the context's last n tokens
-        (n = MAX_NGRAM..MIN_NGRAM, the longest found); [] when none occurs, or while the row waits."""
-        if self.wait:
-            self.wait -= 1
-            return []
+        (n = MAX_NGRAM..MIN_NGRAM, the longest found); [] when none occurs, or while the row waits. odd: k rounded
+        down to odd, so that [last, *draft] is an even number of tokens (int8/int4, whose calls run in pairs of
+        tokens: an odd width costs a pad token, and a call of 6 tokens ~1.6x one of 4; benchmarks/int_kernels.py);
+        and where it would draft nothing, one free guess instead (the token that followed the last token's latest
+        earlier occurrence: it takes the place of the pad token a step runs anyway)."""
+        self.guessed = False
         end, index = len(tokens) - 1, self.index
         for e in range(max(self.indexed, 0), end):  # the n-grams ending before the last token (not the suffix itself)
-            for n in range(MIN_NGRAM, min(MAX_NGRAM, e + 1) + 1):  # (shorter n-grams are never looked up)
+            for n in range(1, min(MAX_NGRAM, e + 1) + 1):  # (1-grams only for a free guess, never for a draft)
                 index[tuple(tokens[e - n + 1:e + 1])] = e + 1
         self.indexed = max(self.indexed, end)
-        k = min(self.k, room)
+        if self.wait:
+            self.wait -= 1
+            return self._guess(tokens, room) if odd else []
+        k = min(self.k - (odd and self.k % 2 == 0), room)
         if k <= 0:
-            return []
+            return self._guess(tokens, room) if odd else []
         for n in range(min(MAX_NGRAM, len(tokens)), MIN_NGRAM - 1, -1):
             follow = index.get(tuple(tokens[-n:]))
             if follow is not None:
@@ -59,10 +63,17 @@ class Lookup:
                 while len(draft) < k:  # it ran to the end of the context: a period, continued as such
                     draft.append(draft[len(draft) - (len(tokens) - follow)])
                 return draft
-        return []
+        return self._guess(tokens, room) if odd else []
+
+    def _guess(self, tokens: list[int], room: int) -> list[int]:
+        follow = self.index.get((tokens[-1],)) if room > 0 else None
+        self.guessed = follow is not None
+        return [] if follow is None else [tokens[follow]]
 
     def checked(self, drafted: int, accepted: int) -> None:
         """After a verifying call: `accepted` of `drafted` draft tokens were the graph's own choices."""
+        if self.guessed:  # a free guess: nothing learnt about drafting
+            return
         if accepted == drafted:  # (as transformers adapts its assistant's draft length)
             self.k, self.misses = min(self.k_max, self.k + 2), 0
         elif accepted:

@@ -90,6 +90,10 @@ def check_manifest(m: dict, where: str) -> None:
         fast = _dict(where, io, "fast")
         _str(where, "io.fast.logits", fast.get("logits"))
         _state(where, fast.get("state"), rnn_ok=False)
+        pairs = fast.get("rows_in_pairs", [])  # the fast variants whose calls run in pairs of rows (export.fast)
+        if not isinstance(pairs, list) or not all(isinstance(v, str) and len(v) <= 16 for v in pairs[:16]) \
+                or len(pairs) > 16:
+            _fail(where, "io.fast.rows_in_pairs must be a list of variant names")
     for key in SPECIAL_TOKENS:
         if tokens.get(key) is not None:
             _int(where, f"tokens.{key}", tokens[key], 0, vocab - 1)
