@@ -330,6 +330,8 @@ def test_lookahead_options(reciter, tmp_path):
     from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD
 
     assert Generator(reciter).lookahead == DEFAULT_LOOKAHEAD == 4  # docs/decode.md
+    assert Generator(reciter, variant="int8").lookahead == 4 and Generator(reciter, variant="int4").lookahead == 0
+    assert Generator(reciter, variant="int4", lookahead=4).lookahead == 4  # int4: only when asked
     assert Generator(reciter, fast=False, lookahead=4).lookahead == 0  # the portable graph steps singly
     for bad in (-1, 17, True, "4", 2.0):
         with pytest.raises(RequestError, match="lookahead"):

@@ -139,7 +139,7 @@ class ExportConfig:
     int4: bool = False               # model.fast.int4.onnx: block-wise 4-bit weights (MatMulNBits), gpt only; opt-in:
                                      # on a barely trained model 4-bit rounding flips near-tied choices past min_int4_agreement
     int8_kernel: str = "blocks"      # model.fast.int8.onnx: "blocks" (MatMulNBits, 8-bit blocks of 128: greedy rows
-                                     # speculate exactly at batch 1) or "dynamic" (DynamicQuantizeMatMul: ~1.25x the
+                                     # speculate exactly at batch 1) or "dynamic" (DynamicQuantizeMatMul: ~1.3x the
                                      # tokens/s at batch 8, never speculates; docs/decode.md)
     # Checked at export through lmforge.runtime's own decoding state (docs/decode.md "Verification"); an export
     # past a bound fails. fp32 graphs against torch:

@@ -85,9 +85,10 @@ class KVBuffers(Slots):
     as extend) gets one pad token more, written one position past the row (the caches hold capacity + 1 positions)
     and never counted. onnxruntime's attention also gives the same bits for every width of two or more (a call of
     one token rounds apart by ~1e-6, which an int8 activation step can turn into ~1e-2). So its steps and its
-    verifying calls give a position the very same logits (tests/test_lookahead.py). A step of two tokens costs
-    ~20-25% more than one of a single token, so only a row that speculates runs in pairs (BatchSession sets `pairs`
-    per row), and its Lookup fills the second token with a free guess where it has no draft."""
+    verifying calls give a position the very same logits (tests/test_lookahead.py). A call of two tokens costs
+    ~20-35% more than one of a single token (benchmarks/int_kernels.py), so only a row that speculates runs in pairs
+    (BatchSession sets `pairs` per row), and its Lookup fills the second token with a free guess where it has no
+    draft."""
 
     def __init__(self, gen: Generator, slots: int, capacity: int):
         super().__init__(slots)

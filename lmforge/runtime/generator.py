@@ -23,7 +23,7 @@ from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
 from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
-from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD
+from lmforge.runtime.lookahead import DEFAULT_BY_VARIANT, DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
 from lmforge.runtime.errors import REEXPORT, TAMPERED, RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
@@ -48,7 +48,8 @@ class Generator:
         by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
         portable graph there when they have one). `provider` is the provider that actually runs.
         lookahead: draft tokens a greedy row may check per graph call (prompt-lookup speculation,
-        runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD. Only
+        runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD (int4: 0,
+        runtime.lookahead.DEFAULT_BY_VARIANT). Only
         the fast graph on the CPU provider speculates at fp32, int8 and int4 (see `speculates`); elsewhere
         `self.lookahead` is 0.
         The tokens are the same either way; `last_stats` counts the calls."""
@@ -93,7 +94,8 @@ class Generator:
     def _lookahead(self, asked: int | None) -> int:
         """The draft length asked (None: lmforge.json's `generation.lookahead`, else the default), checked; 0 where
         the graph cannot verify drafts exactly (`speculates`)."""
-        asked = self.generation.get("lookahead", DEFAULT_LOOKAHEAD) if asked is None else asked
+        if asked is None:
+            asked = self.generation.get("lookahead", DEFAULT_BY_VARIANT.get(self.variant, DEFAULT_LOOKAHEAD))
         if isinstance(asked, bool) or not isinstance(asked, int) or not 0 <= asked <= MAX_LOOKAHEAD:
             raise RequestError(f"lookahead must be an integer in [0, {MAX_LOOKAHEAD}] (0 = off), got {asked!r}",
                                hint=f"pass a whole number of draft tokens from 0 to {MAX_LOOKAHEAD}, e.g. 4, or 0 "

@@ -10,6 +10,10 @@ incrementally (the n-grams ending at each new token), so a look-up is a few dict
 from __future__ import annotations
 
 DEFAULT_LOOKAHEAD = 4  # draft tokens per verifying call by default (Generator(lookahead=...); docs/decode.md)
+# but int4 speculates only when asked: its one-token call is its cheapest kernel (two tokens cost ~35% more,
+# benchmarks/int_kernels.py), so a speculating row's pairs cost more than its drafts repay on text that does not
+# repeat (0.8x on a random model whose text varies, 1.05x on trained shakespeare-char: benchmarks/lookahead.py)
+DEFAULT_BY_VARIANT = {"int4": 0}
 MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
 # Which graphs speculate (Generator.speculates): those whose verifying call gives each position the logits of one
 # call per token, so that greedy tokens are the same. fp32: to float32 rounding (~1e-6; tests/test_lookahead.py).
