@@ -830,8 +830,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = export_reference(model, Path(tmp))
         fp32_torch_bytes = weight_bytes(model_dir / "model.fast.onnx")
         contenders = [lmforge_contender(f"lmforge-{v}", model_dir, v, args.threads, None) for v in VARIANTS]
-        # prompt-lookup speculation (runtime.lookahead; fp32 only: the variants that verify exactly), its default K
-        contenders.append(lmforge_contender("lmforge-fp32-lookup", model_dir, "fp32", args.threads, None, None))
+        # prompt-lookup speculation (runtime.lookahead: fp32, and int8/int4 in pairs of tokens), its default K
+        from lmforge.runtime.lookahead import DEFAULT_LOOKAHEAD  # (int4 speculates only when asked: asked here)
+
+        contenders += [lmforge_contender(f"lmforge-{v}-lookup", model_dir, v, args.threads, None, DEFAULT_LOOKAHEAD)
+                       for v in VARIANTS]
         if not args.quick:
             contenders += [lmforge_contender(f"lmforge-{v}-portable", model_dir, v, args.threads, False)
                            for v in ("fp32", "int8")]
@@ -878,11 +881,11 @@ def main(argv: list[str] | None = None) -> int:
         ratios = []
         by_name = {c.name: c for c in contenders}
         for batch, rows in ((1, rows1), (8, rows8)):
-            for v in ("fp32", "int8"):
-                for peer in (f"ort-genai-lmforge-{v}", f"ort-genai-builder-{v}"):
-                    if peer in rows:
-                        ratios.append({"label": f"lmforge-{v} / {peer}", "batch": batch,
-                                       **ratio(rows, f"lmforge-{v}", peer)})
+            for v in VARIANTS:
+                for lm in (f"lmforge-{v}-lookup", f"lmforge-{v}"):
+                    for peer in (f"ort-genai-lmforge-{v}", f"ort-genai-builder-{v}"):
+                        if peer in rows:
+                            ratios.append({"label": f"{lm} / {peer}", "batch": batch, **ratio(rows, lm, peer)})
             lm = max((c for c in by_name if by_name[c].group == "lmforge"), key=lambda k: rows[k]["tokens_per_s"])
             for group in ("ort-genai (lmforge graph)", "ort-genai builder (phi)"):
                 peers = [c for c in by_name if by_name[c].group == group]
@@ -891,10 +894,9 @@ def main(argv: list[str] | None = None) -> int:
                     ratios.append({"label": f"fastest: {lm} / {best}", "batch": batch, **ratio(rows, lm, best)})
             ratios.append({"label": "lmforge-int4 / lmforge-fp32", "batch": batch,
                            **ratio(rows, "lmforge-int4", "lmforge-fp32")})
-            for peer in ("lmforge-fp32", "ort-genai-lmforge-fp32"):
-                if peer in rows:
-                    ratios.append({"label": f"lmforge-fp32-lookup / {peer}", "batch": batch,
-                                   **ratio(rows, "lmforge-fp32-lookup", peer)})
+            for v in VARIANTS:
+                ratios.append({"label": f"lmforge-{v}-lookup / lmforge-{v}", "batch": batch,
+                               **ratio(rows, f"lmforge-{v}-lookup", f"lmforge-{v}")})
         profile = None
         if args.profile:
             files = [model_dir / f for f in ("model.fast.onnx", "model.fast.int8.onnx", "model.fast.int4.onnx",
@@ -926,8 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     summ["greedy_same"] = ("lmforge-*: share of batch-1 tokens equal to its verified graph's greedy ids "
                            "(runtime.scoring.greedy_ids); ort-genai-lmforge-*: equal to lmforge's row of the same "
                            "weights")
-    summ["lookup"] = ("lmforge-fp32-lookup: Generator's default prompt-lookup speculation (runtime.lookahead, "
-                      "fp32 only: int8 and int4 never speculate, docs/decode.md); calls_per_token = decode graph "
+    summ["lookup"] = ("lmforge-*-lookup: Generator's prompt-lookup speculation at lookahead 4, the default (asked "
+                      "for on int4; runtime.lookahead; int8/int4: the row's every call an even number of tokens, "
+                      "docs/decode.md); lmforge-{fp32,int8,int4}: lookahead 0, a graph call per token (one token "
+                      "each); calls_per_token = decode graph "
                       "calls (+ prefills) per token, accepted_per_verify = draft tokens taken per verifying call, "
                       "of the last round (batch8_*: at batch 8, where a row speculates only while it runs alone). "
                       "This random-init model's greedy output repeats one token: the lookup's upper bound; "

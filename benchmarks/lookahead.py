@@ -5,16 +5,18 @@ The decode benchmark's reference model (benchmarks/decode.py, random init) repea
 nearly always: an upper bound. Here shakespeare-char is trained --train-steps steps through lmforge's own
 preparation and train() (benchmarks/decode.py's train_shakespeare), exported, and decoded from --prompts slices of
 its val text (each --prompt-chars long), --new-tokens greedy tokens each, through Generator.stream() as an app calls
-it, once with lookahead=0 and once with each --lookahead value, per --variants (fp32: the one that speculates). Each round runs every
+it, once with lookahead=0 and once with each --lookahead value, per --variants (fp32, int8, int4 speculate). Each round runs every
 (variant, lookahead) once, in a fresh random order, each alone with --pause seconds untimed before it (the method of
 benchmarks/decode.py: an onnxruntime session's spinning threads would take the CPU from the next one). Also, per
-exported variant, how far one verifying call of 9 tokens puts the logits from one call per token (and from the same
-call with other tokens after them, and when the row steps beside another row in a batch): the reason only fp32
-speculates, and how far a batch's other rows move a row's logits in each variant; on the trained model and on the
+exported variant, how far one verifying call of 9 tokens puts the logits from one step per token as a speculating
+row runs them (int8/int4 in pairs of tokens) and with one-token steps (and from the same call with other tokens after
+them, and when the row steps beside another row in a batch): why int8/int4 speculate only in pairs and fp16 not at
+all, and how far a batch's other rows move a row's logits in each variant; on the trained model and on the
 decode benchmark's reference model (6 x 384, random init). Per row: tokens/s (median over rounds, all
 prompts of a round timed together), the ratio to lookahead 0 of the same variant (per round; median and min-max),
 graph calls per token, draft tokens taken per verifying call and the share of draft tokens taken, and whether the
-text equals lookahead 0's (it must: greedy_same). Then the worst case, the same rounds on a random model of the
+text equals lookahead 0's (greedy_same; fp32: it must; int8/int4, whose lookahead 0 steps one token per call: but
+on a near tie). Then the worst case, the same rounds on a random model of the
 decode benchmark's shape whose greedy output varies, so drafts are rare and mostly rejected (--no-varied skips it).
 
     python benchmarks/lookahead.py [--quick] [--train-steps N] [--rounds N] [--lookahead K ...]
@@ -95,10 +97,27 @@ def rows_of(gens: dict, seconds: dict, texts: dict, stats: dict, args) -> list[d
     return rows
 
 
+def stepped_and_extended(gen, ids: list[int], width: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Through a one-slot decoder of `gen` (its calls in pairs of tokens where gen speculates on int8/int4): the
+    greedy tokens after `ids` and the logits of `width` of them one step per token, in one extend() call, and in
+    one extend() call whose last 3 tokens are others."""
+    dec = gen.decoder(1, gen.block_size)
+    tokens, stepped = [int(dec.prefill_slot(0, ids).argmax())], []
+    for _ in range(width):
+        stepped.append(dec.step(np.array([tokens[-1]]))[0].copy())
+        tokens.append(int(stepped[-1].argmax()))
+    dec.truncate(0, len(ids))
+    extended = dec.extend(0, tokens[:width]).copy()
+    dec.truncate(0, len(ids))
+    junk = dec.extend(0, tokens[:width - 3] + [3, 5, 7]).copy()
+    return tokens, np.array(stepped), extended, junk
+
+
 def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dict]:
     """Per exported fast variant: how far one verifying call (KVBuffers.extend of `width` greedy tokens) puts each
-    position's logits from one call per token (max abs over the prompts' positions), and from the same call
-    with other tokens after them: why only fp32 speculates (runtime.lookahead.EXACT_VARIANTS)."""
+    position's logits from one step per token (max abs over the prompts' positions), as a speculating row runs them
+    (int8/int4: every call in pairs of tokens) and with one-token steps (lookahead 0: why the pairs), and from the
+    same call with other tokens after them; and what a batch neighbour changes against the one-token steps."""
     from lmforge.runtime import Generator
 
     out = []
@@ -107,20 +126,15 @@ def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dic
             gen = Generator(model_dir, variant=variant, lookahead=0)
         except ValueError:  # not exported
             continue
-        gap = junk_gap = pair_gap = 0.0
+        spec = Generator(model_dir, variant=variant)  # the default lookahead: speculating, where it does
+        gap = junk_gap = pair_gap = single_gap = 0.0
         for i, prompt in enumerate(prompts):
             ids = gen.encode(prompt)[-(gen.block_size - width - 4):]
-            dec = gen.decoder(1, gen.block_size)
-            tokens, stepped = [int(dec.prefill_slot(0, ids).argmax())], []
-            for _ in range(width):
-                stepped.append(dec.step(np.array([tokens[-1]]))[0].copy())
-                tokens.append(int(stepped[-1].argmax()))
-            dec.truncate(0, len(ids))
-            extended = dec.extend(0, tokens[:width]).copy()
-            dec.truncate(0, len(ids))
-            junk = dec.extend(0, tokens[:width - 3] + [3, 5, 7]).copy()
-            gap = max(gap, float(np.abs(extended - np.array(stepped)).max()))
-            junk_gap = max(junk_gap, float(np.abs(junk[:width - 3] - extended[:width - 3]).max()))
+            _, stepped_s, extended_s, junk = stepped_and_extended(spec, ids, width)
+            gap = max(gap, float(np.abs(extended_s - stepped_s).max()))
+            junk_gap = max(junk_gap, float(np.abs(junk[:width - 3] - extended_s[:width - 3]).max()))
+            tokens, stepped, extended, _ = stepped_and_extended(gen, ids, width)
+            single_gap = max(single_gap, float(np.abs(extended - stepped).max()))
             # the same row stepped beside another prompt's row, both greedy: what a batch neighbour changes
             pair = gen.decoder(2, gen.block_size)
             other = gen.encode(prompts[(i + 1) % len(prompts)])[-(gen.block_size - width - 4):]
@@ -130,8 +144,9 @@ def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dic
                 both = pair.step(nxt)
                 pair_gap = max(pair_gap, float(np.abs(both[0] - stepped[j]).max()))
                 nxt = np.array([tokens[j + 1], int(both[1].argmax())])
-        out.append({"variant": variant, "speculates": Generator(model_dir, variant=variant).speculates,
+        out.append({"variant": variant, "speculates": spec.speculates,
                     "max_logit_gap_vs_one_call_per_token": f"{gap:.2e}",
+                    "the_same_with_one_token_steps": f"{single_gap:.2e}",
                     "max_logit_gap_from_other_tokens_in_the_call": f"{junk_gap:.2e}",
                     "max_logit_gap_from_a_batch_neighbour": f"{pair_gap:.2e}"})
     return out
@@ -154,7 +169,7 @@ def reference_model(work: Path) -> tuple[Path, list[str]]:
 def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
     """The decode benchmark's reference shape, random init with larger weights (N(0, std)), so that its greedy
     output varies instead of repeating one token: the lookup finds few drafts and most are rejected, the case
-    where speculation can only cost. Exported fp32 only; 16-character random prompts."""
+    where speculation can only cost. Every variant exported; 16-character random prompts."""
     import torch
 
     from decode import SHAPE, export_reference
@@ -166,7 +181,7 @@ def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, std)
-    out = export_reference(model, work, fp32_only=True)
+    out = export_reference(model, work)
     rng = np.random.default_rng(0)
     return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
 
@@ -181,8 +196,9 @@ def markdown(report: dict) -> str:
                 f"mostly rejected), the same rounds; {load_text(report['varied']['load'])}:", "",
                 *md_table(report["varied"]["rows"], KEYS)]
     if report.get("verify_gaps"):
-        out += ["", "One verifying call of 9 tokens against one call per token; the same call with its last 3 tokens "
-                "changed; the row stepped beside another prompt's row (same prompts):", "",
+        out += ["", "One verifying call of 9 tokens against one step per token, as a speculating row runs them (int8/"
+                "int4: in pairs of tokens) and with one-token steps; the same call with its last 3 tokens changed; "
+                "the row stepped beside another prompt's row (same prompts):", "",
                 *md_table(report["verify_gaps"])]
     if report.get("reference_gaps"):
         out += ["", "The same gaps on the decode benchmark's reference model (6 x 384, random init, every variant):", "",
@@ -199,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-chars", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lookahead", type=int, nargs="+", default=[2, 4, 8], help="draft lengths against 0")
-    p.add_argument("--variants", nargs="+", default=["fp32"], help="variants timed (only fp32 speculates)")
+    p.add_argument("--variants", nargs="+", default=["fp32"], help="variants timed (fp32, int8, int4 speculate)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pause", type=float, default=0.05)
     p.add_argument("--corpora", type=Path, default=CORPORA)
