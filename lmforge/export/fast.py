@@ -42,11 +42,12 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 INT4_BLOCK = 32
 # The variants whose every MatMul is MatMulNBits at accuracy level 4. Its CPU kernel (measured on onnxruntime 1.32,
 # benchmarks/int_kernels.py) quantises each row's activations on its own and multiplies the rows of a call two at a
-# time; a call with an odd number of rows M = batch x tokens runs its last row through another kernel, whose
-# logits differ by ~3e-2 on a 384-wide model. A row's logits never depend on the row it is paired with. So a call
-# of an EVEN number of rows gives every row the same logits whatever the call's width, batch or neighbours
-# (tests/test_lookahead.py): the runtime runs a speculating row's calls of these graphs with an even number of
-# tokens, which is what lets them verify drafts exactly (int8 only when built here, export.int8_kernel "blocks").
+# time; a call with an odd number of rows M = batch x tokens runs its last row through another kernel, and a
+# one-token call's attention rounds ~1e-6 apart from a wider call's, which the next int8 activation step can make
+# ~3e-2 (384 wide). A row's logits never depend on the row it is paired with. So calls of one row with an even
+# number of tokens, two or more, give each position the very same bits whatever the width and the other tokens
+# (tests/test_lookahead.py): the runtime runs a speculating row's calls of these graphs so, which is what lets them
+# verify drafts exactly (int8 only when built here, export.int8_kernel "blocks").
 ROWS_IN_PAIRS = ("int8", "int4")
 
 
@@ -70,8 +71,9 @@ class BlockQuant:
 INT4 = BlockQuant(block=128)
 # The int8 graph: MatMulNBits with 8-bit weights in blocks of 128 with zero points, the head too. Before, int8 was
 # onnxruntime's quantize_dynamic (DynamicQuantizeMatMul: ONE activation scale for a whole call, so every token of
-# a call moves every other's logits and no call of several tokens can be exact); this reads as many bytes and runs
-# as fast per token (docs/decode.md, "int8 and int4 in pairs of rows")
+# a call moves every other's logits and no call of several tokens can be exact). A one-token call runs as fast as
+# that graph's and reads 4% more bytes; a call of 8 rows takes 1.2-1.35x as long (benchmarks/int_kernels.py), which
+# export.int8_kernel = "dynamic" keeps for servers that batch (docs/decode.md, "Prompt-lookup speculation")
 INT8 = BlockQuant(bits=8, block=128, head_bits=8)
 QUANTS = {"int8": INT8, "int4": INT4}
 

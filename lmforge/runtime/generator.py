@@ -48,11 +48,10 @@ class Generator:
         by default (GroupQueryAttention's CUDA kernel is float16/bfloat16 only; other variants run their
         portable graph there when they have one). `provider` is the provider that actually runs.
         lookahead: draft tokens a greedy row may check per graph call (prompt-lookup speculation,
-        runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD (int4: 0,
-        runtime.lookahead.DEFAULT_BY_VARIANT). Only
-        the fast graph on the CPU provider speculates at fp32, int8 and int4 (see `speculates`); elsewhere
-        `self.lookahead` is 0.
-        The tokens are the same either way; `last_stats` counts the calls."""
+        runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD (int4: 0).
+        Only the CPU fast graph speculates, at fp32, int8 and int4 (`speculates`); elsewhere `self.lookahead` is 0.
+        The tokens are the same either way on fp32; on int8/int4 a speculating row's are its graph's called in
+        pairs of tokens, which can differ at a near tie (docs/decode.md); `last_stats` counts the calls."""
         self.dir = read_model_dir(model_dir)
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)

@@ -18,11 +18,12 @@ MAX_LOOKAHEAD = 16  # the most a model directory or an app may ask for
 # Which graphs speculate (Generator.speculates): those whose verifying call gives each position the logits of one
 # call per token, so that greedy tokens are the same. fp32: to float32 rounding (~1e-6; tests/test_lookahead.py).
 # int8 and int4 (MatMulNBits): onnxruntime's CPU kernel multiplies a call's rows two at a time and runs the last
-# row of an odd count through another kernel (~3e-2 apart on a 384-wide model), but a row's logits never depend
-# on its partner: the decoder pads every call of these graphs to an even number of rows (KVBuffers.pairs), and
-# then a step, a verifying call of any width and a prefill agree exactly (lmforge.export.fast.ROWS_IN_PAIRS). Not
-# fp16: its kernels for one token and for several round apart (up to ~1.5e-3). Not an int8 graph exported before
-# (DynamicQuantizeMatMul: one activation scale for a whole call). `python benchmarks/lookahead.py` measures each gap.
+# row of an odd count through another kernel, and a one-token call's attention rounds ~1e-6 apart, which an int8
+# activation step can make ~3e-2 (384 wide); a row's logits never depend on its partner. So a speculating row's
+# one-slot decoder runs every call with an even number of tokens, two or more (KVBuffers.pairs), and its steps,
+# verifying calls of any width and prefill agree exactly (lmforge.export.fast.ROWS_IN_PAIRS). Not fp16: its kernels
+# for one token and for several round apart (up to ~1.5e-3). Not an int8 graph exported before (DynamicQuantizeMatMul:
+# one activation scale for a whole call). `python benchmarks/lookahead.py` measures each gap.
 MAX_NGRAM = 3  # the longest suffix looked up first
 MIN_NGRAM = 2  # the shortest: a single token repeats too often to predict what follows it
 MAX_WAIT = 16  # steps a row at most waits to draft again after drafts the graph rejected at once
