@@ -7,8 +7,6 @@ are rejected too): fp32, int8 and int4 fast graphs speculate exactly; fp16 and a
 pairs of rows (DynamicQuantizeMatMul) never do."""
 import json
 import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,9 +108,9 @@ def test_a_verifying_call_gives_each_position_the_logits_of_one_call_per_token(r
 
 
 def test_int8_and_int4_speculate_exactly_since_every_call_runs_pairs_of_rows(reciter):
-    """int8 and int4 (MatMulNBits) speculate: a one-slot decoder runs every call with an even number of rows and two
-    tokens or more (KVBuffers), so a verifying call gives each position the very bits of a call per token, whatever
-    follows it; greedy text is that of lookahead 0, and drafts are really checked."""
+    """int8 and int4 (MatMulNBits) speculate: a speculating row's one-slot decoder runs every call with an even number
+    of tokens, two or more (KVBuffers.pairs), so a verifying call gives each position the very bits of its steps,
+    whatever follows it; the greedy text is that of a (pair) call per token, and drafts are really checked."""
     text = (TEXT + "tis nobler in the mind to suffer the slings and arrows of outrageous fortune, or to take arms ") * 2
     for variant in ("int8", "int4"):
         gen, off = pair(reciter, variant, k=8)
@@ -132,7 +130,7 @@ def test_int8_and_int4_speculate_exactly_since_every_call_runs_pairs_of_rows(rec
         assert verified > 0
 
 
-def test_why_pairs_calls_of_an_odd_width_round_apart():
+def test_why_pairs_calls_of_an_odd_width_round_apart(tmp_path):
     """The kernel fact the pairs work around (lmforge.export.fast.ROWS_IN_PAIRS), on a random GPT of the decode
     benchmark's shape as int8 and int4 graphs: 32 tokens after a prompt, run in calls of w tokens each. Calls of 1 or
     3 tokens give other logits (~1e-2) than calls of 2; calls of 4 and 6 give the very same bits as calls of 2."""
@@ -147,7 +145,7 @@ def test_why_pairs_calls_of_an_odd_width_round_apart():
     past, _ = kv_names(6)
     ids = np.random.default_rng(0).integers(0, 8192, 64).tolist()
     for precision in ("int8", "int4"):
-        path = build_fast_gpt(model, model_spec(model), Path(tempfile.mkdtemp()) / "g.onnx", precision=precision)
+        path = build_fast_gpt(model, model_spec(model), tmp_path / f"{precision}.onnx", precision=precision)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
         def call(run, start, kv):
