@@ -93,7 +93,7 @@ def test_int4_graph_is_matmulnbits_and_the_int4_variant_runs_it(exported):
 def test_int8_kernel_blocks_by_default_or_dynamic(trained, exported):
     """export.int8_kernel: "blocks" (the default) writes the fast int8 graph as MatMulNBits with 8-bit blocks of 128
     and lists it in io.fast.rows_in_pairs (its greedy rows speculate); "dynamic" writes onnxruntime's quantize_dynamic
-    (DynamicQuantizeMatMul once loaded), which never speculates; both pass the verification, blocks closer to fp32."""
+    (DynamicQuantizeMatMul once loaded), which never speculates; both pass the verification."""
     out, metrics = exported
 
     def int8_ops(directory):
@@ -113,8 +113,9 @@ def test_int8_kernel_blocks_by_default_or_dynamic(trained, exported):
     gen = Generator(dyn, variant="int8")
     assert not gen.speculates and gen.lookahead == 0
     e = ExportConfig()
-    assert dmetrics["verify_fast_int8_agreement"] >= e.min_int8_agreement
-    assert metrics["verify_fast_int8_agreement"] >= dmetrics["verify_fast_int8_agreement"]  # blocks: finer scales
+    for m in (metrics, dmetrics):  # (which is closer to fp32 depends on the model: no order asserted)
+        assert m["verify_fast_int8_agreement"] >= e.min_int8_agreement
+        assert m["verify_fast_int8_loss_delta"] <= e.max_int8_loss_delta
 
 
 def test_fp16_fast_graph_has_half_kv_buffers_and_runs_on_cpu(exported):
