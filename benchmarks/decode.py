@@ -756,6 +756,14 @@ def write_report(report: dict, prefix: str = "decode", render: Callable[[dict], 
     return stem
 
 
+def publish(report: dict, prefix: str, render: Callable[[dict], str], shown: str | None = None) -> Path:
+    """write_report, then the report on stdout (`shown`, else its markdown) and where it went on stderr."""
+    stem = write_report(report, prefix, render)
+    print(shown if shown is not None else render(report))
+    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
+    return stem
+
+
 def quality_note(name: str, quality: dict) -> str | None:
     """The trained-model quality figures of the variant a speed row runs (the same graphs, trained weights)."""
     rows = {r["variant"]: r for r in (quality or {}).get("rows", [])}
@@ -951,9 +959,8 @@ def main(argv: list[str] | None = None) -> int:
         report["quality"] = quality
     if profile:
         report["profile"] = profile
-    stem = write_report(report)
-    print(json.dumps({k: v for k, v in report.items() if k != "raw"}, indent=2) if args.json else markdown(report))
-    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
+    publish(report, "decode", markdown,
+            json.dumps({k: v for k, v in report.items() if k != "raw"}, indent=2) if args.json else None)
     return 0
 
 
@@ -968,9 +975,7 @@ def main_loop_cost(args) -> int:
                          f"onnxruntime {ort.__version__}"}
     render = lambda r: "\n".join([f"`lmforge bench decode {' '.join(r['argv'])}` ({r['time']}, {r['machine']})",  # noqa: E731
                                    *loop_cost_table(r["loop_cost"])])
-    stem = write_report(report, "decode-loop", render)
-    print(json.dumps(report, indent=2) if args.json else render(report))
-    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
+    publish(report, "decode-loop", render, json.dumps(report, indent=2) if args.json else None)
     return 0
 
 

@@ -34,7 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import PROMPT_LEN, SHAPE, LoadMeter, load_text, write_report  # noqa: E402
+from decode import PROMPT_LEN, SHAPE, LoadMeter, load_text, publish  # noqa: E402
 
 SAMPLING = [{"temperature": 0.8}, {"temperature": 0.8, "top_k": 40}, {"temperature": 0.8, "top_p": 0.9},
             {"temperature": 0.8, "top_k": 40, "top_p": 0.9}, {"temperature": 0.8, "top_k": 40, "repetition_penalty": 1.3}]
@@ -398,9 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.chunk),
                   "sampling": sampling_options(build_sampler(d / "sampler.onnx"), args.threads),
                   "argv": sys.argv[1:] if argv is None else list(argv), "onnxruntime": ort.__version__}
-    stem = write_report(report, "decode-options", markdown)
-    print(markdown(report))
-    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
+    publish(report, "decode-options", markdown)
     return 0
 
 

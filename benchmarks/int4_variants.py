@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import (CORPORA, PROMPT_LEN, SHAPE, LoadMeter, load_text, memory_bandwidth,  # noqa: E402
-                    profile_step, train_shakespeare, weight_bytes, write_report)
+                    profile_step, publish, train_shakespeare, weight_bytes)
 
 from lmforge.export.fast import INT4, BlockQuant  # noqa: E402
 
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
               "bandwidth_gb_s": round(bandwidth, 1), "profile": profile}
     if args.train_steps:
         report["quality"] = quality(CHOICES, args.train_steps, args.positions, args.threads, args.corpora)
-    stem = write_report(report, "int4-variants", markdown)
-    print(markdown(report))
-    print(f"\nwritten: {stem}.json, {stem}.md", file=sys.stderr)
+    publish(report, "int4-variants", markdown)
     return 0
 
 

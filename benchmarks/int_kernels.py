@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, load_text, md_table, write_report  # noqa: E402
+from decode import SHAPE, LoadMeter, load_text, md_table, publish  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 5, 6, 8, 16)
 CALL_SHAPES = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 6), (8, 1))  # (batch, tokens per row) of the timed calls
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [{"graph": name, **measure(path, args.threads, args.rounds)} for name, path in paths.items()]
     report = {"argv": argv if argv is not None else sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
               "threads": args.threads, "rounds": args.rounds, "load": load.read(), "rows": rows}
-    stem = write_report(report, "int-kernels", markdown)
-    print(markdown(report))
-    print(f"wrote {stem}.json and .md")
+    publish(report, "int-kernels", markdown)
     return 0
 
 

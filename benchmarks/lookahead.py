@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import CORPORA, LoadMeter, load_text, md_table, train_shakespeare, write_report  # noqa: E402
+from decode import CORPORA, LoadMeter, load_text, md_table, publish, train_shakespeare  # noqa: E402
 
 KEYS = ["variant", "lookahead", "tokens_per_s", "ratio_vs_off", "ratio_min_max", "calls_per_token",
         "accepted_per_verify_call", "draft_acceptance", "greedy_same"]
@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             report["varied"] = measure(varied, args, prompts)
             report["varied"]["prompts"] = len(prompts)
     report["prompts"] = len(report["prompts"])
-    stem = write_report(report, "lookahead", markdown)
-    print(markdown(report))
-    print(f"wrote {stem}.json and .md")
+    publish(report, "lookahead", markdown)
     return 0
 
 

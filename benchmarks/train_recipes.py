@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import write_report  # noqa: E402  (a sibling benchmark: its report writer)
+from decode import publish  # noqa: E402  (a sibling benchmark: its report writer)
 from quality import CORPORA, prepared  # noqa: E402
 
 from lmforge.core.config import ModelConfig, TrainConfig  # noqa: E402
@@ -137,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step_cost:
         report["step_cost"] = step_cost(args.rounds)
     report["load_end"] = round(os.getloadavg()[0], 2)
-    stem = write_report(report, prefix="recipes", render=markdown)
-    print(markdown(report))
-    print(f"\nwrote {stem}.json and .md")
+    publish(report, "recipes", markdown)
     return 0
 
 
