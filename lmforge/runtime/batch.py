@@ -326,7 +326,7 @@ class BatchSession:
                 row.slot = free.pop(0)
                 joining.append(row)
         self.stats["prefills"] += len(joining)
-        if getattr(self.dec, "can_pair", False):  # one slot, an int8/int4 graph: pairs for a row that speculates
+        if self.dec.can_pair:  # one slot, an int8/int4 graph: pairs for a row that speculates
             self.dec.pairs = joining[0].lookup is not None
         if len(joining) == self.slots:  # every slot at once (a fresh batch): one batched prefill
             self.logits[:] = self.dec.prefill([r.tokens for r in joining])

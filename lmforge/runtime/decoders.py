@@ -39,6 +39,7 @@ class Slots:
     """What every decoding state shares: per-slot lengths, and the batch-at-once calls in terms of the slot calls."""
 
     capacity: int  # positions a slot's cache holds
+    can_pair = pairs = False  # a one-slot int8/int4 fast graph's calls in pairs of tokens (KVBuffers only)
 
     def __init__(self, slots: int):
         self.slots = slots
