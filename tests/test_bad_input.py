@@ -80,6 +80,7 @@ def test_unknown_preset(capsys):
 @pytest.mark.parametrize("argv, problem", [
     (["run", "--set", "promote.margin=-1"], "promote.margin must be >= 0"),
     (["run", "--set", "promote.gate=-0.5"], "promote.gate must be >= 0"),
+    (["run", "--set", "export.int8_kernel=fast"], "export.int8_kernel must be one of blocks, dynamic"),
     (["schedule", "on", "no-such"], "no deployment named 'no-such' in prefect.yaml"),
     (["schedule", "setup", "--stuck-after", "5"], "proactive triggers need at least 10 seconds"),
     (["serve"], "name the deployments to serve"),
