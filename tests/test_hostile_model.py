@@ -47,6 +47,9 @@ MANIFESTS = [
     ("io.fast.rows_in_pairs not a list", lambda m: m["io"]["fast"].update(rows_in_pairs="int8"), "rows_in_pairs"),
     ("huge io.fast.rows_in_pairs", lambda m: m["io"]["fast"].update(rows_in_pairs=["int8"] * 10**5), "rows_in_pairs"),
     ("io.fast.rows_in_pairs of numbers", lambda m: m["io"]["fast"].update(rows_in_pairs=[4]), "rows_in_pairs"),
+    ("io.fast.rows_graph not an object", lambda m: m["io"]["fast"].update(rows_graph=8), "rows_graph"),
+    ("huge io.fast.rows_graph", lambda m: m["io"]["fast"].update(rows_graph={"rows": 10**6}), "rows_graph.rows"),
+    ("io.fast.rows_graph of one row", lambda m: m["io"]["fast"].update(rows_graph={"rows": 1}), "rows_graph.rows"),
     ("files a list", lambda m: m.update(files=["model.onnx"]), "'files'"),
     ("files a string", lambda m: m.update(files="model.onnx"), "'files'"),
     ("files entry a number", lambda m: m["files"].update(fp32=5), "files.fp32"),
@@ -253,3 +256,31 @@ def test_a_long_stop_string_is_held_back_and_matched(model_dir, tmp_path):
     gen = Generator(d)
     text = gen.generate("why", max_new_tokens=20, temperature=0)
     assert gen.generate("why", max_new_tokens=20, temperature=0, stop=[stop, text[3:5]]) == text[:text.index(text[3:5])]
+
+
+def test_a_rows_graph_that_is_not_the_one_lmforge_json_names_is_refused(model_dir, tmp_path):
+    """model.fast.rows.onnx replaced by another graph, or lmforge.json naming another number of rows: the batch
+    that would load it is refused with a ModelDirError before its first step; other batches never load it."""
+    from lmforge.export.fast import build_rows_graph
+
+    dirs = []
+    for name, rows, graph in (("swapped", 8, "model.fast.onnx"), ("fewer", 4, None)):
+        directory = tmp_path / name
+        shutil.copytree(model_dir, directory)
+        if graph:
+            shutil.copy(directory / graph, directory / "model.fast.rows.onnx")
+        else:
+            build_rows_graph(directory / "model.fast.onnx", directory / "model.fast.rows.onnx", 8)
+        manifest = json.loads((directory / "lmforge.json").read_text())
+        manifest["io"]["fast"]["rows_graph"] = {"rows": rows}
+        manifest["files"]["fast-rows"] = "model.fast.rows.onnx"
+        (directory / "lmforge.json").write_text(json.dumps(manifest))
+        dirs.append((directory, rows))
+    for directory, rows in dirs:
+        gen = Generator(directory, batch_lookahead=True)
+        assert gen.rows_graph == rows
+        assert gen.generate("ab", max_new_tokens=3, temperature=0) == Generator(model_dir).generate(
+            "ab", max_new_tokens=3, temperature=0)
+        with pytest.raises(ModelDirError, match="model.fast.rows.onnx does not have the inputs") as info:
+            gen.generate(["ab"] * rows, max_new_tokens=3)
+        assert "\n" not in str(info.value)

@@ -18,7 +18,7 @@ from lmforge.data.tokenize import train_char
 from lmforge.export.modeldir import export_model_dir
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.runtime import Generator, ModelDirError, RequestError, RowRequest
-from lmforge.runtime.lookahead import Lookup
+from lmforge.runtime.lookahead import BatchEconomy, Lookup
 from lmforge.runtime.scoring import greedy_ids
 from lmforge.training.train import train
 
@@ -43,7 +43,7 @@ def reciter(tmp_path_factory, one_torch_thread):
     train(model, ids, ids, 64, TrainConfig(max_steps=300, batch_size=16, lr=3e-3, warmup_steps=10,
                                           eval_interval=300, eval_iters=1, threads=1), root / "ckpt")
     out, _ = export_model_dir(model.eval(), root / "tokenizer.json", root / "model", MANIFEST,
-                              ExportConfig(optimize=False, fp16=True, int4=True))
+                              ExportConfig(optimize=False, fp16=True, int4=True, rows_graph=True))
     return out
 
 
@@ -322,6 +322,57 @@ def test_mixed_batches_and_continuous_batching_are_the_same(reciter):
     assert events(on, both) == events(off, both) and on.last_stats["verify_calls"] == 0  # never alone: no drafts
     assert events(on, both[:1]) == events(off, both[:1]) and on.last_stats["verify_calls"] > 0
     assert on.batch_session().stats == dict.fromkeys(session.stats, 0)
+
+
+def test_a_batch_of_eight_checks_every_rows_draft_in_one_call_of_the_rows_graph(reciter):
+    """batch_lookahead, fp32, 8 slots (the rows graph's rows): each position's logits in one extend_rows() call of
+    rows of unequal lengths equal those of the fast graph stepped one token per call, to float32 rounding, and a
+    batch of 8 rows (greedy rows beside seeded sampling ones, stop strings, max_new_tokens, the sliding window)
+    decodes the very events of lookahead 0 in fewer calls, whether or not its economy lets every call run; int8,
+    another batch size, lookahead 0 and a generator that did not ask never load it."""
+    on = Generator(reciter, lookahead=4, batch_lookahead=True)
+    off = Generator(reciter, lookahead=0)
+    assert on.rows_graph == 8 and off.rows_graph == 0 and Generator(reciter, lookahead=4).rows_graph == 0
+    assert Generator(reciter, variant="int8", batch_lookahead=True).rows_graph == 0
+    assert Generator(reciter, lookahead=0, batch_lookahead=True).rows_graph == 0
+    prompts = [on.encode(p) for p in PROMPTS * 2]
+    batch, stepped = on.decoder(8, 64), on.decoder(8, 64)
+    assert batch.rows_graph and not on.decoder(4, 64).rows_graph and not off.decoder(8, 64).rows_graph
+    for dec in (batch, stepped):
+        for slot, ids in enumerate(prompts):
+            dec.prefill_slot(slot, ids[:20 + slot])
+    tokens = np.random.default_rng(0).integers(0, on.vocab_size, (8, 5))
+    got = batch.extend_rows(tokens).copy()
+    assert (batch.lengths == stepped.lengths + 5).all()
+    for j in range(5):
+        np.testing.assert_allclose(got[:, j], stepped.step(tokens[:, j]), atol=2e-5)
+    reqs = [RowRequest(PROMPTS[i % 4], max_new_tokens=150) for i in range(5)]  # (the rows that sample or stop
+    reqs += [RowRequest(PROMPTS[1], temperature=0.9, seed=1, max_new_tokens=30),  # end first: the rest speculate
+             RowRequest(PROMPTS[2], max_new_tokens=150, stop=["question"]),  # on, slots left empty)
+             RowRequest(PROMPTS[3], temperature=0.8, top_k=5, seed=2, max_new_tokens=40)]
+    want = events(off, reqs)
+    assert events(on, reqs) == want  # the measured economy: however many calls it let run
+    on.economy = BatchEconomy(measure=False)  # every call a row drafts for runs
+    assert events(on, reqs) == want
+    stats, plain = on.last_stats, off.last_stats
+    assert stats["verify_calls"] > 10 and stats["accepted"] > 100 and plain["verify_calls"] == 0
+    assert stats["calls"] < 0.8 * plain["calls"]
+
+
+def test_the_batch_economy_verifies_only_where_the_measured_costs_say_it_pays():
+    e = BatchEconomy()
+    assert not e.pays(5, 40, 8)  # no plain step timed yet
+    e.stepped(0.004)
+    assert e.hopeful(8, 4) and e.pays(5, 9, 8)  # a width not timed yet: tried
+    for _ in range(e.TRIES):
+        e.verified(5, 0.009, drafted=32, taken=30)
+    assert e.pays(5, 30, 8) and not e.pays(5, 16, 8)  # 30 tokens in 9 ms beat 8 in 4 ms; 16 do not
+    for _ in range(20):
+        e.verified(5, 0.009, drafted=32, taken=2)  # drafts rejected: the rate falls
+    assert e.rate < 0.2 and not e.hopeful(8, 4)  # not even every row's whole draft at that rate pays
+    for _ in range(e.REFRESH - 1):
+        assert not e.hopeful(8, 4)
+    assert e.hopeful(8, 4) and e.pays(5, 9, 8)  # after REFRESH steps without a call: tried again
 
 
 def test_lookahead_options(reciter, tmp_path):

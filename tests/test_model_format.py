@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, TINY
 
 DOC = (REPO / "docs" / "model-format.md").read_text(encoding="utf-8")
-FLAGS = ("int8", "optimize", "fp16", "int4")
+FLAGS = ("int8", "optimize", "fp16", "int4", "rows_graph")
 ONNX_TYPES = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": onnx.TensorProto.FLOAT,
               "float16": onnx.TensorProto.FLOAT16}
 ORT_TYPES = {"int64": "tensor(int64)", "int32": "tensor(int32)", "float32": "tensor(float)", "float16": "tensor(float16)"}
@@ -69,6 +69,7 @@ def gpt(prefect_server, tmp_path_factory) -> Path:
         # every variant on; a TINY model's choices are near ties, so the int4 agreement bound is not what this checks
         result = pipeline(preset="jokes-char", overrides={**TINY, "export.int8": True, "export.optimize": True,
                                                           "export.fp16": True, "export.int4": True,
+                                                          "export.rows_graph": True,
                                                           "export.min_int4_agreement": 0})
     finally:
         mp.undo()
@@ -129,7 +130,7 @@ def test_files_table_is_every_file_and_its_conditions(gpt, rnn, tmp_path):
     default = {"hf": True, "gguf": "f16"}
     exports = [(gpt, "gpt", {**dict.fromkeys(FLAGS, True), **default}),
                (plain, "gpt", {**dict.fromkeys(FLAGS, False), "hf": False, "gguf": "none"}),
-               *[(d, f, {"int8": True, "optimize": False, "fp16": False, "int4": True, **default})
+               *[(d, f, {"int8": True, "optimize": False, "fp16": False, "int4": True, "rows_graph": False, **default})
                  for f, d in rnn.items()]]
     for d, family, flags in exports:
         flags = {**flags, "tokenizer": manifest(d)["tokenizer"]["kind"]}  # jokes-char: char
@@ -197,9 +198,10 @@ def documented_io(heading: str, spec: dict, family: str) -> dict[str, dict]:
         if qualifier(r["name"]) and family not in qualifier(r["name"]):
             continue
         dims = [d.strip() for d in r["shape"].strip("[]").split(",") if d.strip()]
-        shape = [d if d in SYMBOLIC else spec[d] for d in dims]
+        shape = [d if d in SYMBOLIC else int(d) if d.isdigit() else spec[d] for d in dims]
         name = ticks(r["name"])[0]
         names = [name.replace("{i}", str(i)) for i in range(spec["n_layer"])] if "{i}" in name else [name]
+        names = [n.replace("{r}", str(row)) for n in names for row in range(ROWS)] if "{r}" in name else names
         for n in names:
             io[r["in/out"]][n] = (r["type"], shape)
     return io
@@ -218,7 +220,9 @@ def real_io(path: Path) -> dict[str, dict]:
             "out": {v.name: one(v) for v in proto.graph.output}}
 
 
-GRAPHS = {"Portable graph, gpt": ("gpt",), "Fast graph, gpt": ("gpt",), "Fast graph in float16, gpt": ("gpt",),
+ROWS = 8  # the rows graph's rows (lmforge.export.fast.ROWS)
+GRAPHS = {"Portable graph, gpt": ("gpt",), "Fast graph, gpt": ("gpt",), "Rows graph, gpt": ("gpt",),
+          "Fast graph in float16, gpt": ("gpt",),
           "onnxruntime-genai graph, gpt": ("gpt",), "Recurrent graph, lstm and gru": ("lstm", "gru")}
 
 

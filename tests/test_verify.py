@@ -53,7 +53,7 @@ def trained(tmp_path_factory, one_torch_thread):
 def exported(trained):
     root, model, val, _ = trained
     out, metrics = export_model_dir(model, root / "tokenizer.json", root / "model", MANIFEST,
-                                    ExportConfig(fp16=True, int4=True), val=val)
+                                    ExportConfig(fp16=True, int4=True, rows_graph=True), val=val)
     return out, metrics
 
 
@@ -62,7 +62,10 @@ def test_every_graph_checked_within_the_default_bounds(exported):
     manifest = json.loads((out / "lmforge.json").read_text())
     e = ExportConfig()
     runtime_graphs = {k for k in manifest["files"] if not k.startswith("genai")}  # genai: onnxruntime-genai's
-    assert runtime_graphs == {"fp32", "int8", "optimized", "fp16", "fast", "fast-int8", "fast-int4", "fast-fp16"}
+    assert runtime_graphs == {"fp32", "int8", "optimized", "fp16", "fast", "fast-int8", "fast-int4", "fast-fp16",
+                              "fast-rows"}
+    assert manifest["io"]["fast"]["rows_graph"] == {"rows": 8}
+    assert 0 <= metrics["verify_fast_rows_logit_max_abs"] <= e.max_abs_logit_diff  # against one call per token
     assert metrics["onnx_genai_parity_max_abs"] <= e.parity_tolerance  # its fp32 graph, against torch at export
     for g in GRAPHS:
         assert metrics[f"verify_{g}_logit_max_abs"] <= e.max_abs_logit_diff
@@ -75,6 +78,7 @@ def test_every_graph_checked_within_the_default_bounds(exported):
     assert metrics["onnx_fast_parity_max_abs"] == metrics["verify_fast_logit_max_abs"]
     record = manifest["verification"]
     assert record["positions"] == e.check_positions and record["torch_prompt_lengths"] == [7, 1, 4]
+    assert record["providers"].pop("fast-rows") == "CPUExecutionProvider"  # the rows graph runs on the CPU only
     assert set(record["providers"].values()) == {expected_provider()}  # the provider that actually ran
 
 
@@ -164,6 +168,29 @@ def test_a_corrupted_fast_fp32_weight_fails_against_torch(trained):
     with pytest.raises(LmforgeError, match="model.fast.onnx .*export.max_abs_logit_diff"):
         export_model_dir(model, root / "tokenizer.json", root / "bad", MANIFEST,
                          ExportConfig(int8=False, optimize=False, int4=False), before_verify=corrupt)
+
+
+def test_a_corrupted_rows_graph_fails_against_the_fast_graph(trained):
+    """model.fast.rows.onnx (export.rows_graph) checked against the fast graph stepped one token per call; not
+    written by default."""
+    root, model, _, _ = trained
+
+    def corrupt(directory):
+        path = directory / "model.fast.rows.onnx"
+        proto = onnx.load(str(path))
+        t = next(t for t in proto.graph.initializer if t.name == "blocks.0.attn.c_attn.weight_t")
+        w = numpy_helper.to_array(t).copy()
+        w[:, -1] += 0.5  # a value weight: only the rows graph's attention output moves
+        t.CopyFrom(numpy_helper.from_array(w, t.name))
+        onnx.save(proto, str(path))
+
+    with pytest.raises(LmforgeError, match="model.fast.rows.onnx .* one token per call .*export.max_abs_logit_diff"):
+        export_model_dir(model, root / "tokenizer.json", root / "bad-rows", MANIFEST,
+                         ExportConfig(int8=False, optimize=False, rows_graph=True), before_verify=corrupt)
+    out, _ = export_model_dir(model, root / "tokenizer.json", root / "plain", MANIFEST,
+                              ExportConfig(int8=False, optimize=False))
+    manifest = json.loads((out / "lmforge.json").read_text())
+    assert "fast-rows" not in manifest["files"] and "rows_graph" not in manifest["io"]["fast"]
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])

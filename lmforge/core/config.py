@@ -141,6 +141,9 @@ class ExportConfig:
     int8_kernel: str = "blocks"      # model.fast.int8.onnx: "blocks" (MatMulNBits, 8-bit blocks of 128: greedy rows
                                      # speculate exactly at batch 1) or "dynamic" (DynamicQuantizeMatMul: ~1.3x the
                                      # tokens/s at batch 8, never speculates; docs/decode.md)
+    rows_graph: bool = False         # model.fast.rows.onnx: the fp32 fast graph with one attention node per row of 8,
+                                     # so that a batch of 8 greedy rows checks its drafts in one call, for
+                                     # Generator(batch_lookahead=True); opt-in, as that is (docs/decode.md)
     # Checked at export through lmforge.runtime's own decoding state (docs/decode.md "Verification"); an export
     # past a bound fails. fp32 graphs against torch:
     max_abs_logit_diff: float = 1e-3

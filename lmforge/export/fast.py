@@ -20,18 +20,22 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lmforge.runtime.names import kv_names
+from lmforge.runtime.names import kv_names, row_name
 
 FAST_INPUTS = ["input_ids", "position_ids", "seqlens_k", "total_sequence_length"]
 
 
-def fast_io_spec(spec: dict, pairs: tuple[str, ...] = ()) -> dict:
-    """lmforge.json's io["fast"]: the I/O names, and `pairs`, the variants written whose every MatMul is MatMulNBits
-    (ROWS_IN_PAIRS: the runtime runs a speculating row's calls of them in pairs of tokens, KVBuffers.pairs)."""
+def fast_io_spec(spec: dict, pairs: tuple[str, ...] = (), rows: int = 0) -> dict:
+    """lmforge.json's io["fast"]: the I/O names, `pairs`, the variants written whose every MatMul is MatMulNBits
+    (ROWS_IN_PAIRS: the runtime runs a speculating row's calls of them in pairs of tokens, KVBuffers.pairs), and
+    `rows_graph` {"rows": R} where model.fast.rows.onnx was written (build_rows_graph)."""
     past, present = kv_names(spec["n_layer"])
-    return {"inputs": FAST_INPUTS, "logits": "logits",
-            "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)],
-            "rows_in_pairs": list(pairs)}
+    io = {"inputs": FAST_INPUTS, "logits": "logits",
+          "state": [{"input": i, "output": o, "kind": "kv-buffer"} for i, o in zip(past, present)],
+          "rows_in_pairs": list(pairs)}
+    if rows:
+        io["rows_graph"] = {"rows": rows}
+    return io
 
 
 # MatMulNBits accuracy_level 4: the CPU kernel quantises activations to int8 and multiplies in int8 (what
@@ -207,6 +211,76 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32",
         inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                           producer_name="lmforge", ir_version=9)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+# Rows of the rows graph: runtime.batch.DEFAULT_SLOTS, the batch a server and stream_batch run by default
+ROWS = 8
+
+
+def _per_row_attention(n, rows: int, seq: list[str]) -> list:
+    """The nodes that replace GroupQueryAttention `n` in the rows graph: Split its packed QKV along the batch, one
+    batch-1 node per row over row_name(cache, r) with the row's seqlens_k and total length, Concat the outputs."""
+    qkv, (att, key, value) = n.input[0], n.output
+    parts = [f"{qkv}_row{r}" for r in range(rows)]
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    return [helper.make_node("Split", [qkv, "rows_split"], parts, name=f"{qkv}_split", axis=0),
+            *[helper.make_node("GroupQueryAttention", [parts[r], "", "", row_name(n.input[3], r),
+                                                       row_name(n.input[4], r), seq[r], f"total_row{r}"],
+                               [f"{att}_row{r}", row_name(key, r), row_name(value, r)], name=f"{n.name}_row{r}",
+                               domain="com.microsoft", **attrs) for r in range(rows)],
+            helper.make_node("Concat", [f"{att}_row{r}" for r in range(rows)], [att], name=f"{att}_concat", axis=0)]
+
+
+def build_rows_graph(fast: Path, path: Path, rows: int = ROWS) -> Path:
+    """Write the rows graph of the fp32 fast graph `fast` to `path`: the same nodes and weights, but each
+    GroupQueryAttention split into one node per row (Split the packed QKV [R, S, 3C] along the batch, one
+    batch-1 node per row over that row's own cache, Concat the outputs), so that a call of R rows takes several new
+    tokens per row with a past. onnxruntime's CPU kernel refuses that at batch > 1 ("batch_size must be 1 when
+    sequence_length > 1 and past context is given"); at batch 1 it runs, as KVBuffers.extend does for one row.
+    Every MatMul still runs once over all R x S tokens, reading each weight once per call.
+
+    I/O: input_ids, position_ids [R, S] int64, seqlens_k [R] int32 (each row's tokens after the call, minus one;
+    each node's total_sequence_length is its row's seqlens_k + 1), and per cache input `c` of the fast graph and
+    row r, row_name(c, r) [1, H, M, D] (bound by the runtime to row r's part of the batch's cache, as past and as
+    the matching present output) -> logits [R, S, V]. Every row's S tokens are all written: a row with fewer real
+    ones is padded and given back after (KVBuffers.truncate)."""
+    m = onnx.load(str(fast))
+    g = m.graph
+    if any(n.op_type == "MatMulNBits" for n in g.node):
+        raise ValueError("the rows graph is built from the fp32 fast graph")
+    past = [i.name for i in g.input if i.name.startswith("past_key_values.")]
+    present = [o.name for o in g.output if o.name.startswith("present.")]
+    kv_type = {i.name: i.type.tensor_type for i in g.input}[past[0]]
+    H, D = (d.dim_value for d in (kv_type.shape.dim[1], kv_type.shape.dim[3]))
+    g.initializer.extend([numpy_helper.from_array(np.ones(rows, np.int64), "rows_split"),
+                          numpy_helper.from_array(np.ones(1, np.int32), "rows_one"),
+                          numpy_helper.from_array(np.zeros(0, np.int64), "rows_scalar")])
+    seq = [f"seqlens_k_row{r}" for r in range(rows)]
+    nodes = [helper.make_node("Split", ["seqlens_k", "rows_split"], seq, name="seqlens_k_split", axis=0)]
+    for r in range(rows):  # [1] -> the row's total_sequence_length [] (a scalar, read on the host)
+        nodes.append(helper.make_node("Add", [seq[r], "rows_one"], [f"total_row{r}_1"], name=f"total_row{r}_add"))
+        nodes.append(helper.make_node("Reshape", [f"total_row{r}_1", "rows_scalar"], [f"total_row{r}"],
+                                      name=f"total_row{r}"))
+    for n in g.node:
+        nodes += _per_row_attention(n, rows, seq) if n.op_type == "GroupQueryAttention" else [n]
+    del g.node[:]
+    g.node.extend(nodes)
+    kv_shape = [1, H, "capacity", D]
+    inputs = [i for i in g.input if i.name not in past and i.name != "total_sequence_length"]
+    outputs = [o for o in g.output if o.name not in present]
+    for i in inputs + outputs:  # [rows, S]
+        i.type.tensor_type.shape.dim[0].dim_value = rows
+    inputs += [helper.make_tensor_value_info(row_name(c, r), TensorProto.FLOAT, kv_shape) for c in past
+               for r in range(rows)]
+    outputs += [helper.make_tensor_value_info(row_name(c, r), TensorProto.FLOAT, kv_shape) for c in present
+                for r in range(rows)]
+    del g.input[:], g.output[:]
+    g.input.extend(inputs)
+    g.output.extend(outputs)
+    g.name = "lmforge_gpt_fast_rows"
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return path

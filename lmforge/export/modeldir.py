@@ -162,13 +162,17 @@ def rnn_parity(model: torch.nn.Module, spec: dict, onnx_path: Path, steps: int =
 
 
 def export_fast_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple[dict, dict]:
-    """model.fast.onnx (+ model.fast.int8.onnx, model.fast.int4.onnx, model.fast.fp16.onnx as `e` asks):
+    """model.fast.onnx (+ model.fast.rows.onnx, model.fast.int8.onnx, model.fast.int4.onnx, model.fast.fp16.onnx as
+    `e` asks):
     (lmforge.json `files` entries written, the fast graph's I/O spec). They are checked with the others by
     lmforge.export.verify, through the runtime."""
-    from lmforge.export.fast import build_fast_gpt, fast_io_spec
+    from lmforge.export.fast import ROWS, build_fast_gpt, build_rows_graph, fast_io_spec
 
     build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast"])
     files = {"fast": VARIANT_FILES["fast"]}
+    if e.rows_graph:  # the fp32 graph with attention per row: a batch's greedy rows verify drafts in one call
+        build_rows_graph(tmp / VARIANT_FILES["fast"], tmp / VARIANT_FILES["fast-rows"], ROWS)
+        files["fast-rows"] = VARIANT_FILES["fast-rows"]
     pairs = []  # the variants whose MatMuls are all MatMulNBits (lmforge.export.fast.ROWS_IN_PAIRS)
     if e.int8 and e.int8_kernel == "dynamic":  # DynamicQuantizeMatMul: faster batches, never speculates
         quantize_int8(tmp / VARIANT_FILES["fast"], tmp / VARIANT_FILES["fast-int8"])
@@ -184,7 +188,7 @@ def export_fast_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple
     if e.fp16:
         build_fast_gpt(model, spec, tmp / VARIANT_FILES["fast-fp16"], precision="fp16")
         files["fast-fp16"] = VARIANT_FILES["fast-fp16"]
-    return files, fast_io_spec(spec, tuple(pairs))
+    return files, fast_io_spec(spec, tuple(pairs), ROWS if e.rows_graph else 0)
 
 
 def export_portable_variants(model, spec: dict, tmp: Path, e: ExportConfig) -> tuple[dict, dict]:

@@ -9,10 +9,12 @@ graph's growing cache), not through a separate re-implementation of the feeds:
   windows (lmforge.runtime.scoring.val_rows: a short prefill, then one cached step per token): mean loss delta
   (nats/token) and top-1 agreement (the share of positions where both pick the same next token), bounded by
   export.max_<kind>_loss_delta and export.min_<kind>_agreement.
+- the rows graph (model.fast.rows.onnx) against the fast graph: one call of 5 tokens for each of its rows, of
+  unequal lengths, as a speculating batch runs it, against one step per token; bounded by export.max_abs_logit_diff.
 
 Metrics (lmforge.json `metrics`, MLflow, model-version tags): verify_<graph>_logit_max_abs,
 verify_<graph>_loss_delta, verify_<graph>_agreement, verify_<ref>_loss; <graph> is the lmforge.json `files` key
-with '-' as '_' (fp32, optimized, fast, int8, fp16, fast_int8, fast_int4, fast_fp16)."""
+with '-' as '_' (fp32, optimized, fast, fast_rows, int8, fp16, fast_int8, fast_int4, fast_fp16)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -123,6 +125,40 @@ def check_quantised(load, files: dict, quant: list[str], rows: np.ndarray, bound
     return metrics
 
 
+def rows_graph_gap(gen, prompts: list[list[int]], width: int = 5) -> float:
+    """The rows graph (model.fast.rows.onnx) as a batch that speculates runs it: the worst |logit| gap between one
+    KVBuffers.extend_rows call of `width` tokens per row, over rows of unequal lengths (the prompts, cycled and
+    cut to different lengths), and the fast graph stepping the same tokens one call per token."""
+    rows, block = gen.rows_graph, gen.block_size
+    width = max(1, min(width, block - 1))
+    rng = np.random.default_rng(0)
+    starts = [(prompts[i % len(prompts)] * block)[:max(1, min(1 + 3 * i, block - width))] for i in range(rows)]
+    tokens = rng.integers(0, gen.vocab_size, (rows, width))
+    worst = 0.0
+    batch, stepped = gen.decoder(rows, block), gen.decoder(rows, block)
+    for dec in (batch, stepped):
+        for slot, ids in enumerate(starts):
+            dec.prefill_slot(slot, ids)
+    got = batch.extend_rows(tokens).copy()
+    for j in range(width):
+        worst = max(worst, float(np.abs(stepped.step(tokens[:, j]) - got[:, j]).max()))
+    return worst
+
+
+def check_rows_graph(md, prompts: list[list[int]], bounds: Bounds) -> float:
+    """rows_graph_gap through a Generator that runs the rows graph; LmforgeError past export.max_abs_logit_diff."""
+    from lmforge.runtime import Generator
+
+    err = rows_graph_gap(Generator(md.path, device="cpu", fast=True, lookahead=1, batch_lookahead=True), prompts)
+    if not err <= bounds.max_abs_logit_diff:
+        files = md.manifest["files"]
+        raise LmforgeError(f"{files['fast-rows']} run through lmforge.runtime differs from {files['fast']} stepped "
+                           f"one token per call by {err:.2e} (> export.max_abs_logit_diff "
+                           f"{bounds.max_abs_logit_diff:g})",
+                           hint="report this model configuration; --set export.rows_graph=false to skip the rows graph")
+    return err
+
+
 def verify_model_dir(model, model_dir: Path, val: np.ndarray | None = None, bounds: Bounds = Bounds(),
                      device: str = "auto") -> tuple[dict, dict]:
     """Check every graph in `model_dir` (see the module docstring); raise LmforgeError past a bound. Returns
@@ -156,6 +192,9 @@ def verify_model_dir(model, model_dir: Path, val: np.ndarray | None = None, boun
             raise LmforgeError(f"{md.manifest['files'][key]} run through lmforge.runtime differs from torch by "
                                f"{err:.2e} (> export.max_abs_logit_diff {bounds.max_abs_logit_diff:g})",
                                hint="report this model configuration; raise export.max_abs_logit_diff to inspect")
+    if "fast-rows" in present:
+        metrics["verify_fast_rows_logit_max_abs"] = check_rows_graph(md, prompts, bounds)
+        providers["fast-rows"] = "CPUExecutionProvider"
     quant = [k for k in QUANT_GRAPHS if k in present]
     if val is not None and quant:
         metrics.update(check_quantised(load, md.manifest["files"], quant, val_block(spec, val, bounds), bounds))

@@ -9,7 +9,9 @@ they end. Every step reads top to bottom:
     1. forward  each running row's last token in one batched call (a row whose context is full re-prefills
                 its last block_size // 2 tokens instead: the sliding window); a greedy row that is the only one
                 appending a token checks a prompt-lookup draft in the same call instead (runtime.lookahead,
-                KVBuffers.extend) and takes the verified run of tokens in step 4
+                KVBuffers.extend) and takes the verified run of tokens in step 4; with batch_lookahead, the rows
+                of a batch of the rows graph's rows check their drafts in one call where that pays
+                (KVBuffers.extend_rows, runtime.lookahead.BatchEconomy)
     2. admit    queued rows into free slots: a prefill each, alone, so the other rows are untouched (a row
                 with an empty prompt cannot draw <eos> first: its text is never empty)
     3. sample   one call for every row (runtime.sampling.sample_rows; each row its own parameters and RNG)
@@ -73,6 +75,8 @@ class Row:
         self.deadline = time.monotonic() + gen.limits.deadline_s
         # prompt-lookup drafts (runtime.lookahead) for a greedy row, where the generator speculates
         self.lookup = Lookup(gen.lookahead) if self.greedy and gen.lookahead else None
+        if self.lookup is not None:
+            self.lookup.rate = gen.economy.rate  # (a batch's drafts: what they were worth lately)
         self.run: tuple[int, ...] | None = None  # the tokens of this step's verified run, when it had one
 
     def accept(self, token: int, eos: int | None) -> str:
@@ -264,15 +268,22 @@ class BatchSession:
             r.last = None
         if len(stepping) == 1 and self.gen.lookahead and self._verify(self.rows[stepping[0]]):
             pass  # one greedy row, drafts verified in one call: its tokens are in self.runs
+        elif len(stepping) > 1 and dec.rows_graph and self._verify_rows(stepping):
+            pass  # the rows in one call of the rows graph, the drafting rows' tokens in self.runs
         elif len(stepping) == self.slots:  # the usual step: every slot appends its token
-            out = dec.step(next_ids)
+            if dec.rows_graph:  # (timed: what a verifying call must beat, runtime.lookahead.BatchEconomy)
+                t = time.perf_counter()
+                out = dec.step(next_ids)
+                self.gen.economy.stepped(time.perf_counter() - t)
+            else:
+                out = dec.step(next_ids)
             if out is not self.logits:
                 np.copyto(self.logits, out)
         elif stepping:
             active = self._active
             active[:] = False
             active[stepping] = True
-            out = dec.step(next_ids, active)
+            out = dec.step(next_ids, active)  # (a call of every slot, as costly as the usual step: not timed)
             if out is not self.logits:  # (written in place, the other slots' logits are junk that nothing reads)
                 self.logits[active] = out[active]
         self.stats["calls"] += bool(stepping)
@@ -310,6 +321,67 @@ class BatchSession:
         stats["drafted"] += len(draft)
         stats["accepted"] += took
         return True
+
+    def _verify_rows(self, stepping: list[int]) -> bool:
+        """Speculate for every row that appends a token (the slots `stepping`, two or more), where the decoder has
+        the rows graph (batch_lookahead, fp32, a batch of its rows: KVBuffers.extend_rows): each greedy row drafts
+        as in _verify; where the call pays (below), ONE call runs each row's last token and its draft, right-padded
+        with pad tokens to the longest (W = 1 + the longest draft; a slot without a row runs pads at position 0,
+        as in a step); each drafting row keeps its verified run as _verify does, and every row's first position's
+        logits are its next-token logits (what the rows that did not draft sample from, in step 3). The pads and
+        rejected tokens are given back (truncate). False (nothing run) when no row drafts, a row lacks room for W
+        more, or the call does not pay: it costs far more than a one-token step (compute, not weight reads, at
+        batch 8), so the generator's BatchEconomy times both and weighs the tokens expected."""
+        dec, economy = self.dec, self.gen.economy
+        rows = [self.rows[s] for s in stepping]
+        if not economy.hopeful(len(rows), self.gen.lookahead):
+            return False
+        length = dec.length
+        room = dec.capacity - 1 - max(length[r.slot] for r in rows)  # every row writes W positions
+        drafts = [r.lookup.draft(r.tokens, min(room, r.max_new_tokens - r.sampled - 1))
+                  if r.lookup is not None and room > 0 else [] for r in rows]
+        width = 1 + max(len(d) for d in drafts)
+        expected = sum(1 + r.lookup.rate * len(d) if d else 1 for r, d in zip(rows, drafts))
+        if width == 1 or not economy.pays(width, expected, len(rows)):
+            return False
+        ids, active = self._row_runs(rows, drafts, width, stepping)
+        n = dec.lengths.copy()
+        first = not dec.ran_rows(width)  # (a first call of a width allocates: not timed)
+        t = time.perf_counter()
+        out = dec.extend_rows(ids, active)  # [slots, W, V]
+        np.copyto(self.logits, out[:, 0])
+        best = out.argmax(-1).tolist()  # [slots][W] the graph's choice at each position
+        stats, taken, drafted = self.stats, 0, 0
+        for r, d in zip(rows, drafts):
+            took = 0
+            while took < len(d) and d[took] == best[r.slot][took]:
+                took += 1
+            dec.truncate(r.slot, int(n[r.slot]) + 1 + took)  # the last token and the accepted draft
+            if d:
+                r.lookup.checked(len(d), took)
+                self.runs[r.slot] = best[r.slot][:took + 1]
+                drafted += len(d)
+                taken += took
+        stats["drafted"] += drafted
+        stats["accepted"] += taken
+        stats["verify_calls"] += 1
+        economy.verified(width, None if first else time.perf_counter() - t, drafted, taken)
+        return True
+
+    def _row_runs(self, rows: list[Row], drafts: list[list[int]], width: int,
+                  stepping: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """_verify_rows' call: ids [slots, W] (each row's last token and its draft, right-padded with pad tokens;
+        a slot without a row all pads) and the active slots (None: every slot)."""
+        ids = np.full((self.slots, width), self.gen.pad or 0, np.int64)
+        for r, d in zip(rows, drafts):
+            ids[r.slot, 0] = self._next_ids[r.slot]
+            ids[r.slot, 1:1 + len(d)] = d
+        if len(rows) == self.slots:
+            return ids, None
+        active = self._active
+        active[:] = False
+        active[stepping] = True
+        return ids, active
 
     def _admit(self, events: list[RowEvent]) -> None:
         if not self.queue:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from lmforge.runtime.names import row_name
+
 if TYPE_CHECKING:
     from lmforge.runtime.generator import Generator
 
@@ -40,6 +42,7 @@ class Slots:
 
     capacity: int  # positions a slot's cache holds
     can_pair = pairs = False  # a one-slot int8/int4 fast graph's calls in pairs of tokens (KVBuffers only)
+    rows_graph = False  # every slot extends in one call (KVBuffers.extend_rows: the fast graph's rows graph)
 
     def __init__(self, slots: int):
         self.slots = slots
@@ -89,7 +92,11 @@ class KVBuffers(Slots):
     verifying calls give a position the very same logits (tests/test_lookahead.py). A call of two tokens costs
     ~20-35% more than one of a single token (benchmarks/int_kernels.py), so only a row that speculates runs in pairs
     (BatchSession sets `pairs` per row), and its Lookup fills the second token with a free guess where it has no
-    draft."""
+    draft.
+
+    The rows graph (`rows_graph`: Generator.batch_lookahead, a batch of its rows): `extend_rows` runs several tokens
+    for every slot in one call of a second session (model.fast.rows.onnx), whose per-row caches are bound by pointer
+    to each slot's part of these same buffers, as _slot_binding binds one."""
 
     def __init__(self, gen: Generator, slots: int, capacity: int):
         super().__init__(slots)
@@ -131,6 +138,10 @@ class KVBuffers(Slots):
         self.scalars = tuple(memoryview(a.reshape(-1)) for a in (self.ids, self.pos, self.seqlens, self.total,
                                                                   self.lengths))
         self._extensions: dict[tuple[int, int], tuple] = {}  # extend()'s bindings per (slot, width), on first use
+        # the rows graph (Generator.rows_graph): a batch of its rows, on the CPU, checks all its drafts in one call
+        self.rows_graph = gen.rows_graph == slots and self.device == "cpu"
+        self.rows_session = gen.rows_session() if self.rows_graph else None
+        self._row_extensions: dict[int, tuple] = {}  # extend_rows()'s bindings per width, on first use
 
     def _value(self, array: np.ndarray) -> ort.OrtValue:
         """An OrtValue on the session's device; on the CPU it shares the numpy array's memory."""
@@ -263,6 +274,51 @@ class KVBuffers(Slots):
         self.gen.session.run_with_iobinding(binding)
         self.lengths[slot] = n + W
         return logits[0, :W]
+
+    def extend_rows(self, runs: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Append runs [slots, W] (W tokens to each active slot; `active` None: every slot) in ONE call of the rows
+        graph (Generator.rows_session: the fast graph with one GroupQueryAttention per row, each over its row's part
+        of the caches), at each slot's positions lengths[b]..; returns the logits [slots, W, V] of every position
+        (a buffer the next call of this width overwrites). An active slot's length grows by W (truncate() takes
+        back what a row rejects, or pads) and it must have room for W more; an inactive slot runs its tokens at
+        positions 0.. into its own cache and keeps its length (its output ignored, as in step())."""
+        W = runs.shape[1]
+        binding, ids, pos, seqlens, logits = self._rows_extension(W)
+        lengths = self.lengths
+        starts = lengths if active is None else np.where(active, lengths, 0)
+        ids[:] = runs
+        np.add(starts[:, None], np.arange(W), out=pos)
+        seqlens[:] = starts + (W - 1)
+        self.rows_session.run_with_iobinding(binding)
+        if active is None:
+            lengths += W
+        else:
+            lengths[active] += W
+        return logits
+
+    def ran_rows(self, width: int) -> bool:
+        """Whether extend_rows() has run a call of `width` tokens per slot (its first allocates)."""
+        return width in self._row_extensions
+
+    def _rows_extension(self, width: int) -> tuple:
+        """extend_rows()'s binding for W = `width` tokens per slot, made once per width: each slot's part of each
+        cache [1, H, cache, D] bound by pointer to its row's input and output, and ids, positions [slots, W],
+        seqlens_k [slots] and logits [slots, W, V] as numpy arrays bound by memory."""
+        if width not in self._row_extensions:
+            binding = self.rows_session.io_binding()
+            shape = [1, self.gen.n_head, self.cache, self.gen.head_dim]
+            for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
+                step = buf.tensor_size_in_bytes() // self.slots
+                for r in range(self.slots):
+                    binding.bind_input(row_name(name_in, r), "cpu", 0, dtype, shape, buf.data_ptr() + r * step)
+                    binding.bind_output(row_name(name_out, r), "cpu", 0, dtype, shape, buf.data_ptr() + r * step)
+            arrays = (np.full((self.slots, width), self.pad, np.int64), np.zeros((self.slots, width), np.int64),
+                      np.zeros(self.slots, np.int32), np.zeros((self.slots, width, self.gen.vocab_size), np.float32))
+            for name, array in zip(("input_ids", "position_ids", "seqlens_k"), arrays):
+                binding.bind_ortvalue_input(name, self._value(array))
+            binding.bind_ortvalue_output("logits", self._value(arrays[3]))
+            self._row_extensions[width] = (binding, *arrays)
+        return self._row_extensions[width]
 
     def truncate(self, slot: int, length: int) -> None:
         """Keep the first `length` tokens of the slot's cache: the entries past it are overwritten by later calls

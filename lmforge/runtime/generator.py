@@ -13,6 +13,7 @@ runtime.decoders; sampling is runtime.sampling."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from lmforge.runtime.batch import BatchSession
 from lmforge.runtime.decoders import ORT_DTYPES, KVBuffers, PortableKV, RecurrentState
 from lmforge.runtime.detok import piece_table
 from lmforge.runtime.limits import ServingLimits, lowered
-from lmforge.runtime.lookahead import DEFAULT_BY_VARIANT, DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD
+from lmforge.runtime.lookahead import DEFAULT_BY_VARIANT, DEFAULT_LOOKAHEAD, MAX_LOOKAHEAD, BatchEconomy
 from lmforge.runtime.modeldir import FAST_VARIANTS, ModelDirError, read_model_dir
+from lmforge.runtime.names import row_name
 from lmforge.runtime.errors import REEXPORT, TAMPERED, RequestError
 from lmforge.runtime.requests import RowEvent, RowRequest, Settled, check_finished, settle
 from lmforge.runtime.schema import check_graph
@@ -40,7 +42,8 @@ class Generator:
     """Load an exported model directory once; generate from many threads (each call keeps its own state)."""
 
     def __init__(self, model_dir: str | Path, variant: str = "fp32", device: str = "auto", threads: int | None = None,
-                 fast: bool | None = None, *, limits: dict | None = None, lookahead: int | None = None):
+                 fast: bool | None = None, *, limits: dict | None = None, lookahead: int | None = None,
+                 batch_lookahead: bool = False):
         """limits: {name: value} of runtime.limits.ServingLimits, each at most the model directory's (lmforge.json
         `limits`, else the built-in defaults): an app may lower them, never raise them.
         fast: use the variant's fast graph (model.fast*.onnx: fused attention over in-place KV buffers);
@@ -51,24 +54,20 @@ class Generator:
         runtime.lookahead; 0 = off); None = lmforge.json `generation.lookahead`, else DEFAULT_LOOKAHEAD (int4: 0).
         Only the CPU fast graph speculates, at fp32, int8 and int4 (`speculates`); elsewhere `self.lookahead` is 0.
         The tokens are the same either way on fp32; on int8/int4 a speculating row's are its graph's called in
-        pairs of tokens, which can differ at a near tie (docs/decode.md); `last_stats` counts the calls."""
+        pairs of tokens, which can differ at a near tie (docs/decode.md); `last_stats` counts the calls.
+        batch_lookahead: let a full batch of the rows graph's rows (8) speculate too, every drafting row in one call
+        (fp32 on the CPU, a directory with model.fast.rows.onnx: `rows_graph`), where the measured costs say it pays
+        (runtime.lookahead.BatchEconomy). Off by default: it pays on text that repeats, not on the trained model
+        docs/decode.md measures."""
         self.dir = read_model_dir(model_dir)
+        self.threads, self.batch_lookahead = threads, bool(batch_lookahead)
+        # (where the rows graph may take turns with the step graph: their sessions stop spinning after each run)
+        self._stop_spinning = self.batch_lookahead and variant == "fp32" and "rows_graph" in self.dir.io.get("fast", {})
+        self._rows_session, self._rows_lock = None, threading.Lock()  # model.fast.rows.onnx, loaded on first use
+        self.economy = BatchEconomy()  # whether a batch's verifying calls pay here (runtime.lookahead), measured
         self.limits: ServingLimits = lowered(self.dir.limits, limits)
         self.generation = self.dir.generation  # the defaults of a request (validated by read_model_dir)
-        if variant.startswith("genai"):  # lmforge.export.genai's graphs read batch rows as right-padded
-            raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph, which lmforge does not run", hint=f"load "
-                                f"{self.dir.path} with onnxruntime_genai.Model, or use variant='fp32' or 'int8'")
-        fast_variant = FAST_VARIANTS.get(variant)
-        has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
-        self.fast = has_fast if fast is None else bool(fast)
-        if self.fast and not has_fast:
-            raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}", hint="pass fast=False "
-                                "(the portable graph), or re-export a gpt model with `lmforge run`: only gpt has one")
-        self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
-        if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
-                and variant in self.dir.variants()):
-            self.fast = False
-            self.session, self.provider = self._load(variant, device, threads)
+        self._open(variant, device, threads, fast)
         self.variant = variant
         spec = self.dir.model
         self.vocab_size = int(spec["vocab_size"])
@@ -89,6 +88,23 @@ class Generator:
         self._probe()
         self.lookahead = self._lookahead(lookahead)
         self.last_stats: dict | None = None  # the graph calls of the last finished stream()/stream_batch() session
+
+    def _open(self, variant: str, device: str, threads: int | None, fast: bool | None) -> None:
+        """self.fast, self.session and self.provider: the variant's fast graph or its portable one (__init__)."""
+        if variant.startswith("genai"):  # lmforge.export.genai's graphs read batch rows as right-padded
+            raise ModelDirError(f"{variant!r} is onnxruntime-genai's graph, which lmforge does not run", hint=f"load "
+                                f"{self.dir.path} with onnxruntime_genai.Model, or use variant='fp32' or 'int8'")
+        fast_variant = FAST_VARIANTS.get(variant)
+        has_fast = fast_variant in self.dir.variants() and "fast" in self.dir.io
+        self.fast = has_fast if fast is None else bool(fast)
+        if self.fast and not has_fast:
+            raise ModelDirError(f"{self.dir.path} has no fast graph for variant {variant!r}", hint="pass fast=False "
+                                "(the portable graph), or re-export a gpt model with `lmforge run`: only gpt has one")
+        self.session, self.provider = self._load(fast_variant if self.fast else variant, device, threads)
+        if (fast is None and self.fast and self.provider == "CUDAExecutionProvider" and variant not in CUDA_FAST
+                and variant in self.dir.variants()):
+            self.fast = False
+            self.session, self.provider = self._load(variant, device, threads)
 
     def _lookahead(self, asked: int | None) -> int:
         """The draft length asked (None: lmforge.json's `generation.lookahead`, else the default), checked; 0 where
@@ -122,6 +138,35 @@ class Generator:
         same logits for every even call; runtime.lookahead). Not fp16: its one-token and many-token kernels round
         apart."""
         return self.fast and self.provider == "CPUExecutionProvider" and (self.variant == "fp32" or self.rows_in_pairs)
+
+    @property
+    def rows_graph(self) -> int:
+        """The rows of the fast graph's rows graph (model.fast.rows.onnx: lmforge.export.fast.build_rows_graph)
+        where this generator speculates with it (batch_lookahead): a batch of exactly that many slots checks every
+        greedy row's draft in one call (KVBuffers.extend_rows). fp32 on the CPU only (the other variants' calls of
+        several tokens round apart from their one-token steps at batch > 1); 0 where there is none."""
+        rows = self.dir.io["fast"].get("rows_graph") if self.fast and self.batch_lookahead else None
+        if not rows or not self.lookahead or self.variant != "fp32" or "fast-rows" not in self.dir.variants():
+            return 0
+        return int(rows["rows"])
+
+    def rows_session(self) -> ort.InferenceSession:
+        """model.fast.rows.onnx's session, loaded on the first call (its weights are the fast graph's again: a
+        second copy in memory, only where a batch speculates), on the CPU with this generator's threads; its
+        inputs and outputs checked against lmforge.json's names."""
+        with self._rows_lock:
+            if self._rows_session is None:
+                session, _ = self._load("fast-rows", "cpu", self.threads)
+                rows, state = self.rows_graph, self.dir.io["fast"]["state"]
+                want_in = {"input_ids", "position_ids", "seqlens_k",
+                           *(row_name(s["input"], r) for s in state for r in range(rows))}
+                want_out = {"logits", *(row_name(s["output"], r) for s in state for r in range(rows))}
+                got_in, got_out = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
+                if got_in != want_in or got_out != want_out:
+                    raise ModelDirError(f"{self.dir.onnx_path('fast-rows')} does not have the inputs and outputs of "
+                                        f"a rows graph of {rows} rows over lmforge.json's caches", hint=TAMPERED)
+                self._rows_session = session
+        return self._rows_session
 
     def _probe(self) -> None:
         """One token through the graph, batch 1, at the context's last position, on buffers of the graph's own
@@ -159,7 +204,7 @@ class Generator:
     def _load(self, files_key: str, device: str, threads: int | None):
         onnx_file = self.dir.onnx_path(files_key)
         try:
-            return create_session(str(onnx_file), device, threads)
+            return create_session(str(onnx_file), device, threads, stop_spinning=self._stop_spinning)
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # truncated / corrupted / hostile file
             raise ModelDirError(f"onnxruntime cannot load {onnx_file}: {str(exc).splitlines()[0][-200:]}",

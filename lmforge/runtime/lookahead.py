@@ -41,6 +41,7 @@ class Lookup:
         self.wait = 0  # steps left before the next draft (after misses)
         self.misses = 0  # drafts in a row the graph rejected from the first token
         self.guessed = False  # the last draft was a free guess (below), which adapts nothing
+        self.rate = 0.5  # the share of its draft tokens the graph took lately (moving average; BatchEconomy)
 
     def draft(self, tokens: list[int], room: int, odd: bool = False) -> list[int]:
         """At most min(k, room) tokens that followed the latest earlier occurrence of the context's last n tokens
@@ -79,6 +80,7 @@ class Lookup:
         """After a verifying call: `accepted` of `drafted` draft tokens were the graph's own choices."""
         if self.guessed:  # a free guess: nothing learnt about drafting
             return
+        self.rate = 0.7 * self.rate + 0.3 * accepted / drafted
         if accepted == drafted:  # (as transformers adapts its assistant's draft length)
             self.k, self.misses = min(self.k_max, self.k + 2), 0
         elif accepted:
@@ -86,3 +88,67 @@ class Lookup:
         else:  # rejected at once: try again later, later each time (bounded), at one token
             self.k, self.misses = 1, self.misses + 1
             self.wait = min(MAX_WAIT, 2 ** (self.misses - 1) - 1)
+
+
+class BatchEconomy:
+    """Whether a batch's verifying call pays, from what calls cost here, measured as they run (one per Generator,
+    shared by its sessions).
+
+    A batch of the rows graph's rows checks every drafting row in one call (BatchSession._verify_rows,
+    KVBuffers.extend_rows), but a call of W tokens per row costs far more than at batch 1: at batch 8 the MatMuls
+    are no longer bound by reading the weights, and the per-row attention nodes cost a small model more (a call of
+    5 tokens per row took ~2.2x a one-token step on the decode benchmark's 6 x 384 model, ~2.5x on shakespeare-char's
+    4 x 128). So it keeps the seconds of a plain full-batch step and of a verifying call of each width (moving
+    averages; each width timed TRIES times before it is judged, and again once REFRESH steps passed without a
+    verifying call), and a call runs only when the tokens it is expected to give (each row 1, a drafting row also
+    its draft's length times its recent acceptance, Lookup.rate, which starts at the generator's recent `rate`) per
+    second beat a plain step's by MARGIN; while not even every row's longest draft could pay at that rate, the rows
+    do not draft (their n-gram index catches up at the next draft)."""
+
+    TRIES, REFRESH = 2, 512
+    MARGIN = 1.15  # a call must be expected to beat plain steps by this much (its expectation errs high)
+
+    def __init__(self, measure: bool = True) -> None:
+        """measure False: verify whenever a row drafts, paying or not (tests; the upper bound)."""
+        self.measure = measure
+        self.step_s: float | None = None  # seconds of a plain full-batch step
+        self.call_s: dict[int, float] = {}  # width -> seconds of a verifying call of that many tokens per row
+        self.timed: dict[int, int] = {}  # width -> verifying calls timed
+        self.since = 0  # full-batch steps since the last verifying call
+        self.rate = 0.5  # the share of draft tokens the graph took in verifying calls lately: a new row's prior
+
+    def pays(self, width: int, expected: float, rows: int) -> bool:
+        """Whether a verifying call of `width` tokens per row, expected to give `expected` tokens, beats `rows`
+        plain steps' tokens per second."""
+        if not self.measure:
+            return True
+        if self.step_s is None:  # a plain step timed first
+            return False
+        if self.timed.get(width, 0) < self.TRIES or self.since > self.REFRESH:
+            return True
+        return expected / self.call_s[width] > self.MARGIN * rows / self.step_s
+
+    def hopeful(self, rows: int, k: int) -> bool:
+        """(Asked once per step that could verify.) Whether a call could pay at all this step: every row drafting
+        `k` tokens, taken at the recent rate (else the rows do not even draft: BatchSession._verify_rows)."""
+        self.since += 1
+        if not self.measure or self.step_s is None or self.since > self.REFRESH:
+            return True
+        width = k + 1
+        if self.timed.get(width, 0) < self.TRIES:
+            return True
+        return rows * (1 + self.rate * k) / self.call_s[width] > self.MARGIN * rows / self.step_s
+
+    def stepped(self, seconds: float) -> None:
+        self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
+
+    def verified(self, width: int, seconds: float | None, drafted: int, taken: int) -> None:
+        """After a verifying call of `width` tokens per row that took `seconds` (None: not timed, a first call)."""
+        self.since = 0
+        if drafted:
+            self.rate = 0.8 * self.rate + 0.2 * taken / drafted
+        if seconds is None:
+            return
+        old = self.call_s.get(width)
+        self.call_s[width] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        self.timed[width] = self.timed.get(width, 0) + 1

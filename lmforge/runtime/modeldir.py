@@ -16,12 +16,14 @@ FORMAT = "lmforge-model"
 FORMAT_VERSION = 1
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
                  "optimized": "model.opt.onnx", "fast": "model.fast.onnx", "fast-int8": "model.fast.int8.onnx",
-                 "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx"}
+                 "fast-int4": "model.fast.int4.onnx", "fast-fp16": "model.fast.fp16.onnx",
+                 "fast-rows": "model.fast.rows.onnx"}
 # variant -> its fast graph (lmforge.export.fast), when present; int4 exists only as a fast graph
 FAST_VARIANTS = {"fp32": "fast", "int8": "fast-int8", "int4": "fast-int4", "fp16": "fast-fp16"}
 # variant -> the export option that writes it (lmforge.core.config.ExportConfig), for a hint
 EXPORT_OPTIONS = {"int8": "export.int8", "fast-int8": "export.int8", "fp16": "export.fp16", "fast-fp16": "export.fp16",
-                  "int4": "export.int4", "fast-int4": "export.int4", "optimized": "export.optimize"}
+                  "int4": "export.int4", "fast-int4": "export.int4",
+                  "fast-rows": "export.rows_graph", "optimized": "export.optimize"}
 
 
 

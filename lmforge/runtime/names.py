@@ -10,6 +10,12 @@ def kv_names(n_layer: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
+def row_name(name: str, row: int) -> str:
+    """The rows graph's (lmforge.export.fast.build_rows_graph) cache input or output of `row` for the fast graph's
+    cache input or output `name`: one [1, H, M, D] tensor per row and cache."""
+    return f"{name}.row{row}"
+
+
 def rnn_names(spec: dict) -> tuple[list[str], list[str]]:
     """Recurrent state: (state inputs, new-state outputs), one per entry of spec["state"] (h, or h and c)."""
     return [f"state.{n}" for n in spec["state"]], [f"new_state.{n}" for n in spec["state"]]

@@ -19,6 +19,7 @@ MAX_FILES = 64
 RANGES = {"vocab_size": (1, 1 << 22), "block_size": (1, 1 << 20), "n_layer": (1, 1024), "n_head": (1, 1024),
           "head_dim": (1, 4096), "n_hidden": (1, 1 << 16)}
 SPECIAL_TOKENS = ("bos", "eos", "pad", "unk")
+MAX_ROWS_GRAPH = 64  # rows of model.fast.rows.onnx (lmforge writes 8): a bound on the inputs bound per call
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -94,6 +95,8 @@ def check_manifest(m: dict, where: str) -> None:
         if not isinstance(pairs, list) or not all(isinstance(v, str) and len(v) <= 16 for v in pairs[:16]) \
                 or len(pairs) > 16:
             _fail(where, "io.fast.rows_in_pairs must be a list of variant names")
+        if "rows_graph" in fast:  # model.fast.rows.onnx's rows (export.fast.build_rows_graph)
+            _int(where, "io.fast.rows_graph.rows", _dict(where, fast, "rows_graph").get("rows"), 2, MAX_ROWS_GRAPH)
     for key in SPECIAL_TOKENS:
         if tokens.get(key) is not None:
             _int(where, f"tokens.{key}", tokens[key], 0, vocab - 1)
