@@ -197,7 +197,8 @@ def export_reference(model, directory: Path, fp32_only: bool = False) -> Path:
     tok.save(str(directory / "tokenizer.json"))
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {"pad": 0, "unk": 1, "bos": None, "eos": None}, "generation": {"temperature": 0.0}}
-    config = ExportConfig(int8=False, optimize=False) if fp32_only else ExportConfig(int4=True)
+    config = (ExportConfig(int8=False, optimize=False, rows_graph=True) if fp32_only
+              else ExportConfig(int4=True, rows_graph=True))
     out, _ = export_model_dir(model, directory / "tokenizer.json", directory / "model", manifest, config)
     return out
 
@@ -254,16 +255,22 @@ class Contender:
     group: str  # lmforge | ort-genai (lmforge's graph) | ort-genai builder
     variant: str
     runtime: object = field(default=None, repr=False)
+    batch_runtime: object = field(default=None, repr=False)  # what decodes at batch 8, where not `runtime`
 
 
 def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fast: bool | None,  # + lookahead
                       lookahead: int = 0) -> Contender:
     """lmforge.runtime.Generator as an app streams text with it, greedy: stream() at batch 1 (a text piece per
     token, or per verified run with lookahead), stream_batch() at batch 8 (a RowEvent per row and step).
-    lookahead: Generator's (0: one graph call per token, the rows that compare loops on the same graph)."""
+    lookahead: Generator's (0: one graph call per token, the rows that compare loops on the same graph); with it,
+    batch_lookahead (at batch 8 the fp32 rows speculate together through the rows graph, where it pays)."""
     from lmforge.runtime import Generator, RowRequest
 
     gen = Generator(model_dir, variant=variant, threads=threads, fast=fast, lookahead=lookahead)
+    # at batch 8 a generator that lets the batch speculate too (fp32, where it pays); its own, since a generator
+    # with batch_lookahead stops its sessions' threads spinning after each run, which costs a stream at batch 1
+    gen8 = Generator(model_dir, variant=variant, threads=threads, fast=fast, lookahead=lookahead,
+                     batch_lookahead=True) if lookahead else gen
 
     def open_(prompts: list[list[int]], n: int) -> Lane:
         made: list[list[int]] = [[] for _ in prompts]
@@ -277,10 +284,12 @@ def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fa
                 while len(made[0]) < want:
                     made[0] += [gen.tokenizer.token_to_id(c) for c in next(pieces)]
         else:
-            events = gen.stream_batch([RowRequest(t, max_new_tokens=n, temperature=0) for t in texts])
+            events = gen8.stream_batch([RowRequest(t, max_new_tokens=n, temperature=0) for t in texts])
+            target = [0]
 
-            def advance(k: int) -> None:
-                for _ in range(k * B):  # one event per row and step
+            def advance(k: int) -> None:  # until every row has k tokens more (a verified run: several in one event)
+                target[0] += k
+                while min(map(len, made)) < target[0]:
                     ev = next(events)
                     made[ev.row] += ev.token_ids
 
@@ -288,7 +297,7 @@ def lmforge_contender(name: str, model_dir: Path, variant: str, threads: int, fa
         return Lane(advance, lambda: made)
 
     file = gen.dir.onnx_path(("fast-" + variant if variant != "fp32" else "fast") if gen.fast else variant)
-    return Contender(name, open_, weight_bytes(file), "lmforge", variant, gen)
+    return Contender(name, open_, weight_bytes(file), "lmforge", variant, gen, gen8)
 
 
 def genai_contender(name: str, config, weights: int, group: str, variant: str, threads: int) -> Contender:
@@ -362,12 +371,12 @@ def interleave(contenders: list[Contender], batch: int, n: int, rounds: int, blo
             "rounds": rounds, "block": block or n - 1, "pause": pause}
 
 
-def call_stats(contenders: list[Contender]) -> dict[str, dict]:
+def call_stats(contenders: list[Contender], batch: int = 1) -> dict[str, dict]:
     """Per lmforge contender, from its Generator's last finished session (the phase's last round, last lane):
     graph calls (decode calls + prefills) per token and draft tokens taken per verifying call."""
     out = {}
     for c in contenders:
-        st = getattr(c.runtime, "last_stats", None)
+        st = getattr(c.batch_runtime if batch > 1 and c.batch_runtime else c.runtime, "last_stats", None)
         if st and st["tokens"]:
             out[c.name] = {"calls_per_token": round((st["calls"] + st["prefills"]) / st["tokens"], 3),
                            "accepted_per_verify": round(st["accepted"] / max(1, st["verify_calls"]), 2)}
@@ -654,7 +663,7 @@ def train_shakespeare(steps: int, threads: int, corpora: Path, work: Path):
     manifest = {"name": cfg.name, "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": meta["special_ids"], "generation": {"temperature": 0.0}}
     out, _ = export_model_dir(model, work / "data" / "tokenizer.json", work / "model", manifest,
-                              ExportConfig(optimize=False, int4=True))
+                              ExportConfig(optimize=False, int4=True, rows_graph=True))
     return model, out, va, cfg, result, train_s
 
 
@@ -702,7 +711,7 @@ def trained_quality(steps: int, threads: int, corpora: Path) -> dict:
 # -- the report ---------------------------------------------------------------------------------------------------------
 ROW_KEYS = ["name", "tokens_per_s", "ttft_ms", "step_ms", "step_p90_ms", "batch8_tokens_per_s", "calls_per_token",
             "accepted_per_verify", "batch8_calls_per_token", "weight_mb",
-            "bound_share", "greedy_same", "quality"]
+            "bound_share", "greedy_same", "batch8_greedy_same", "quality"]
 
 
 def markdown(report: dict) -> str:
@@ -866,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         phases = {"batch1": interleave(contenders, 1, n, args.rounds, args.block, seed=1, pause=args.pause)}
         calls1 = call_stats(contenders)
         phases["batch8"] = interleave(contenders, 8, n, args.rounds, args.block, seed=8, pause=args.pause)
-        calls8 = call_stats(contenders)
+        calls8 = call_stats(contenders, 8)
         rows1, rows8 = rows_of(phases["batch1"]), rows_of(phases["batch8"])
         # greedy tokens: each lmforge row against its verified graph through the logits path; ort-genai over
         # lmforge's graph against lmforge's row of the same weights
@@ -880,11 +889,19 @@ def main(argv: list[str] | None = None) -> int:
                 same[c.name] = same_tokens(got, [greedy_ids(c.runtime, prompt0, n)])
             elif c.group.startswith("ort-genai (lmforge"):
                 same[c.name] = same_tokens(got, phases["batch1"]["tokens"][f"lmforge-{c.variant}"])
+        same8 = {}  # batch 8: each lmforge-*-lookup row and each ort-genai row over lmforge's graph against the
+        for c in contenders:  # lmforge row of the same graph that calls it once per token
+            if not (c.name.endswith("-lookup") or c.group.startswith("ort-genai (lmforge")):  # (same graph)
+                continue
+            if f"lmforge-{c.variant}" in phases["batch8"]["tokens"]:
+                same8[c.name] = same_tokens(phases["batch8"]["tokens"][c.name],
+                                            phases["batch8"]["tokens"][f"lmforge-{c.variant}"])
         for c in contenders:
             r1, r8 = rows1[c.name], rows8[c.name]
             results.append({"name": c.name, **{k: v for k, v in r1.items() if k != "per_round_tokens_per_s"},
                             "batch8_tokens_per_s": r8["tokens_per_s"], "weight_bytes": c.weight_bytes,
-                            "greedy_same": same.get(c.name), **calls1.get(c.name, {}),
+                            "greedy_same": same.get(c.name), "batch8_greedy_same": same8.get(c.name),
+                            **calls1.get(c.name, {}),
                             **{f"batch8_{k}": v for k, v in calls8.get(c.name, {}).items()}})
         ratios = []
         by_name = {c.name: c for c in contenders}
@@ -935,13 +952,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"({load_text(torch_load)})")
     summ["greedy_same"] = ("lmforge-*: share of batch-1 tokens equal to its verified graph's greedy ids "
                            "(runtime.scoring.greedy_ids); ort-genai-lmforge-*: equal to lmforge's row of the same "
-                           "weights")
+                           "weights; batch8_greedy_same: each lmforge-*-lookup and ort-genai-lmforge-* row's batch-8 "
+                           "tokens against lmforge-* (one call per token) on the same graph")
     summ["lookup"] = ("lmforge-*-lookup: Generator's prompt-lookup speculation at lookahead 4, the default (asked "
                       "for on int4; runtime.lookahead; int8/int4: the row's every call an even number of tokens, "
                       "docs/decode.md); lmforge-{fp32,int8,int4}: lookahead 0, a graph call per token (one token "
                       "each); calls_per_token = decode graph "
                       "calls (+ prefills) per token, accepted_per_verify = draft tokens taken per verifying call, "
-                      "of the last round (batch8_*: at batch 8, where a row speculates only while it runs alone). "
+                      "of the last round (batch8_*: at batch 8, where fp32 rows speculate together through the rows "
+                      "graph, KVBuffers.extend_rows, and an int8/int4 row only while it runs alone). "
                       "This random-init model's greedy output repeats one token: the lookup's upper bound; "
                       "benchmarks/lookahead.py measures a trained model")
     if og is None:

@@ -46,10 +46,23 @@ def prompts_from_val(gen, val: np.ndarray, count: int, chars: int, seed: int = 0
     return [gen.tokenizer.decode([int(i) for i in val[s:s + chars]]) for s in starts]
 
 
-def decode_all(gen, prompts: list[str], n: int) -> tuple[float, list[str], dict]:
-    """Every prompt through gen.stream(), greedy, n new tokens: (seconds, texts, summed last_stats)."""
+def decode_all(gen, prompts: list[str], n: int, batch: int = 1) -> tuple[float, list[str], dict]:
+    """Every prompt through gen.stream(), greedy, n new tokens: (seconds, texts, summed last_stats); batch > 1:
+    the prompts `batch` at a time through gen.stream_batch() (a batch of 8 rows speculates together at fp32,
+    through the rows graph: KVBuffers.extend_rows)."""
+    from lmforge.runtime import RowRequest
+
     texts, stats = [], {}
     t = time.perf_counter()
+    if batch > 1:
+        for i in range(0, len(prompts), batch):
+            parts = [[] for _ in prompts[i:i + batch]]
+            for ev in gen.stream_batch([RowRequest(p, max_new_tokens=n, temperature=0) for p in prompts[i:i + batch]]):
+                parts[ev.row].append(ev.text)
+            texts += ["".join(x) for x in parts]
+            for k, v in (gen.last_stats or {}).items():
+                stats[k] = stats.get(k, 0) + v
+        return time.perf_counter() - t, texts, stats
     for p in prompts:
         texts.append("".join(gen.stream(p, max_new_tokens=n, temperature=0)))
         for k, v in (gen.last_stats or {}).items():
@@ -62,11 +75,12 @@ def measure(model_dir: Path, args, prompts: list[str] | None = None) -> dict:
     (prompts: default --prompts slices of the val text)."""
     from lmforge.runtime import Generator
 
-    gens = {(v, k): Generator(model_dir, variant=v, threads=args.threads, lookahead=k)
+    gens = {(v, k): Generator(model_dir, variant=v, threads=args.threads, lookahead=k,
+                              batch_lookahead=args.batch > 1)
             for v in args.variants for k in (0, *args.lookahead)}
     prompts = prompts or prompts_from_val(next(iter(gens.values())), args.val, args.prompts, args.prompt_chars)
     for gen in gens.values():  # warm up: the first calls' costs
-        decode_all(gen, prompts[:1], 8)
+        decode_all(gen, prompts[:args.batch], 8, args.batch)
     rng, meter = random.Random(0), LoadMeter()
     seconds = {key: [] for key in gens}
     texts, stats = {}, {}
@@ -75,7 +89,7 @@ def measure(model_dir: Path, args, prompts: list[str] | None = None) -> dict:
         rng.shuffle(order)
         for key in order:
             time.sleep(args.pause)
-            s, texts[key], stats[key] = decode_all(gens[key], prompts, args.new_tokens)
+            s, texts[key], stats[key] = decode_all(gens[key], prompts, args.new_tokens, args.batch)
             seconds[key].append(s)
     return {"rows": rows_of(gens, seconds, texts, stats, args), "load": meter.read(), "prompts": prompts}
 
@@ -166,7 +180,7 @@ def reference_model(work: Path) -> tuple[Path, list[str]]:
     return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
 
 
-def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
+def varied_model(work: Path, std: float = 0.06, count: int = 4) -> tuple[Path, list[str]]:
     """The decode benchmark's reference shape, random init with larger weights (N(0, std)), so that its greedy
     output varies instead of repeating one token: the lookup finds few drafts and most are rejected, the case
     where speculation can only cost. Every variant exported; 16-character random prompts."""
@@ -183,13 +197,14 @@ def varied_model(work: Path, std: float = 0.06) -> tuple[Path, list[str]]:
                 p.normal_(0, std)
     out = export_reference(model, work)
     rng = np.random.default_rng(0)
-    return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
+    return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16))
+                 for _ in range(count)]
 
 
 def markdown(report: dict) -> str:
     out = [f"`python benchmarks/lookahead.py {' '.join(report['argv'])}` ({report['time']}); shakespeare-char "
            f"trained {report['train_steps']} steps (best val loss {report['best_val_loss']}); {report['prompts']} "
-           f"val prompts x {report['new_tokens']} greedy tokens, batch 1, {report['rounds']} rounds; "
+           f"val prompts x {report['new_tokens']} greedy tokens, batch {report['batch']}, {report['rounds']} rounds; "
            f"{load_text(report['load'])}.", "", *md_table(report["rows"], KEYS)]
     if report.get("varied"):
         out += ["", "The worst case: a random model of the reference shape whose greedy output varies (drafts rare and "
@@ -217,12 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lookahead", type=int, nargs="+", default=[2, 4, 8], help="draft lengths against 0")
     p.add_argument("--variants", nargs="+", default=["fp32"], help="variants timed (fp32, int8, int4 speculate)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1, help="rows decoded together (8: the rows graph's batch; --prompts "
+                                                        "is raised to a multiple of it)")
     p.add_argument("--pause", type=float, default=0.05)
     p.add_argument("--corpora", type=Path, default=CORPORA)
     p.add_argument("--no-varied", action="store_true", help="skip the worst-case phase (a varied random model)")
     args = p.parse_args(argv)
     if args.quick:
         args.train_steps, args.prompts, args.new_tokens, args.rounds = 200, 2, 64, 1
+    args.prompts = -(-args.prompts // args.batch) * args.batch
     if not (args.corpora / "tinyshakespeare.txt").is_file():
         print(f"error: no tinyshakespeare.txt under {args.corpora} (hint: set LMFORGE_CORPORA)", file=sys.stderr)
         return 2
@@ -231,14 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         args.val = np.asarray(val)
         report = {"argv": argv if argv is not None else sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "train_steps": args.train_steps, "best_val_loss": round(float(result.best_val_loss), 4),
-                  "new_tokens": args.new_tokens, "rounds": args.rounds,
+                  "new_tokens": args.new_tokens, "rounds": args.rounds, "batch": args.batch,
                   **measure(out, args)}
         report["verify_gaps"] = verify_gaps(out, report["prompts"])
         (Path(work) / "reference").mkdir()
         report["reference_gaps"] = verify_gaps(*reference_model(Path(work) / "reference"))
         if not args.no_varied:
             (Path(work) / "varied").mkdir()
-            varied, prompts = varied_model(Path(work) / "varied")
+            varied, prompts = varied_model(Path(work) / "varied", count=args.prompts)
             report["varied"] = measure(varied, args, prompts)
             report["varied"]["prompts"] = len(prompts)
     report["prompts"] = len(report["prompts"])
