@@ -97,8 +97,8 @@ class BatchEconomy:
     A batch of the rows graph's rows checks every drafting row in one call (BatchSession._verify_rows,
     KVBuffers.extend_rows), but a call of W tokens per row costs far more than at batch 1: at batch 8 the MatMuls
     are no longer bound by reading the weights, and the per-row attention nodes cost a small model more (a call of
-    5 tokens per row took ~2.2x a one-token step on the decode benchmark's 6 x 384 model, ~2.5x on shakespeare-char's
-    4 x 128). So it keeps the seconds of a plain full-batch step and of a verifying call of each width (moving
+    5 tokens per row took 2.4-2.5x a one-token step on the decode benchmark's 6 x 384 model: benchmarks/spinning.py).
+    So it keeps the seconds of a plain full-batch step and of a verifying call of each width (moving
     averages; each width timed TRIES times before it is judged, and again once REFRESH steps passed without a
     verifying call), and a call runs only when the tokens it is expected to give (each row 1, a drafting row also
     its draft's length times its recent acceptance, Lookup.rate, which starts at the generator's recent `rate`) per
