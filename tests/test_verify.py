@@ -134,13 +134,22 @@ def test_fp16_fast_graph_has_half_kv_buffers_and_runs_on_cpu(exported):
         "ROMEO:", max_new_tokens=30, temperature=0)
 
 
+def _edit_weight(path, name: str, edit) -> None:
+    """Rewrite the initializer `name` of the ONNX file `path` as edit(a copy of its array)."""
+    proto = onnx.load(str(path))
+    t = next(t for t in proto.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(edit(numpy_helper.to_array(t).copy()), t.name))
+    onnx.save(proto, str(path))
+
+
 def _negate_lm_head_scale(directory):
     """Flip the sign of the quantised head's block scales in model.fast.int8.onnx (MatMulNBits)."""
-    path = directory / "model.fast.int8.onnx"
-    proto = onnx.load(str(path))
-    t = next(t for t in proto.graph.initializer if t.name == "lm_head_t_scales")
-    t.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(t), t.name))
-    onnx.save(proto, str(path))
+    _edit_weight(directory / "model.fast.int8.onnx", "lm_head_t_scales", lambda w: -w)
+
+
+def _shifted(w, where):
+    w[where] += 0.5
+    return w
 
 
 def test_a_corrupted_fast_int8_weight_fails_the_export(trained):
@@ -157,13 +166,7 @@ def test_a_corrupted_fast_fp32_weight_fails_against_torch(trained):
     root, model, _, _ = trained
 
     def corrupt(directory):
-        path = directory / "model.fast.onnx"
-        proto = onnx.load(str(path))
-        t = next(t for t in proto.graph.initializer if t.name == "blocks.1.mlp.c_proj.weight_t")
-        w = numpy_helper.to_array(t).copy()
-        w[0, 0] += 0.5
-        t.CopyFrom(numpy_helper.from_array(w, t.name))
-        onnx.save(proto, str(path))
+        _edit_weight(directory / "model.fast.onnx", "blocks.1.mlp.c_proj.weight_t", lambda w: _shifted(w, (0, 0)))
 
     with pytest.raises(LmforgeError, match="model.fast.onnx .*export.max_abs_logit_diff"):
         export_model_dir(model, root / "tokenizer.json", root / "bad", MANIFEST,
@@ -175,14 +178,9 @@ def test_a_corrupted_rows_graph_fails_against_the_fast_graph(trained):
     written by default."""
     root, model, _, _ = trained
 
-    def corrupt(directory):
-        path = directory / "model.fast.rows.onnx"
-        proto = onnx.load(str(path))
-        t = next(t for t in proto.graph.initializer if t.name == "blocks.0.attn.c_attn.weight_t")
-        w = numpy_helper.to_array(t).copy()
-        w[:, -1] += 0.5  # a value weight: only the rows graph's attention output moves
-        t.CopyFrom(numpy_helper.from_array(w, t.name))
-        onnx.save(proto, str(path))
+    def corrupt(directory):  # a value weight: only the rows graph's attention output moves
+        _edit_weight(directory / "model.fast.rows.onnx", "blocks.0.attn.c_attn.weight_t",
+                     lambda w: _shifted(w, (slice(None), -1)))
 
     with pytest.raises(LmforgeError, match="model.fast.rows.onnx .* one token per call .*export.max_abs_logit_diff"):
         export_model_dir(model, root / "tokenizer.json", root / "bad-rows", MANIFEST,

@@ -271,12 +271,10 @@ class BatchSession:
         elif len(stepping) > 1 and dec.rows_graph and self._verify_rows(stepping):
             pass  # the rows in one call of the rows graph, the drafting rows' tokens in self.runs
         elif len(stepping) == self.slots:  # the usual step: every slot appends its token
-            if dec.rows_graph:  # (timed: what a verifying call must beat, runtime.lookahead.BatchEconomy)
-                t = time.perf_counter()
-                out = dec.step(next_ids)
+            t = time.perf_counter()
+            out = dec.step(next_ids)
+            if dec.rows_graph:  # what a verifying call must beat (runtime.lookahead.BatchEconomy)
                 self.gen.economy.stepped(time.perf_counter() - t)
-            else:
-                out = dec.step(next_ids)
             if out is not self.logits:
                 np.copyto(self.logits, out)
         elif stepping:
@@ -310,12 +308,7 @@ class BatchSession:
         if not draft:
             return False
         best = dec.extend(slot, [row.tokens[-1], *draft]).argmax(-1).tolist()  # [W] the graph's choice per position
-        took = 0
-        while took < len(draft) and draft[took] == best[took]:
-            took += 1
-        dec.truncate(slot, n + 1 + took)  # the last token and the accepted draft; the rest is given back
-        row.lookup.checked(len(draft), took)
-        self.runs[slot] = best[:took + 1]
+        took = self._take(row, draft, best, n)
         stats = self.stats
         stats["verify_calls"] += 1
         stats["drafted"] += len(draft)
@@ -353,20 +346,28 @@ class BatchSession:
         best = out.argmax(-1).tolist()  # [slots][W] the graph's choice at each position
         stats, taken, drafted = self.stats, 0, 0
         for r, d in zip(rows, drafts):
-            took = 0
-            while took < len(d) and d[took] == best[r.slot][took]:
-                took += 1
-            dec.truncate(r.slot, int(n[r.slot]) + 1 + took)  # the last token and the accepted draft
             if d:
-                r.lookup.checked(len(d), took)
-                self.runs[r.slot] = best[r.slot][:took + 1]
+                taken += self._take(r, d, best[r.slot], int(n[r.slot]))
                 drafted += len(d)
-                taken += took
+            else:
+                dec.truncate(r.slot, int(n[r.slot]) + 1)  # its last token; the pads are given back
         stats["drafted"] += drafted
         stats["accepted"] += taken
         stats["verify_calls"] += 1
         economy.verified(width, None if first else time.perf_counter() - t, drafted, taken)
         return True
+
+    def _take(self, row: Row, draft: list[int], best: list[int], n: int) -> int:
+        """After a verifying call of the row's last token (at position n) and `draft`: keep the longest prefix of the
+        draft that is the graph's own choice at each position (`best`) plus the choice after it, as the row's run
+        (self.runs), give the rest of the cache back, and let its Lookup adapt. Returns the draft tokens taken."""
+        took = 0
+        while took < len(draft) and draft[took] == best[took]:
+            took += 1
+        self.dec.truncate(row.slot, n + 1 + took)  # the last token and the accepted draft; the rest is given back
+        row.lookup.checked(len(draft), took)
+        self.runs[row.slot] = best[:took + 1]
+        return took
 
     def _row_runs(self, rows: list[Row], drafts: list[list[int]], width: int,
                   stepping: list[int]) -> tuple[np.ndarray, np.ndarray | None]:

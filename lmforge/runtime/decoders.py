@@ -196,12 +196,17 @@ class KVBuffers(Slots):
         """A new binding whose caches are `slot`'s part of the shared buffers, [1, H, cache, D] each, bound by
         pointer as both past and present (what prefill_slot and extend run a single row through)."""
         binding = self.gen.session.io_binding()
+        self._bind_slot(binding, slot)
+        return binding
+
+    def _bind_slot(self, binding, slot: int, rename=lambda name: name) -> None:
+        """Bind `slot`'s part of each shared cache, [1, H, cache, D], by pointer as both the input and the output
+        of its names (as `rename` gives them: the rows graph's per-row names)."""
         shape = [1, self.gen.n_head, self.cache, self.gen.head_dim]
         for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
             ptr = buf.data_ptr() + slot * buf.tensor_size_in_bytes() // self.slots
-            binding.bind_input(name_in, self.device, 0, dtype, shape, ptr)
-            binding.bind_output(name_out, self.device, 0, dtype, shape, ptr)
-        return binding
+            binding.bind_input(rename(name_in), self.device, 0, dtype, shape, ptr)
+            binding.bind_output(rename(name_out), self.device, 0, dtype, shape, ptr)
 
     def prefill_slot(self, slot: int, ids: list[int]) -> np.ndarray:
         """Run one row into `slot` alone, from position 0; its last logits [V]. The other slots keep theirs."""
@@ -302,16 +307,12 @@ class KVBuffers(Slots):
 
     def _rows_extension(self, width: int) -> tuple:
         """extend_rows()'s binding for W = `width` tokens per slot, made once per width: each slot's part of each
-        cache [1, H, cache, D] bound by pointer to its row's input and output, and ids, positions [slots, W],
+        cache bound by pointer to its row's input and output (_bind_slot), and ids, positions [slots, W],
         seqlens_k [slots] and logits [slots, W, V] as numpy arrays bound by memory."""
         if width not in self._row_extensions:
             binding = self.rows_session.io_binding()
-            shape = [1, self.gen.n_head, self.cache, self.gen.head_dim]
-            for buf, (name_in, name_out, dtype) in zip(self.kv, self.kv_io):
-                step = buf.tensor_size_in_bytes() // self.slots
-                for r in range(self.slots):
-                    binding.bind_input(row_name(name_in, r), "cpu", 0, dtype, shape, buf.data_ptr() + r * step)
-                    binding.bind_output(row_name(name_out, r), "cpu", 0, dtype, shape, buf.data_ptr() + r * step)
+            for r in range(self.slots):
+                self._bind_slot(binding, r, lambda name, r=r: row_name(name, r))
             arrays = (np.full((self.slots, width), self.pad, np.int64), np.zeros((self.slots, width), np.int64),
                       np.zeros(self.slots, np.int32), np.zeros((self.slots, width, self.gen.vocab_size), np.float32))
             for name, array in zip(("input_ids", "position_ids", "seqlens_k"), arrays):

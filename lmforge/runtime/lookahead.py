@@ -132,12 +132,7 @@ class BatchEconomy:
         """(Asked once per step that could verify.) Whether a call could pay at all this step: every row drafting
         `k` tokens, taken at the recent rate (else the rows do not even draft: BatchSession._verify_rows)."""
         self.since += 1
-        if not self.measure or self.step_s is None or self.since > self.REFRESH:
-            return True
-        width = k + 1
-        if self.timed.get(width, 0) < self.TRIES:
-            return True
-        return rows * (1 + self.rate * k) / self.call_s[width] > self.MARGIN * rows / self.step_s
+        return self.pays(k + 1, rows * (1 + self.rate * k), rows)
 
     def stepped(self, seconds: float) -> None:
         self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
