@@ -367,6 +367,7 @@ def test_the_batch_economy_verifies_only_where_the_measured_costs_say_it_pays():
     for _ in range(e.TRIES):
         e.verified(5, 0.009, drafted=32, taken=30)
     assert e.pays(5, 30, 8) and not e.pays(5, 16, 8)  # 30 tokens in 9 ms beat 8 in 4 ms; 16 do not
+    assert not e.pays(5, 19, 8) and e.pays(5, 21, 8)  # 19 beat them by 6%, short of MARGIN (15%); 21 by 17%
     for _ in range(20):
         e.verified(5, 0.009, drafted=32, taken=2)  # drafts rejected: the rate falls
     assert e.rate < 0.2 and not e.hopeful(8, 4)  # not even every row's whole draft at that rate pays
