@@ -6,8 +6,8 @@ Graphs: fp32; lmforge's int8 (MatMulNBits, 8-bit blocks of 128, accuracy level 4
 "blocks", the default); int8 "dynamic" (quantize_dynamic of the fp32 graph: DynamicQuantizeMatMul, one activation
 scale per call); int4 (MatMulNBits, 4-bit blocks of 128). For each: a prompt of 32 random tokens is prefilled, then
 its next 32 tokens are run in calls of `width` tokens each (width 1, 2, 3, 4, 5, 6, 8, 16); the max |logit| gap of
-every width against width 2 and against width 1 says which calls agree. Then the time of one call of 1, 2, 3, 4 and
-6 tokens at batch 1, and of one token per row at batch 8, at position 100 (caches and inputs bound once, as the
+every width against width 2 and against width 1 says which calls agree. Then the time of one call of 1, 2, 3, 4,
+6, 8, 16 and 40 tokens at batch 1, and of one token per row at batch 8, at position 100 (caches and inputs bound once, as the
 runtime runs them; median of --rounds x 50 calls), since speculation only pays where a wider call costs little more.
 
     python benchmarks/int_kernels.py [--threads N] [--rounds N]
@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import SHAPE, LoadMeter, load_text, md_table, publish  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 5, 6, 8, 16)
-CALL_SHAPES = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 6), (8, 1))  # (batch, tokens per row) of the timed calls
+# (batch, tokens per row) of the timed calls; 8, 16 and 40 tokens at batch 1: what a call of 8 rows x 1, 2 and 5
+# tokens costs in its MatMuls (a batch of 8 verifying drafts of 1 and 4)
+CALL_SHAPES = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 6), (1, 8), (1, 16), (1, 40), (8, 1))
 
 
 def graphs(work: Path) -> dict[str, Path]:
