@@ -1,7 +1,8 @@
 """The fast decoding graph of a GPT, built node by node with onnx.helper from the trained weights (no tracing):
-embeddings Gather, com.microsoft SkipLayerNormalization (residual add + LayerNorm in one op; the first one also
-adds the token and position embeddings), MatMul(+Add), com.microsoft GroupQueryAttention over a fixed-size KV
-cache shared between past and present (written in place), FastGelu, tied head: 52 nodes for 6 layers. The int8
+embeddings Gather, the residual Add + LayerNormalization (the first Add sums the token and position embeddings;
+the fp16 graph: one com.microsoft SkipLayerNormalization each, FUSED_NORM_PRECISIONS), MatMul(+Add),
+com.microsoft GroupQueryAttention over a fixed-size KV cache shared between past and present (written in place),
+FastGelu, tied head: 65 nodes for 6 layers (fp16: 52). The int8
 and int4 graphs' MatMuls are com.microsoft.MatMulNBits (BlockQuant: INT8, INT4), whose CPU kernel takes a call's
 rows in pairs (ROWS_IN_PAIRS). No greedy ArgMax in the graph: onnxruntime's is slower than numpy's on the bound
 logits (benchmarks/decode_options.py).
@@ -44,6 +45,12 @@ def fast_io_spec(spec: dict, pairs: tuple[str, ...] = (), rows: int = 0) -> dict
 INT4_ACCURACY_LEVEL = 4
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 INT4_BLOCK = 32
+# The residual add + LayerNorm: an Add and a standard LayerNormalization in the CPU graphs (fp32, int8, int4), whose
+# CPU kernels take half the time of com.microsoft.SkipLayerNormalization's for a batch of 8 rows (7.3 against 15.3 us
+# a norm; 2.5 against 4.0 at batch 1) and ~2% of a decode step (benchmarks/graph_norms.py; onnxruntime fuses back
+# only the last pair, ln_f, whose sum nothing else reads). The fp16 graph, the CUDA provider's, keeps the fused op:
+# not measured on a GPU.
+FUSED_NORM_PRECISIONS = ("fp16",)
 # The variants whose every MatMul is MatMulNBits at accuracy level 4. Its CPU kernel (measured on onnxruntime 1.32,
 # benchmarks/int_kernels.py) quantises each row's activations on its own and multiplies the rows of a call two at a
 # time; a call with an odd number of rows M = batch x tokens runs its last row through another kernel, and a
@@ -126,15 +133,18 @@ def int4_blocks(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray
 
 
 def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32",
-                   quant: BlockQuant | None = None) -> Path:  # one graph, node by node in the forward's order
+                   quant: BlockQuant | None = None,
+                   fused_norm: bool | None = None) -> Path:  # one graph, node by node in the forward's order
     """Write the fast graph of lmforge.models.gpt.GPT `model` to `path` and return it. precision: fp32; fp16
     (weights, activations and the KV buffers in float16, for the CUDA EP; logits cast back to float32); int8 and
     int4 (every MatMul as com.microsoft.MatMulNBits, 8- or 4-bit weights in blocks of `quant.block` (default
     QUANTS[precision]: 128) with a scale and zero point each, int8 compute on the CPU; embeddings, norms and
-    activations stay float32)."""
+    activations stay float32). fused_norm: each residual add + LayerNorm as one SkipLayerNormalization instead of
+    an Add and a LayerNormalization (default: the FUSED_NORM_PRECISIONS, fp16)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     quant = quant or QUANTS.get(precision, INT4)
+    fused_norm = precision in FUSED_NORM_PRECISIONS if fused_norm is None else fused_norm
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
     H, D, C, V = spec["n_head"], spec["head_dim"], spec["n_embd"], spec["vocab_size"]
     nodes, inits = [], []
@@ -169,15 +179,19 @@ def build_fast_gpt(model, spec: dict, path: Path, precision: str = "fp32",
         return node("Add", [y, init(prefix + ".bias", sd[prefix + ".bias"])], out)
 
     def skip_layernorm(x: str, delta: str, prefix: str, out: str) -> tuple[str, str]:
-        """(LayerNorm(x + delta), x + delta) in one com.microsoft SkipLayerNormalization."""
-        bias = sd.get(prefix + ".bias", np.zeros(C, np.float32))
-        nodes.append(helper.make_node("SkipLayerNormalization", [x, delta, init(prefix + ".weight", sd[prefix + ".weight"]),
-                                                                 init(prefix + ".bias", bias)],
-                                      [out, "", "", out + "_sum"], name=out, domain="com.microsoft", epsilon=1e-5))
-        return out, out + "_sum"
+        """(LayerNorm(x + delta), x + delta): an Add and a LayerNormalization (`fused_norm`: one
+        com.microsoft SkipLayerNormalization)."""
+        weight = init(prefix + ".weight", sd[prefix + ".weight"])
+        bias = init(prefix + ".bias", sd.get(prefix + ".bias", np.zeros(C, np.float32)))
+        if fused_norm:
+            nodes.append(helper.make_node("SkipLayerNormalization", [x, delta, weight, bias],
+                                          [out, "", "", out + "_sum"], name=out, domain="com.microsoft", epsilon=1e-5))
+            return out, out + "_sum"
+        total = node("Add", [x, delta], out + "_sum")
+        return node("LayerNormalization", [total, weight, bias], out, axis=-1, epsilon=1e-5), total
 
     past, present = kv_names(spec["n_layer"])
-    # the residual stream is x + delta, the addition left to the next SkipLayerNormalization: first the token
+    # the residual stream is x + delta, the addition left to the next norm (skip_layernorm): first the token
     # and position embeddings, then each block's attention and MLP outputs
     x = node("Gather", [init("wte", sd["wte.weight"]), "input_ids"], "tok_emb")
     delta = node("Gather", [init("wpe", sd["wpe.weight"]), "position_ids"], "pos_emb")
