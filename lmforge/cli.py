@@ -350,7 +350,7 @@ def cmd_serve_model(args) -> int:
               "deadline_s": args.deadline}
     serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.name, limits=limits,
           variant=args.variant, device=args.device, threads=args.threads, max_batch=args.max_batch,
-          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model)
+          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model, lookahead=args.lookahead)
     return 0
 
 
@@ -526,6 +526,9 @@ def _add_serve_model_command(add) -> None:
     s.add_argument("--variant", default="fp32", help="fp32 | int8 | int4 | fp16 (as exported)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    s.add_argument("--lookahead", type=int, metavar="K", help="greedy requests: draft tokens checked per graph call "
+                   "(prompt-lookup speculation; fp32: the same text; 0 = off; default: lmforge.json "
+                   "`generation.lookahead`, else 4, int4 0)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 

@@ -280,9 +280,35 @@ def test_health_models_and_prometheus_metrics(servers):
     assert value("lmforge_tokens_per_second", "lmforge_tokens_per_second") > 0
 
 
+def test_lookahead_flag_sets_the_servers_speculation_and_keeps_its_text(models, servers, tmp_path):
+    """--lookahead K: the Generator's draft length in the worker, shown in GET /v1/models; on fp32 speculation gives
+    the same greedy text, so a server with it off answers exactly what the default one (the model's lookahead) does."""
+    from lmforge.runtime import Generator
+
+    default = Generator(models["gpt"]).lookahead
+    assert default > 0  # the gpt fast graph speculates by default (fp32): the two servers differ
+
+    def about(url: str) -> dict:
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as resp:
+            return json.loads(resp.read())["data"][0]["lmforge"]
+
+    proc, url, log = start(str(models["gpt"]), "--lookahead", "0", cwd=tmp_path)
+    try:
+        ready(proc, url, log)
+        assert about(url)["lookahead"] == 0 and about(servers["gpt"])["lookahead"] == default
+        for prompt in ("why did the", "the cat"):
+            texts = [client(u).completions.create(model="tiny-gpt", prompt=prompt, max_tokens=20, temperature=0)
+                     .choices[0].text for u in (url, servers["gpt"])]
+            assert texts[0] == texts[1] == Generator(models["gpt"], lookahead=0).generate(
+                prompt, max_new_tokens=20, temperature=0)
+    finally:
+        stop(proc)
+
+
 def test_a_bad_model_host_or_limit_is_one_error_line(models, tmp_path):
     for argv in (["serve-model", str(tmp_path / "nowhere")], ["serve-model", str(tmp_path), "--host", "10.1.2.3"],
-                 ["serve-model", str(models["gpt"]), "--max-new-tokens", str(10**9)]):
+                 ["serve-model", str(models["gpt"]), "--max-new-tokens", str(10**9)],
+                 ["serve-model", str(models["gpt"]), "--lookahead", "99"]):
         got = subprocess.run([LMFORGE, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert got.returncode == 2 and got.stdout == ""
         assert_error_line(got.stderr.strip())  # the runtime's hint, or serve-model's own for a flag: not both

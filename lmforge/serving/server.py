@@ -22,38 +22,45 @@ MAX_BATCH = 16
 FAST_QUEUE = False  # LitServe's multiprocessing queues: faster than its ZeroMQ broker here (serve_libraries.py)
 
 
-def check_model(model_dir: str | Path, variant: str, device: str, limits: dict | None) -> dict:
+def check_model(model_dir: str | Path, variant: str, device: str, limits: dict | None,
+                lookahead: int | None = None) -> dict:
     """Load the model once here, so that a bad directory or limit is one `error:` line before any process starts;
     returns what GET /v1/models tells about it."""
     from lmforge.runtime import Generator, RequestError, RuntimeInputError
 
     try:
-        gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits)
+        gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits, lookahead=lookahead)
     except RequestError as exc:
         if exc.message.startswith("limits."):  # a flag above the model's own limit: flags may only lower them
             raise LmforgeError(exc.message, hint="serving flags may only lower the model's limits (lmforge.json "
                                                  "`limits`)") from None
+        if lookahead is not None and exc.message.startswith("lookahead"):  # the flag, not the model's default
+            from lmforge.runtime.lookahead import MAX_LOOKAHEAD
+
+            raise LmforgeError(exc.message, hint=f"--lookahead K, K from 0 (off) to {MAX_LOOKAHEAD}") from None
         raise LmforgeError(exc.message, hint=exc.hint or "check the serve-model flags") from None
     except RuntimeInputError as exc:  # the runtime's hint names the fix (re-export, the variant to use, ...)
         raise LmforgeError(exc.message, hint=exc.hint or "pass an exported model directory or models:/NAME@ALIAS"
                            ) from None
     return {"name": str(gen.dir.manifest.get("name") or Path(model_dir).name), "provider": gen.provider,
             "family": gen.dir.model.get("family"), "tokenizer": gen.dir.manifest["tokenizer"].get("kind"),
-            "context": None if gen.rnn else gen.block_size, "limits": dict(vars(gen.limits))}
+            "context": None if gen.rnn else gen.block_size, "lookahead": gen.lookahead,
+            "limits": dict(vars(gen.limits))}
 
 
 def build(model_dir: str | Path, *, name: str | None = None, limits: dict | None = None, variant: str = "fp32",
           device: str = "auto", threads: int | None = None, max_batch: int = MAX_BATCH, max_queue: int = 256,
-          flush_ms: float = 20.0, source: str | None = None):
+          flush_ms: float = 20.0, source: str | None = None, lookahead: int | None = None):
     """The LitServer for one model directory (not started). limits: the runtime's ServingLimits to lower
-    ({name: value}); max_batch: rows decoded together (at most limits.max_batch)."""
+    ({name: value}); max_batch: rows decoded together (at most limits.max_batch); lookahead: the Generator's
+    (None: the model's lmforge.json `generation.lookahead`, else the variant's default)."""
     import litserve as ls
 
     from lmforge.serving.spec import CompletionsSpec
     from lmforge.serving.worker import CompletionAPI
 
     limits = {k: v for k, v in (limits or {}).items() if v is not None}
-    about = check_model(model_dir, variant, device, limits)
+    about = check_model(model_dir, variant, device, limits, lookahead)
     max_batch = max(1, min(max_batch, about["limits"]["max_batch"]))
     name = name or about["name"]
     http = Limits(max_queue=max_queue,
@@ -62,7 +69,7 @@ def build(model_dir: str | Path, *, name: str | None = None, limits: dict | None
                         "max_queue": max_queue}}
     spec = CompletionsSpec(name, http, info=info)
     api = CompletionAPI(str(Path(model_dir).resolve()), variant=variant, device=device, threads=threads,
-                        max_batch=max_batch, limits=limits, flush_s=flush_ms / 1e3, spec=spec)
+                        max_batch=max_batch, limits=limits, flush_s=flush_ms / 1e3, spec=spec, lookahead=lookahead)
     return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=False,
                         max_payload_size=http.max_body_bytes, fast_queue=FAST_QUEUE, model_metadata={"model": name})
 

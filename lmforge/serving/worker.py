@@ -22,16 +22,17 @@ log = logging.getLogger("lmforge.serving")
 
 class CompletionAPI(ls.LitAPI):
     def __init__(self, model_dir: str, *, variant: str = "fp32", device: str = "auto", threads: int | None = None,
-                 max_batch: int = 16, limits: dict | None = None, flush_s: float = 0.02, spec=None):
+                 max_batch: int = 16, limits: dict | None = None, flush_s: float = 0.02, spec=None,
+                 lookahead: int | None = None):
         super().__init__(max_batch_size=max_batch, stream=True, spec=spec, loop=RowLoop())
         self.model_dir, self.variant, self.device_name, self.threads = model_dir, variant, device, threads
-        self.limits, self.flush_s = limits, flush_s
+        self.limits, self.flush_s, self.lookahead = limits, flush_s, lookahead
 
     def setup(self, device) -> None:
         from lmforge.runtime import Generator
 
         self.gen = Generator(self.model_dir, variant=self.variant, device=self.device_name, threads=self.threads,
-                             limits=self.limits)
+                             limits=self.limits, lookahead=self.lookahead)
         self.engine = self.new_engine()
         log.info("worker %d: %s on %s (%s)", os.getpid(), self.model_dir, self.gen.provider, self.variant)
 
