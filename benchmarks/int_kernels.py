@@ -7,8 +7,9 @@ Graphs: fp32; lmforge's int8 (MatMulNBits, 8-bit blocks of 128, accuracy level 4
 scale per call); int4 (MatMulNBits, 4-bit blocks of 128). For each: a prompt of 32 random tokens is prefilled, then
 its next 32 tokens are run in calls of `width` tokens each (width 1, 2, 3, 4, 5, 6, 8, 16); the max |logit| gap of
 every width against width 2 and against width 1 says which calls agree. Then the time of one call of 1, 2, 3, 4,
-6, 8, 16 and 40 tokens at batch 1, and of one token per row at batch 8, at position 100 (caches and inputs bound once, as the
-runtime runs them; median of --rounds x 50 calls), since speculation only pays where a wider call costs little more.
+6, 8, 16 and 40 tokens at batch 1, and of one token per row at batch 8, at position 100 (caches and inputs bound
+once, as the runtime runs them; median of --rounds x 50 calls), since speculation only pays where a wider call
+costs little more.
 
     python benchmarks/int_kernels.py [--threads N] [--rounds N]
 Writes benchmarks/results/int-kernels-<time>.json and .md and prints the table."""
