@@ -34,10 +34,6 @@ def check_model(model_dir: str | Path, variant: str, device: str, limits: dict |
         if exc.message.startswith("limits."):  # a flag above the model's own limit: flags may only lower them
             raise LmforgeError(exc.message, hint="serving flags may only lower the model's limits (lmforge.json "
                                                  "`limits`)") from None
-        if lookahead is not None and exc.message.startswith("lookahead"):  # the flag, not the model's default
-            from lmforge.runtime.lookahead import MAX_LOOKAHEAD
-
-            raise LmforgeError(exc.message, hint=f"--lookahead K, K from 0 (off) to {MAX_LOOKAHEAD}") from None
         raise LmforgeError(exc.message, hint=exc.hint or "check the serve-model flags") from None
     except RuntimeInputError as exc:  # the runtime's hint names the fix (re-export, the variant to use, ...)
         raise LmforgeError(exc.message, hint=exc.hint or "pass an exported model directory or models:/NAME@ALIAS"
