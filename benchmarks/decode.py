@@ -504,6 +504,40 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 7, batches: tuple[int
 
 
 # -- onnxruntime's profiler, the weight-bytes bound -------------------------------------------------------------------
+def bound_call(sess, batch: int = 1, width: int = 1, past: int = 0) -> tuple:
+    """(IO binding, what it points into) of one decode call of `sess`, a fast, genai or builder graph: `batch` rows
+    of `width` tokens each after `past` cached positions, its caches [batch, heads, past + width, head_dim] zeroed
+    and bound as both past and present, the logits [batch, width, vocab] bound to an array once (as the runtimes
+    bind them), any other output allocated by onnxruntime. Keep the second item alive while the binding runs: the
+    bound OrtValues only point into those arrays."""
+    import onnxruntime as ort
+
+    binding, keep = sess.io_binding(), []
+    inputs = {i.name: i for i in sess.get_inputs()}
+    total = past + width
+    feeds = {"input_ids": np.zeros((batch, width), np.int64),
+             "position_ids": np.tile(np.arange(past, total, dtype=np.int64), (batch, 1)),
+             "seqlens_k": np.full(batch, total - 1, np.int32), "total_sequence_length": np.array(total, np.int32),
+             "attention_mask": np.ones((batch, total), np.int64)}
+    for name, value in feeds.items():
+        if name in inputs:
+            keep.append(ort.OrtValue.ortvalue_from_numpy(value))
+            binding.bind_ortvalue_input(name, keep[-1])
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values"):
+            dtype = np.float16 if "float16" in meta.type else np.float32
+            keep.append(ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, meta.shape[1], total, meta.shape[3]), dtype)))
+            binding.bind_ortvalue_input(name, keep[-1])
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), keep[-1])
+    for out in sess.get_outputs():
+        if out.name == "logits":
+            keep.append(ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, width, out.shape[-1]), np.float32)))
+            binding.bind_ortvalue_output(out.name, keep[-1])
+        elif not out.name.startswith("present"):
+            binding.bind_output(out.name)
+    return binding, keep
+
+
 def profile_step(path: Path, threads: int, past: int = 200, steps: int = 100, top_nodes: int = 0) -> dict:
     """onnxruntime's profiler over `steps` batch-1 decode steps of a fast, genai or builder graph at cache length
     `past`: {op type: share of kernel time} (and the `top_nodes` costliest nodes), plus wall ms per step."""
@@ -513,24 +547,7 @@ def profile_step(path: Path, threads: int, past: int = 200, steps: int = 100, to
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_profiling = threads, 1, True
     opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lmforge-decode-profile")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    binding = sess.io_binding()
-    inputs = {i.name: i for i in sess.get_inputs()}
-    feeds = {"input_ids": np.zeros((1, 1), np.int64), "position_ids": np.full((1, 1), past, np.int64),
-             "seqlens_k": np.full(1, past, np.int32), "total_sequence_length": np.array(past + 1, np.int32),
-             "attention_mask": np.ones((1, past + 1), np.int64)}
-    for name, value in feeds.items():
-        if name in inputs:
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
-    for name, meta in inputs.items():
-        if name.startswith("past_key_values"):
-            dtype = np.float16 if "float16" in meta.type else np.float32
-            heads, dim = meta.shape[1], meta.shape[3]
-            buf = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, past + 1, dim), dtype))
-            binding.bind_ortvalue_input(name, buf)
-            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buf)
-    for out in sess.get_outputs():
-        if not out.name.startswith("present"):
-            binding.bind_output(out.name)
+    binding, _keep = bound_call(sess, 1, 1, past)
     for _ in range(10):
         sess.run_with_iobinding(binding)
     start = time.perf_counter()

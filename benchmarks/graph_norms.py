@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, load_text, md_table, publish  # noqa: E402
+from decode import SHAPE, LoadMeter, bound_call, load_text, md_table, publish  # noqa: E402
 
 PRECISIONS = ("fp32", "int8", "int4")
 FORMS = {"SkipLayerNormalization": True, "Add + LayerNormalization": False}  # name -> build_fast_gpt(fused_norm=)
@@ -56,30 +56,6 @@ def session(path: Path, threads: int, optimized: Path | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def bound_call(sess, batch: int, position: int) -> tuple:
-    """A binding of one decode call: `batch` rows of one token at `position` (the arrays it points into kept)."""
-    import onnxruntime as ort
-
-    from lmforge.runtime.names import kv_names
-
-    past, present = kv_names(SHAPE["n_layer"])
-    H, D, cap = SHAPE["n_head"], SHAPE["n_embd"] // SHAPE["n_head"], SHAPE["block_size"]
-    rng = np.random.default_rng(0)
-    arrays = {"input_ids": rng.integers(0, SHAPE["vocab_size"], (batch, 1)),
-              "position_ids": np.full((batch, 1), position, np.int64),
-              "seqlens_k": np.full(batch, position, np.int32), "total_sequence_length": np.array(position + 1, np.int32)}
-    binding, keep = sess.io_binding(), []
-    for name, array in arrays.items():
-        keep.append(ort.OrtValue.ortvalue_from_numpy(array))
-        binding.bind_ortvalue_input(name, keep[-1])
-    for name_in, name_out in zip(past, present):  # random caches: attention reads `position` real-looking entries
-        keep.append(ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((batch, H, cap, D)).astype(np.float32)))
-        binding.bind_ortvalue_input(name_in, keep[-1])
-        binding.bind_ortvalue_output(name_out, keep[-1])
-    binding.bind_output("logits")
-    return binding, keep
-
-
 def logit_gap(a, b) -> float:
     """Max |logit| gap of the two sessions on one 32-token prompt from position 0."""
     from lmforge.runtime.names import kv_names
@@ -107,7 +83,7 @@ def measure(paths: dict, work: Path, args) -> list[dict]:
                     for i, form in enumerate(FORMS)}
         gap = logit_gap(*sessions.values())
         for batch in (1, 8):
-            calls = {form: bound_call(s, batch, args.position) for form, s in sessions.items()}
+            calls = {form: bound_call(s, batch, 1, args.position) for form, s in sessions.items()}
             times = collections.defaultdict(list)
             for _ in range(args.rounds):
                 order = list(FORMS)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, load_text, md_table, publish  # noqa: E402
+from decode import SHAPE, LoadMeter, bound_call, load_text, md_table, publish  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 5, 6, 8, 16)
 # (batch, tokens per row) of the timed calls; 8, 16 and 40 tokens at batch 1: what a call of 8 rows x 1, 2 and 5
@@ -81,16 +81,7 @@ def measure(path: Path, threads: int, rounds: int) -> dict:
     row = {f"gap_w{w}_vs_w2": float(np.abs(logits[w] - logits[2]).max()) for w in WIDTHS if w != 2}
     row["gap_w2_vs_w1"] = float(np.abs(logits[2] - logits[1]).max())
     for B, n in CALL_SHAPES:
-        binding, keep = sess.io_binding(), []  # (keep: the arrays the bound OrtValues point into)
-        logits = np.zeros((B, n, SHAPE["vocab_size"]), np.float32)
-        for name, value in {**feeds(np.zeros((1, n), np.int64), 100, []), "logits": logits}.items():
-            value = np.ascontiguousarray(np.broadcast_to(value, (B, *value.shape[1:])) if value.ndim else value)
-            keep.append(ort.OrtValue.ortvalue_from_numpy(value))
-            (binding.bind_ortvalue_output if name == "logits" else binding.bind_ortvalue_input)(name, keep[-1])
-        for name_in, name_out in zip(past, kv_names(SHAPE["n_layer"])[1]):
-            keep.append(ort.OrtValue.ortvalue_from_numpy(np.zeros((B, H, cap, D), np.float32)))
-            binding.bind_ortvalue_input(name_in, keep[-1])
-            binding.bind_ortvalue_output(name_out, keep[-1])
+        binding, _keep = bound_call(sess, B, n, 100)
         for _ in range(20):
             sess.run_with_iobinding(binding)
         times = []
