@@ -58,8 +58,9 @@ def test_fast_graph_is_the_documented_nodes(tiny, tmp_path):
 
 
 def test_fast_graph_fused_norms_are_the_same_model(tiny, tmp_path):
-    """build_fast_gpt(fused_norm=True), the fp16 graph's form and the one benchmarks/graph_norms.py measures against
-    the default: one SkipLayerNormalization per norm (8 nodes a layer + 4), the same logits as torch."""
+    """build_fast_gpt(fused_norm=True), the fp16 graph's form (its default) and the one benchmarks/graph_norms.py
+    measures against the default: one SkipLayerNormalization per norm (8 nodes a layer + 4), the same logits as
+    torch."""
     import onnx
 
     model, _ = tiny
@@ -71,6 +72,8 @@ def test_fast_graph_fused_norms_are_the_same_model(tiny, tmp_path):
     assert not {"Add", "LayerNormalization"} & set(ops)
     err, same = fast_parity(model, spec, path, lengths=(1, 7), steps=10)
     assert err < 1e-4 and same
+    fp16 = build_fast_gpt(model, spec, tmp_path / "fp16.onnx", precision="fp16")  # the CUDA graph keeps the fused op
+    assert [n.op_type for n in onnx.load(str(fp16)).graph.node].count("SkipLayerNormalization") == 2 * spec["n_layer"] + 1
 
 
 @pytest.mark.parametrize("lengths", [(1,), (7,), (1, 7, 4)])
