@@ -95,6 +95,38 @@ def test_generator_picks_fast_graph_and_matches_torch_and_portable_path(tiny):
     assert plain.generate("why did", max_new_tokens=20, temperature=0) == expected
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_column_graphs_give_the_very_bits_of_one_token_steps(precision, tmp_path):
+    """benchmarks/column_graphs.py's exactness (docs/decode.md, "Why batch 8 stays level"): one call of a column
+    graph, W tokens for each of 8 rows of unequal lengths, gives the logits and caches of the int8/int4 step graph
+    run one token per call, to the bit; with its token dimension left symbolic it does not (the optimizer leaves
+    ln_f unfused there)."""
+    import sys
+
+    import numpy as np
+    import torch
+    from conftest import REPO
+
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import column_graphs as cg
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64)).eval()
+    spec = model_spec(model)
+    fast = build_fast_gpt(model, spec, tmp_path / "fast.onnx", precision=precision)
+    step = cg.session(fast, 2)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 50, 8)
+    kv = cg.prefilled(step, spec, lengths, 64, rng)
+    for width, fixed in ((2, True), (3, True), (3, False)):
+        column = cg.session(cg.build_column_graph(fast, tmp_path / f"cols{width}{fixed}.onnx", width, fixed), 2)
+        gap, equal = cg.column_gap(step, column, spec, kv, lengths, width, rng)
+        assert equal == fixed and (gap == 0) == fixed, (width, fixed, gap)
+        assert gap < 1e-4  # symbolic: rounding apart, not another model
+
+
 def test_int8_variant_runs_fast_graph(tiny):
     _, out = tiny
     gen = Generator(out, variant="int8")
