@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, load_text, md_table, publish  # noqa: E402
+from decode import LoadMeter, load_text, md_table, publish, reference_gpt  # noqa: E402
 
 WIDTHS = (2, 3)
 ROWS, CAP, BLOCK = 8, 320, 30  # rows, cache positions per row, calls per timed block
@@ -212,14 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args(argv)
-    import torch
-
     from lmforge.export.fast import build_fast_gpt
     from lmforge.models import model_spec
-    from lmforge.models.gpt import GPT, GPTConfig
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     spec = model_spec(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

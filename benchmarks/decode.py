@@ -186,6 +186,16 @@ def bench_hf(n: int) -> dict | None:
 
 
 # -- the model directories ---------------------------------------------------------------------------------------
+def reference_gpt():
+    """The reference model every decode benchmark measures: lmforge's GPT of SHAPE, random init, torch seed 0."""
+    import torch
+
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**SHAPE)).eval()
+
+
 def export_reference(model, directory: Path, fp32_only: bool = False) -> Path:
     """The model directory for `model`, with a char tokenizer of exactly vocab_size tokens and no EOS (fp32_only:
     no quantised or optimised graphs)."""
@@ -421,16 +431,12 @@ def loop_cost(directory: Path, n: int = 256, rounds: int = 7, batches: tuple[int
     lmforge's Generator.stream (text pieces; batch 1) or stream_batch (a RowEvent per row and step), and
     onnxruntime-genai's loop over the same directory's genai graph (ids). Minimum over `rounds` runs of `n` tokens;
     the loops run in turn within each round, so a load change lands on all of them."""
-    import torch
-
-    from lmforge.models.gpt import GPT, GPTConfig
     from lmforge.runtime import Generator, RowRequest
 
     global SHAPE
     saved, SHAPE = SHAPE, {**SHAPE, "n_layer": 1, "n_head": 2, "n_embd": 64}
     try:
-        torch.manual_seed(0)
-        model_dir = export_reference(GPT(GPTConfig(**SHAPE)).eval(), directory)
+        model_dir = export_reference(reference_gpt(), directory)
     finally:
         SHAPE = saved
     gen = Generator(model_dir, threads=1, lookahead=0)  # a graph call per token: the loops compared call for call
@@ -840,16 +846,13 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from lmforge.models.gpt import GPT, GPTConfig
-
     try:
         import onnxruntime_genai as og
     except ImportError:
         og = None
     torch.set_num_threads(args.threads)
     bandwidth = memory_bandwidth(args.threads)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     results = []
     meter = LoadMeter()
     if not args.quick:

@@ -34,7 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import PROMPT_LEN, SHAPE, LoadMeter, load_text, publish  # noqa: E402
+from decode import PROMPT_LEN, SHAPE, LoadMeter, load_text, publish, reference_gpt  # noqa: E402
 
 SAMPLING = [{"temperature": 0.8}, {"temperature": 0.8, "top_k": 40}, {"temperature": 0.8, "top_p": 0.9},
             {"temperature": 0.8, "top_k": 40, "top_p": 0.9}, {"temperature": 0.8, "top_k": 40, "repetition_penalty": 1.3}]
@@ -378,15 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=256)
     args = p.parse_args(argv)
-    import torch
-
     from lmforge.export.fast import build_fast_gpt
     from lmforge.export.variants import quantize_int8
     from lmforge.models import model_spec
-    from lmforge.models.gpt import GPT, GPTConfig
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     spec = model_spec(model)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -25,21 +25,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, bound_call, load_text, md_table, publish  # noqa: E402
+from decode import SHAPE, LoadMeter, bound_call, load_text, md_table, publish, reference_gpt  # noqa: E402
 
 PRECISIONS = ("fp32", "int8", "int4")
 FORMS = {"SkipLayerNormalization": True, "Add + LayerNormalization": False}  # name -> build_fast_gpt(fused_norm=)
 
 
 def graphs(work: Path) -> dict[tuple[str, str], Path]:
-    import torch
-
     from lmforge.export.fast import build_fast_gpt
     from lmforge.models import model_spec
-    from lmforge.models.gpt import GPT, GPTConfig
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     spec = model_spec(model)
     return {(p, form): build_fast_gpt(model, spec, work / f"{p}-{fused}.onnx", precision=p, fused_norm=fused)
             for p in PRECISIONS for form, fused in FORMS.items()}

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import (CORPORA, PROMPT_LEN, SHAPE, LoadMeter, load_text, memory_bandwidth,  # noqa: E402
-                    profile_step, publish, train_shakespeare, weight_bytes)
+                    profile_step, publish, reference_gpt, train_shakespeare, weight_bytes)
 
 from lmforge.export.fast import INT4, BlockQuant  # noqa: E402
 
@@ -164,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmforge.export.fast import build_fast_gpt
     from lmforge.models import model_spec
-    from lmforge.models.gpt import GPT, GPTConfig
-
     torch.set_num_threads(args.threads)
     bandwidth = memory_bandwidth(args.threads)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: build_fast_gpt(model, model_spec(model), Path(tmp) / f"int4-{i}.onnx", "int4", q)
                  for i, (name, q) in enumerate(CHOICES.items())}

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import SHAPE, LoadMeter, bound_call, load_text, md_table, publish  # noqa: E402
+from decode import SHAPE, LoadMeter, bound_call, load_text, md_table, publish, reference_gpt  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 5, 6, 8, 16)
 # (batch, tokens per row) of the timed calls; 8, 16 and 40 tokens at batch 1: what a call of 8 rows x 1, 2 and 5
@@ -33,15 +33,11 @@ CALL_SHAPES = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 6), (1, 8), (1, 16), (1, 40),
 
 
 def graphs(work: Path) -> dict[str, Path]:
-    import torch
-
     from lmforge.export.fast import build_fast_gpt
     from lmforge.export.variants import quantize_int8
     from lmforge.models import model_spec
-    from lmforge.models.gpt import GPT, GPTConfig
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     spec = model_spec(model)
     fp32 = build_fast_gpt(model, spec, work / "fp32.onnx")
     return {"fp32 (MatMul)": fp32,

@@ -169,13 +169,9 @@ def verify_gaps(model_dir: Path, prompts: list[str], width: int = 9) -> list[dic
 def reference_model(work: Path) -> tuple[Path, list[str]]:
     """The decode benchmark's reference model itself (its shape, seed 0, random init), every variant exported, with
     4 random 16-character prompts: the gaps of verify_gaps at the width (384) the decode benchmark runs."""
-    import torch
+    from decode import SHAPE, export_reference, reference_gpt
 
-    from decode import SHAPE, export_reference
-    from lmforge.models.gpt import GPT, GPTConfig
-
-    torch.manual_seed(0)
-    out = export_reference(GPT(GPTConfig(**SHAPE)).eval(), work)
+    out = export_reference(reference_gpt(), work)
     rng = np.random.default_rng(1)
     return out, ["".join(chr(0x4E00 + int(i)) for i in rng.integers(0, SHAPE["vocab_size"] - 4, 16)) for _ in range(4)]
 
@@ -186,11 +182,9 @@ def varied_model(work: Path, std: float = 0.06, count: int = 4) -> tuple[Path, l
     where speculation can only cost. Every variant exported; 16-character random prompts."""
     import torch
 
-    from decode import SHAPE, export_reference
-    from lmforge.models.gpt import GPT, GPTConfig
+    from decode import SHAPE, export_reference, reference_gpt
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = reference_gpt()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
