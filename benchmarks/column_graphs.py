@@ -129,12 +129,10 @@ class Batch:
 
 
 def session(path: Path, threads: int):
-    import onnxruntime as ort
+    """A CPU session as the runtime makes one for sessions that take turns (threads stop spinning after a run)."""
+    from lmforge.runtime.session import create_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.force_spinning_stop", "1")  # sessions taking turns (runtime.session)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return create_session(str(path), "cpu", threads, stop_spinning=True)[0]
 
 
 def prefilled(step, spec: dict, lengths: np.ndarray, capacity: int, rng: np.random.Generator) -> dict:
