@@ -17,6 +17,12 @@ graph), and then times a one-token step of the batch and column calls of W = 2 a
 call block (sessions that stop spinning after each run, as sessions taking turns must). A column call gives each
 row at most W tokens, so W / (its cost over a step's) bounds what speculation could gain with every draft taken.
 
+Beside them, the int graph's rows graph (lmforge.export.fast.build_rows_graph, as the fp32 batch speculates with:
+every MatMul once over 8 x W tokens, one batch-1 attention node per row that takes the row's W tokens at once, so
+each row's cache is read once per call, not W times): its gap against one-token steps, its gap against each row
+alone in one call of its W tokens (padded to an even count, as a speculating row's calls are), and its cost over a
+step at W = 2, 3 and 4.
+
     python benchmarks/column_graphs.py [--threads N] [--rounds N]
 Writes benchmarks/results/column-graphs-<time>.json and .md and prints the table."""
 from __future__ import annotations
@@ -32,7 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import LoadMeter, load_text, md_table, publish, reference_gpt  # noqa: E402
 
+from lmforge.runtime.names import row_name  # noqa: E402
+
 WIDTHS = (2, 3)
+ROW_WIDTHS = (2, 3, 4)
 ROWS, CAP, BLOCK = 8, 320, 30  # rows, cache positions per row, calls per timed block
 PRECISIONS = ("int8", "int4")
 
@@ -109,8 +118,20 @@ class Batch:
                 "total_sequence_length": np.array(self.lengths.max() + W, np.int32),
                 "logits": np.zeros((len(tokens), W, self.vocab), np.float32)}
         values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in keep.items()}
+        inputs = {i.name for i in self.sess.get_inputs()}
         for k, v in values.items():
-            (b.bind_ortvalue_output if k == "logits" else b.bind_ortvalue_input)(k, v)
+            if k == "logits":
+                b.bind_ortvalue_output(k, v)
+            elif k in inputs:  # (the rows graph has no total_sequence_length)
+                b.bind_ortvalue_input(k, v)
+        if row_name(next(iter(self.kv)), 0) in inputs:  # the rows graph: row r's [1, H, M, D] part of each cache
+            for name, a in self.kv.items():
+                present = name.replace("past_key_values", "present")
+                for r in range(len(a)):
+                    values[row_name(name, r)] = v = ort.OrtValue.ortvalue_from_numpy(a[r:r + 1])
+                    b.bind_ortvalue_input(row_name(name, r), v)
+                    b.bind_ortvalue_output(row_name(present, r), v)
+            return b, keep, values
         for name, a in self.kv.items():
             v = ort.OrtValue.ortvalue_from_numpy(a)
             values[name] = v
@@ -166,6 +187,25 @@ def column_gap(step, column, spec: dict, kv: dict, lengths: np.ndarray, width: i
         np.array_equal(got_kv[n], want_kv[n]) for n in kv))
 
 
+def alone_gap(step, rows, spec: dict, kv: dict, lengths: np.ndarray, width: int,
+              rng: np.random.Generator) -> tuple[float, bool]:
+    """(max |logit gap|, logits and written caches equal to the bit) between one call of the rows graph session
+    `rows` (`width` random tokens per row after the caches `kv` of rows of `lengths`) and each row alone through the
+    step graph session `step`, in one call of its `width` tokens padded with one more to an even count (the pads'
+    logits and cache position left out)."""
+    tokens = rng.integers(0, spec["vocab_size"], (len(lengths), width + width % 2))
+    got_kv = {n: a.copy() for n, a in kv.items()}
+    got = Batch(rows, got_kv, lengths.copy(), spec["vocab_size"]).run(tokens[:, :width])
+    worst, equal = 0.0, True
+    for r, n in enumerate(lengths):
+        want_kv = {name: a[r:r + 1].copy() for name, a in kv.items()}
+        want = Batch(step, want_kv, lengths[r:r + 1].copy(), spec["vocab_size"]).run(tokens[r:r + 1])[0, :width]
+        worst = max(worst, float(np.abs(got[r] - want).max()))
+        equal = equal and np.array_equal(got[r], want) and all(
+            np.array_equal(got_kv[name][r, :, :n + width], want_kv[name][0, :, :n + width]) for name in kv)
+    return worst, bool(equal)
+
+
 def measure(fast: Path, columns: dict, spec: dict, threads: int, rounds: int) -> dict:
     rng = np.random.default_rng(0)
     step = session(fast, threads)
@@ -176,7 +216,10 @@ def measure(fast: Path, columns: dict, spec: dict, threads: int, rounds: int) ->
     for label, sess in sessions.items():
         row[f"gap_{label}"], row[f"bits_equal_{label}"] = column_gap(step, sess, spec, kv, lengths, int(label[4]),
                                                                        rng)
-    # timing: the step and each fixed column graph, taking turns block by block, from the same prefilled caches
+        if label.startswith("rows"):
+            row[f"gap_alone_{label}"], row[f"bits_equal_alone_{label}"] = alone_gap(step, sess, spec, kv, lengths,
+                                                                                    int(label[4]), rng)
+    # timing: the step and each graph of a fixed width, taking turns block by block, from the same prefilled caches
     timed = {"step": step, **{k: s for k, s in sessions.items() if "symbolic" not in k}}
     calls = {}
     for label, sess in timed.items():
@@ -210,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args(argv)
-    from lmforge.export.fast import build_fast_gpt
+    from lmforge.export.fast import build_fast_gpt, build_rows_graph
     from lmforge.models import model_spec
 
     model = reference_gpt()
@@ -224,17 +267,32 @@ def main(argv: list[str] | None = None) -> int:
             columns = {f"cols{w}": build_column_graph(fast, work / f"{precision}-cols{w}.onnx", w) for w in WIDTHS}
             columns["cols3-symbolic"] = build_column_graph(fast, work / f"{precision}-cols3-symbolic.onnx", 3,
                                                            fixed=False)
+            rows_graph = build_rows_graph(fast, work / f"{precision}-rows.onnx", ROWS, quantized=True)
+            columns.update({f"rows{w}": rows_graph for w in ROW_WIDTHS})
             rows.append({"graph": precision, **measure(fast, columns, spec, args.threads, args.rounds)})
     report = {"argv": argv if argv is not None else sys.argv[1:], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
               "threads": args.threads, "rounds": args.rounds, "load": load.read(), "rows": rows}
 
     def markdown(report: dict) -> str:
         def fmt(key: str, value) -> str:
-            return f"{value:.2e}" if key.startswith("gap") else str(value)
+            return f"{value:.2e}" if key.startswith("gap") and isinstance(value, float) else str(value)
+        table = []  # one line per graph and contender
+        for r in report["rows"]:
+            table.append({"graph": r["graph"], "call": "step (8 x 1)", "ms": r["step_ms"], "gap_vs_steps": "-",
+                          "bits_equal_steps": "-", "gap_vs_alone_even": "-", "bits_equal_alone": "-",
+                          "over_step": "1", "best_gain": "1"})
+            for label in [k[4:] for k in r if k.startswith("gap_") and not k.startswith("gap_alone_")]:
+                table.append({"graph": r["graph"], "call": label, "ms": r.get(f"{label}_ms", "-"),
+                              "gap_vs_steps": r[f"gap_{label}"], "bits_equal_steps": r[f"bits_equal_{label}"],
+                              "gap_vs_alone_even": r.get(f"gap_alone_{label}", "-"),
+                              "bits_equal_alone": r.get(f"bits_equal_alone_{label}", "-"),
+                              "over_step": r.get(f"{label}_over_step", "-"),
+                              "best_gain": r.get(f"{label}_best_gain", "-")})
         return "\n".join([f"`python benchmarks/column_graphs.py {' '.join(report['argv'])}` ({report['time']}); the "
                           f"decode benchmark's reference model, batch {ROWS}, {report['threads']} threads, "
-                          f"{report['rounds']} rounds of {BLOCK} calls each; {load_text(report['load'])}.", "",
-                          *md_table(report["rows"], fmt=fmt)])
+                          f"{report['rounds']} rounds of {BLOCK} calls each; {load_text(report['load'])}. over_step: "
+                          "a call's ms over the step's, median over rounds (min-max); best_gain: W / that median.",
+                          "", *md_table(table, fmt=fmt)])
 
     publish(report, "column-graphs", markdown)
     return 0

@@ -127,6 +127,42 @@ def test_column_graphs_give_the_very_bits_of_one_token_steps(precision, tmp_path
         assert gap < 1e-4  # symbolic: rounding apart, not another model
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_int_rows_graph_gives_each_row_its_bits_alone_in_even_calls(precision, tmp_path):
+    """benchmarks/column_graphs.py's rows contenders (docs/decode.md, "Why batch 8 stays level"): one call of the
+    rows graph of an int8/int4 fast graph, W tokens for each of 8 rows of unequal lengths, gives each row the logits
+    and cache of its W tokens run alone in one call of an even number of tokens, to the bit. (Against one-token steps
+    it rounds apart on the reference model, 2-3e-2; on this small one it may not, so that is the benchmark's.)"""
+    import sys
+
+    import numpy as np
+    import torch
+    from conftest import REPO
+
+    from lmforge.export.fast import build_rows_graph
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import column_graphs as cg
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64)).eval()
+    spec = model_spec(model)
+    fast = build_fast_gpt(model, spec, tmp_path / "fast.onnx", precision=precision)
+    with pytest.raises(ValueError, match="fp32"):
+        build_rows_graph(fast, tmp_path / "refused.onnx", 8)
+    rows = cg.session(build_rows_graph(fast, tmp_path / "rows.onnx", 8, quantized=True), 2)
+    step = cg.session(fast, 2)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 50, 8)
+    kv = cg.prefilled(step, spec, lengths, 64, rng)
+    for width in (2, 3, 4):
+        gap, equal = cg.alone_gap(step, rows, spec, kv, lengths, width, rng)
+        assert equal and gap == 0, (width, gap)
+        gap, _equal = cg.column_gap(step, rows, spec, kv, lengths, width, rng)
+        assert gap < 0.5, (width, gap)  # the same model
+
+
 def test_int8_variant_runs_fast_graph(tiny):
     _, out = tiny
     gen = Generator(out, variant="int8")
