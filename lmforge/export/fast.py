@@ -248,7 +248,7 @@ def _per_row_attention(n, rows: int, seq: list[str]) -> list:
             helper.make_node("Concat", [f"{att}_row{r}" for r in range(rows)], [att], name=f"{att}_concat", axis=0)]
 
 
-def build_rows_graph(fast: Path, path: Path, rows: int = ROWS, quantized: bool = False) -> Path:
+def build_rows_graph(fast: Path, path: Path, rows: int = ROWS, *, quantized: bool = False) -> Path:
     """Write the rows graph of the fp32 fast graph `fast` to `path`: the same nodes and weights, but each
     GroupQueryAttention split into one node per row (Split the packed QKV [R, S, 3C] along the batch, one
     batch-1 node per row over that row's own cache, Concat the outputs), so that a call of R rows takes several new
@@ -260,10 +260,9 @@ def build_rows_graph(fast: Path, path: Path, rows: int = ROWS, quantized: bool =
     each node's total_sequence_length is its row's seqlens_k + 1), and per cache input `c` of the fast graph and
     row r, row_name(c, r) [1, H, M, D] (bound by the runtime to row r's part of the batch's cache, as past and as
     the matching present output) -> logits [R, S, V]. Every row's S tokens are all written: a row with fewer real
-    ones is padded and given back after (KVBuffers.truncate). quantized: also from an int8/int4 fast graph (the
-    export does not write those; benchmarks/column_graphs.py times them)."""
-    m = onnx.load(str(fast))
-    g = m.graph
+    ones is padded and given back after (KVBuffers.truncate). quantized: from an int8/int4 fast graph too (not
+    exported; benchmarks/column_graphs.py times them)."""
+    g = (m := onnx.load(str(fast))).graph
     if not quantized and any(n.op_type == "MatMulNBits" for n in g.node):
         raise ValueError("the rows graph is built from the fp32 fast graph")
     past = [i.name for i in g.input if i.name.startswith("past_key_values.")]
