@@ -350,7 +350,8 @@ def cmd_serve_model(args) -> int:
               "deadline_s": args.deadline}
     serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.name, limits=limits,
           variant=args.variant, device=args.device, threads=args.threads, max_batch=args.max_batch,
-          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model, lookahead=args.lookahead)
+          max_queue=args.max_queue, flush_ms=args.flush_ms, source=args.model, lookahead=args.lookahead,
+          batch_lookahead=args.batch_lookahead)
     return 0
 
 
@@ -512,7 +513,7 @@ def _add_serve_model_command(add) -> None:
     s.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (LitServe binds these)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--name", help="the model id clients send (default: the model's name in lmforge.json)")
-    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    s.add_argument("--max-batch", type=int, help="requests decoded together (default 16; 8 with --batch-lookahead)")
     s.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for a first token before new ones get 503 (0 = no limit)")
     lim = "a serving limit; lowers the model's own (lmforge.json `limits`), never raises it"
@@ -529,6 +530,10 @@ def _add_serve_model_command(add) -> None:
     s.add_argument("--lookahead", type=int, metavar="K", help="greedy requests: draft tokens checked per graph call "
                    "(prompt-lookup speculation; fp32: the same text; 0 = off; default: lmforge.json "
                    "`generation.lookahead`, else 4, int4 0)")
+    s.add_argument("--batch-lookahead", action="store_true",
+                   help="concurrent greedy requests check their drafts together, in one call of the rows graph "
+                        "(a model exported with export.rows_graph, fp32 on the CPU; the batch is its 8 rows): pays "
+                        "where text repeats, costs a little where it does not (docs/decode.md)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 

@@ -1,7 +1,7 @@
 """`lmforge serve-model` on 127.0.0.1, started through the real CLI, driven by the real `openai` client: every model
 family and tokenizer answers the runtime's own greedy text streamed and not; max_tokens, stop strings and usage;
 16 concurrent streams each get exactly their solo text; over-limit requests are 400s naming the limit; the docs'
-curl and openai examples run; /health, /v1/models and /metrics."""
+curl and openai examples run; /health, /v1/models and /metrics; --lookahead and --batch-lookahead."""
 from __future__ import annotations
 
 import json
@@ -305,10 +305,62 @@ def test_lookahead_flag_sets_the_servers_speculation_and_keeps_its_text(models, 
         stop(proc)
 
 
+def test_batch_lookahead_flag_speculates_a_batch_of_8_and_keeps_every_text(tmp_path):
+    """--batch-lookahead on a model exported with its rows graph: GET /v1/models shows the batch of 8 that checks its
+    drafts together, the worker's Generator runs it (its log line), and 8 concurrent greedy requests each get the
+    text lookahead 0 gives alone (fp32). Without a rows graph, or with another --max-batch: one error line."""
+    import torch
+
+    from lmforge.core.config import ExportConfig, ModelConfig
+    from lmforge.data.tokenize import special_ids, train_char
+    from lmforge.export.modeldir import export_model_dir
+    from lmforge.models import build_model
+    from lmforge.runtime import Generator
+
+    tok = train_char([TEXT])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="gpt", n_layer=2, n_head=2, n_embd=32, block_size=64),
+                        tok.get_vocab_size(), seed=0).eval()
+    manifest = {"name": "tiny-rows", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
+                "tokens": {**special_ids(tok), "eos": None}, "generation": {"temperature": 0.0}}
+    rows_dir, _ = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "rows-model", manifest,
+                                   ExportConfig(int8=False, optimize=False, rows_graph=True))
+    for flags in (["--max-batch", "16"], ["--lookahead", "0"]):
+        got = subprocess.run([LMFORGE, "serve-model", str(rows_dir), "--batch-lookahead", *flags],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert got.returncode == 2 and got.stdout == "", got.stderr
+        assert_error_line(got.stderr.strip())
+    proc, url, log = start(str(rows_dir), "--batch-lookahead", "--log-level", "info", cwd=tmp_path)
+    try:
+        ready(proc, url, log)
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as resp:
+            about = json.loads(resp.read())["data"][0]["lmforge"]
+        assert about["batch_lookahead"] == 8 and about["max_batch"] == 8 and about["lookahead"] > 0
+        c, got, barrier = client(url), {}, threading.Barrier(8)
+
+        def one(prompt: str) -> None:
+            barrier.wait()
+            got[prompt] = c.completions.create(model="tiny-rows", prompt=prompt, max_tokens=40,
+                                               temperature=0).choices[0].text
+
+        threads = [threading.Thread(target=one, args=(p,)) for p in PROMPTS[:8]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        plain = Generator(rows_dir, lookahead=0)
+        assert got == {p: plain.generate(p, max_new_tokens=40, temperature=0) for p in PROMPTS[:8]}
+        assert "batch of 8, speculating together: yes" in log.read_text()
+    finally:
+        stop(proc)
+
+
 def test_a_bad_model_host_or_limit_is_one_error_line(models, tmp_path):
     for argv in (["serve-model", str(tmp_path / "nowhere")], ["serve-model", str(tmp_path), "--host", "10.1.2.3"],
                  ["serve-model", str(models["gpt"]), "--max-new-tokens", str(10**9)],
-                 ["serve-model", str(models["gpt"]), "--lookahead", "99"]):
+                 ["serve-model", str(models["gpt"]), "--lookahead", "99"],
+                 ["serve-model", str(models["gpt"]), "--batch-lookahead"]):
         got = subprocess.run([LMFORGE, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert got.returncode == 2 and got.stdout == ""
         assert_error_line(got.stderr.strip())  # the runtime's hint, or serve-model's own for a flag: not both

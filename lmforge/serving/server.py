@@ -23,13 +23,14 @@ FAST_QUEUE = False  # LitServe's multiprocessing queues: faster than its ZeroMQ 
 
 
 def check_model(model_dir: str | Path, variant: str, device: str, limits: dict | None,
-                lookahead: int | None = None) -> dict:
+                lookahead: int | None = None, batch_lookahead: bool = False) -> dict:
     """Load the model once here, so that a bad directory or limit is one `error:` line before any process starts;
     returns what GET /v1/models tells about it."""
     from lmforge.runtime import Generator, RequestError, RuntimeInputError
 
     try:
-        gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits, lookahead=lookahead)
+        gen = Generator(model_dir, variant=variant, device=device, threads=1, limits=limits, lookahead=lookahead,
+                        batch_lookahead=batch_lookahead)
     except RequestError as exc:
         if exc.message.startswith("limits."):  # a flag above the model's own limit: flags may only lower them
             raise LmforgeError(exc.message, hint="serving flags may only lower the model's limits (lmforge.json "
@@ -38,26 +39,40 @@ def check_model(model_dir: str | Path, variant: str, device: str, limits: dict |
     except RuntimeInputError as exc:  # the runtime's hint names the fix (re-export, the variant to use, ...)
         raise LmforgeError(exc.message, hint=exc.hint or "pass an exported model directory or models:/NAME@ALIAS"
                            ) from None
+    if batch_lookahead and not gen.rows_graph:
+        why = ("lookahead is 0" if not gen.lookahead else f"variant {variant} on {gen.provider} has none"
+               if "rows_graph" in gen.dir.io.get("fast", {}) else "the model was exported without it")
+        raise LmforgeError(f"--batch-lookahead needs the model's rows graph (model.fast.rows.onnx): {why}",
+                           hint="export with `--set export.rows_graph=true` and serve its fp32 variant on the CPU "
+                                "with lookahead on, or leave --batch-lookahead out")
     return {"name": str(gen.dir.manifest.get("name") or Path(model_dir).name), "provider": gen.provider,
             "family": gen.dir.model.get("family"), "tokenizer": gen.dir.manifest["tokenizer"].get("kind"),
             "context": None if gen.rnn else gen.block_size, "lookahead": gen.lookahead,
-            "limits": dict(vars(gen.limits))}
+            "batch_lookahead": gen.rows_graph, "limits": dict(vars(gen.limits))}
 
 
 def build(model_dir: str | Path, *, name: str | None = None, limits: dict | None = None, variant: str = "fp32",
-          device: str = "auto", threads: int | None = None, max_batch: int = MAX_BATCH, max_queue: int = 256,
-          flush_ms: float = 20.0, source: str | None = None, lookahead: int | None = None):
+          device: str = "auto", threads: int | None = None, max_batch: int | None = None, max_queue: int = 256,
+          flush_ms: float = 20.0, source: str | None = None, lookahead: int | None = None,
+          batch_lookahead: bool = False, log_level: str = "warning"):
     """The LitServer for one model directory (not started). limits: the runtime's ServingLimits to lower
-    ({name: value}); max_batch: rows decoded together (at most limits.max_batch); lookahead: the Generator's
-    (None: the model's lmforge.json `generation.lookahead`, else the variant's default)."""
+    ({name: value}); max_batch: rows decoded together (at most limits.max_batch; None: MAX_BATCH, or the rows
+    graph's rows with batch_lookahead); lookahead: the Generator's (None: the model's lmforge.json
+    `generation.lookahead`, else the variant's default); batch_lookahead: the Generator's (concurrent greedy rows
+    check their drafts in one call of the rows graph, whose rows are then the batch); log_level: the worker's."""
     import litserve as ls
 
     from lmforge.serving.spec import CompletionsSpec
     from lmforge.serving.worker import CompletionAPI
 
     limits = {k: v for k, v in (limits or {}).items() if v is not None}
-    about = check_model(model_dir, variant, device, limits, lookahead)
-    max_batch = max(1, min(max_batch, about["limits"]["max_batch"]))
+    about = check_model(model_dir, variant, device, limits, lookahead, batch_lookahead)
+    rows = about["batch_lookahead"]
+    if rows and max_batch not in (None, rows) or rows > about["limits"]["max_batch"]:
+        raise LmforgeError(f"--batch-lookahead decodes a batch of exactly the rows graph's {rows} rows, not "
+                           f"{min(max_batch or rows, about['limits']['max_batch'])}",
+                           hint=f"leave --max-batch out (or pass --max-batch {rows}) with --batch-lookahead")
+    max_batch = max(1, min(rows or max_batch or MAX_BATCH, about["limits"]["max_batch"]))
     name = name or about["name"]
     http = Limits(max_queue=max_queue,
                   max_body_bytes=8 * about["limits"]["max_prompt_bytes"] + (64 << 10))
@@ -65,7 +80,8 @@ def build(model_dir: str | Path, *, name: str | None = None, limits: dict | None
                         "max_queue": max_queue}}
     spec = CompletionsSpec(name, http, info=info)
     api = CompletionAPI(str(Path(model_dir).resolve()), variant=variant, device=device, threads=threads,
-                        max_batch=max_batch, limits=limits, flush_s=flush_ms / 1e3, spec=spec, lookahead=lookahead)
+                        max_batch=max_batch, limits=limits, flush_s=flush_ms / 1e3, spec=spec, lookahead=lookahead,
+                        batch_lookahead=batch_lookahead, log_level=log_level)
     return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=False,
                         max_payload_size=http.max_body_bytes, fast_queue=FAST_QUEUE, model_metadata={"model": name})
 
@@ -78,7 +94,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_
                            hint="--host 127.0.0.1 (this machine only) or --host 0.0.0.0 (a container or replica)")
     if not 1024 <= port <= 65535:
         raise LmforgeError(f"--port {port} is outside 1024-65535", hint="--port 8000")
-    server = build(model_dir, **kwargs)
+    server = build(model_dir, log_level=log_level, **kwargs)
 
     main_pid = os.getpid()
 

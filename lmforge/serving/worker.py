@@ -23,18 +23,27 @@ log = logging.getLogger("lmforge.serving")
 class CompletionAPI(ls.LitAPI):
     def __init__(self, model_dir: str, *, variant: str = "fp32", device: str = "auto", threads: int | None = None,
                  max_batch: int = 16, limits: dict | None = None, flush_s: float = 0.02, spec=None,
-                 lookahead: int | None = None):
+                 lookahead: int | None = None, batch_lookahead: bool = False, log_level: str = "warning"):
         super().__init__(max_batch_size=max_batch, stream=True, spec=spec, loop=RowLoop())
         self.model_dir, self.variant, self.device_name, self.threads = model_dir, variant, device, threads
-        self.limits, self.flush_s, self.lookahead = limits, flush_s, lookahead
+        self.limits, self.flush_s, self.lookahead, self.batch_lookahead = limits, flush_s, lookahead, batch_lookahead
+        self.log_level = log_level
 
     def setup(self, device) -> None:
         from lmforge.runtime import Generator
 
+        if not log.handlers:  # this process's lines on its stderr (the server's), at serve-model's --log-level
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+            log.addHandler(handler)
+        log.setLevel(self.log_level.upper())
+
         self.gen = Generator(self.model_dir, variant=self.variant, device=self.device_name, threads=self.threads,
-                             limits=self.limits, lookahead=self.lookahead)
+                             limits=self.limits, lookahead=self.lookahead, batch_lookahead=self.batch_lookahead)
         self.engine = self.new_engine()
-        log.info("worker %d: %s on %s (%s)", os.getpid(), self.model_dir, self.gen.provider, self.variant)
+        log.info("worker %d: %s on %s (%s, lookahead %d, batch of %d, speculating together: %s)", os.getpid(),
+                 self.model_dir, self.gen.provider, self.variant, self.gen.lookahead, self.max_batch_size,
+                 "yes" if self.gen.rows_graph == self.max_batch_size else "no")
 
     def new_engine(self) -> Engine:
         from lmforge.runtime import BatchSession
