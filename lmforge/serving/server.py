@@ -40,8 +40,9 @@ def check_model(model_dir: str | Path, variant: str, device: str, limits: dict |
         raise LmforgeError(exc.message, hint=exc.hint or "pass an exported model directory or models:/NAME@ALIAS"
                            ) from None
     if batch_lookahead and not gen.rows_graph:
-        why = ("lookahead is 0" if not gen.lookahead else f"variant {variant} on {gen.provider} has none"
-               if "rows_graph" in gen.dir.io.get("fast", {}) else "the model was exported without it")
+        exported = "rows_graph" in gen.dir.io.get("fast", {})
+        why = ("lookahead is 0" if not gen.lookahead else
+               f"variant {variant} on {gen.provider} has none" if exported else "the model was exported without it")
         raise LmforgeError(f"--batch-lookahead needs the model's rows graph (model.fast.rows.onnx): {why}",
                            hint="export with `--set export.rows_graph=true` and serve its fp32 variant on the CPU "
                                 "with lookahead on, or leave --batch-lookahead out")
@@ -68,7 +69,7 @@ def build(model_dir: str | Path, *, name: str | None = None, limits: dict | None
     limits = {k: v for k, v in (limits or {}).items() if v is not None}
     about = check_model(model_dir, variant, device, limits, lookahead, batch_lookahead)
     rows = about["batch_lookahead"]
-    if rows and max_batch not in (None, rows) or rows > about["limits"]["max_batch"]:
+    if (rows and max_batch not in (None, rows)) or rows > about["limits"]["max_batch"]:
         raise LmforgeError(f"--batch-lookahead decodes a batch of exactly the rows graph's {rows} rows, not "
                            f"{min(max_batch or rows, about['limits']['max_batch'])}",
                            hint=f"leave --max-batch out (or pass --max-batch {rows}) with --batch-lookahead")
