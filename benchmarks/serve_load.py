@@ -11,7 +11,11 @@ char tokenizer), random weights and no EOS, so every request generates exactly -
 serves an exported directory of your own instead. It is logged and registered as lmforge registers a version
 (lmforge.registry.pyfunc) in a temporary SQLite registry, and both servers load models:/bench@champion.
 
+--batch-lookahead adds `lmforge serve-model --batch-lookahead` (the batch of 8 that checks its greedy drafts in one
+call of the rows graph; the reference model is then exported with it) beside the plain one, both at --max-batch 8.
+
     python benchmarks/serve_load.py [--quick] [--seconds S] [--clients 1,4,16] [--max-tokens N] [--model DIR]
+                                    [--batch-lookahead]
 Writes benchmarks/results/serve-load-<time>.json and .md and prints the table."""
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ PROMPTS = ["Why", "What do you call", "A programmer", "How many", "Knock knock",
 BIN = Path(sys.executable).parent
 
 
-def jokes_char_shaped(root: Path) -> Path:
-    """The default preset's model shape with random weights and no EOS (every request runs to max_tokens)."""
+def jokes_char_shaped(root: Path, rows_graph: bool = False) -> Path:
+    """The default preset's model shape with random weights and no EOS (every request runs to max_tokens);
+    rows_graph: exported with model.fast.rows.onnx (serve-model --batch-lookahead)."""
     import string
 
     import torch
@@ -55,7 +60,7 @@ def jokes_char_shaped(root: Path) -> Path:
     manifest = {"name": "bench", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {**special_ids(tok), "eos": None}, "generation": {"temperature": 0.0}}
     out, _ = export_model_dir(model, root / "tokenizer.json", root / "model", manifest,
-                              ExportConfig(int8=False, optimize=False))
+                              ExportConfig(int8=False, optimize=False, rows_graph=rows_graph))
     return out
 
 
@@ -175,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     p.add_argument("--max-batch", type=int, default=16, help="lmforge serve-model --max-batch (default 16)")
     p.add_argument("--model", help="an exported model directory (default: the jokes-char-shaped reference)")
-    p.add_argument("--only", choices=["lmforge", "mlflow"], help="run one server only")
+    p.add_argument("--only", choices=["lmforge", "mlflow"], help="run one server only (lmforge: both of its own)")
+    p.add_argument("--batch-lookahead", action="store_true",
+                   help="also serve-model --batch-lookahead; every lmforge server at --max-batch 8")
     args = p.parse_args(argv)
+    if args.batch_lookahead:
+        args.max_batch = 8
     if args.quick:
         args.seconds, args.max_tokens = 4.0, 32
     counts = [int(c) for c in args.clients.split(",")]
@@ -185,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
               "max_batch": args.max_batch, "servers": {}}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         root = Path(tmp)
-        model_dir = Path(args.model) if args.model else jokes_char_shaped(root)
+        model_dir = Path(args.model) if args.model else jokes_char_shaped(root, args.batch_lookahead)
         uri = f"sqlite:///{root / 'mlflow.db'}"
         model_uri = register(model_dir, uri)
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         servers = {
             "lmforge serve-model": ([str(BIN / "lmforge"), "serve-model", model_uri, "--max-batch",
                                      str(args.max_batch), "--name", "bench"], "/health", ask_lmforge),
+            **({"lmforge serve-model --batch-lookahead": (
+                [str(BIN / "lmforge"), "serve-model", model_uri, "--batch-lookahead", "--name", "bench"], "/health",
+                ask_lmforge)} if args.batch_lookahead else {}),
             "mlflow models serve": ([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
                                      "local", "--host", "127.0.0.1"], "/ping", ask_mlflow),
         }
@@ -210,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             report["servers"][name] = runs
             print(f"{name}: " + ", ".join(f"{r['clients']} clients {r['tokens_per_s']} tok/s" for r in runs),
                   file=sys.stderr)
-    if len(texts) == 2:
-        a, b = texts.values()
-        report["same_text"] = all(a[k] == b[k] for k in a.keys() & b.keys())
+    if len(texts) > 1:  # every server's text for each prompt they both answered
+        first, *others = texts.values()
+        report["same_text"] = all(first[k] == o[k] for o in others for k in first.keys() & o.keys())
     ours = report["servers"].get("lmforge serve-model")
+    spec = report["servers"].get("lmforge serve-model --batch-lookahead")
+    if ours and spec:
+        report["batch_lookahead_over_plain"] = {r["clients"]: round(q["tokens_per_s"] / r["tokens_per_s"], 2)
+                                                for r, q in zip(ours, spec)}
     theirs = report["servers"].get("mlflow models serve")
     if ours and len(ours) > 1:
         report["lmforge_most_over_one_client"] = round(ours[-1]["tokens_per_s"] / ours[0]["tokens_per_s"], 2)
