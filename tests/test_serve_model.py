@@ -308,7 +308,7 @@ def test_lookahead_flag_sets_the_servers_speculation_and_keeps_its_text(models, 
 def test_batch_lookahead_flag_speculates_a_batch_of_8_and_keeps_every_text(tmp_path):
     """--batch-lookahead on a model exported with its rows graph: GET /v1/models shows the batch of 8 that checks its
     drafts together, the worker's Generator runs it (its log line), and 8 concurrent greedy requests each get the
-    text lookahead 0 gives alone (fp32). Without a rows graph, or with another --max-batch: one error line."""
+    text lookahead 0 gives alone (fp32). Without a rows graph, with lookahead 0 or another --max-batch: one error line."""
     import torch
 
     from lmforge.core.config import ExportConfig, ModelConfig
