@@ -308,7 +308,8 @@ def test_lookahead_flag_sets_the_servers_speculation_and_keeps_its_text(models, 
 def test_batch_lookahead_flag_speculates_a_batch_of_8_and_keeps_every_text(tmp_path):
     """--batch-lookahead on a model exported with its rows graph: GET /v1/models shows the batch of 8 that checks its
     drafts together, the worker's Generator runs it (its log line), and 8 concurrent greedy requests each get the
-    text lookahead 0 gives alone (fp32). Without a rows graph, with lookahead 0 or another --max-batch: one error line."""
+    text lookahead 0 gives alone (fp32). Without a rows graph, with lookahead 0, the int8 variant (exported, but with
+    no rows graph of its own) or another --max-batch: one error line."""
     import torch
 
     from lmforge.core.config import ExportConfig, ModelConfig
@@ -325,8 +326,8 @@ def test_batch_lookahead_flag_speculates_a_batch_of_8_and_keeps_every_text(tmp_p
     manifest = {"name": "tiny-rows", "tokenizer": {"kind": "char", "file": "tokenizer.json"},
                 "tokens": {**special_ids(tok), "eos": None}, "generation": {"temperature": 0.0}}
     rows_dir, _ = export_model_dir(model, tmp_path / "tokenizer.json", tmp_path / "rows-model", manifest,
-                                   ExportConfig(int8=False, optimize=False, rows_graph=True))
-    for flags in (["--max-batch", "16"], ["--lookahead", "0"]):
+                                   ExportConfig(int8=True, optimize=False, rows_graph=True))
+    for flags in (["--max-batch", "16"], ["--lookahead", "0"], ["--variant", "int8"]):
         got = subprocess.run([LMFORGE, "serve-model", str(rows_dir), "--batch-lookahead", *flags],
                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert got.returncode == 2 and got.stdout == "", got.stderr
